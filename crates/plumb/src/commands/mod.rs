@@ -1,0 +1,4 @@
+//! One module per `plumb` subcommand.
+
+pub mod data;
+pub mod info;

@@ -1,0 +1,71 @@
+//! `plumb`: the plumbline command line.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// plumbline: reward models and reward-based alignment of language models, on burn.
+///
+/// A typical session:
+///
+///   cargo xtask fetch-models             # models/minilm and models/smollm2
+///   plumb info                           # backends, devices, models and datasets found
+///   plumb data inspect hh-rlhf           # counts, token lengths and a sample of a dataset
+///
+/// Datasets are read from --data-dir (else $PLUMB_DATA_DIR, else ../shared/datasets); models
+/// from --models-dir (else $PLUMB_MODELS_DIR, else ./models).
+#[derive(Parser, Debug)]
+#[command(name = "plumb", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command understands.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Compute device: auto, flex (CPU), wgpu, wgpu:N, wgpu:cpu, cuda, cuda:N.
+    #[arg(long, global = true, default_value = "auto", env = "PLUMB_DEVICE")]
+    pub device: String,
+    /// Dataset folder [default: $PLUMB_DATA_DIR, else ../shared/datasets].
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Models folder [default: $PLUMB_MODELS_DIR, else ./models].
+    #[arg(long, global = true)]
+    pub models_dir: Option<PathBuf>,
+    /// Random seed for everything stochastic.
+    #[arg(long, global = true, default_value_t = 42)]
+    pub seed: u64,
+    /// Where to write outputs (reports, checkpoints); commands say what they put there.
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compiled backends, usable devices, and the models and datasets found (with paths).
+    Info,
+    /// Look at datasets.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => commands::info::run(&cli.global),
+        Command::Data(cmd) => commands::data::run(&cli.global, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! # rm-core
+//!
+//! The foundation every plumbline crate stands on:
+//! - [`types`]: conversations, preference pairs, rankings, unpaired examples, step-labelled solutions;
+//! - [`data`]: streaming, checksum-verified loaders for HH-RLHF, GSM8K, PRM800K and generic JSONL;
+//! - [`tokenize`] and [`chat`]: `tokenizers`-based encoding with truncation, padding, prompt/completion
+//!   masks, and chat templates (ChatML, HH transcripts);
+//! - [`device`]: one parser from `auto|flex|wgpu[:N]|cuda:N` to a burn [`burn::tensor::Device`];
+//! - [`gguf`]: a hostile-input-safe GGUF v2/v3 reader with dequantization and tokenizer extraction;
+//! - [`models`]: backbones (BERT encoder, Llama-family decoder) with weight loading.
+
+pub use burn;
+pub use tokenizers;
+
+pub mod chat;
+pub mod data;
+pub mod device;
+pub mod gguf;
+pub mod models;
+pub mod paths;
+pub mod sampling;
+pub mod tokenize;
+pub mod types;

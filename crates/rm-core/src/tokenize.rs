@@ -1,0 +1,516 @@
+//! Tokenization on the `tokenizers` crate, with plumbline in charge of truncation and padding.
+//!
+//! A `tokenizer.json` may carry its own truncation and padding (all-MiniLM-L6-v2's pads and
+//! truncates to 128); [`TextTokenizer`] switches both off and applies the caller's
+//! [`EncodeOptions`] instead:
+//! - truncation to `max_len` tokens, from the left (dialogues: keep the end) or the right;
+//! - padding to the longest sequence of the batch, on the left (generation) or the right;
+//! - attention masks, and prompt/completion masks so that only completion tokens count in
+//!   log-prob losses.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+/// Which end of a sequence loses tokens when it is too long.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncationSide {
+    /// Drop tokens from the start (keeps the end of a dialogue: the latest turns).
+    #[default]
+    Left,
+    /// Drop tokens from the end.
+    Right,
+}
+
+/// Which side pad tokens go on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaddingSide {
+    /// Pads after the tokens (encoders, training).
+    #[default]
+    Right,
+    /// Pads before the tokens (batched generation with a KV cache).
+    Left,
+}
+
+/// How to turn texts into model inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodeOptions {
+    /// Longest sequence kept, in tokens (special tokens included). `None`: no truncation.
+    pub max_len: Option<usize>,
+    pub truncation: TruncationSide,
+    pub padding: PaddingSide,
+    /// Whether the tokenizer's post-processor adds its special tokens (BERT's `[CLS]`/`[SEP]`).
+    pub add_special_tokens: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            max_len: None,
+            truncation: TruncationSide::Left,
+            padding: PaddingSide::Right,
+            add_special_tokens: true,
+        }
+    }
+}
+
+/// A padded batch of token ids with its masks, on the host.
+///
+/// All matrices are row-major `[batch, seq_len]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub input_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u8>,
+    /// 1 for completion tokens (the ones a log-prob loss counts), 0 for prompt and padding. All
+    /// zeros for batches built from plain texts.
+    pub completion_mask: Vec<u8>,
+    /// Unpadded length of each row.
+    pub lengths: Vec<usize>,
+    pub padding: PaddingSide,
+}
+
+/// One tokenized sequence before padding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    /// Parallel to `ids`: whether each token belongs to the completion.
+    pub completion: Vec<bool>,
+}
+
+impl Sequence {
+    pub fn from_ids(ids: Vec<u32>) -> Self {
+        let completion = vec![false; ids.len()];
+        Self { ids, completion }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Drops tokens from `side` until at most `max_len` remain.
+pub fn truncate<T>(tokens: &mut Vec<T>, max_len: usize, side: TruncationSide) {
+    if tokens.len() <= max_len {
+        return;
+    }
+    match side {
+        TruncationSide::Left => {
+            tokens.drain(..tokens.len() - max_len);
+        }
+        TruncationSide::Right => tokens.truncate(max_len),
+    }
+}
+
+impl TokenBatch {
+    /// Pads `sequences` to the longest one with `pad_id`. An empty batch is an error.
+    pub fn pad(sequences: &[Sequence], pad_id: u32, side: PaddingSide) -> Result<Self> {
+        if sequences.is_empty() {
+            bail!("cannot build a token batch from zero sequences");
+        }
+        let seq_len = sequences.iter().map(Sequence::len).max().unwrap_or(0);
+        if seq_len == 0 {
+            bail!("every sequence of the batch is empty");
+        }
+        let batch_size = sequences.len();
+        let mut input_ids = vec![pad_id; batch_size * seq_len];
+        let mut attention_mask = vec![0u8; batch_size * seq_len];
+        let mut completion_mask = vec![0u8; batch_size * seq_len];
+        for (row, seq) in sequences.iter().enumerate() {
+            let offset = match side {
+                PaddingSide::Right => 0,
+                PaddingSide::Left => seq_len - seq.len(),
+            };
+            let base = row * seq_len + offset;
+            input_ids[base..base + seq.len()].copy_from_slice(&seq.ids);
+            attention_mask[base..base + seq.len()].fill(1);
+            for (i, &c) in seq.completion.iter().enumerate() {
+                completion_mask[base + i] = c as u8;
+            }
+        }
+        Ok(Self {
+            batch_size,
+            seq_len,
+            input_ids,
+            attention_mask,
+            completion_mask,
+            lengths: sequences.iter().map(Sequence::len).collect(),
+            padding: side,
+        })
+    }
+
+    /// `input_ids` as an int tensor `[batch, seq_len]`.
+    pub fn ids_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        int_matrix(&self.input_ids, self.batch_size, self.seq_len, device)
+    }
+
+    /// `attention_mask` as an int tensor `[batch, seq_len]` (1 real, 0 pad).
+    pub fn attention_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        int_matrix(&self.attention_mask, self.batch_size, self.seq_len, device)
+    }
+
+    /// `completion_mask` as an int tensor `[batch, seq_len]`.
+    pub fn completion_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        int_matrix(&self.completion_mask, self.batch_size, self.seq_len, device)
+    }
+
+    /// Row `i`'s unpadded ids.
+    pub fn row_ids(&self, i: usize) -> &[u32] {
+        let row = &self.input_ids[i * self.seq_len..(i + 1) * self.seq_len];
+        match self.padding {
+            PaddingSide::Right => &row[..self.lengths[i]],
+            PaddingSide::Left => &row[self.seq_len - self.lengths[i]..],
+        }
+    }
+}
+
+fn int_matrix<T: Copy + Into<i64>>(
+    values: &[T],
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Tensor<2, Int> {
+    let data: Vec<i64> = values.iter().map(|&v| v.into()).collect();
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+/// A `tokenizers` tokenizer whose truncation and padding plumbline controls.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}
+
+/// Pad-token names tried, in order, when the tokenizer does not declare one.
+const PAD_CANDIDATES: &[&str] = &["[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>", "<|im_end|>"];
+
+impl TextTokenizer {
+    /// Loads a `tokenizer.json`, switching off its built-in truncation and padding.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            bail!("tokenizer file {} does not exist", path.display());
+        }
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading tokenizer {}", path.display()))?;
+        Self::new(inner)
+    }
+
+    /// Wraps a tokenizer, switching off its built-in truncation and padding. The pad id is the
+    /// tokenizer's own padding id if it declares one, else the first known pad-like token, else 0.
+    pub fn new(mut inner: Tokenizer) -> Result<Self> {
+        let declared = inner.get_padding().map(|p| p.pad_id);
+        inner
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("disabling truncation: {e}"))?;
+        inner.with_padding(None);
+        let pad_id = declared
+            .or_else(|| PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t)))
+            .unwrap_or(0);
+        Ok(Self { inner, pad_id })
+    }
+
+    /// Overrides the pad id.
+    pub fn with_pad_id(mut self, pad_id: u32) -> Self {
+        self.pad_id = pad_id;
+        self
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The wrapped tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Token ids of `text` (no truncation).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", preview(text)))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow::anyhow!("decoding {} ids: {e}", ids.len()))
+    }
+
+    /// Tokenizes one text into a [`Sequence`] truncated per `options`. Truncation keeps the
+    /// tokenizer's special tokens at their ends (BERT's `[CLS]`… `[SEP]`): the body is truncated,
+    /// then re-wrapped.
+    pub fn encode_text(&self, text: &str, options: &EncodeOptions) -> Result<Sequence> {
+        let ids = self.encode(text, options.add_special_tokens)?;
+        let ids = match options.max_len {
+            Some(max_len) if ids.len() > max_len => {
+                let (head, tail) = if options.add_special_tokens {
+                    self.special_affixes()?
+                } else {
+                    (0, 0)
+                };
+                if head + tail >= max_len {
+                    bail!("max_len {max_len} leaves no room beside {head}+{tail} special tokens");
+                }
+                let mut body = ids[head..ids.len() - tail].to_vec();
+                truncate(&mut body, max_len - head - tail, options.truncation);
+                let mut out = ids[..head].to_vec();
+                out.extend(body);
+                out.extend_from_slice(&ids[ids.len() - tail..]);
+                out
+            }
+            _ => ids,
+        };
+        Ok(Sequence::from_ids(ids))
+    }
+
+    /// How many special tokens the post-processor puts before and after a single text.
+    fn special_affixes(&self) -> Result<(usize, usize)> {
+        let enc = self
+            .inner
+            .encode("", true)
+            .map_err(|e| anyhow::anyhow!("probing special tokens: {e}"))?;
+        let n = enc.get_ids().len();
+        // BERT-style: [CLS] [SEP] → one each side; Llama-style BOS → one before.
+        let plain = self
+            .inner
+            .encode("", false)
+            .map_err(|e| anyhow::anyhow!("probing special tokens: {e}"))?
+            .get_ids()
+            .len();
+        let added = n.saturating_sub(plain);
+        Ok(match added {
+            0 => (0, 0),
+            1 => (1, 0),
+            k => (k - 1, 1),
+        })
+    }
+
+    /// Tokenizes `prompt` followed by `completion`: the ids are the prompt's then the
+    /// completion's (tokenized separately, no special tokens added), with the completion marked.
+    /// When the total exceeds `max_len`, the prompt loses tokens first (from `truncation`'s side),
+    /// then the completion loses tokens from its end, keeping at least one completion token.
+    pub fn encode_pair(
+        &self,
+        prompt: &str,
+        completion: &str,
+        options: &EncodeOptions,
+    ) -> Result<Sequence> {
+        let mut prompt_ids = self.encode(prompt, false)?;
+        let mut completion_ids = self.encode(completion, false)?;
+        if completion_ids.is_empty() {
+            bail!("the completion {:?} tokenizes to zero tokens", preview(completion));
+        }
+        if let Some(max_len) = options.max_len {
+            if max_len == 0 {
+                bail!("max_len must be at least 1");
+            }
+            let total = prompt_ids.len() + completion_ids.len();
+            if total > max_len {
+                let prompt_budget = max_len.saturating_sub(completion_ids.len());
+                truncate(&mut prompt_ids, prompt_budget, options.truncation);
+                let completion_budget = max_len - prompt_ids.len();
+                truncate(&mut completion_ids, completion_budget, TruncationSide::Right);
+            }
+        }
+        let mut completion = vec![false; prompt_ids.len()];
+        completion.extend(std::iter::repeat_n(true, completion_ids.len()));
+        prompt_ids.extend(completion_ids);
+        Ok(Sequence {
+            ids: prompt_ids,
+            completion,
+        })
+    }
+
+    /// Tokenizes and pads a batch of plain texts.
+    pub fn encode_batch(&self, texts: &[&str], options: &EncodeOptions) -> Result<TokenBatch> {
+        let seqs = texts
+            .iter()
+            .map(|t| self.encode_text(t, options))
+            .collect::<Result<Vec<_>>>()?;
+        TokenBatch::pad(&seqs, self.pad_id, options.padding)
+    }
+
+    /// Tokenizes and pads a batch of (prompt, completion) pairs with completion masks.
+    pub fn encode_pair_batch(
+        &self,
+        pairs: &[(&str, &str)],
+        options: &EncodeOptions,
+    ) -> Result<TokenBatch> {
+        let seqs = pairs
+            .iter()
+            .map(|(p, c)| self.encode_pair(p, c, options))
+            .collect::<Result<Vec<_>>>()?;
+        TokenBatch::pad(&seqs, self.pad_id, options.padding)
+    }
+}
+
+fn preview(text: &str) -> String {
+    let mut s: String = text.chars().take(40).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_sides() {
+        let mut v = vec![1, 2, 3, 4, 5];
+        truncate(&mut v, 3, TruncationSide::Left);
+        assert_eq!(v, [3, 4, 5]);
+        let mut v = vec![1, 2, 3, 4, 5];
+        truncate(&mut v, 3, TruncationSide::Right);
+        assert_eq!(v, [1, 2, 3]);
+        let mut v = vec![1, 2];
+        truncate(&mut v, 3, TruncationSide::Right);
+        assert_eq!(v, [1, 2]);
+    }
+
+    fn seq(ids: &[u32], completion_from: usize) -> Sequence {
+        Sequence {
+            ids: ids.to_vec(),
+            completion: (0..ids.len()).map(|i| i >= completion_from).collect(),
+        }
+    }
+
+    #[test]
+    fn right_padding_builds_masks() {
+        let b = TokenBatch::pad(&[seq(&[5, 6, 7], 1), seq(&[8], 0)], 0, PaddingSide::Right)
+            .unwrap();
+        assert_eq!((b.batch_size, b.seq_len), (2, 3));
+        assert_eq!(b.input_ids, [5, 6, 7, 8, 0, 0]);
+        assert_eq!(b.attention_mask, [1, 1, 1, 1, 0, 0]);
+        assert_eq!(b.completion_mask, [0, 1, 1, 1, 0, 0]);
+        assert_eq!(b.row_ids(1), [8]);
+    }
+
+    #[test]
+    fn left_padding_builds_masks() {
+        let b =
+            TokenBatch::pad(&[seq(&[5, 6, 7], 2), seq(&[8], 0)], 9, PaddingSide::Left).unwrap();
+        assert_eq!(b.input_ids, [5, 6, 7, 9, 9, 8]);
+        assert_eq!(b.attention_mask, [1, 1, 1, 0, 0, 1]);
+        assert_eq!(b.completion_mask, [0, 0, 1, 0, 0, 1]);
+        assert_eq!(b.row_ids(1), [8]);
+        assert_eq!(b.row_ids(0), [5, 6, 7]);
+    }
+
+    #[test]
+    fn empty_batches_are_errors() {
+        assert!(TokenBatch::pad(&[], 0, PaddingSide::Right).is_err());
+        assert!(TokenBatch::pad(&[Sequence::default()], 0, PaddingSide::Right).is_err());
+    }
+
+    /// A word-level tokenizer built in code: every word of the vocabulary is one token.
+    pub(crate) fn word_tokenizer() -> TextTokenizer {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+        let words = ["<pad>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h"];
+        let vocab = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
+        let mut tok = Tokenizer::new(model);
+        tok.with_pre_tokenizer(Some(WhitespaceSplit));
+        TextTokenizer::new(tok).unwrap()
+    }
+
+    #[test]
+    fn pair_truncation_keeps_the_end_of_the_prompt_and_the_start_of_the_completion() {
+        let tok = word_tokenizer();
+        assert_eq!(tok.pad_id(), 0);
+        let opts = EncodeOptions {
+            max_len: Some(5),
+            ..Default::default()
+        };
+        // prompt a b c d (2..=5), completion e f (6, 7): the prompt keeps its last 3 tokens.
+        let s = tok.encode_pair("a b c d", "e f", &opts).unwrap();
+        assert_eq!(s.ids, [3, 4, 5, 6, 7]);
+        assert_eq!(s.completion, [false, false, false, true, true]);
+        // A completion longer than max_len keeps its first tokens and no prompt.
+        let s = tok.encode_pair("a", "b c d e f g h", &opts).unwrap();
+        assert_eq!(s.ids, [3, 4, 5, 6, 7]);
+        assert!(s.completion.iter().all(|&c| c));
+        // Right truncation of the prompt keeps its start.
+        let opts = EncodeOptions {
+            max_len: Some(4),
+            truncation: TruncationSide::Right,
+            ..Default::default()
+        };
+        let s = tok.encode_pair("a b c d", "e f", &opts).unwrap();
+        assert_eq!(s.ids, [2, 3, 6, 7]);
+    }
+
+    #[test]
+    fn text_truncation_and_batches() {
+        let tok = word_tokenizer();
+        let opts = EncodeOptions {
+            max_len: Some(2),
+            truncation: TruncationSide::Left,
+            padding: PaddingSide::Left,
+            add_special_tokens: true,
+        };
+        let b = tok.encode_batch(&["a b c", "d"], &opts).unwrap();
+        assert_eq!(b.input_ids, [3, 4, 0, 5]);
+        assert_eq!(b.attention_mask, [1, 1, 0, 1]);
+        assert!(tok.encode_pair("a", "", &opts).is_err());
+    }
+
+    #[test]
+    fn batch_tensors_have_the_batch_shape() {
+        let device = Device::default();
+        let tok = word_tokenizer();
+        let b = tok
+            .encode_pair_batch(&[("a b", "c"), ("d", "e f g")], &EncodeOptions::default())
+            .unwrap();
+        let ids = b.ids_tensor(&device);
+        assert_eq!(ids.dims(), [2, 4]);
+        let mask = b.completion_tensor(&device);
+        let sum: i64 = mask.sum().into_scalar::<i64>();
+        assert_eq!(sum, 4);
+    }
+}
