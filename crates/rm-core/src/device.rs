@@ -147,6 +147,16 @@ impl DeviceSpec {
     }
 }
 
+/// Environment variable naming the device tests run on (default `flex`).
+pub const TEST_DEVICE_ENV: &str = "PLUMB_TEST_DEVICE";
+
+/// The device tests run on: `$PLUMB_TEST_DEVICE` parsed like `--device`, else `flex`. CI sets it
+/// to `wgpu:cpu` to run the tensor tests on Mesa's lavapipe as well.
+pub fn test_device() -> Device {
+    let spec = std::env::var(TEST_DEVICE_ENV).unwrap_or_else(|_| "flex".into());
+    parse_device(&spec).unwrap_or_else(|e| panic!("{TEST_DEVICE_ENV}={spec}: {e}"))
+}
+
 /// Parses and builds a device in one call: `parse_device("cuda:1")`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     Ok(s.parse::<DeviceSpec>()?.device()?)
@@ -247,9 +257,15 @@ mod tests {
     #[test]
     fn auto_is_flex_on_a_cpu_only_build() {
         assert_eq!(DeviceSpec::Auto.resolve(), Ok(DeviceSpec::Flex));
-        let device = DeviceSpec::Auto.device().unwrap();
-        let t = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
-        let sum: f32 = t.sum().into_scalar::<f32>();
-        assert_eq!(sum, 6.0);
+    }
+
+    #[test]
+    fn the_test_device_computes() {
+        use burn::tensor::Tensor;
+        let device = test_device();
+        let a = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+        let b = Tensor::<2>::from_floats([[5.0], [6.0]], &device);
+        let c = a.matmul(b).into_data().convert::<f32>();
+        assert_eq!(c.as_slice::<f32>().unwrap(), &[17.0, 39.0]);
     }
 }

@@ -12,7 +12,7 @@ use crate::GlobalArgs;
 fn probe(spec: DeviceSpec) -> Result<String, String> {
     let device = spec.device().map_err(|e| e.to_string())?;
     let outcome = std::panic::catch_unwind(move || {
-        let t = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
+        let t = rm_core::burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
         t.sum().into_scalar::<f32>()
     });
     match outcome {
