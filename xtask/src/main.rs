@@ -24,6 +24,8 @@ commands:
                                     cargo nextest run --workspace, and a compile check of the
                                     wgpu and cuda backends
   check-features                    only the wgpu,cuda compile check
+  test-wgpu                         rm-core's tensor tests on wgpu (PLUMB_TEST_DEVICE=wgpu:cpu, e.g.
+                                    Mesa lavapipe); part of `test` when a Vulkan driver is found
 ";
 
 fn main() {
@@ -45,6 +47,7 @@ fn run() -> Result<()> {
         }
         Some("test") => test(&root),
         Some("check-features") => check_features(&root),
+        Some("test-wgpu") => test_wgpu(&root),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -116,6 +119,14 @@ fn test(root: &Path) -> Result<()> {
     step("cargo nextest run --workspace", nextest)?;
 
     check_features(root)?;
+    if vulkan_driver_present() {
+        test_wgpu(root)?;
+    } else {
+        println!(
+            "\n==> skipping the wgpu tensor tests: no Vulkan ICD in /usr/share/vulkan/icd.d \
+             (install Debian's mesa-vulkan-drivers and libvulkan1; .ci/run does)"
+        );
+    }
     println!(
         "\nxtask test: all steps passed in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -123,9 +134,42 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a Vulkan driver manifest is installed (lavapipe ships one).
+fn vulkan_driver_present() -> bool {
+    std::fs::read_dir("/usr/share/vulkan/icd.d")
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// rm-core's unit tests (its tensor code) on the wgpu backend, on whatever adapter wgpu finds
+/// (Mesa's lavapipe CPU adapter on a machine without a GPU).
+fn test_wgpu(root: &Path) -> Result<()> {
+    let mut test = cargo();
+    test.current_dir(root)
+        .env("PLUMB_TEST_DEVICE", "wgpu")
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+        )
+        .args([
+            "nextest",
+            "run",
+            "-p",
+            "rm-core",
+            "--lib",
+            "--features",
+            "wgpu",
+            "--no-fail-fast",
+        ]);
+    step("rm-core tensor tests on wgpu", test)
+}
+
+/// Type-checks every crate with the GPU backends. cubecl's CUDA runtime wants LLVM, whose
+/// build script downloads a prebuilt toolchain; `DOCS_RS=1` tells those build scripts to skip
+/// the download (as on docs.rs), which a check — it never links — does not need.
 fn check_features(root: &Path) -> Result<()> {
     let mut check = cargo();
-    check.current_dir(root).args([
+    check.current_dir(root).env("DOCS_RS", "1").args([
         "check",
         "--workspace",
         "--all-targets",
