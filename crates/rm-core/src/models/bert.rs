@@ -1,0 +1,490 @@
+//! BERT encoder (all-MiniLM-L6-v2 and any HF BERT folder): embeddings (word + position + token
+//! type, LayerNorm), post-LN encoder layers with erf-GELU, and the HF tensor names in one place
+//! ([`BertModel::from_source`]).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::pooling::Pooling;
+use super::safetensors::SafetensorsWeights;
+use super::weights::WeightSource;
+use super::{first_present, load_embedding, load_layer_norm, load_linear};
+use crate::tokenize::{EncodeOptions, PaddingSide, TextTokenizer, TruncationSide};
+
+/// A BERT config (the fields of HF `config.json` plumbline uses). Fields are public so callers
+/// can override any of them after reading a file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_position_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_position_type() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Reads an HF `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading BERT config {}", path.display()))?;
+        let config: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a BERT config", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Rejects what this implementation does not support, instead of ignoring it.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden_act != "gelu" {
+            bail!(
+                "hidden_act {:?} is not supported (only the exact erf \"gelu\")",
+                self.hidden_act
+            );
+        }
+        if self.position_embedding_type != "absolute" {
+            bail!(
+                "position_embedding_type {:?} is not supported (only \"absolute\")",
+                self.position_embedding_type
+            );
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{name} must be in [0, 1), got {p}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Word + position + token-type embeddings, LayerNorm, dropout.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word: Embedding,
+    pub position: Embedding,
+    pub token_type: Embedding,
+    pub norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+/// Multi-head self-attention with its output projection and post-LN residual.
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub norm: LayerNorm,
+    pub attention_dropout: Dropout,
+    pub dropout: Dropout,
+    pub heads: usize,
+}
+
+/// One encoder layer: attention, then the GELU feed-forward with its post-LN residual.
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+/// The BERT encoder.
+#[derive(Module, Debug)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+    pub hidden_size: usize,
+}
+
+/// Additive attention bias `[B, 1, 1, T]`: 0 for real tokens, a large negative number for pads.
+pub(crate) fn padding_bias(mask: Tensor<2, Int>) -> Tensor<4> {
+    let [b, t] = mask.dims();
+    (mask.float().neg() + 1.0).mul_scalar(-1e9).reshape([b, 1, 1, t])
+}
+
+impl BertAttention {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let dh = d / self.heads;
+        let split = |y: Tensor<3>| y.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt()) + bias;
+        let probs = self.attention_dropout.forward(softmax(scores, 3));
+        let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let out = self.dropout.forward(self.output.forward(context));
+        self.norm.forward(out + x)
+    }
+}
+
+impl BertLayer {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+        let x = self.attention.forward(x, bias);
+        let h = gelu(self.intermediate.forward(x.clone()));
+        let out = self.dropout.forward(self.output.forward(h));
+        self.norm.forward(out + x)
+    }
+}
+
+impl BertModel {
+    /// Last hidden states `[B, T, D]` of `input_ids` `[B, T]` under `attention_mask` `[B, T]`
+    /// (1 real, 0 pad). Token types default to 0.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        let [b, t] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..t as i64, &device)
+            .reshape([1, t])
+            .expand([b, t]);
+        let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
+        let e = &self.embeddings;
+        let x = e.word.forward(input_ids) + e.position.forward(positions) + e.token_type.forward(types);
+        let mut x = e.dropout.forward(e.norm.forward(x));
+        let bias = padding_bias(attention_mask);
+        for layer in &self.layers {
+            x = layer.forward(x, bias.clone());
+        }
+        x
+    }
+
+    /// Loads a folder holding `config.json` and `*.safetensors`.
+    pub fn load(folder: impl AsRef<Path>, device: &Device) -> Result<(Self, BertConfig)> {
+        let folder = folder.as_ref();
+        let config = BertConfig::from_file(folder.join("config.json"))?;
+        let weights = SafetensorsWeights::open(folder)?;
+        let model = Self::from_source(&weights, &config, device)
+            .with_context(|| format!("loading BERT weights from {}", folder.display()))?;
+        Ok((model, config))
+    }
+
+    /// Builds the model from HF-named tensors (`embeddings.*`, `encoder.layer.{i}.*`, with or
+    /// without a `bert.` prefix; LayerNorm `weight/bias` or the old `gamma/beta`), checking every
+    /// shape against `config`. `pooler.*` tensors are not used.
+    pub fn from_source(source: &dyn WeightSource, config: &BertConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let prefix = if source.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let d = config.hidden_size;
+        let ff = config.intermediate_size;
+        let eps = config.layer_norm_eps;
+        let name = |s: &str| format!("{prefix}{s}");
+        let norm = |p: &str| -> Result<LayerNorm> {
+            let w = name(&format!("{p}.weight"));
+            let g = name(&format!("{p}.gamma"));
+            let b = name(&format!("{p}.bias"));
+            let beta = name(&format!("{p}.beta"));
+            let weight = first_present(source, &[&w, &g]);
+            let bias = first_present(source, &[&b, &beta]);
+            load_layer_norm(source, weight, Some(bias), d, eps, device)
+        };
+        let linear = |p: &str, d_in: usize, d_out: usize| -> Result<Linear> {
+            load_linear(
+                source,
+                &name(&format!("{p}.weight")),
+                Some(&name(&format!("{p}.bias"))),
+                d_in,
+                d_out,
+                device,
+            )
+        };
+        let dropout = |p: f64| DropoutConfig::new(p).init();
+
+        let embeddings = BertEmbeddings {
+            word: load_embedding(source, &name("embeddings.word_embeddings.weight"), config.vocab_size, d, device)?,
+            position: load_embedding(
+                source,
+                &name("embeddings.position_embeddings.weight"),
+                config.max_position_embeddings,
+                d,
+                device,
+            )?,
+            token_type: load_embedding(
+                source,
+                &name("embeddings.token_type_embeddings.weight"),
+                config.type_vocab_size,
+                d,
+                device,
+            )?,
+            norm: norm("embeddings.LayerNorm")?,
+            dropout: dropout(config.hidden_dropout_prob),
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = format!("encoder.layer.{i}");
+                Ok(BertLayer {
+                    attention: BertAttention {
+                        query: linear(&format!("{l}.attention.self.query"), d, d)?,
+                        key: linear(&format!("{l}.attention.self.key"), d, d)?,
+                        value: linear(&format!("{l}.attention.self.value"), d, d)?,
+                        output: linear(&format!("{l}.attention.output.dense"), d, d)?,
+                        norm: norm(&format!("{l}.attention.output.LayerNorm"))?,
+                        attention_dropout: dropout(config.attention_probs_dropout_prob),
+                        dropout: dropout(config.hidden_dropout_prob),
+                        heads: config.num_attention_heads,
+                    },
+                    intermediate: linear(&format!("{l}.intermediate.dense"), d, ff)?,
+                    output: linear(&format!("{l}.output.dense"), ff, d)?,
+                    norm: norm(&format!("{l}.output.LayerNorm"))?,
+                    dropout: dropout(config.hidden_dropout_prob),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if source.contains(&name(&format!("encoder.layer.{}.output.dense.weight", config.num_hidden_layers))) {
+            bail!(
+                "the checkpoint has more than num_hidden_layers = {} layers",
+                config.num_hidden_layers
+            );
+        }
+        Ok(Self {
+            embeddings,
+            layers,
+            hidden_size: d,
+        })
+    }
+}
+
+/// Token ids and pooled vectors of a batch of texts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Embeddings {
+    pub ids: Vec<Vec<u32>>,
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// A BERT model with its tokenizer: texts in, pooled vectors out.
+#[derive(Debug)]
+pub struct BertEmbedder {
+    pub model: BertModel,
+    pub config: BertConfig,
+    pub tokenizer: TextTokenizer,
+    pub device: Device,
+}
+
+impl BertEmbedder {
+    /// Loads `config.json`, `*.safetensors` and `tokenizer.json` from a folder. The tokenizer's
+    /// own padding and truncation (all-MiniLM-L6-v2 ships both at 128) are switched off.
+    pub fn load(folder: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let folder = folder.as_ref();
+        if !folder.is_dir() {
+            bail!(
+                "model folder {} does not exist (run `cargo xtask fetch-models` for models/minilm)",
+                folder.display()
+            );
+        }
+        let (model, config) = BertModel::load(folder, device)?;
+        let tokenizer = TextTokenizer::from_file(folder.join("tokenizer.json"))?.with_pad_id(config.pad_token_id);
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            device: device.clone(),
+        })
+    }
+
+    /// Encoding options: right padding, right truncation at the model's position limit.
+    pub fn encode_options(&self, max_len: Option<usize>) -> EncodeOptions {
+        EncodeOptions {
+            max_len: Some(max_len.unwrap_or(self.config.max_position_embeddings).min(self.config.max_position_embeddings)),
+            truncation: TruncationSide::Right,
+            padding: PaddingSide::Right,
+            add_special_tokens: true,
+        }
+    }
+
+    /// Tokenizes `texts`, runs them as one right-padded batch and pools.
+    pub fn embed(&self, texts: &[&str], pooling: Pooling, max_len: Option<usize>) -> Result<Embeddings> {
+        let batch = self.tokenizer.encode_batch(texts, &self.encode_options(max_len))?;
+        let mask = batch.attention_tensor(&self.device);
+        let hidden = self.model.forward(batch.ids_tensor(&self.device), mask.clone(), None);
+        let pooled = pooling.pool(hidden, mask);
+        let d = self.config.hidden_size;
+        let flat: Vec<f32> = pooled
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading pooled vectors: {e:?}"))?;
+        Ok(Embeddings {
+            ids: (0..batch.batch_size).map(|i| batch.row_ids(i).to_vec()).collect(),
+            vectors: flat.chunks(d).map(<[f32]>::to_vec).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::test_device;
+    use crate::models::test_support::MemoryWeights;
+    use burn::tensor::TensorData;
+
+    fn tiny_config() -> BertConfig {
+        BertConfig {
+            vocab_size: 20,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: "gelu".into(),
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            position_embedding_type: "absolute".into(),
+        }
+    }
+
+    fn tiny_weights(c: &BertConfig) -> MemoryWeights {
+        let mut w = MemoryWeights::seeded(3);
+        let d = c.hidden_size;
+        w.random("embeddings.word_embeddings.weight", &[c.vocab_size, d], 1.0);
+        w.random("embeddings.position_embeddings.weight", &[c.max_position_embeddings, d], 1.0);
+        w.random("embeddings.token_type_embeddings.weight", &[c.type_vocab_size, d], 1.0);
+        let ln = |w: &mut MemoryWeights, p: &str| {
+            w.random(&format!("{p}.weight"), &[d], 1.0);
+            w.random(&format!("{p}.bias"), &[d], 0.1);
+        };
+        ln(&mut w, "embeddings.LayerNorm");
+        for i in 0..c.num_hidden_layers {
+            let l = format!("encoder.layer.{i}");
+            for (p, o, inp) in [
+                ("attention.self.query", d, d),
+                ("attention.self.key", d, d),
+                ("attention.self.value", d, d),
+                ("attention.output.dense", d, d),
+                ("intermediate.dense", c.intermediate_size, d),
+                ("output.dense", d, c.intermediate_size),
+            ] {
+                w.random(&format!("{l}.{p}.weight"), &[o, inp], 0.5);
+                w.random(&format!("{l}.{p}.bias"), &[o], 0.1);
+            }
+            ln(&mut w, &format!("{l}.attention.output.LayerNorm"));
+            ln(&mut w, &format!("{l}.output.LayerNorm"));
+        }
+        w
+    }
+
+    fn ids(rows: &[&[i64]], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+        let t = rows.iter().map(|r| r.len()).max().unwrap();
+        let mut flat = Vec::new();
+        let mut mask = Vec::new();
+        for r in rows {
+            flat.extend_from_slice(r);
+            flat.extend(std::iter::repeat_n(0, t - r.len()));
+            mask.extend(std::iter::repeat_n(1i64, r.len()));
+            mask.extend(std::iter::repeat_n(0i64, t - r.len()));
+        }
+        (
+            Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device),
+            Tensor::from_data(TensorData::new(mask, [rows.len(), t]), device),
+        )
+    }
+
+    fn pooled(model: &BertModel, rows: &[&[i64]], device: &Device) -> Vec<f32> {
+        let (i, m) = ids(rows, device);
+        let h = model.forward(i, m.clone(), None);
+        Pooling::Mean.pool(h, m).into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn padding_does_not_change_a_text_s_embedding() {
+        let device = test_device();
+        let c = tiny_config();
+        let model = BertModel::from_source(&tiny_weights(&c), &c, &device).unwrap();
+        let alone = pooled(&model, &[&[1, 5, 6, 2]], &device);
+        let batched = pooled(&model, &[&[1, 5, 6, 2], &[1, 7, 8, 9, 10, 11, 2]], &device);
+        for (a, b) in alone.iter().zip(&batched[..8]) {
+            assert!((a - b).abs() < 1e-5, "{alone:?} vs {batched:?}");
+        }
+        // A different pad id under the mask changes nothing.
+        let (mut i, m) = ids(&[&[1, 5, 6, 2], &[1, 7, 8, 9, 10, 11, 2]], &device);
+        let base = model.forward(i.clone(), m.clone(), None).narrow(0, 0, 1).narrow(1, 0, 4);
+        i = i.slice_assign([0..1, 4..7], Tensor::from_data(TensorData::new(vec![13i64, 14, 15], [1, 3]), &device));
+        let changed = model.forward(i, m, None).narrow(0, 0, 1).narrow(1, 0, 4);
+        let diff: f32 = (base - changed).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "masked tokens leaked into real ones: {diff}");
+    }
+
+    #[test]
+    fn wrong_shapes_and_missing_tensors_name_the_tensor() {
+        let device = test_device();
+        let c = tiny_config();
+        let mut w = tiny_weights(&c);
+        w.random("encoder.layer.1.attention.self.key.weight", &[8, 7], 0.5);
+        let err = BertModel::from_source(&w, &c, &device).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "tensor encoder.layer.1.attention.self.key.weight has shape [8, 7], the config implies [8, 8]"
+        );
+        let mut w = tiny_weights(&c);
+        w.tensors.remove("encoder.layer.0.output.LayerNorm.bias");
+        let err = BertModel::from_source(&w, &c, &device).unwrap_err().to_string();
+        assert!(err.contains("encoder.layer.0.output.LayerNorm.bias"), "{err}");
+        let mut bad = c.clone();
+        bad.hidden_act = "relu".into();
+        assert!(BertModel::from_source(&tiny_weights(&c), &bad, &device).is_err());
+    }
+}
