@@ -15,6 +15,7 @@ pub use tokenizers;
 pub mod chat;
 pub mod data;
 pub mod device;
+pub mod logprobs;
 pub mod gguf;
 pub mod models;
 pub mod paths;

@@ -5,6 +5,8 @@
 //! ([`safetensors::SafetensorsWeights`]) and GGUF files ([`gguf_weights`]).
 
 pub mod bert;
+pub mod gguf_weights;
+pub mod llama;
 pub mod pooling;
 pub mod safetensors;
 pub mod weights;

@@ -1,0 +1,140 @@
+//! GGUF files as a [`WeightSource`] under HF Llama names: llama.cpp's tensor names mapped in one
+//! place, with the q/k row permutation of llama.cpp's converter undone.
+//!
+//! llama.cpp's converter reorders the rows of each head of `q_proj`/`k_proj` from HF's "rotate
+//! half" RoPE layout (first half, second half) to interleaved pairs. Row `h·d + 2i + j` of the
+//! GGUF tensor is row `h·d + j·d/2 + i` of the HF one (`d` the head dim); [`unpermute_rows`]
+//! restores HF's order so one RoPE implementation serves GGUF and safetensors checkpoints.
+
+use anyhow::{Result, bail};
+
+use super::llama::LlamaConfig;
+use super::weights::{HostTensor, WeightSource};
+use crate::gguf::GgufFile;
+
+/// A GGUF Llama checkpoint read under HF names.
+pub struct GgufWeights {
+    pub file: GgufFile,
+    pub config: LlamaConfig,
+}
+
+impl std::fmt::Debug for GgufWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufWeights").field("file", &self.file).finish()
+    }
+}
+
+/// HF name → llama.cpp name (and, for q/k, the head count whose permutation to undo).
+fn gguf_name(hf: &str, config: &LlamaConfig) -> Option<(String, Option<usize>)> {
+    match hf {
+        "model.embed_tokens.weight" => return Some(("token_embd.weight".into(), None)),
+        "model.norm.weight" => return Some(("output_norm.weight".into(), None)),
+        "lm_head.weight" => return Some(("output.weight".into(), None)),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (gguf, heads) = match name {
+        "input_layernorm.weight" => ("attn_norm.weight", None),
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+        "self_attn.q_proj.weight" => ("attn_q.weight", Some(config.num_attention_heads)),
+        "self_attn.k_proj.weight" => ("attn_k.weight", Some(config.num_key_value_heads)),
+        "self_attn.v_proj.weight" => ("attn_v.weight", None),
+        "self_attn.o_proj.weight" => ("attn_output.weight", None),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
+        "mlp.up_proj.weight" => ("ffn_up.weight", None),
+        "mlp.down_proj.weight" => ("ffn_down.weight", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gguf}"), heads))
+}
+
+/// Undoes llama.cpp's q/k row permutation of a `[heads·head_dim, cols]` matrix.
+pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + 2 * i + j;
+                let dst = h * head_dim + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl GgufWeights {
+    /// Wraps a parsed file; the config comes from its `llama.*` metadata (the LM head is tied
+    /// when the file has no `output.weight`).
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let tied = file.tensor_info("output.weight").is_none();
+        let config = LlamaConfig::from_gguf(&file, tied)?;
+        Ok(Self { file, config })
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn names(&self) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        if self.file.tensor_info("output.weight").is_some() {
+            names.push("lm_head.weight".into());
+        }
+        for i in 0..self.config.num_hidden_layers {
+            for n in [
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ] {
+                names.push(format!("model.layers.{i}.{n}"));
+            }
+        }
+        names
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name, &self.config).is_some_and(|(g, _)| self.file.tensor_info(&g).is_some())
+    }
+
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let Some((gguf, heads)) = gguf_name(name, &self.config) else {
+            bail!("{name} has no llama.cpp counterpart");
+        };
+        let (shape, values) = self
+            .file
+            .tensor_f32(&gguf)
+            .map_err(|e| anyhow::anyhow!("{e} (wanted as {name})"))?;
+        let values = match heads {
+            Some(heads) if shape.len() == 2 => unpermute_rows(&values, shape[0], shape[1], heads),
+            _ => values,
+        };
+        Ok(HostTensor { shape, values })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_the_converter_permutation() {
+        // One head, head_dim 4, 1 column: HF rows [a0, a1, b0, b1] (halves a, b) are stored by
+        // llama.cpp interleaved as [a0, b0, a1, b1].
+        let gguf = [10.0, 20.0, 11.0, 21.0];
+        assert_eq!(unpermute_rows(&gguf, 4, 1, 1), [10.0, 11.0, 20.0, 21.0]);
+        // Two heads, two columns.
+        let gguf: Vec<f32> = (0..16).map(|x| x as f32).collect();
+        let hf = unpermute_rows(&gguf, 8, 2, 2);
+        // head 0 rows in GGUF order 0,1,2,3 → HF order 0,2,1,3.
+        assert_eq!(&hf[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+    }
+}
