@@ -46,9 +46,15 @@ fn minilm_matches_transformers() {
             .zip(&expected)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        println!("minilm text {i} ({} tokens): max abs error {err:.2e}", ids.len());
+        println!(
+            "minilm text {i} ({} tokens): max abs error {err:.2e}",
+            ids.len()
+        );
         worst = worst.max(err);
     }
-    println!("minilm parity: max abs error {worst:.2e} over {} texts", rows.len());
+    println!(
+        "minilm parity: max abs error {worst:.2e} over {} texts",
+        rows.len()
+    );
     assert!(worst < 1e-4, "max abs error {worst} exceeds 1e-4");
 }

@@ -13,7 +13,11 @@ use serde_json::Value;
 #[test]
 fn smollm2_matches_transformers() {
     let path = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing: run `cargo xtask fetch-models`", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask fetch-models`",
+        path.display()
+    );
     let golden: Value =
         serde_json::from_str(&std::fs::read_to_string(golden_dir().join("smollm2.json")).unwrap())
             .unwrap();
@@ -24,7 +28,10 @@ fn smollm2_matches_transformers() {
     // Token ids.
     let mut all_ids = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let ids = lm.tokenizer.encode(row["text"].as_str().unwrap(), false).unwrap();
+        let ids = lm
+            .tokenizer
+            .encode(row["text"].as_str().unwrap(), false)
+            .unwrap();
         let expected: Vec<u32> = row["ids"]
             .as_array()
             .unwrap()
@@ -42,7 +49,10 @@ fn smollm2_matches_transformers() {
     let mut mask = Vec::new();
     for s in &all_ids {
         ids.extend(s.iter().map(|&x| x as i64));
-        ids.extend(std::iter::repeat_n(lm.tokenizer.pad_id() as i64, t - s.len()));
+        ids.extend(std::iter::repeat_n(
+            lm.tokenizer.pad_id() as i64,
+            t - s.len(),
+        ));
         mask.extend(std::iter::repeat_n(1i64, s.len()));
         mask.extend(std::iter::repeat_n(0i64, t - s.len()));
     }
@@ -75,7 +85,11 @@ fn smollm2_matches_transformers() {
             "smollm2 text {i} ({n} tokens): max abs log-prob error {err:.2e}; argmax {argmax} (golden {})",
             row["argmax_next_token"]
         );
-        assert_eq!(argmax, row["argmax_next_token"].as_u64().unwrap(), "argmax of text {i}");
+        assert_eq!(
+            argmax,
+            row["argmax_next_token"].as_u64().unwrap(),
+            "argmax of text {i}"
+        );
         worst = worst.max(err);
     }
     println!("smollm2 parity: max abs log-prob error {worst:.2e}");

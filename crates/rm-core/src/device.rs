@@ -71,9 +71,9 @@ impl FromStr for DeviceSpec {
             ["flex"] | ["cpu"] => Ok(DeviceSpec::Flex),
             ["wgpu"] => Ok(DeviceSpec::Wgpu(WgpuAdapter::Default)),
             ["wgpu", "cpu"] => Ok(DeviceSpec::Wgpu(WgpuAdapter::Cpu)),
-            ["wgpu", "integrated", n] => {
-                Ok(DeviceSpec::Wgpu(WgpuAdapter::Integrated(parse_index(s, n)?)))
-            }
+            ["wgpu", "integrated", n] => Ok(DeviceSpec::Wgpu(WgpuAdapter::Integrated(
+                parse_index(s, n)?,
+            ))),
             ["wgpu", n] => Ok(DeviceSpec::Wgpu(WgpuAdapter::Discrete(parse_index(s, n)?))),
             ["cuda"] => Ok(DeviceSpec::Cuda(0)),
             ["cuda", n] => Ok(DeviceSpec::Cuda(parse_index(s, n)?)),
@@ -209,7 +209,10 @@ mod tests {
         assert_eq!("flex".parse(), Ok(DeviceSpec::Flex));
         assert_eq!("FLEX".parse(), Ok(DeviceSpec::Flex));
         assert_eq!("wgpu".parse(), Ok(DeviceSpec::Wgpu(WgpuAdapter::Default)));
-        assert_eq!("wgpu:2".parse(), Ok(DeviceSpec::Wgpu(WgpuAdapter::Discrete(2))));
+        assert_eq!(
+            "wgpu:2".parse(),
+            Ok(DeviceSpec::Wgpu(WgpuAdapter::Discrete(2)))
+        );
         assert_eq!(
             "wgpu:integrated:1".parse(),
             Ok(DeviceSpec::Wgpu(WgpuAdapter::Integrated(1)))
@@ -237,7 +240,15 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["auto", "flex", "wgpu", "wgpu:1", "wgpu:integrated:0", "wgpu:cpu", "cuda:2"] {
+        for s in [
+            "auto",
+            "flex",
+            "wgpu",
+            "wgpu:1",
+            "wgpu:integrated:0",
+            "wgpu:cpu",
+            "cuda:2",
+        ] {
             let spec: DeviceSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
             assert_eq!(spec.to_string().parse::<DeviceSpec>().unwrap(), spec);

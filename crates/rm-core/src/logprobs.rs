@@ -38,7 +38,10 @@ pub fn sequence_logprobs(
     with_logsumexp_2x: bool,
 ) -> SequenceLogprobs {
     let [b, t, v] = logits.dims();
-    assert!(t >= 2, "sequence log-probs need at least two positions, got {t}");
+    assert!(
+        t >= 2,
+        "sequence log-probs need at least two positions, got {t}"
+    );
     let predicting = logits.narrow(1, 0, t - 1);
     let targets = input_ids.narrow(1, 1, t - 1);
     let mask = completion_mask.narrow(1, 1, t - 1).float();
@@ -82,7 +85,10 @@ mod tests {
         let device = test_device();
         // V = 2, logits [0, ln 3] → p = [1/4, 3/4] at every position.
         let l = (3.0f32).ln();
-        let logits = Tensor::<3>::from_data(TensorData::new(vec![0.0, l, 0.0, l, 0.0, l], [1, 3, 2]), &device);
+        let logits = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0, l, 0.0, l, 0.0, l], [1, 3, 2]),
+            &device,
+        );
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 0], [1, 3]), &device);
         let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [1, 3]), &device);
         let out = sequence_logprobs(logits, ids, mask, true);
@@ -91,7 +97,12 @@ mod tests {
         assert_eq!(vec1(out.count), [2.0]);
         assert!((vec1(out.mean)[0] - expect / 2.0).abs() < 1e-6);
         // logsumexp(2z) = ln(1 + 9)
-        let lse = out.logsumexp_2x.unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let lse = out
+            .logsumexp_2x
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert!((lse[0] - (10.0f32).ln()).abs() < 1e-5);
     }
 
@@ -107,7 +118,11 @@ mod tests {
             let n = s.len();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(s.to_vec(), [1, n]), &device);
             let attn = Tensor::<2, Int>::ones([1, n], &device);
-            let logits = model.forward(ids, attn).into_data().try_to_vec::<f32>().unwrap();
+            let logits = model
+                .forward(ids, attn)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
             let v = logits.len() / n;
             let mut total = 0.0f64;
             for t in from..n {
@@ -144,13 +159,21 @@ mod tests {
     #[test]
     fn gradients_flow_into_the_logits() {
         let device = test_device().autodiff();
-        let logits = Tensor::<3>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.0, 0.0], [1, 2, 2]), &device)
-            .require_grad();
+        let logits = Tensor::<3>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 0.0, 0.0], [1, 2, 2]),
+            &device,
+        )
+        .require_grad();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
         let mask = Tensor::<2, Int>::ones([1, 2], &device);
         let out = sequence_logprobs(logits.clone(), ids, mask, false);
         let grads = out.sum.sum().backward();
-        let g = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let g = logits
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         // d log softmax(z)[1] / dz at z = 0: [-1/2, 1/2] at position 0; nothing at position 1.
         assert_eq!(g, [-0.5, 0.5, 0.0, 0.0]);
     }

@@ -65,14 +65,29 @@ pub mod for_tests {
     }
 
     pub fn data_dir() -> PathBuf {
-        super::data_dir(std::env::var_os(DATA_DIR_ENV).is_none().then(|| root().join(DEFAULT_DATA_DIR)).as_deref())
+        super::data_dir(
+            std::env::var_os(DATA_DIR_ENV)
+                .is_none()
+                .then(|| root().join(DEFAULT_DATA_DIR))
+                .as_deref(),
+        )
     }
 
     pub fn models_dir() -> PathBuf {
-        super::models_dir(std::env::var_os(MODELS_DIR_ENV).is_none().then(|| root().join(DEFAULT_MODELS_DIR)).as_deref())
+        super::models_dir(
+            std::env::var_os(MODELS_DIR_ENV)
+                .is_none()
+                .then(|| root().join(DEFAULT_MODELS_DIR))
+                .as_deref(),
+        )
     }
 
     pub fn golden_dir() -> PathBuf {
-        super::golden_dir(std::env::var_os(GOLDEN_DIR_ENV).is_none().then(|| root().join(DEFAULT_GOLDEN_DIR)).as_deref())
+        super::golden_dir(
+            std::env::var_os(GOLDEN_DIR_ENV)
+                .is_none()
+                .then(|| root().join(DEFAULT_GOLDEN_DIR))
+                .as_deref(),
+        )
     }
 }

@@ -74,7 +74,10 @@ impl SamplingConfig {
     /// Checks the ranges of every knob.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!("temperature must be a finite number ≥ 0, got {}", self.temperature);
+            bail!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("top_p must be in (0, 1], got {}", self.top_p);
@@ -83,7 +86,10 @@ impl SamplingConfig {
             bail!("min_p must be in [0, 1), got {}", self.min_p);
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            bail!("repetition_penalty must be > 0, got {}", self.repetition_penalty);
+            bail!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            );
         }
         Ok(())
     }
@@ -116,16 +122,30 @@ pub trait IncrementalDecoder {
     type Cache;
     /// Runs the left-padded prompt batch `ids` `[B, T]` with `attention_mask` `[B, T]` (1 real,
     /// 0 pad) and returns the logits of the last position `[B, V]` and the filled cache.
-    fn prefill(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Result<(Tensor<2>, Self::Cache)>;
+    fn prefill(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Result<(Tensor<2>, Self::Cache)>;
     /// Feeds one token per row (`ids` `[B, 1]`); `attention_mask` `[B, T + k + 1]` covers every
     /// position so far, the new one included. Returns the next logits `[B, V]`.
-    fn step(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>, cache: &mut Self::Cache) -> Result<Tensor<2>>;
+    fn step(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor<2>>;
 }
 
 /// Log-softmax of one row of logits, in f64 for accuracy.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
 }
 
@@ -178,11 +198,11 @@ pub fn sampling_distribution(
         }
         order.truncate(keep.max(1));
     }
-    if min_p > 0.0 {
-        if let Some(&(_, top)) = order.first() {
-            let threshold = min_p * top;
-            order.retain(|&(_, p)| p >= threshold);
-        }
+    if min_p > 0.0
+        && let Some(&(_, top)) = order.first()
+    {
+        let threshold = min_p * top;
+        order.retain(|&(_, p)| p >= threshold);
     }
     let total: f32 = order.iter().map(|&(_, p)| p).sum();
     for entry in &mut order {
@@ -200,7 +220,9 @@ fn draw(distribution: &[(u32, f32)], u: f32) -> (u32, f32) {
             return (token, p);
         }
     }
-    *distribution.last().expect("a sampling distribution is never empty")
+    *distribution
+        .last()
+        .expect("a sampling distribution is never empty")
 }
 
 /// Index of the largest value (first one on ties).
@@ -275,7 +297,9 @@ pub fn generate<M: IncrementalDecoder>(
     let (mut logits, mut cache) = model.prefill(ids_t, mask_tensor(&mask, device))?;
 
     let mut rngs: Vec<StdRng> = (0..batch)
-        .map(|row| StdRng::seed_from_u64(config.seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .map(|row| {
+            StdRng::seed_from_u64(config.seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        })
         .collect();
     let mut rows: Vec<GeneratedRow> = (0..batch)
         .map(|_| GeneratedRow {
@@ -318,7 +342,11 @@ pub fn generate<M: IncrementalDecoder>(
                 done[row] = true;
             } else if !config.stop_strings.is_empty() {
                 let text = tokenizer.decode(&out.tokens, true)?;
-                if config.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                if config
+                    .stop_strings
+                    .iter()
+                    .any(|s| text.contains(s.as_str()))
+                {
                     out.finish_reason = FinishReason::StopString;
                     done[row] = true;
                 }
@@ -330,7 +358,10 @@ pub fn generate<M: IncrementalDecoder>(
             break;
         }
         let next_t = Tensor::<2, Int>::from_data(
-            TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [batch, 1]),
+            TensorData::new(
+                next.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                [batch, 1],
+            ),
             device,
         );
         logits = model.step(next_t, mask_tensor(&mask, device), &mut cache)?;
@@ -384,7 +415,10 @@ mod tests {
     #[test]
     fn filters_match_hand_computed_sets() {
         // probabilities 0.5, 0.25, 0.125, 0.125 (logits are their logs).
-        let logits: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+        let logits: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125]
+            .iter()
+            .map(|p| p.ln())
+            .collect();
         let all = sampling_distribution(&logits, 1.0, 0, 1.0, 0.0);
         assert_eq!(all.iter().map(|x| x.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert!(close(all[0].1, 0.5));
@@ -440,10 +474,22 @@ mod tests {
     #[test]
     fn bad_configs_are_rejected() {
         for c in [
-            SamplingConfig { temperature: -1.0, ..Default::default() },
-            SamplingConfig { top_p: 0.0, ..Default::default() },
-            SamplingConfig { min_p: 1.0, ..Default::default() },
-            SamplingConfig { repetition_penalty: 0.0, ..Default::default() },
+            SamplingConfig {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingConfig {
+                min_p: 1.0,
+                ..Default::default()
+            },
+            SamplingConfig {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }

@@ -202,7 +202,14 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 /// Pad-token names tried, in order, when the tokenizer does not declare one.
-const PAD_CANDIDATES: &[&str] = &["[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>", "<|im_end|>"];
+const PAD_CANDIDATES: &[&str] = &[
+    "[PAD]",
+    "<pad>",
+    "<|pad|>",
+    "<|endoftext|>",
+    "</s>",
+    "<|im_end|>",
+];
 
 impl TextTokenizer {
     /// Loads a `tokenizer.json`, switching off its built-in truncation and padding.
@@ -333,7 +340,10 @@ impl TextTokenizer {
         let mut prompt_ids = self.encode(prompt, false)?;
         let mut completion_ids = self.encode(completion, false)?;
         if completion_ids.is_empty() {
-            bail!("the completion {:?} tokenizes to zero tokens", preview(completion));
+            bail!(
+                "the completion {:?} tokenizes to zero tokens",
+                preview(completion)
+            );
         }
         if let Some(max_len) = options.max_len {
             if max_len == 0 {
@@ -344,7 +354,11 @@ impl TextTokenizer {
                 let prompt_budget = max_len.saturating_sub(completion_ids.len());
                 truncate(&mut prompt_ids, prompt_budget, options.truncation);
                 let completion_budget = max_len - prompt_ids.len();
-                truncate(&mut completion_ids, completion_budget, TruncationSide::Right);
+                truncate(
+                    &mut completion_ids,
+                    completion_budget,
+                    TruncationSide::Right,
+                );
             }
         }
         let mut completion = vec![false; prompt_ids.len()];
@@ -413,8 +427,8 @@ mod tests {
 
     #[test]
     fn right_padding_builds_masks() {
-        let b = TokenBatch::pad(&[seq(&[5, 6, 7], 1), seq(&[8], 0)], 0, PaddingSide::Right)
-            .unwrap();
+        let b =
+            TokenBatch::pad(&[seq(&[5, 6, 7], 1), seq(&[8], 0)], 0, PaddingSide::Right).unwrap();
         assert_eq!((b.batch_size, b.seq_len), (2, 3));
         assert_eq!(b.input_ids, [5, 6, 7, 8, 0, 0]);
         assert_eq!(b.attention_mask, [1, 1, 1, 1, 0, 0]);
@@ -424,8 +438,7 @@ mod tests {
 
     #[test]
     fn left_padding_builds_masks() {
-        let b =
-            TokenBatch::pad(&[seq(&[5, 6, 7], 2), seq(&[8], 0)], 9, PaddingSide::Left).unwrap();
+        let b = TokenBatch::pad(&[seq(&[5, 6, 7], 2), seq(&[8], 0)], 9, PaddingSide::Left).unwrap();
         assert_eq!(b.input_ids, [5, 6, 7, 9, 9, 8]);
         assert_eq!(b.attention_mask, [1, 1, 1, 0, 0, 1]);
         assert_eq!(b.completion_mask, [0, 0, 1, 0, 0, 1]);

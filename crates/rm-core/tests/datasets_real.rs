@@ -14,7 +14,10 @@ fn hh_rlhf_harmless_base_has_1800_train_and_200_dev_pairs() {
     assert_eq!(train.len(), 1800);
     assert!(report.prompt_mismatches.is_empty());
     // Five train responses invent further turns; they keep the shared prompt.
-    assert_eq!(report.responses_with_turn_markers, [150, 518, 1324, 1463, 1586]);
+    assert_eq!(
+        report.responses_with_turn_markers,
+        [150, 518, 1324, 1463, 1586]
+    );
     let (dev, report) = hh_rlhf::load(&dir, hh_rlhf::Split::Dev).unwrap();
     println!("dev: {report:?}");
     assert_eq!((report.rows, dev.len()), (200, 200));
@@ -31,7 +34,10 @@ fn hh_rlhf_harmless_base_has_1800_train_and_200_dev_pairs() {
         unreachable!()
     };
     assert_eq!(c.turns.len(), 5);
-    assert_eq!(c.turns[0].content, "Male ballerinas are referred to as what?");
+    assert_eq!(
+        c.turns[0].content,
+        "Male ballerinas are referred to as what?"
+    );
     assert_eq!(train[0].chosen, "Right, right. I wonder what it means.");
     assert_eq!(
         train[0].rejected,
@@ -84,6 +90,9 @@ fn prm800k_phase1_has_900_problems_and_the_rating_counts() {
     let first = &solutions[0];
     assert_eq!(first.prompt, "How many seconds are in 7.8 minutes?");
     assert_eq!(first.answer.as_deref(), Some("468"));
-    assert_eq!(first.steps[0].text, "7.8 minutes is the same as 7 minutes and 0.8 minutes.");
+    assert_eq!(
+        first.steps[0].text,
+        "7.8 minutes is the same as 7 minutes and 0.8 minutes."
+    );
     assert_eq!(first.steps.len(), first.alternatives.len());
 }

@@ -63,12 +63,16 @@ fn parse_template(name: &str) -> Result<ChatTemplate> {
     })
 }
 
-fn load_tokenizer(global: &GlobalArgs, explicit: Option<&Path>) -> Result<Option<(PathBuf, TextTokenizer)>> {
+fn load_tokenizer(
+    global: &GlobalArgs,
+    explicit: Option<&Path>,
+) -> Result<Option<(PathBuf, TextTokenizer)>> {
     let path = match explicit {
         Some(p) if p.is_dir() => p.join("tokenizer.json"),
         Some(p) => p.to_path_buf(),
         None => {
-            let default = paths::models_dir(global.models_dir.as_deref()).join("minilm/tokenizer.json");
+            let default =
+                paths::models_dir(global.models_dir.as_deref()).join("minilm/tokenizer.json");
             if !default.is_file() {
                 println!(
                     "(no tokenizer at {}: run `cargo xtask fetch-models` or pass --tokenizer for length statistics)",
@@ -107,7 +111,10 @@ fn print_lengths(tokenizer: Option<&(PathBuf, TextTokenizer)>, columns: &[Column
     let Some((path, tok)) = tokenizer else {
         return Ok(());
     };
-    println!("\ntoken lengths ({}; special tokens included):", path.display());
+    println!(
+        "\ntoken lengths ({}; special tokens included):",
+        path.display()
+    );
     println!(
         "  {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "field", "mean", "p50", "p90", "p95", "p99", "max"
@@ -146,9 +153,18 @@ fn pair_columns(template: ChatTemplate, pairs: &[PreferencePair]) -> Result<Vec<
         prompt.push(text);
     }
     Ok(vec![
-        Column { name: "prompt", texts: prompt },
-        Column { name: "prompt + chosen", texts: chosen },
-        Column { name: "prompt + rejected", texts: rejected },
+        Column {
+            name: "prompt",
+            texts: prompt,
+        },
+        Column {
+            name: "prompt + chosen",
+            texts: chosen,
+        },
+        Column {
+            name: "prompt + rejected",
+            texts: rejected,
+        },
     ])
 }
 
@@ -160,7 +176,12 @@ fn print_pair_sample(template: ChatTemplate, pair: &PreferencePair) -> Result<()
     Ok(())
 }
 
-fn inspect(global: &GlobalArgs, dataset: &str, tokenizer: Option<&Path>, template: &str) -> Result<()> {
+fn inspect(
+    global: &GlobalArgs,
+    dataset: &str,
+    tokenizer: Option<&Path>,
+    template: &str,
+) -> Result<()> {
     let template = parse_template(template)?;
     let data_dir = paths::data_dir(global.data_dir.as_deref());
     let tok = load_tokenizer(global, tokenizer)?;
@@ -201,8 +222,14 @@ fn inspect(global: &GlobalArgs, dataset: &str, tokenizer: Option<&Path>, templat
             print_lengths(
                 tok.as_ref(),
                 &[
-                    Column { name: "question", texts: all.iter().map(|p| p.question.clone()).collect() },
-                    Column { name: "solution", texts: all.iter().map(|p| p.solution.clone()).collect() },
+                    Column {
+                        name: "question",
+                        texts: all.iter().map(|p| p.question.clone()).collect(),
+                    },
+                    Column {
+                        name: "solution",
+                        texts: all.iter().map(|p| p.solution.clone()).collect(),
+                    },
                 ],
             )?;
             let p = &all[0];
@@ -226,12 +253,21 @@ fn inspect(global: &GlobalArgs, dataset: &str, tokenizer: Option<&Path>, templat
             print_lengths(
                 tok.as_ref(),
                 &[
-                    Column { name: "problem", texts: solutions.iter().map(|s| s.prompt.clone()).collect() },
+                    Column {
+                        name: "problem",
+                        texts: solutions.iter().map(|s| s.prompt.clone()).collect(),
+                    },
                     Column {
                         name: "preferred path",
                         texts: solutions
                             .iter()
-                            .map(|s| s.steps.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join("\n"))
+                            .map(|s| {
+                                s.steps
+                                    .iter()
+                                    .map(|t| t.text.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
                             .collect(),
                     },
                 ],
@@ -247,7 +283,11 @@ fn inspect(global: &GlobalArgs, dataset: &str, tokenizer: Option<&Path>, templat
     Ok(())
 }
 
-fn inspect_file(path: &Path, template: ChatTemplate, tok: Option<&(PathBuf, TextTokenizer)>) -> Result<()> {
+fn inspect_file(
+    path: &Path,
+    template: ChatTemplate,
+    tok: Option<&(PathBuf, TextTokenizer)>,
+) -> Result<()> {
     if !path.is_file() {
         bail!(
             "{} is neither a known dataset (hh-rlhf, gsm8k, prm800k) nor a file",
@@ -280,10 +320,17 @@ fn inspect_file(path: &Path, template: ChatTemplate, tok: Option<&(PathBuf, Text
         generic::Shape::Unpaired => {
             let rows = generic::load_unpaired(path)?;
             let good = rows.iter().filter(|r| r.desirable).count();
-            println!("{} examples: {good} desirable, {} undesirable", rows.len(), rows.len() - good);
+            println!(
+                "{} examples: {good} desirable, {} undesirable",
+                rows.len(),
+                rows.len() - good
+            );
             print_lengths(
                 tok,
-                &[Column { name: "completion", texts: rows.iter().map(|r| r.completion.clone()).collect() }],
+                &[Column {
+                    name: "completion",
+                    texts: rows.iter().map(|r| r.completion.clone()).collect(),
+                }],
             )?;
         }
         generic::Shape::StepLabelled => {
@@ -302,7 +349,10 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let mut v: Vec<usize> = (1..=100).rev().collect();
-        assert_eq!(percentiles(&mut v, &[50.0, 90.0, 99.0, 100.0]), [50, 90, 99, 100]);
+        assert_eq!(
+            percentiles(&mut v, &[50.0, 90.0, 99.0, 100.0]),
+            [50, 90, 99, 100]
+        );
         let mut v = vec![7];
         assert_eq!(percentiles(&mut v, &[50.0, 100.0]), [7, 7]);
         assert_eq!(percentiles(&mut [], &[50.0]), [0]);

@@ -16,9 +16,11 @@ fn probe(spec: DeviceSpec) -> Result<String, String> {
         t.sum().into_scalar::<f32>()
     });
     match outcome {
-        Ok(v) if v == 6.0 => Ok(format!("{spec}: usable")),
+        Ok(6.0) => Ok(format!("{spec}: usable")),
         Ok(v) => Err(format!("{spec}: wrong result {v} for 1+2+3")),
-        Err(_) => Err(format!("{spec}: failed to initialise (see the message above)")),
+        Err(_) => Err(format!(
+            "{spec}: failed to initialise (see the message above)"
+        )),
     }
 }
 
@@ -33,7 +35,11 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
     println!("plumb {}", env!("CARGO_PKG_VERSION"));
     println!("\nbackends compiled in: {}", compiled_backends().join(", "));
     let requested: DeviceSpec = global.device.parse()?;
-    println!("--device {} resolves to {}", global.device, requested.resolve()?);
+    println!(
+        "--device {} resolves to {}",
+        global.device,
+        requested.resolve()?
+    );
 
     println!("\ndevices:");
     let mut candidates = vec![DeviceSpec::Flex];
@@ -60,7 +66,9 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
         let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         entries.sort();
         for dir in entries.into_iter().filter(|p| p.is_dir()) {
-            let Ok(files) = std::fs::read_dir(&dir) else { continue };
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             let mut files: Vec<_> = files.flatten().map(|e| e.path()).collect();
             files.sort();
             let weights: Vec<_> = files
@@ -76,7 +84,11 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
             any = true;
             println!("  {}", dir.display());
             for w in weights {
-                println!("    {} ({})", w.file_name().unwrap_or_default().to_string_lossy(), size(w));
+                println!(
+                    "    {} ({})",
+                    w.file_name().unwrap_or_default().to_string_lossy(),
+                    size(w)
+                );
             }
         }
     }

@@ -2,4 +2,5 @@
 
 pub mod data;
 pub mod info;
+pub mod models;
 pub mod texts;

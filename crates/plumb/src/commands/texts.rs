@@ -36,8 +36,7 @@ impl TextInput {
 }
 
 fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
@@ -49,7 +48,10 @@ fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
             .with_context(|| format!("{}:{line_no}: invalid JSON", path.display()))?;
         match value.get(field) {
             Some(serde_json::Value::String(s)) => out.push(s.clone()),
-            Some(_) => bail!("{}:{line_no}: field \"{field}\": expected a string", path.display()),
+            Some(_) => bail!(
+                "{}:{line_no}: field \"{field}\": expected a string",
+                path.display()
+            ),
             None => bail!("{}:{line_no}: field \"{field}\" is missing", path.display()),
         }
     }
@@ -76,7 +78,10 @@ mod tests {
         let bad = dir.join("bad.jsonl");
         std::fs::write(&bad, "{\"text\": \"a\"}\n{\"text\": 3}\n").unwrap();
         let err = read_jsonl_field(&bad, "text").unwrap_err().to_string();
-        assert!(err.ends_with("bad.jsonl:2: field \"text\": expected a string"), "{err}");
+        assert!(
+            err.ends_with("bad.jsonl:2: field \"text\": expected a string"),
+            "{err}"
+        );
         std::fs::write(&bad, "{\"text\": \"a\"}\n{oops\n").unwrap();
         let err = format!("{:#}", read_jsonl_field(&bad, "text").unwrap_err());
         assert!(err.contains("bad.jsonl:2: invalid JSON"), "{err}");

@@ -37,16 +37,19 @@ fn prompt(row: &Row) -> Result<Prompt, DataError> {
                             ));
                         }
                     };
-                    let content = t
-                        .get("content")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| row.loc.field(&format!("{field}.content"), "expected a string"))?;
+                    let content = t.get("content").and_then(Value::as_str).ok_or_else(|| {
+                        row.loc
+                            .field(&format!("{field}.content"), "expected a string")
+                    })?;
                     Ok(Turn::new(role, content))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Prompt::Conversation(Conversation::new(turns)))
         }
-        _ => Err(row.loc.field("prompt", "expected a string or a list of {role, content} turns")),
+        _ => Err(row.loc.field(
+            "prompt",
+            "expected a string or a list of {role, content} turns",
+        )),
     }
 }
 
@@ -69,7 +72,10 @@ pub fn parse_pair(row: &Row) -> Result<PreferencePair, DataError> {
         Some(_) => {
             let s = row.f32_array("scores")?;
             let [c, r] = s[..] else {
-                return Err(row.loc.field("scores", format!("expected [chosen, rejected], got {} numbers", s.len())));
+                return Err(row.loc.field(
+                    "scores",
+                    format!("expected [chosen, rejected], got {} numbers", s.len()),
+                ));
             };
             Some([c, r])
         }
@@ -89,7 +95,9 @@ pub fn parse_pair(row: &Row) -> Result<PreferencePair, DataError> {
 pub fn parse_ranking(row: &Row) -> Result<Ranking, DataError> {
     let responses = row.str_array("responses")?;
     if responses.len() < 2 {
-        return Err(row.loc.field("responses", "a ranking needs at least two responses"));
+        return Err(row
+            .loc
+            .field("responses", "a ranking needs at least two responses"));
     }
     let check_len = |field: &str, n: usize| {
         if n == responses.len() {
@@ -127,7 +135,11 @@ pub fn parse_ranking(row: &Row) -> Result<Ranking, DataError> {
             .iter()
             .map(|&x| s.iter().filter(|&&y| y > x).count() as u32)
             .collect(),
-        (None, None) => return Err(row.loc.field("scores", "a ranking needs scores[] or ranks[]")),
+        (None, None) => {
+            return Err(row
+                .loc
+                .field("scores", "a ranking needs scores[] or ranks[]"));
+        }
     };
     Ok(Ranking {
         prompt: prompt(row)?,
@@ -177,7 +189,9 @@ pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
     let prompt = match prompt(row)? {
         Prompt::Text(t) => t,
         Prompt::Conversation(_) => {
-            return Err(row.loc.field("prompt", "step-labelled rows take a string prompt"));
+            return Err(row
+                .loc
+                .field("prompt", "step-labelled rows take a string prompt"));
         }
     };
     let steps = steps
@@ -287,7 +301,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.ends_with("rankings-bad-length.jsonl:1: field \"scores\": has 2 entries but responses has 3"),
+            err.ends_with(
+                "rankings-bad-length.jsonl:1: field \"scores\": has 2 entries but responses has 3"
+            ),
             "{err}"
         );
     }
@@ -312,6 +328,9 @@ mod tests {
         assert_eq!(s[1].steps[0].label, Some(StepLabel::Bad));
         assert_eq!(s[1].steps[1].label, None);
         assert_eq!(s[2].steps[0].label, Some(StepLabel::Good));
-        assert_eq!(detect_shape(&fixture("steps.jsonl")).unwrap(), Shape::StepLabelled);
+        assert_eq!(
+            detect_shape(&fixture("steps.jsonl")).unwrap(),
+            Shape::StepLabelled
+        );
     }
 }

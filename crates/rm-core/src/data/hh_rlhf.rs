@@ -72,7 +72,10 @@ pub fn parse_transcript(text: &str, loc: &Loc, field: &str) -> Result<Conversati
             field,
             "the transcript does not end with an \"Assistant:\" turn (no response to compare)",
         )),
-        None => Err(loc.field(field, "the transcript has no \"Human:\"/\"Assistant:\" turns")),
+        None => Err(loc.field(
+            field,
+            "the transcript has no \"Human:\"/\"Assistant:\" turns",
+        )),
     }
 }
 
@@ -106,27 +109,29 @@ pub fn load_file(
         let (chosen, rejected) = parse_row(&row)?;
         let n_c = chosen.turns.len();
         let n_r = rejected.turns.len();
-        let (prompt, chosen_text, rejected_text) =
-            if chosen.turns[..n_c - 1] == rejected.turns[..n_r - 1] {
-                (
-                    Conversation::new(chosen.turns[..n_c - 1].to_vec()),
-                    chosen.turns[n_c - 1].content.clone(),
-                    rejected.turns[n_r - 1].content.clone(),
-                )
-            } else if let Some(split) = split_on_shared_prompt(row.str("chosen")?, row.str("rejected")?) {
-                report.responses_with_turn_markers.push(loc.line);
-                split
-            } else {
-                report.prompt_mismatches.push(loc.line);
-                if !options.keep_prompt_mismatches {
-                    continue;
-                }
-                (
-                    Conversation::new(chosen.turns[..n_c - 1].to_vec()),
-                    chosen.turns[n_c - 1].content.clone(),
-                    rejected.turns[n_r - 1].content.clone(),
-                )
-            };
+        let (prompt, chosen_text, rejected_text) = if chosen.turns[..n_c - 1]
+            == rejected.turns[..n_r - 1]
+        {
+            (
+                Conversation::new(chosen.turns[..n_c - 1].to_vec()),
+                chosen.turns[n_c - 1].content.clone(),
+                rejected.turns[n_r - 1].content.clone(),
+            )
+        } else if let Some(split) = split_on_shared_prompt(row.str("chosen")?, row.str("rejected")?)
+        {
+            report.responses_with_turn_markers.push(loc.line);
+            split
+        } else {
+            report.prompt_mismatches.push(loc.line);
+            if !options.keep_prompt_mismatches {
+                continue;
+            }
+            (
+                Conversation::new(chosen.turns[..n_c - 1].to_vec()),
+                chosen.turns[n_c - 1].content.clone(),
+                rejected.turns[n_r - 1].content.clone(),
+            )
+        };
         if chosen_text == rejected_text {
             report.identical_responses += 1;
         }
@@ -208,7 +213,10 @@ mod tests {
         let Prompt::Conversation(prompt) = &pairs[1].prompt else {
             panic!("conversation prompt expected")
         };
-        assert_eq!(prompt.turns, [Turn::new(Role::User, "Line one\n\nline two")]);
+        assert_eq!(
+            prompt.turns,
+            [Turn::new(Role::User, "Line one\n\nline two")]
+        );
         assert_eq!(pairs[1].chosen, "Answer\n\nwith a blank line");
         assert_eq!(pairs[1].rejected, "Other");
     }
@@ -232,7 +240,13 @@ mod tests {
         assert_eq!(prompt.turns, [Turn::new(Role::User, "Q")]);
         assert_eq!(c, "A\n\nHuman: fake\n\nAssistant: more");
         assert_eq!(r, "B");
-        assert!(split_on_shared_prompt("\n\nHuman: X\n\nAssistant: A", "\n\nHuman: Y\n\nAssistant: A").is_none());
+        assert!(
+            split_on_shared_prompt(
+                "\n\nHuman: X\n\nAssistant: A",
+                "\n\nHuman: Y\n\nAssistant: A"
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -257,7 +271,9 @@ mod tests {
     fn the_round_trip_through_the_hh_template_is_exact() {
         use crate::chat::ChatTemplate;
         let convs = load_conversations(&fixture("hh-multiturn.jsonl")).unwrap();
-        let text = ChatTemplate::HhTranscript.render(&convs[0].0, false).unwrap();
+        let text = ChatTemplate::HhTranscript
+            .render(&convs[0].0, false)
+            .unwrap();
         assert_eq!(
             text,
             "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant: 4."

@@ -195,9 +195,10 @@ impl<'a> Row<'a> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| self.loc.field(&format!("{field}[{i}]"), "expected a string"))
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    self.loc
+                        .field(&format!("{field}[{i}]"), "expected a string")
+                })
             })
             .collect()
     }
@@ -207,9 +208,10 @@ impl<'a> Row<'a> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_f64()
-                    .map(|x| x as f32)
-                    .ok_or_else(|| self.loc.field(&format!("{field}[{i}]"), "expected a number"))
+                v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                    self.loc
+                        .field(&format!("{field}[{i}]"), "expected a number")
+                })
             })
             .collect()
     }
@@ -291,7 +293,11 @@ pub fn sha256_file(path: &Path) -> Result<String, DataError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Checks `path` against `expected` (lower-case hex).
@@ -352,9 +358,20 @@ mod tests {
         let hh = manifest("hh-rlhf").unwrap();
         assert_eq!(hh.file("train").unwrap().records, 1800);
         assert_eq!(hh.file("dev").unwrap().records, 200);
-        assert_eq!(manifest("gsm8k").unwrap().file("test").unwrap().records, 1319);
-        assert_eq!(manifest("prm800k").unwrap().file("train").unwrap().records, 900);
-        assert!(hh.file("validation").unwrap_err().to_string().contains("train, dev"));
+        assert_eq!(
+            manifest("gsm8k").unwrap().file("test").unwrap().records,
+            1319
+        );
+        assert_eq!(
+            manifest("prm800k").unwrap().file("train").unwrap().records,
+            900
+        );
+        assert!(
+            hh.file("validation")
+                .unwrap_err()
+                .to_string()
+                .contains("train, dev")
+        );
     }
 
     #[test]
@@ -376,7 +393,10 @@ mod tests {
         let err = locate(Path::new("/nonexistent"), "gsm8k", "train")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/nonexistent/gsm8k/train.jsonl: no such file"), "{err}");
+        assert!(
+            err.contains("/nonexistent/gsm8k/train.jsonl: no such file"),
+            "{err}"
+        );
         assert!(err.contains("PLUMB_DATA_DIR"), "{err}");
     }
 }

@@ -35,14 +35,13 @@ fn parse_completion(c: &Value, loc: &Loc, field: &str) -> Result<StepAlternative
         .get("text")
         .and_then(Value::as_str)
         .ok_or_else(|| loc.field(&format!("{field}.text"), "expected a string"))?;
-    let label = match c.get("rating") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_i64()
-                .and_then(StepLabel::from_rating)
-                .ok_or_else(|| loc.field(&format!("{field}.rating"), "expected 1, 0, -1 or null"))?,
-        ),
-    };
+    let label =
+        match c.get("rating") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().and_then(StepLabel::from_rating).ok_or_else(|| {
+                loc.field(&format!("{field}.rating"), "expected 1, 0, -1 or null")
+            })?),
+        };
     let flag = |name: &str| -> Result<bool, DataError> {
         match c.get(name) {
             None | Some(Value::Null) => Ok(false),
@@ -70,7 +69,11 @@ pub fn parse_row(row: &Row, report: &mut PrmReport) -> Result<StepLabelledSoluti
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err(row.loc.field("answer", "expected a string, a number or null")),
+        Some(_) => {
+            return Err(row
+                .loc
+                .field("answer", "expected a string, a number or null"));
+        }
     };
     let steps_json = row.array("steps")?;
     let mut steps = Vec::with_capacity(steps_json.len());

@@ -98,7 +98,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let (block, block_bytes) = t.block();
     let (block, block_bytes) = (block as usize, block_bytes as usize);
-    if n % block != 0 || bytes.len() != n / block * block_bytes {
+    if !n.is_multiple_of(block) || bytes.len() != n / block * block_bytes {
         return Err(format!(
             "{} bytes do not hold {n} {t:?} elements",
             bytes.len()
@@ -126,7 +126,11 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Strin
                 .zip(bytes.par_chunks(block_bytes))
                 .for_each(|(o, b)| dequantize_block(t, b, o));
         }
-        other => return Err(format!("dequantizing {other:?} is not supported (F32, F16, BF16, Q4_0, Q4_1 and Q8_0 are)")),
+        other => {
+            return Err(format!(
+                "dequantizing {other:?} is not supported (F32, F16, BF16, Q4_0, Q4_1 and Q8_0 are)"
+            ));
+        }
     }
     Ok(out)
 }
@@ -207,14 +211,25 @@ mod tests {
 
     #[test]
     fn floats_and_size_checks() {
-        let f: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let f: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(dequantize(GgmlType::F32, &f, 2).unwrap(), [1.5, -2.0]);
         let hf: Vec<u8> = [h(0.5), h(-3.0)].concat();
         assert_eq!(dequantize(GgmlType::F16, &hf, 2).unwrap(), [0.5, -3.0]);
-        let b: Vec<u8> = [bf16::from_f32(2.0).to_le_bytes(), bf16::from_f32(-0.5).to_le_bytes()].concat();
+        let b: Vec<u8> = [
+            bf16::from_f32(2.0).to_le_bytes(),
+            bf16::from_f32(-0.5).to_le_bytes(),
+        ]
+        .concat();
         assert_eq!(dequantize(GgmlType::BF16, &b, 2).unwrap(), [2.0, -0.5]);
         assert!(dequantize(GgmlType::F32, &f, 3).is_err());
         assert!(dequantize(GgmlType::Q4_0, &[0; 18], 31).is_err());
-        assert!(dequantize(GgmlType::Q6K, &[0; 210], 256).unwrap_err().contains("not supported"));
+        assert!(
+            dequantize(GgmlType::Q6K, &[0; 210], 256)
+                .unwrap_err()
+                .contains("not supported")
+        );
     }
 }

@@ -309,7 +309,10 @@ impl GgufFile {
     /// Parses a file held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
         let (version, metadata, tensors, data_start) = {
-            let mut c = Cursor { bytes: &bytes, pos: 0 };
+            let mut c = Cursor {
+                bytes: &bytes,
+                pos: 0,
+            };
             let magic: [u8; 4] = c.array("magic")?;
             if &magic != b"GGUF" {
                 return Err(GgufError::BadMagic(magic));
@@ -349,7 +352,9 @@ impl GgufFile {
                 if n_dims == 0 || n_dims > MAX_DIMS {
                     return Err(GgufError::Malformed {
                         offset: at,
-                        message: format!("tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+                        message: format!(
+                            "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                        ),
                     });
                 }
                 let mut dims = Vec::with_capacity(n_dims as usize);
@@ -379,12 +384,12 @@ impl GgufFile {
                         ),
                     });
                 }
-                let size = (elements / block)
-                    .checked_mul(block_bytes)
-                    .ok_or_else(|| GgufError::Tensor {
+                let size = (elements / block).checked_mul(block_bytes).ok_or_else(|| {
+                    GgufError::Tensor {
                         name: name.clone(),
                         message: "byte size overflows".into(),
-                    })?;
+                    }
+                })?;
                 if offset % alignment != 0 {
                     return Err(GgufError::Tensor {
                         name,
@@ -517,11 +522,15 @@ impl GgufFile {
                     .map_or("the file".into(), |p| p.display().to_string())
             ),
         })?;
-        let values = dequant::dequantize(info.ggml_type, self.tensor_bytes(info), info.num_elements() as usize)
-            .map_err(|message| GgufError::Tensor {
-                name: name.into(),
-                message,
-            })?;
+        let values = dequant::dequantize(
+            info.ggml_type,
+            self.tensor_bytes(info),
+            info.num_elements() as usize,
+        )
+        .map_err(|message| GgufError::Tensor {
+            name: name.into(),
+            message,
+        })?;
         Ok((info.shape(), values))
     }
 }
@@ -544,7 +553,10 @@ pub(crate) mod test_support {
 
     impl Builder {
         pub fn new() -> Self {
-            Self { kv: Vec::new(), tensors: Vec::new() }
+            Self {
+                kv: Vec::new(),
+                tensors: Vec::new(),
+            }
         }
 
         fn string(s: &str) -> Vec<u8> {
@@ -602,7 +614,7 @@ pub(crate) mod test_support {
                 offsets.push(offset);
                 offset += (data.len() as u64).div_ceil(32) * 32;
             }
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
@@ -610,7 +622,7 @@ pub(crate) mod test_support {
                 debug_assert_eq!(start % 32, 0);
                 let _ = off;
                 out.extend(data);
-                while out.len() % 32 != 0 {
+                while !out.len().is_multiple_of(32) {
                     out.push(0);
                 }
             }
@@ -640,7 +652,10 @@ mod tests {
         assert_eq!(f.version(), 3);
         assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
         assert_eq!(f.get_u64("llama.block_count").unwrap(), 2);
-        assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap(), ["a", "b"]);
+        assert_eq!(
+            f.get_str_array("tokenizer.ggml.tokens").unwrap(),
+            ["a", "b"]
+        );
         let (shape, values) = f.tensor_f32("w").unwrap();
         assert_eq!(shape, [2, 3]);
         assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -653,7 +668,12 @@ mod tests {
             f.get_u64("general.architecture").unwrap_err().to_string(),
             "metadata key general.architecture: expected a non-negative integer, found a string"
         );
-        assert!(f.tensor_f32("x").unwrap_err().to_string().starts_with("tensor x: not in"));
+        assert!(
+            f.tensor_f32("x")
+                .unwrap_err()
+                .to_string()
+                .starts_with("tensor x: not in")
+        );
     }
 
     #[test]
@@ -677,7 +697,12 @@ mod tests {
     fn absurd_counts_and_sizes_are_rejected_before_allocating() {
         let good = sample();
         // Tensor count (byte 8) and metadata count (byte 16).
-        for (at, v) in [(8, 1u64 << 60), (16, 1 << 62), (8, u64::MAX), (16, u64::MAX)] {
+        for (at, v) in [
+            (8, 1u64 << 60),
+            (16, 1 << 62),
+            (8, u64::MAX),
+            (16, u64::MAX),
+        ] {
             let err = GgufFile::from_bytes(patch(good.clone(), at, v)).unwrap_err();
             assert!(matches!(err, GgufError::Malformed { .. }), "{err}");
         }
@@ -687,7 +712,10 @@ mod tests {
         // Bad magic and version.
         let mut b = good.clone();
         b[0] = b'X';
-        assert!(matches!(GgufFile::from_bytes(b).unwrap_err(), GgufError::BadMagic(_)));
+        assert!(matches!(
+            GgufFile::from_bytes(b).unwrap_err(),
+            GgufError::BadMagic(_)
+        ));
         let mut b = good.clone();
         b[4] = 9;
         assert_eq!(GgufFile::from_bytes(b).unwrap_err(), GgufError::Version(9));
@@ -705,7 +733,9 @@ mod tests {
         assert!(err.contains("outside the"), "{err}");
         let mut too_many_dims = Builder::new().tensor_f32("t", &[1, 1, 1, 1, 1], &[1.0]);
         too_many_dims.kv.clear();
-        let err = GgufFile::from_bytes(too_many_dims.build()).unwrap_err().to_string();
+        let err = GgufFile::from_bytes(too_many_dims.build())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("5 dimensions"), "{err}");
     }
 }

@@ -121,7 +121,10 @@ mod tests {
         let bytes = Builder::new()
             .kv_str("tokenizer.ggml.model", "gpt2")
             .kv_str("tokenizer.ggml.pre", "smollm")
-            .kv_str_array("tokenizer.ggml.tokens", &["<|x|>", "a", "b", "ab", "Ġ", "1", "2", "Ġab"])
+            .kv_str_array(
+                "tokenizer.ggml.tokens",
+                &["<|x|>", "a", "b", "ab", "Ġ", "1", "2", "Ġab"],
+            )
             .kv_str_array("tokenizer.ggml.merges", &["a b", "Ġ ab"])
             .build();
         let mut file = GgufFile::from_bytes(bytes).unwrap();
@@ -129,7 +132,10 @@ mod tests {
         file.metadata.insert(
             "tokenizer.ggml.token_type".into(),
             super::super::GgufValue::Array(
-                [3, 1, 1, 1, 1, 1, 1, 1].iter().map(|&t| super::super::GgufValue::I32(t)).collect(),
+                [3, 1, 1, 1, 1, 1, 1, 1]
+                    .iter()
+                    .map(|&t| super::super::GgufValue::I32(t))
+                    .collect(),
             ),
         );
         let tok = tokenizer_from_gguf(&file).unwrap();

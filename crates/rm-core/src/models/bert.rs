@@ -91,7 +91,9 @@ impl BertConfig {
                 self.position_embedding_type
             );
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
@@ -100,7 +102,10 @@ impl BertConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 bail!("{name} must be in [0, 1), got {p}");
@@ -154,7 +159,9 @@ pub struct BertModel {
 /// Additive attention bias `[B, 1, 1, T]`: 0 for real tokens, a large negative number for pads.
 pub(crate) fn padding_bias(mask: Tensor<2, Int>) -> Tensor<4> {
     let [b, t] = mask.dims();
-    (mask.float().neg() + 1.0).mul_scalar(-1e9).reshape([b, 1, 1, t])
+    (mask.float().neg() + 1.0)
+        .mul_scalar(-1e9)
+        .reshape([b, 1, 1, t])
 }
 
 impl BertAttention {
@@ -198,7 +205,8 @@ impl BertModel {
             .expand([b, t]);
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
         let e = &self.embeddings;
-        let x = e.word.forward(input_ids) + e.position.forward(positions) + e.token_type.forward(types);
+        let x =
+            e.word.forward(input_ids) + e.position.forward(positions) + e.token_type.forward(types);
         let mut x = e.dropout.forward(e.norm.forward(x));
         let bias = padding_bias(attention_mask);
         for layer in &self.layers {
@@ -220,7 +228,11 @@ impl BertModel {
     /// Builds the model from HF-named tensors (`embeddings.*`, `encoder.layer.{i}.*`, with or
     /// without a `bert.` prefix; LayerNorm `weight/bias` or the old `gamma/beta`), checking every
     /// shape against `config`. `pooler.*` tensors are not used.
-    pub fn from_source(source: &dyn WeightSource, config: &BertConfig, device: &Device) -> Result<Self> {
+    pub fn from_source(
+        source: &dyn WeightSource,
+        config: &BertConfig,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let prefix = if source.contains("bert.embeddings.word_embeddings.weight") {
             "bert."
@@ -253,7 +265,13 @@ impl BertModel {
         let dropout = |p: f64| DropoutConfig::new(p).init();
 
         let embeddings = BertEmbeddings {
-            word: load_embedding(source, &name("embeddings.word_embeddings.weight"), config.vocab_size, d, device)?,
+            word: load_embedding(
+                source,
+                &name("embeddings.word_embeddings.weight"),
+                config.vocab_size,
+                d,
+                device,
+            )?,
             position: load_embedding(
                 source,
                 &name("embeddings.position_embeddings.weight"),
@@ -292,7 +310,10 @@ impl BertModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        if source.contains(&name(&format!("encoder.layer.{}.output.dense.weight", config.num_hidden_layers))) {
+        if source.contains(&name(&format!(
+            "encoder.layer.{}.output.dense.weight",
+            config.num_hidden_layers
+        ))) {
             bail!(
                 "the checkpoint has more than num_hidden_layers = {} layers",
                 config.num_hidden_layers
@@ -334,7 +355,8 @@ impl BertEmbedder {
             );
         }
         let (model, config) = BertModel::load(folder, device)?;
-        let tokenizer = TextTokenizer::from_file(folder.join("tokenizer.json"))?.with_pad_id(config.pad_token_id);
+        let tokenizer = TextTokenizer::from_file(folder.join("tokenizer.json"))?
+            .with_pad_id(config.pad_token_id);
         Ok(Self {
             model,
             config,
@@ -346,7 +368,11 @@ impl BertEmbedder {
     /// Encoding options: right padding, right truncation at the model's position limit.
     pub fn encode_options(&self, max_len: Option<usize>) -> EncodeOptions {
         EncodeOptions {
-            max_len: Some(max_len.unwrap_or(self.config.max_position_embeddings).min(self.config.max_position_embeddings)),
+            max_len: Some(
+                max_len
+                    .unwrap_or(self.config.max_position_embeddings)
+                    .min(self.config.max_position_embeddings),
+            ),
             truncation: TruncationSide::Right,
             padding: PaddingSide::Right,
             add_special_tokens: true,
@@ -354,10 +380,19 @@ impl BertEmbedder {
     }
 
     /// Tokenizes `texts`, runs them as one right-padded batch and pools.
-    pub fn embed(&self, texts: &[&str], pooling: Pooling, max_len: Option<usize>) -> Result<Embeddings> {
-        let batch = self.tokenizer.encode_batch(texts, &self.encode_options(max_len))?;
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        pooling: Pooling,
+        max_len: Option<usize>,
+    ) -> Result<Embeddings> {
+        let batch = self
+            .tokenizer
+            .encode_batch(texts, &self.encode_options(max_len))?;
         let mask = batch.attention_tensor(&self.device);
-        let hidden = self.model.forward(batch.ids_tensor(&self.device), mask.clone(), None);
+        let hidden = self
+            .model
+            .forward(batch.ids_tensor(&self.device), mask.clone(), None);
         let pooled = pooling.pool(hidden, mask);
         let d = self.config.hidden_size;
         let flat: Vec<f32> = pooled
@@ -366,7 +401,9 @@ impl BertEmbedder {
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading pooled vectors: {e:?}"))?;
         Ok(Embeddings {
-            ids: (0..batch.batch_size).map(|i| batch.row_ids(i).to_vec()).collect(),
+            ids: (0..batch.batch_size)
+                .map(|i| batch.row_ids(i).to_vec())
+                .collect(),
             vectors: flat.chunks(d).map(<[f32]>::to_vec).collect(),
         })
     }
@@ -401,8 +438,16 @@ mod tests {
         let mut w = MemoryWeights::seeded(3);
         let d = c.hidden_size;
         w.random("embeddings.word_embeddings.weight", &[c.vocab_size, d], 1.0);
-        w.random("embeddings.position_embeddings.weight", &[c.max_position_embeddings, d], 1.0);
-        w.random("embeddings.token_type_embeddings.weight", &[c.type_vocab_size, d], 1.0);
+        w.random(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, d],
+            1.0,
+        );
+        w.random(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab_size, d],
+            1.0,
+        );
         let ln = |w: &mut MemoryWeights, p: &str| {
             w.random(&format!("{p}.weight"), &[d], 1.0);
             w.random(&format!("{p}.bias"), &[d], 0.1);
@@ -446,7 +491,11 @@ mod tests {
     fn pooled(model: &BertModel, rows: &[&[i64]], device: &Device) -> Vec<f32> {
         let (i, m) = ids(rows, device);
         let h = model.forward(i, m.clone(), None);
-        Pooling::Mean.pool(h, m).into_data().try_to_vec::<f32>().unwrap()
+        Pooling::Mean
+            .pool(h, m)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -461,8 +510,14 @@ mod tests {
         }
         // A different pad id under the mask changes nothing.
         let (mut i, m) = ids(&[&[1, 5, 6, 2], &[1, 7, 8, 9, 10, 11, 2]], &device);
-        let base = model.forward(i.clone(), m.clone(), None).narrow(0, 0, 1).narrow(1, 0, 4);
-        i = i.slice_assign([0..1, 4..7], Tensor::from_data(TensorData::new(vec![13i64, 14, 15], [1, 3]), &device));
+        let base = model
+            .forward(i.clone(), m.clone(), None)
+            .narrow(0, 0, 1)
+            .narrow(1, 0, 4);
+        i = i.slice_assign(
+            [0..1, 4..7],
+            Tensor::from_data(TensorData::new(vec![13i64, 14, 15], [1, 3]), &device),
+        );
         let changed = model.forward(i, m, None).narrow(0, 0, 1).narrow(1, 0, 4);
         let diff: f32 = (base - changed).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-6, "masked tokens leaked into real ones: {diff}");
@@ -474,15 +529,22 @@ mod tests {
         let c = tiny_config();
         let mut w = tiny_weights(&c);
         w.random("encoder.layer.1.attention.self.key.weight", &[8, 7], 0.5);
-        let err = BertModel::from_source(&w, &c, &device).unwrap_err().to_string();
+        let err = BertModel::from_source(&w, &c, &device)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "tensor encoder.layer.1.attention.self.key.weight has shape [8, 7], the config implies [8, 8]"
         );
         let mut w = tiny_weights(&c);
         w.tensors.remove("encoder.layer.0.output.LayerNorm.bias");
-        let err = BertModel::from_source(&w, &c, &device).unwrap_err().to_string();
-        assert!(err.contains("encoder.layer.0.output.LayerNorm.bias"), "{err}");
+        let err = BertModel::from_source(&w, &c, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encoder.layer.0.output.LayerNorm.bias"),
+            "{err}"
+        );
         let mut bad = c.clone();
         bad.hidden_act = "relu".into();
         assert!(BertModel::from_source(&tiny_weights(&c), &bad, &device).is_err());

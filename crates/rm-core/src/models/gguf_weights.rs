@@ -20,7 +20,9 @@ pub struct GgufWeights {
 
 impl std::fmt::Debug for GgufWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufWeights").field("file", &self.file).finish()
+        f.debug_struct("GgufWeights")
+            .field("file", &self.file)
+            .finish()
     }
 }
 
@@ -60,7 +62,8 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
             for j in 0..2 {
                 let src = h * head_dim + 2 * i + j;
                 let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -79,7 +82,10 @@ impl GgufWeights {
 
 impl WeightSource for GgufWeights {
     fn names(&self) -> Vec<String> {
-        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        let mut names = vec![
+            "model.embed_tokens.weight".to_string(),
+            "model.norm.weight".to_string(),
+        ];
         if self.file.tensor_info("output.weight").is_some() {
             names.push("lm_head.weight".into());
         }

@@ -95,17 +95,22 @@ impl LlamaConfig {
     /// implementation does not support are errors, not silently ignored.
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let raw: HfLlamaConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a Llama-family config", path.display()))?;
         let kind = raw.model_type.clone().unwrap_or_else(|| "llama".into());
         let fail = |m: String| anyhow::anyhow!("{}: {m}", path.display());
         if !["llama", "qwen2", "mistral"].contains(&kind.as_str()) {
-            return Err(fail(format!("model_type {kind:?} is not a supported Llama-family model (llama, qwen2, mistral)")));
+            return Err(fail(format!(
+                "model_type {kind:?} is not a supported Llama-family model (llama, qwen2, mistral)"
+            )));
         }
         if raw.hidden_act != "silu" {
-            return Err(fail(format!("hidden_act {:?} is not supported (only silu)", raw.hidden_act)));
+            return Err(fail(format!(
+                "hidden_act {:?} is not supported (only silu)",
+                raw.hidden_act
+            )));
         }
         if let Some(s) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             return Err(fail(format!("rope_scaling {s} is not supported")));
@@ -175,7 +180,9 @@ impl LlamaConfig {
     pub fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             bail!(
                 "num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
@@ -183,7 +190,7 @@ impl LlamaConfig {
                 self.num_key_value_heads
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even and positive", self.head_dim);
         }
         Ok(())
@@ -200,7 +207,12 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let d = x.dims()[2];
-        let rms = x.clone().powf_scalar(2.0).mean_dim(2).add_scalar(self.eps).sqrt();
+        let rms = x
+            .clone()
+            .powf_scalar(2.0)
+            .mean_dim(2)
+            .add_scalar(self.eps)
+            .sqrt();
         (x / rms) * self.weight.val().reshape([1, 1, d])
     }
 }
@@ -295,9 +307,21 @@ impl LlamaAttention {
     ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = x.dims();
         let (h, kvh, dh) = (self.heads, self.kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, dh]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, kvh, dh]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, kvh, dh]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, h, dh])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, kvh, dh])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, kvh, dh])
+            .swap_dims(1, 2);
         let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         let k = k.clone() * cos + rotate_half(k) * sin;
         let (k, v) = match cache {
@@ -346,7 +370,11 @@ impl LlamaModel {
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
         let total = attention_mask.dims()[1];
-        assert_eq!(total, past + t, "attention mask must cover cached and new positions");
+        assert_eq!(
+            total,
+            past + t,
+            "attention mask must cover cached and new positions"
+        );
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
 
         // Position of each new token = number of real tokens before it.
@@ -362,7 +390,11 @@ impl LlamaModel {
         let k_pos = Tensor::<1, Int>::arange(0..total as i64, &device)
             .reshape([1, total])
             .expand([t, total]);
-        let causal = k_pos.greater(q_pos).float().mul_scalar(-1e9).reshape([1, 1, t, total]);
+        let causal = k_pos
+            .greater(q_pos)
+            .float()
+            .mul_scalar(-1e9)
+            .reshape([1, 1, t, total]);
         let pad = (attention_mask.float().neg() + 1.0)
             .mul_scalar(-1e9)
             .reshape([b, 1, 1, total]);
@@ -376,9 +408,10 @@ impl LlamaModel {
                 .filter(|c| c.keys.len() > i)
                 .map(|c| (&mut c.keys[i], &mut c.values[i]));
             let had_cache = layer_cache.is_some();
-            let (attn, k, v) = layer
-                .self_attn
-                .forward(h, cos.clone(), sin.clone(), bias.clone(), layer_cache);
+            let (attn, k, v) =
+                layer
+                    .self_attn
+                    .forward(h, cos.clone(), sin.clone(), bias.clone(), layer_cache);
             if let Some(c) = cache.as_deref_mut() {
                 if had_cache {
                     c.keys[i] = k;
@@ -391,7 +424,9 @@ impl LlamaModel {
             x = x + attn;
             let h = layer.post_attention_layernorm.forward(x.clone());
             let m = &layer.mlp;
-            x = x + m.down_proj.forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+            x = x + m
+                .down_proj
+                .forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
         }
         self.norm.forward(x)
     }
@@ -402,7 +437,13 @@ impl LlamaModel {
             Some(head) => head.forward(hidden),
             None => {
                 let [v, d] = self.embed_tokens.weight.dims();
-                hidden.matmul(self.embed_tokens.weight.val().transpose().reshape([1, d, v]))
+                hidden.matmul(
+                    self.embed_tokens
+                        .weight
+                        .val()
+                        .transpose()
+                        .reshape([1, d, v]),
+                )
             }
         }
     }
@@ -413,10 +454,18 @@ impl LlamaModel {
     }
 
     /// Builds the model from HF-named tensors, checking every shape against `config`.
-    pub fn from_source(source: &dyn WeightSource, config: &LlamaConfig, device: &Device) -> Result<Self> {
+    pub fn from_source(
+        source: &dyn WeightSource,
+        config: &LlamaConfig,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let d = config.hidden_size;
-        let (h, kvh, dh) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        let (h, kvh, dh) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
                 weight: param(host_tensor(source, name, &[d])?, [d], device),
@@ -425,7 +474,14 @@ impl LlamaModel {
         };
         let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear> {
             let b = format!("{}.bias", name.trim_end_matches(".weight"));
-            load_linear(source, name, bias.then_some(b.as_str()), d_in, d_out, device)
+            load_linear(
+                source,
+                name,
+                bias.then_some(b.as_str()),
+                d_in,
+                d_out,
+                device,
+            )
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -442,11 +498,28 @@ impl LlamaModel {
                         kv_heads: kvh,
                         head_dim: dh,
                     },
-                    post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                    post_attention_layernorm: norm(&format!(
+                        "{p}.post_attention_layernorm.weight"
+                    ))?,
                     mlp: LlamaMlp {
-                        gate_proj: linear(&format!("{p}.mlp.gate_proj.weight"), d, config.intermediate_size, false)?,
-                        up_proj: linear(&format!("{p}.mlp.up_proj.weight"), d, config.intermediate_size, false)?,
-                        down_proj: linear(&format!("{p}.mlp.down_proj.weight"), config.intermediate_size, d, false)?,
+                        gate_proj: linear(
+                            &format!("{p}.mlp.gate_proj.weight"),
+                            d,
+                            config.intermediate_size,
+                            false,
+                        )?,
+                        up_proj: linear(
+                            &format!("{p}.mlp.up_proj.weight"),
+                            d,
+                            config.intermediate_size,
+                            false,
+                        )?,
+                        down_proj: linear(
+                            &format!("{p}.mlp.down_proj.weight"),
+                            config.intermediate_size,
+                            d,
+                            false,
+                        )?,
                     },
                 })
             })
@@ -454,10 +527,23 @@ impl LlamaModel {
         let lm_head = if config.tie_word_embeddings || !source.contains("lm_head.weight") {
             None
         } else {
-            Some(load_linear(source, "lm_head.weight", None, d, config.vocab_size, device)?)
+            Some(load_linear(
+                source,
+                "lm_head.weight",
+                None,
+                d,
+                config.vocab_size,
+                device,
+            )?)
         };
         Ok(Self {
-            embed_tokens: load_embedding(source, "model.embed_tokens.weight", config.vocab_size, d, device)?,
+            embed_tokens: load_embedding(
+                source,
+                "model.embed_tokens.weight",
+                config.vocab_size,
+                d,
+                device,
+            )?,
             layers,
             norm: norm("model.norm.weight")?,
             lm_head,
@@ -503,11 +589,15 @@ impl CausalLm {
         } else if path.is_dir() {
             None
         } else {
-            bail!("{} does not exist (run `cargo xtask fetch-models` for models/smollm2)", path.display());
+            bail!(
+                "{} does not exist (run `cargo xtask fetch-models` for models/smollm2)",
+                path.display()
+            );
         };
         match gguf {
             Some(file) => {
-                let gguf = GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
+                let gguf =
+                    GgufFile::open(&file).with_context(|| format!("reading {}", file.display()))?;
                 let ids = special_ids(&gguf);
                 let tokenizer = TextTokenizer::new(tokenizer_from_gguf(&gguf)?)?;
                 let tokenizer = match ids.pad.or(ids.eos) {
@@ -553,17 +643,28 @@ impl CausalLm {
 impl IncrementalDecoder for CausalLm {
     type Cache = KvCache;
 
-    fn prefill(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Result<(Tensor<2>, KvCache)> {
+    fn prefill(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Result<(Tensor<2>, KvCache)> {
         let mut cache = KvCache::default();
         let [b, t] = ids.dims();
-        let hidden = self.model.forward_hidden(ids, attention_mask, Some(&mut cache));
+        let hidden = self
+            .model
+            .forward_hidden(ids, attention_mask, Some(&mut cache));
         let last = hidden.narrow(1, t - 1, 1);
         let logits = self.model.logits(last);
         let v = logits.dims()[2];
         Ok((logits.reshape([b, v]), cache))
     }
 
-    fn step(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+    fn step(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
         let [b, _] = ids.dims();
         let hidden = self.model.forward_hidden(ids, attention_mask, Some(cache));
         let logits = self.model.logits(hidden);
@@ -609,9 +710,21 @@ pub(crate) mod tests {
             w.random(&format!("{p}.self_attn.k_proj.weight"), &[kvh * dh, d], 0.5);
             w.random(&format!("{p}.self_attn.v_proj.weight"), &[kvh * dh, d], 0.5);
             w.random(&format!("{p}.self_attn.o_proj.weight"), &[d, h * dh], 0.5);
-            w.random(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate_size, d], 0.5);
-            w.random(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate_size, d], 0.5);
-            w.random(&format!("{p}.mlp.down_proj.weight"), &[d, c.intermediate_size], 0.5);
+            w.random(
+                &format!("{p}.mlp.gate_proj.weight"),
+                &[c.intermediate_size, d],
+                0.5,
+            );
+            w.random(
+                &format!("{p}.mlp.up_proj.weight"),
+                &[c.intermediate_size, d],
+                0.5,
+            );
+            w.random(
+                &format!("{p}.mlp.down_proj.weight"),
+                &[d, c.intermediate_size],
+                0.5,
+            );
         }
         w
     }
@@ -635,7 +748,10 @@ pub(crate) mod tests {
         let device = test_device();
         let model = tiny_model(&device);
         let ids = vec![3i64, 7, 1, 9, 4, 12];
-        let full = model.forward(int2(vec![ids.clone()], &device), int2(vec![vec![1; 6]], &device));
+        let full = model.forward(
+            int2(vec![ids.clone()], &device),
+            int2(vec![vec![1; 6]], &device),
+        );
         let mut cache = KvCache::default();
         let mut steps = Vec::new();
         let h = model.forward_hidden(
@@ -662,7 +778,10 @@ pub(crate) mod tests {
     fn left_padding_does_not_change_a_sequence_s_logits() {
         let device = test_device();
         let model = tiny_model(&device);
-        let alone = model.forward(int2(vec![vec![5, 6, 7]], &device), int2(vec![vec![1, 1, 1]], &device));
+        let alone = model.forward(
+            int2(vec![vec![5, 6, 7]], &device),
+            int2(vec![vec![1, 1, 1]], &device),
+        );
         let batch = model.forward(
             int2(vec![vec![0, 0, 5, 6, 7], vec![1, 2, 3, 4, 5]], &device),
             int2(vec![vec![0, 0, 1, 1, 1], vec![1, 1, 1, 1, 1]], &device),
@@ -685,7 +804,9 @@ pub(crate) mod tests {
         let c = tiny_config();
         let mut w = tiny_weights(&c, 1);
         w.random("model.layers.1.self_attn.k_proj.weight", &[16, 16], 0.5);
-        let err = LlamaModel::from_source(&w, &c, &device).unwrap_err().to_string();
+        let err = LlamaModel::from_source(&w, &c, &device)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "tensor model.layers.1.self_attn.k_proj.weight has shape [16, 16], the config implies [8, 16]"
@@ -704,10 +825,133 @@ pub(crate) mod tests {
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2"#;
         std::fs::write(&path, format!("{{{base}}}")).unwrap();
         let c = LlamaConfig::from_hf_file(&path).unwrap();
-        assert_eq!((c.head_dim, c.rope_theta, c.attention_bias), (4, 10000.0, false));
-        std::fs::write(&path, format!("{{{base}, \"rope_scaling\": {{\"type\": \"yarn\", \"factor\": 4.0}}}}")).unwrap();
+        assert_eq!(
+            (c.head_dim, c.rope_theta, c.attention_bias),
+            (4, 10000.0, false)
+        );
+        std::fs::write(
+            &path,
+            format!("{{{base}, \"rope_scaling\": {{\"type\": \"yarn\", \"factor\": 4.0}}}}"),
+        )
+        .unwrap();
         let err = LlamaConfig::from_hf_file(&path).unwrap_err().to_string();
         assert!(err.contains("rope_scaling"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::tests::tiny_model;
+    use super::*;
+    use crate::device::test_device;
+    use crate::sampling::{SamplingConfig, generate, log_softmax};
+    use tokenizers::Tokenizer;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+
+    /// A 32-word tokenizer matching the tiny model's vocabulary ("t0" … "t31", pad = t0).
+    fn tokenizer() -> TextTokenizer {
+        let vocab = (0..32).map(|i| (format!("t{i}"), i as u32)).collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("t1".into())
+            .build()
+            .unwrap();
+        let mut tok = Tokenizer::new(model);
+        tok.with_pre_tokenizer(Some(WhitespaceSplit));
+        TextTokenizer::new(tok).unwrap().with_pad_id(0)
+    }
+
+    fn lm() -> CausalLm {
+        let device = test_device();
+        CausalLm {
+            model: tiny_model(&device),
+            config: tests::tiny_config(),
+            tokenizer: tokenizer(),
+            bos_id: None,
+            eos_id: None,
+            device,
+        }
+    }
+
+    /// Logits of the last position of `ids` by a full forward pass (no cache).
+    fn last_logits(lm: &CausalLm, ids: &[u32]) -> Vec<f32> {
+        let n = ids.len();
+        let t = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+            &lm.device,
+        );
+        let logits = lm.model.forward(t, Tensor::ones([1, n], &lm.device));
+        let all = logits.into_data().try_to_vec::<f32>().unwrap();
+        let v = all.len() / n;
+        all[(n - 1) * v..].to_vec()
+    }
+
+    #[test]
+    fn batched_cached_greedy_equals_uncached_one_at_a_time() {
+        let lm = lm();
+        let prompts = vec![vec![3u32, 4, 5], vec![6, 7], vec![9, 10, 11, 12]];
+        let rows = generate(
+            &lm,
+            &lm.tokenizer,
+            &prompts,
+            &SamplingConfig::greedy(6),
+            &lm.device,
+        )
+        .unwrap();
+        for (prompt, row) in prompts.iter().zip(&rows) {
+            let mut ids = prompt.clone();
+            for (k, &tok) in row.tokens.iter().enumerate() {
+                let logits = last_logits(&lm, &ids);
+                assert_eq!(
+                    tok as usize,
+                    crate::sampling::argmax(&logits),
+                    "step {k} of {prompt:?}"
+                );
+                let lp = log_softmax(&logits)[tok as usize];
+                assert!((lp - row.model_logprobs[k]).abs() < 1e-4);
+                ids.push(tok);
+            }
+            assert_eq!(row.tokens.len(), 6);
+        }
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_stops() {
+        let lm = lm();
+        let prompts = vec![vec![3u32, 4, 5], vec![6, 7]];
+        let config = SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.8,
+            top_k: 10,
+            top_p: 0.9,
+            seed: 5,
+            ..Default::default()
+        };
+        let a = generate(&lm, &lm.tokenizer, &prompts, &config, &lm.device).unwrap();
+        let b = generate(&lm, &lm.tokenizer, &prompts, &config, &lm.device).unwrap();
+        assert_eq!(a, b);
+        // The model log-prob is the unmodified model's, not the sampler's.
+        let mut ids = prompts[0].clone();
+        for (k, &tok) in a[0].tokens.iter().enumerate() {
+            let lp = log_softmax(&last_logits(&lm, &ids))[tok as usize];
+            assert!((lp - a[0].model_logprobs[k]).abs() < 1e-4);
+            assert!(
+                a[0].sampling_logprobs[k] >= lp - 1e-4,
+                "filtered sampling renormalises upwards"
+            );
+            ids.push(tok);
+        }
+        // A stop token ends a row early and is kept.
+        let stop = a[0].tokens[2];
+        let first = a[0].tokens.iter().position(|&t| t == stop).unwrap();
+        let config = SamplingConfig {
+            stop_tokens: vec![stop],
+            ..config
+        };
+        let c = generate(&lm, &lm.tokenizer, &prompts, &config, &lm.device).unwrap();
+        assert_eq!(c[0].tokens, a[0].tokens[..=first]);
+        assert_eq!(c[0].finish_reason, crate::sampling::FinishReason::StopToken);
     }
 }

@@ -41,7 +41,10 @@ pub(crate) fn param<const D: usize>(
     shape: [usize; D],
     device: &Device,
 ) -> Param<Tensor<D>> {
-    Param::from_tensor(Tensor::from_data(TensorData::new(host.values, shape), device))
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(host.values, shape),
+        device,
+    ))
 }
 
 /// Transposes a row-major `[rows, cols]` matrix.

@@ -63,9 +63,21 @@ mod tests {
             .collect();
         let hidden = Tensor::<3>::from_data(TensorData::new(h, [2, 3, 2]), &device);
         // Row 0 right-padded (2 real tokens), row 1 left-padded (2 real tokens).
-        let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1, 0, 0, 1, 1], [2, 3]), &device);
-        assert_eq!(values(Pooling::Mean.pool(hidden.clone(), mask.clone())), [0.5, -0.5, 11.5, -11.5]);
-        assert_eq!(values(Pooling::Cls.pool(hidden.clone(), mask.clone())), [0.0, 0.0, 10.0, -10.0]);
-        assert_eq!(values(Pooling::LastToken.pool(hidden, mask)), [1.0, -1.0, 12.0, -12.0]);
+        let mask = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 1, 0, 0, 1, 1], [2, 3]),
+            &device,
+        );
+        assert_eq!(
+            values(Pooling::Mean.pool(hidden.clone(), mask.clone())),
+            [0.5, -0.5, 11.5, -11.5]
+        );
+        assert_eq!(
+            values(Pooling::Cls.pool(hidden.clone(), mask.clone())),
+            [0.0, 0.0, 10.0, -10.0]
+        );
+        assert_eq!(
+            values(Pooling::LastToken.pool(hidden, mask)),
+            [1.0, -1.0, 12.0, -12.0]
+        );
     }
 }

@@ -19,7 +19,10 @@ pub struct SafetensorsWeights {
 impl std::fmt::Debug for SafetensorsWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafetensorsWeights")
-            .field("files", &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.index.len())
             .finish()
     }
@@ -58,7 +61,10 @@ impl SafetensorsWeights {
                 .collect::<Vec<_>>();
             for name in names {
                 if index.insert(name.clone(), i).is_some() {
-                    bail!("tensor {name} appears in more than one file of {}", p.display());
+                    bail!(
+                        "tensor {name} appears in more than one file of {}",
+                        p.display()
+                    );
                 }
             }
             files.push((p, bytes));
@@ -112,8 +118,7 @@ impl WeightSource for SafetensorsWeights {
             );
         };
         let (path, bytes) = &self.files[i];
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let view = st
             .tensor(name)
             .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
@@ -163,8 +168,16 @@ mod tests {
     fn reads_shards_and_reports_bad_files() {
         let dir = std::env::temp_dir().join(format!("plumb-st-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write_file(&dir, "model-00001-of-00002.safetensors", &[("a", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])]);
-        let second = write_file(&dir, "model-00002-of-00002.safetensors", &[("b", vec![3], vec![5.0, 6.0, 7.0])]);
+        write_file(
+            &dir,
+            "model-00001-of-00002.safetensors",
+            &[("a", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])],
+        );
+        let second = write_file(
+            &dir,
+            "model-00002-of-00002.safetensors",
+            &[("b", vec![3], vec![5.0, 6.0, 7.0])],
+        );
         let w = SafetensorsWeights::open(&dir).unwrap();
         assert_eq!(w.names(), ["a", "b"]);
         assert_eq!(w.tensor("a").unwrap().values, [1.0, 2.0, 3.0, 4.0]);
@@ -176,7 +189,10 @@ mod tests {
         let bytes = std::fs::read(&second).unwrap();
         std::fs::write(&second, &bytes[..bytes.len() - 5]).unwrap();
         let err = SafetensorsWeights::open(&dir).unwrap_err().to_string();
-        assert!(err.contains("model-00002-of-00002.safetensors: not a valid safetensors file"), "{err}");
+        assert!(
+            err.contains("model-00002-of-00002.safetensors: not a valid safetensors file"),
+            "{err}"
+        );
         for cut in [0, 4, 8, 20] {
             std::fs::write(&second, &bytes[..cut]).unwrap();
             assert!(SafetensorsWeights::open(&second).is_err());
