@@ -327,6 +327,44 @@ impl BertModel {
     }
 }
 
+/// The HF name of a [`BertModel`] parameter path (`None` for paths that are not parameters of
+/// the HF layout). The inverse of the names [`BertModel::from_source`] reads.
+pub fn hf_name(path: &str) -> Option<String> {
+    let norm = |p: &str, leaf: &str| {
+        let leaf = match leaf {
+            "gamma" => "weight",
+            "beta" => "bias",
+            _ => return None,
+        };
+        Some(format!("{p}.LayerNorm.{leaf}"))
+    };
+    if let Some(rest) = path.strip_prefix("embeddings.") {
+        let (module, leaf) = rest.split_once('.')?;
+        return match module {
+            "word" => Some(format!("embeddings.word_embeddings.{leaf}")),
+            "position" => Some(format!("embeddings.position_embeddings.{leaf}")),
+            "token_type" => Some(format!("embeddings.token_type_embeddings.{leaf}")),
+            "norm" => norm("embeddings", leaf),
+            _ => None,
+        };
+    }
+    let rest = path.strip_prefix("layers.")?;
+    let (i, rest) = rest.split_once('.')?;
+    let l = format!("encoder.layer.{i}");
+    let (module, leaf) = rest.rsplit_once('.')?;
+    match module {
+        "attention.query" => Some(format!("{l}.attention.self.query.{leaf}")),
+        "attention.key" => Some(format!("{l}.attention.self.key.{leaf}")),
+        "attention.value" => Some(format!("{l}.attention.self.value.{leaf}")),
+        "attention.output" => Some(format!("{l}.attention.output.dense.{leaf}")),
+        "attention.norm" => norm(&format!("{l}.attention.output"), leaf),
+        "intermediate" => Some(format!("{l}.intermediate.dense.{leaf}")),
+        "output" => Some(format!("{l}.output.dense.{leaf}")),
+        "norm" => norm(&format!("{l}.output"), leaf),
+        _ => None,
+    }
+}
+
 /// Token ids and pooled vectors of a batch of texts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Embeddings {
@@ -410,11 +448,16 @@ impl BertEmbedder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::device::test_device;
     use crate::models::test_support::MemoryWeights;
     use burn::tensor::TensorData;
+
+    pub fn tiny_model(device: &Device) -> (BertModel, BertConfig) {
+        let c = tiny_config();
+        (BertModel::from_source(&tiny_weights(&c), &c, device).unwrap(), c)
+    }
 
     fn tiny_config() -> BertConfig {
         BertConfig {

@@ -552,6 +552,16 @@ impl LlamaModel {
     }
 }
 
+/// The HF name of a [`LlamaModel`] parameter path (the field names follow HF's, under `model.`
+/// except the LM head).
+pub fn hf_name(path: &str) -> String {
+    if path.starts_with("lm_head.") {
+        path.to_string()
+    } else {
+        format!("model.{path}")
+    }
+}
+
 /// A decoder with its tokenizer and special ids: what `plumb logprobs` / `plumb generate`, DPO
 /// and PPO load.
 #[derive(Debug)]
