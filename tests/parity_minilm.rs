@@ -16,10 +16,19 @@ fn minilm_matches_transformers() {
         "{} is missing: run `cargo xtask fetch-models`",
         folder.display()
     );
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("minilm.json")).unwrap())
-            .unwrap();
-    let rows = golden["rows"].as_array().unwrap();
+    assert!(
+        folder.join("config.json").is_file(),
+        "{} is missing: run `cargo xtask fetch-models`",
+        folder.join("config.json").display()
+    );
+    let golden_file = golden_dir().join("minilm.json");
+    let text = std::fs::read_to_string(&golden_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", golden_file.display()));
+    let golden: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not json: {e}", golden_file.display()));
+    let rows = golden["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no \"rows\" array", golden_file.display()));
     let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
 
     let embedder = BertEmbedder::load(&folder, &test_device()).unwrap();

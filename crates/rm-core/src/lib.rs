@@ -13,10 +13,12 @@ pub use burn;
 pub use tokenizers;
 
 pub mod chat;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod gguf;
 pub mod logprobs;
+pub mod lora;
 pub mod models;
 pub mod paths;
 pub mod sampling;

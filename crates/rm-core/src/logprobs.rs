@@ -7,11 +7,16 @@
 //! `sum = Σ_t m[t]·log p(y[t] | y[<t])`, `count = Σ_t m[t]`, `mean = sum / count`.
 //! Optionally the per-position `logsumexp(2·z[t−1])` (the full-vocabulary statistic WPO's
 //! weights need, log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z)).
+//!
+//! Everything is batched tensor work (no host round-trips) and differentiable: on an autodiff
+//! device gradients flow into the logits and, through [`model_sequence_logprobs`], the model.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-/// Per-token and per-sequence log-probs of a batch.
+use crate::models::llama::LlamaModel;
+
+/// Per-token and per-sequence log-probs of a batch. Position `j` of the `[B, T−1]` tensors is
+/// the prediction of token `j + 1`.
 #[derive(Clone, Debug)]
 pub struct SequenceLogprobs {
     /// `[B, T−1]`: log p of token `t+1` given the tokens before it, times the mask (0 where
@@ -25,37 +30,74 @@ pub struct SequenceLogprobs {
     pub count: Tensor<1>,
     /// `[B]`: `sum / max(count, 1)`.
     pub mean: Tensor<1>,
-    /// `[B, T−1]`: `logsumexp(2·logits)` of the predicting position, when requested.
+    /// `[B, T−1]`: `logsumexp(2·logits)` of the predicting position (not masked), when
+    /// requested.
     pub logsumexp_2x: Option<Tensor<2>>,
 }
 
-/// Gathers the log-probs of `input_ids` under `logits`; see the module docs. Works on autodiff
-/// devices (gradients flow into `logits`).
+/// Gathers the log-probs of `input_ids` `[B, T]` under `logits` `[B, T, V]`, counting the
+/// tokens where `completion_mask` `[B, T]` is 1; see the module docs. Works on autodiff
+/// devices (gradients flow into `logits`). Panics when `T < 2`.
 pub fn sequence_logprobs(
     logits: Tensor<3>,
     input_ids: Tensor<2, Int>,
     completion_mask: Tensor<2, Int>,
     with_logsumexp_2x: bool,
 ) -> SequenceLogprobs {
-    let [b, t, v] = logits.dims();
+    let t = logits.dims()[1];
     assert!(
         t >= 2,
         "sequence log-probs need at least two positions, got {t}"
     );
-    let predicting = logits.narrow(1, 0, t - 1);
-    let targets = input_ids.narrow(1, 1, t - 1);
-    let mask = completion_mask.narrow(1, 1, t - 1).float();
+    shifted_logprobs(
+        logits.narrow(1, 0, t - 1),
+        input_ids,
+        completion_mask,
+        with_logsumexp_2x,
+    )
+}
+
+/// [`sequence_logprobs`] of `model` on a padded batch: `input_ids` and `attention_mask`
+/// `[B, T]` (1 real, 0 pad; left or right padding), `completion_mask` `[B, T]` (1 on the tokens
+/// to score, a subset of the real ones). The LM head runs on the `T − 1` predicting positions
+/// only. Gradients flow into the model on autodiff devices.
+pub fn model_sequence_logprobs(
+    model: &LlamaModel,
+    input_ids: Tensor<2, Int>,
+    attention_mask: Tensor<2, Int>,
+    completion_mask: Tensor<2, Int>,
+    with_logsumexp_2x: bool,
+) -> SequenceLogprobs {
+    let t = input_ids.dims()[1];
+    assert!(
+        t >= 2,
+        "sequence log-probs need at least two positions, got {t}"
+    );
+    let hidden = model.forward_hidden(input_ids.clone(), attention_mask, None);
+    let predicting = model.logits(hidden.narrow(1, 0, t - 1));
+    shifted_logprobs(predicting, input_ids, completion_mask, with_logsumexp_2x)
+}
+
+/// `predicting` `[B, T−1, V]`: the logits of positions `0 … T−2`.
+fn shifted_logprobs(
+    predicting: Tensor<3>,
+    input_ids: Tensor<2, Int>,
+    completion_mask: Tensor<2, Int>,
+    with_logsumexp_2x: bool,
+) -> SequenceLogprobs {
+    let [b, n, _] = predicting.dims();
+    let targets = input_ids.narrow(1, 1, n);
+    let mask = completion_mask.narrow(1, 1, n).float();
+    // log p(y) = z_y − logsumexp(z), with the max taken out for stability (its gradient
+    // cancels, so it is detached).
+    let max = predicting.clone().max_dim(2).detach();
+    let shifted = predicting.clone() - max.clone();
+    let lse = shifted.clone().exp().sum_dim(2).log() + max.clone();
     let logsumexp_2x = with_logsumexp_2x.then(|| {
-        let doubled = predicting.clone().mul_scalar(2.0);
-        let max = doubled.clone().max_dim(2);
-        ((doubled - max.clone()).exp().sum_dim(2).log() + max).reshape([b, t - 1])
+        (shifted.mul_scalar(2.0).exp().sum_dim(2).log() + max.mul_scalar(2.0)).reshape([b, n])
     });
-    let logp = log_softmax(predicting, 2);
-    let _ = v;
-    let token = logp
-        .gather(2, targets.reshape([b, t - 1, 1]))
-        .reshape([b, t - 1])
-        * mask.clone();
+    let target = predicting.gather(2, targets.reshape([b, n, 1]));
+    let token = (target - lse).reshape([b, n]) * mask.clone();
     let sum = token.clone().sum_dim(1).reshape([b]);
     let count = mask.clone().sum_dim(1).reshape([b]);
     let mean = sum.clone() / count.clone().clamp_min(1.0);
@@ -80,6 +122,10 @@ mod tests {
         t.into_data().try_to_vec::<f32>().unwrap()
     }
 
+    fn vec2(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
     #[test]
     fn closed_form_example() {
         let device = test_device();
@@ -96,14 +142,24 @@ mod tests {
         assert!((vec1(out.sum)[0] - expect).abs() < 1e-6);
         assert_eq!(vec1(out.count), [2.0]);
         assert!((vec1(out.mean)[0] - expect / 2.0).abs() < 1e-6);
-        // logsumexp(2z) = ln(1 + 9)
-        let lse = out
-            .logsumexp_2x
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert!((lse[0] - (10.0f32).ln()).abs() < 1e-5);
+        let tokens = vec2(out.token_logprobs);
+        assert!((tokens[0] - (0.75f32).ln()).abs() < 1e-6);
+        assert!((tokens[1] - (0.25f32).ln()).abs() < 1e-6);
+        // logsumexp(2z) = ln(1 + 9) at both predicting positions.
+        for lse in vec2(out.logsumexp_2x.unwrap()) {
+            assert!((lse - (10.0f32).ln()).abs() < 1e-5);
+        }
+        // Large logits stay finite.
+        let logits = Tensor::<3>::from_data(
+            TensorData::new(vec![1000.0f32, 1000.0 + l, 0.0, 0.0], [1, 2, 2]),
+            &device,
+        );
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
+        let out = sequence_logprobs(logits, ids, Tensor::ones([1, 2], &device), true);
+        let sum = vec1(out.sum)[0];
+        assert!((sum - (0.75f32).ln()).abs() < 1e-4, "{sum}");
+        let lse2 = vec2(out.logsumexp_2x.unwrap())[0];
+        assert!((lse2 - (2000.0 + (10.0f32).ln())).abs() < 1e-3, "{lse2}");
     }
 
     #[test]
@@ -112,48 +168,75 @@ mod tests {
         let model = tiny_model(&device);
         let seqs: [&[i64]; 3] = [&[3, 4, 5, 6, 7], &[8, 9, 10], &[11, 12, 13, 14]];
         let completion_from = [2, 1, 3];
-        // Naive: each sequence alone.
-        let mut naive = Vec::new();
-        for (s, &from) in seqs.iter().zip(&completion_from) {
-            let n = s.len();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(s.to_vec(), [1, n]), &device);
-            let attn = Tensor::<2, Int>::ones([1, n], &device);
-            let logits = model
-                .forward(ids, attn)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
-            let v = logits.len() / n;
-            let mut total = 0.0f64;
-            for t in from..n {
-                let row = &logits[(t - 1) * v..t * v];
-                let lp = crate::sampling::log_softmax(row);
-                total += lp[s[t] as usize] as f64;
-            }
-            naive.push(total as f32);
-        }
-        // Batched with right padding.
         let t = 5;
-        let mut ids = Vec::new();
-        let mut attn = Vec::new();
-        let mut comp = Vec::new();
-        for (s, &from) in seqs.iter().zip(&completion_from) {
-            for i in 0..t {
-                ids.push(*s.get(i).unwrap_or(&0));
-                attn.push((i < s.len()) as i64);
-                comp.push((i < s.len() && i >= from) as i64);
+        for left in [false, true] {
+            // Naive: each sequence alone, host-side log-softmax per position.
+            let mut naive = Vec::new();
+            for (s, &from) in seqs.iter().zip(&completion_from) {
+                let n = s.len();
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(s.to_vec(), [1, n]), &device);
+                let logits = model
+                    .forward(ids, Tensor::ones([1, n], &device))
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                let v = logits.len() / n;
+                let mut tokens = Vec::new();
+                let mut lse2 = Vec::new();
+                for i in 1..n {
+                    let row = &logits[(i - 1) * v..i * v];
+                    let lp = crate::sampling::log_softmax(row)[s[i] as usize];
+                    tokens.push(if i >= from { lp } else { 0.0 });
+                    let doubled: Vec<f32> = row.iter().map(|x| 2.0 * x).collect();
+                    let m = doubled.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let s2: f64 = doubled.iter().map(|&x| (x as f64 - m).exp()).sum();
+                    lse2.push((m + s2.ln()) as f32);
+                }
+                naive.push((tokens, lse2, (n - from) as f32));
+            }
+            // Batched, padded on the right or on the left.
+            let (mut ids, mut attn, mut comp) = (Vec::new(), Vec::new(), Vec::new());
+            for (s, &from) in seqs.iter().zip(&completion_from) {
+                let pad = t - s.len();
+                let offset = if left { pad } else { 0 };
+                for i in 0..t {
+                    let j = i.wrapping_sub(offset);
+                    let real = i >= offset && j < s.len();
+                    ids.push(if real { s[j] } else { 0 });
+                    attn.push(real as i64);
+                    comp.push((real && j >= from) as i64);
+                }
+            }
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [3, t]), &device);
+            let attn = Tensor::<2, Int>::from_data(TensorData::new(attn, [3, t]), &device);
+            let comp = Tensor::<2, Int>::from_data(TensorData::new(comp, [3, t]), &device);
+            let logits = model.forward(ids.clone(), attn.clone());
+            let out = sequence_logprobs(logits, ids.clone(), comp.clone(), true);
+            let via_model = model_sequence_logprobs(&model, ids, attn, comp, true);
+            let tokens = vec2(out.token_logprobs);
+            let lse2 = vec2(out.logsumexp_2x.unwrap());
+            let (sums, counts, means) = (vec1(out.sum), vec1(out.count), vec1(out.mean));
+            for (r, (s, (naive_tokens, naive_lse2, naive_count))) in
+                seqs.iter().zip(&naive).enumerate()
+            {
+                let offset = if left { t - s.len() } else { 0 };
+                for (k, (a, b)) in naive_tokens.iter().zip(naive_lse2).enumerate() {
+                    let j = r * (t - 1) + offset + k;
+                    assert!(
+                        (tokens[j] - a).abs() < 1e-5,
+                        "row {r} token {k}, left {left}"
+                    );
+                    assert!((lse2[j] - b).abs() < 1e-5, "row {r} lse2 {k}, left {left}");
+                }
+                let naive_sum: f32 = naive_tokens.iter().sum();
+                assert!((sums[r] - naive_sum).abs() < 1e-5, "{sums:?} left {left}");
+                assert_eq!(counts[r], *naive_count);
+                assert!((means[r] - naive_sum / naive_count).abs() < 1e-5);
+            }
+            for (a, b) in vec1(via_model.sum).iter().zip(&sums) {
+                assert!((a - b).abs() < 1e-5, "model path vs logits path");
             }
         }
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [3, t]), &device);
-        let attn = Tensor::<2, Int>::from_data(TensorData::new(attn, [3, t]), &device);
-        let comp = Tensor::<2, Int>::from_data(TensorData::new(comp, [3, t]), &device);
-        let logits = model.forward(ids.clone(), attn);
-        let out = sequence_logprobs(logits, ids, comp, false);
-        let sums = vec1(out.sum);
-        for (a, b) in sums.iter().zip(&naive) {
-            assert!((a - b).abs() < 1e-5, "{sums:?} vs {naive:?}");
-        }
-        assert_eq!(vec1(out.count), [3.0, 2.0, 1.0]);
     }
 
     #[test]
@@ -176,5 +259,42 @@ mod tests {
             .unwrap();
         // d log softmax(z)[1] / dz at z = 0: [-1/2, 1/2] at position 0; nothing at position 1.
         assert_eq!(g, [-0.5, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn gradients_flow_through_the_model() {
+        let device = test_device().autodiff();
+        let model = tiny_model(&device);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 3, 4, 5, 6, 7, 8, 9], [2, 4]),
+            &device,
+        );
+        let attn = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 1, 1, 1, 1, 1, 1], [2, 4]),
+            &device,
+        );
+        let comp = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 0, 1, 1, 0, 1, 1, 1], [2, 4]),
+            &device,
+        );
+        let out = model_sequence_logprobs(&model, ids, attn, comp, true);
+        let loss = out.mean.sum() + out.logsumexp_2x.unwrap().sum().mul_scalar(0.01);
+        let grads = loss.backward();
+        for (name, g) in [
+            (
+                "q_proj",
+                model.layers[0].self_attn.q_proj.weight.val().grad(&grads),
+            ),
+            ("embed", model.embed_tokens.weight.val().grad(&grads)),
+            (
+                "norm",
+                model.norm.weight.val().grad(&grads).map(|g| g.unsqueeze()),
+            ),
+        ] {
+            let g = g.unwrap_or_else(|| panic!("no gradient for {name}"));
+            let g: Vec<f32> = g.into_data().try_to_vec().unwrap();
+            assert!(g.iter().all(|x| x.is_finite()), "{name}");
+            assert!(g.iter().any(|&x| x != 0.0), "{name} gradient is zero");
+        }
     }
 }

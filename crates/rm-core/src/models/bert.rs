@@ -2,6 +2,8 @@
 //! type, LayerNorm), post-LN encoder layers with erf-GELU, and the HF tensor names in one place
 //! ([`BertModel::from_source`]).
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pooling::Pooling;
 use super::safetensors::SafetensorsWeights;
-use super::weights::WeightSource;
+use super::weights::{HostTensor, WeightSource};
 use super::{first_present, load_embedding, load_layer_norm, load_linear};
 use crate::tokenize::{EncodeOptions, PaddingSide, TextTokenizer, TruncationSide};
 
@@ -21,25 +23,38 @@ use crate::tokenize::{EncodeOptions, PaddingSide, TextTokenizer, TruncationSide}
 /// can override any of them after reading a file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
+    /// Rows of the word-embedding table.
     pub vocab_size: usize,
+    /// Width `D` of every hidden state.
     pub hidden_size: usize,
+    /// Number of encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (`hidden_size` must be a multiple).
     pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
     pub intermediate_size: usize,
+    /// Feed-forward activation; only the exact erf `"gelu"` is supported.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Rows of the position-embedding table: the longest sequence the model takes.
     #[serde(default = "default_positions")]
     pub max_position_embeddings: usize,
+    /// Rows of the token-type (segment) embedding table.
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Token id used for padding (masked out, so its value never matters to real tokens).
     #[serde(default)]
     pub pad_token_id: u32,
+    /// Dropout on embeddings and sublayer outputs (training on an autodiff device only).
     #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities (training on an autodiff device only).
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Only `"absolute"` is supported.
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
 }
@@ -118,41 +133,62 @@ impl BertConfig {
 /// Word + position + token-type embeddings, LayerNorm, dropout.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
+    /// Word embeddings `[vocab, D]` (HF `word_embeddings`).
     pub word: Embedding,
+    /// Absolute position embeddings `[max_positions, D]`.
     pub position: Embedding,
+    /// Token-type (segment) embeddings `[type_vocab, D]`.
     pub token_type: Embedding,
+    /// LayerNorm over the sum.
     pub norm: LayerNorm,
+    /// Dropout after the LayerNorm.
     pub dropout: Dropout,
 }
 
 /// Multi-head self-attention with its output projection and post-LN residual.
 #[derive(Module, Debug)]
 pub struct BertAttention {
+    /// Query projection `D → D` (HF `attention.self.query`).
     pub query: Linear,
+    /// Key projection `D → D`.
     pub key: Linear,
+    /// Value projection `D → D`.
     pub value: Linear,
+    /// Output projection `D → D` (HF `attention.output.dense`).
     pub output: Linear,
+    /// Post-residual LayerNorm (HF `attention.output.LayerNorm`).
     pub norm: LayerNorm,
+    /// Dropout on the attention probabilities.
     pub attention_dropout: Dropout,
+    /// Dropout on the output projection, before the residual.
     pub dropout: Dropout,
+    /// Number of heads.
     pub heads: usize,
 }
 
 /// One encoder layer: attention, then the GELU feed-forward with its post-LN residual.
 #[derive(Module, Debug)]
 pub struct BertLayer {
+    /// Self-attention block (with its own residual and LayerNorm).
     pub attention: BertAttention,
+    /// Feed-forward up projection `D → FF` (HF `intermediate.dense`), followed by GELU.
     pub intermediate: Linear,
+    /// Feed-forward down projection `FF → D` (HF `output.dense`).
     pub output: Linear,
+    /// Post-residual LayerNorm (HF `output.LayerNorm`).
     pub norm: LayerNorm,
+    /// Dropout on the down projection, before the residual.
     pub dropout: Dropout,
 }
 
 /// The BERT encoder.
 #[derive(Module, Debug)]
 pub struct BertModel {
+    /// Input embeddings.
     pub embeddings: BertEmbeddings,
+    /// Encoder layers, in order.
     pub layers: Vec<BertLayer>,
+    /// Width `D` of the hidden states.
     pub hidden_size: usize,
 }
 
@@ -169,10 +205,11 @@ impl BertAttention {
         let [b, t, d] = x.dims();
         let dh = d / self.heads;
         let split = |y: Tensor<3>| y.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
+        // The 1/sqrt(dh) scale goes on Q ([B, H, T, dh]) rather than on the [B, H, T, T] scores.
+        let q = split(self.query.forward(x.clone())).mul_scalar(1.0 / (dh as f64).sqrt());
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt()) + bias;
+        let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let probs = self.attention_dropout.forward(softmax(scores, 3));
         let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         let out = self.dropout.forward(self.output.forward(context));
@@ -191,7 +228,12 @@ impl BertLayer {
 
 impl BertModel {
     /// Last hidden states `[B, T, D]` of `input_ids` `[B, T]` under `attention_mask` `[B, T]`
-    /// (1 real, 0 pad). Token types default to 0.
+    /// (1 real, 0 pad; left or right padding). Token types default to 0.
+    ///
+    /// Positions are `0..T` whatever the padding, as in HF, so `T` must not exceed
+    /// `max_position_embeddings` and ids must be below `vocab_size` ([`BertEmbedder`] truncates
+    /// accordingly). Padded positions get a large negative attention bias, so real tokens' states
+    /// do not depend on them.
     pub fn forward(
         &self,
         input_ids: Tensor<2, Int>,
@@ -227,18 +269,54 @@ impl BertModel {
 
     /// Builds the model from HF-named tensors (`embeddings.*`, `encoder.layer.{i}.*`, with or
     /// without a `bert.` prefix; LayerNorm `weight/bias` or the old `gamma/beta`), checking every
-    /// shape against `config`. `pooler.*` tensors are not used.
+    /// shape against `config`.
+    ///
+    /// A missing tensor or a wrong shape is an error naming the tensor. So is a tensor under
+    /// `embeddings.`/`encoder.` that the config does not use (a checkpoint with more layers, or
+    /// another architecture), except the `position_ids` buffer of older checkpoints. Tensors
+    /// outside the encoder (`pooler.*`, task heads such as `cls.*` or `classifier.*`) are
+    /// ignored; [`BertModel::ignored_tensors`] lists them.
     pub fn from_source(
         source: &dyn WeightSource,
         config: &BertConfig,
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let prefix = if source.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let recorder = Recorder::new(source);
+        let model = Self::build(&recorder, config, device)?;
+        let prefix = hf_prefix(source);
+        let unused: Vec<String> = source
+            .names()
+            .into_iter()
+            .filter(|n| !recorder.used(n) && is_encoder_tensor(n, prefix))
+            .collect();
+        if !unused.is_empty() {
+            const SHOWN: usize = 8;
+            bail!(
+                "the checkpoint holds {} encoder tensor(s) this BERT config does not use: {}{} \
+                 (does config.json match the weights?)",
+                unused.len(),
+                unused[..unused.len().min(SHOWN)].join(", "),
+                if unused.len() > SHOWN { ", …" } else { "" }
+            );
+        }
+        Ok(model)
+    }
+
+    /// The tensors of `source` that [`BertModel::from_source`] does not read and does not
+    /// reject: the pooler, task heads and `position_ids` buffers.
+    pub fn ignored_tensors(source: &dyn WeightSource) -> Vec<String> {
+        let prefix = hf_prefix(source);
+        source
+            .names()
+            .into_iter()
+            .filter(|n| !is_encoder_tensor(n, prefix) || n.ends_with("position_ids"))
+            .collect()
+    }
+
+    /// The name table: HF tensor names → modules, with shape checks.
+    fn build(source: &dyn WeightSource, config: &BertConfig, device: &Device) -> Result<Self> {
+        let prefix = hf_prefix(source);
         let d = config.hidden_size;
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
@@ -327,6 +405,57 @@ impl BertModel {
     }
 }
 
+/// `"bert."` for checkpoints saved from a task model (`BertForSequenceClassification`, …), else
+/// `""`.
+fn hf_prefix(source: &dyn WeightSource) -> &'static str {
+    if source.contains("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    }
+}
+
+/// Whether `name` belongs to the encoder proper (and so must be used), `position_ids` buffers
+/// excepted.
+fn is_encoder_tensor(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix).is_some_and(|rest| {
+        (rest.starts_with("embeddings.") || rest.starts_with("encoder."))
+            && !rest.ends_with("position_ids")
+    })
+}
+
+/// A [`WeightSource`] that remembers which tensors were read.
+struct Recorder<'a> {
+    inner: &'a dyn WeightSource,
+    read: RefCell<BTreeSet<String>>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(inner: &'a dyn WeightSource) -> Self {
+        Self {
+            inner,
+            read: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    fn used(&self, name: &str) -> bool {
+        self.read.borrow().contains(name)
+    }
+}
+
+impl WeightSource for Recorder<'_> {
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        self.read.borrow_mut().insert(name.to_string());
+        self.inner.tensor(name)
+    }
+}
+
 /// The HF name of a [`BertModel`] parameter path (`None` for paths that are not parameters of
 /// the HF layout). The inverse of the names [`BertModel::from_source`] reads.
 pub fn hf_name(path: &str) -> Option<String> {
@@ -368,16 +497,22 @@ pub fn hf_name(path: &str) -> Option<String> {
 /// Token ids and pooled vectors of a batch of texts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Embeddings {
+    /// Each text's token ids (special tokens included, no padding).
     pub ids: Vec<Vec<u32>>,
+    /// Each text's pooled vector (`hidden_size` values).
     pub vectors: Vec<Vec<f32>>,
 }
 
 /// A BERT model with its tokenizer: texts in, pooled vectors out.
 #[derive(Debug)]
 pub struct BertEmbedder {
+    /// The encoder.
     pub model: BertModel,
+    /// Its config.
     pub config: BertConfig,
+    /// The folder's tokenizer, with its own padding and truncation switched off.
     pub tokenizer: TextTokenizer,
+    /// The device the model lives on.
     pub device: Device,
 }
 
@@ -456,7 +591,10 @@ pub(crate) mod tests {
 
     pub fn tiny_model(device: &Device) -> (BertModel, BertConfig) {
         let c = tiny_config();
-        (BertModel::from_source(&tiny_weights(&c), &c, device).unwrap(), c)
+        (
+            BertModel::from_source(&tiny_weights(&c), &c, device).unwrap(),
+            c,
+        )
     }
 
     fn tiny_config() -> BertConfig {
@@ -564,6 +702,78 @@ pub(crate) mod tests {
         let changed = model.forward(i, m, None).narrow(0, 0, 1).narrow(1, 0, 4);
         let diff: f32 = (base - changed).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-6, "masked tokens leaked into real ones: {diff}");
+    }
+
+    #[test]
+    fn dropout_acts_only_on_an_autodiff_device() {
+        let c = tiny_config();
+        let run = |device: &Device| {
+            let model = BertModel::from_source(&tiny_weights(&c), &c, device).unwrap();
+            let (i, m) = ids(&[&[1, 5, 6, 2]], device);
+            let a = model.forward(i.clone(), m.clone(), None);
+            let b = model.forward(i, m, None);
+            (a - b).abs().max().into_scalar::<f32>()
+        };
+        assert_eq!(run(&test_device()), 0.0, "dropout at inference");
+        assert!(
+            run(&test_device().autodiff()) > 0.0,
+            "no dropout in training"
+        );
+    }
+
+    #[test]
+    fn prefixed_and_old_layer_norm_names_load_and_extras_are_reported() {
+        let device = test_device();
+        let c = tiny_config();
+        let (i, m) = ids(&[&[1, 5, 6, 2], &[1, 7, 2]], &device);
+        let reference = BertModel::from_source(&tiny_weights(&c), &c, &device)
+            .unwrap()
+            .forward(i.clone(), m.clone(), None);
+
+        // `bert.` prefix (task-model checkpoints), gamma/beta LayerNorms, a pooler, a head and
+        // a position_ids buffer: the same model.
+        let mut w = MemoryWeights::seeded(5);
+        for (name, t) in tiny_weights(&c).tensors {
+            let name = name.replace("LayerNorm.weight", "LayerNorm.gamma");
+            let name = name.replace("LayerNorm.bias", "LayerNorm.beta");
+            w.tensors.insert(format!("bert.{name}"), t);
+        }
+        w.random("bert.pooler.dense.weight", &[8, 8], 0.5);
+        w.random("bert.embeddings.position_ids", &[1, 16], 1.0);
+        w.random("classifier.weight", &[2, 8], 0.5);
+        let model = BertModel::from_source(&w, &c, &device).unwrap();
+        let diff: f32 = (model.forward(i, m, None) - reference)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
+        assert_eq!(
+            BertModel::ignored_tensors(&w),
+            [
+                "bert.embeddings.position_ids",
+                "bert.pooler.dense.weight",
+                "classifier.weight"
+            ]
+        );
+
+        // An encoder tensor the config does not use is an error naming it.
+        let mut w = tiny_weights(&c);
+        w.random("encoder.layer.0.attention.self.rel_bias", &[8], 0.5);
+        let err = BertModel::from_source(&w, &c, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 encoder tensor(s) this BERT config does not use")
+                && err.contains("encoder.layer.0.attention.self.rel_bias"),
+            "{err}"
+        );
+        // So is a checkpoint deeper than the config.
+        let mut shallow = c.clone();
+        shallow.num_hidden_layers = 1;
+        let err = BertModel::from_source(&tiny_weights(&c), &shallow, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than num_hidden_layers = 1"), "{err}");
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! Llama-family decoder (SmolLM2, and HF Llama/Qwen2/Mistral-style folders): RMSNorm, rotary
-//! position embeddings (HF "rotate half" layout, θ from the config), grouped-query attention,
-//! SiLU-gated MLP, tied or untied LM head, causal + padding masks and a KV cache.
+//! position embeddings (HF "rotate half" layout, θ and optional linear/llama3 scaling from the
+//! config, cos/sin tables precomputed once), grouped-query attention, SiLU-gated MLP, tied or
+//! untied LM head, causal + padding masks (left or right padding) and a KV cache.
 //!
 //! Weights are read by HF names (`model.layers.{i}.self_attn.q_proj.weight`, …) from any
-//! [`WeightSource`]; GGUF files are adapted to those names in [`super::gguf_weights`].
+//! [`WeightSource`]; GGUF files are adapted to those names (and to HF's q/k row layout) in
+//! [`super::gguf_weights`], so one RoPE implementation serves both.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::gguf_weights::GgufWeights;
@@ -23,19 +27,51 @@ use crate::gguf::tokenizer::{special_ids, tokenizer_from_gguf};
 use crate::sampling::IncrementalDecoder;
 use crate::tokenize::TextTokenizer;
 
-/// A Llama-family config.
+/// RoPE frequency scaling (HF `rope_scaling`) this implementation supports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's piecewise scaling: low frequencies divided by `factor`, high ones kept,
+    /// a smooth blend in between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// A Llama-family config. Fields are public so callers can override them after reading a file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
+    /// Rows of the embedding matrix (and of the LM head).
     pub vocab_size: usize,
+    /// Model width `D`.
     pub hidden_size: usize,
+    /// Width of the SiLU-gated MLP.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
     pub num_key_value_heads: usize,
+    /// Width of one head (`hidden_size / num_attention_heads` unless the config says otherwise).
     pub head_dim: usize,
+    /// RMSNorm ε.
     pub rms_norm_eps: f64,
+    /// RoPE base θ.
     pub rope_theta: f64,
+    /// Optional RoPE frequency scaling.
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Context length. RoPE tables are precomputed for
+    /// `min(max_position_embeddings, MAX_ROPE_TABLE_ROWS)` positions; longer inputs still work
+    /// (their angles are computed on the fly).
     pub max_position_embeddings: usize,
+    /// The LM head is the embedding matrix.
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2).
     pub attention_bias: bool,
@@ -77,6 +113,11 @@ struct HfLlamaConfig {
     mlp_bias: Option<bool>,
 }
 
+/// Finite and strictly positive.
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
 fn default_rms_eps() -> f64 {
     1e-6
 }
@@ -90,38 +131,86 @@ fn default_act() -> String {
     "silu".into()
 }
 
+/// Parses HF's `rope_scaling` object: `null`/`"default"` → none, `linear`, `llama3`; anything
+/// else is an error.
+fn parse_rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|k| k.as_str())
+        .with_context(|| format!("rope_scaling {v} has no rope_type"))?;
+    let num = |k: &str| -> Result<f64> {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("rope_scaling {v}: {kind} scaling needs a number {k:?}"))
+    };
+    Ok(match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        }),
+        other => bail!(
+            "rope_scaling type {other:?} is not supported (only default, linear and llama3): {v}"
+        ),
+    })
+}
+
 impl LlamaConfig {
     /// Reads an HF `config.json` (model_type llama, qwen2 or mistral). Options this
-    /// implementation does not support are errors, not silently ignored.
+    /// implementation does not support (other activations, unknown RoPE scaling, a sliding
+    /// window shorter than the context, MLP biases) are errors, not
+    /// silently ignored.
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let raw: HfLlamaConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a Llama-family config", path.display()))?;
+        Self::from_hf_json(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses the text of an HF `config.json`; see [`LlamaConfig::from_hf_file`].
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let raw: HfLlamaConfig =
+            serde_json::from_str(text).context("not a Llama-family config.json")?;
         let kind = raw.model_type.clone().unwrap_or_else(|| "llama".into());
-        let fail = |m: String| anyhow::anyhow!("{}: {m}", path.display());
         if !["llama", "qwen2", "mistral"].contains(&kind.as_str()) {
-            return Err(fail(format!(
+            bail!(
                 "model_type {kind:?} is not a supported Llama-family model (llama, qwen2, mistral)"
-            )));
+            );
         }
         if raw.hidden_act != "silu" {
-            return Err(fail(format!(
+            bail!(
                 "hidden_act {:?} is not supported (only silu)",
                 raw.hidden_act
-            )));
+            );
         }
-        if let Some(s) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(fail(format!("rope_scaling {s} is not supported")));
-        }
-        if raw.use_sliding_window == Some(true)
-            || (kind == "mistral" && raw.sliding_window.as_ref().is_some_and(|v| !v.is_null()))
+        let rope_scaling = match &raw.rope_scaling {
+            Some(v) => parse_rope_scaling(v)?,
+            None => None,
+        };
+        let window = raw.sliding_window.as_ref().and_then(|v| v.as_u64());
+        let window_on = match kind.as_str() {
+            "qwen2" => raw.use_sliding_window == Some(true),
+            _ => raw.use_sliding_window != Some(false),
+        };
+        if let Some(w) = window.filter(|_| window_on)
+            && (w as usize) < raw.max_position_embeddings
         {
-            return Err(fail("sliding-window attention is not supported".into()));
+            bail!(
+                "sliding-window attention (window {w} < max_position_embeddings {}) is not supported",
+                raw.max_position_embeddings
+            );
         }
         if raw.mlp_bias == Some(true) {
-            return Err(fail("mlp_bias is not supported".into()));
+            bail!("mlp_bias is not supported");
         }
         let config = Self {
             vocab_size: raw.vocab_size,
@@ -135,41 +224,70 @@ impl LlamaConfig {
                 .unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1)),
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta: raw.rope_theta,
+            rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             attention_bias: raw.attention_bias.unwrap_or(kind == "qwen2"),
         };
-        config.validate().map_err(|e| fail(e.to_string()))?;
+        config.validate()?;
         Ok(config)
     }
 
-    /// Builds the config from GGUF `llama.*` metadata.
+    /// Builds the config from GGUF `llama.*` metadata (`embedding_length`, `block_count`,
+    /// `attention.head_count[_kv]`, `feed_forward_length`, `rope.freq_base`,
+    /// `attention.layer_norm_rms_epsilon`, `context_length`; the vocabulary size from
+    /// `tokenizer.ggml.tokens`). `tie_word_embeddings`: the file has no `output.weight`.
     pub fn from_gguf(file: &GgufFile, tie_word_embeddings: bool) -> Result<Self> {
         let arch = file.get_str("general.architecture")?;
         if arch != "llama" {
             bail!("GGUF architecture {arch:?} is not supported (only \"llama\")");
         }
-        if file.metadata().contains_key("llama.rope.scaling.type") {
-            bail!("GGUF rope scaling (llama.rope.scaling.type) is not supported");
+        if let Ok(kind) = file.get_str("llama.rope.scaling.type")
+            && kind != "none"
+        {
+            bail!("GGUF rope scaling {kind:?} (llama.rope.scaling.type) is not supported");
         }
         let u = |k: &str| -> Result<usize> { Ok(file.get_u64(k)? as usize) };
+        let opt = |k: &str| -> Result<Option<usize>> {
+            match file.metadata().contains_key(k) {
+                true => u(k).map(Some),
+                false => Ok(None),
+            }
+        };
         let heads = u("llama.attention.head_count")?;
         let hidden = u("llama.embedding_length")?;
-        let vocab = match file.get_u64("llama.vocab_size") {
-            Ok(v) => v as usize,
-            Err(_) => file.get_array("tokenizer.ggml.tokens")?.len(),
+        let vocab = match file.get_array("tokenizer.ggml.tokens") {
+            Ok(tokens) => tokens.len(),
+            Err(_) => u("llama.vocab_size")?,
         };
+        let head_dim = opt("llama.attention.key_length")?.unwrap_or(hidden / heads.max(1));
+        if let Some(v) = opt("llama.attention.value_length")?
+            && v != head_dim
+        {
+            bail!("GGUF value_length {v} differs from key_length {head_dim}: not supported");
+        }
+        if let Some(r) = opt("llama.rope.dimension_count")?
+            && r != head_dim
+        {
+            bail!(
+                "GGUF partial rotary embeddings (rope.dimension_count {r} of head dim {head_dim}) are not supported"
+            );
+        }
         let config = Self {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: u("llama.feed_forward_length")?,
             num_hidden_layers: u("llama.block_count")?,
             num_attention_heads: heads,
-            num_key_value_heads: u("llama.attention.head_count_kv").unwrap_or(heads),
-            head_dim: u("llama.rope.dimension_count").unwrap_or(hidden / heads.max(1)),
+            num_key_value_heads: opt("llama.attention.head_count_kv")?.unwrap_or(heads),
+            head_dim,
             rms_norm_eps: file.get_f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope_theta: file.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
-            max_position_embeddings: u("llama.context_length").unwrap_or(2048),
+            rope_theta: match file.metadata().contains_key("llama.rope.freq_base") {
+                true => file.get_f64("llama.rope.freq_base")?,
+                false => 10000.0,
+            },
+            rope_scaling: None,
+            max_position_embeddings: opt("llama.context_length")?.unwrap_or(2048),
             tie_word_embeddings,
             attention_bias: false,
         };
@@ -177,6 +295,7 @@ impl LlamaConfig {
         Ok(config)
     }
 
+    /// Checks the head arithmetic and the RoPE parameters.
     pub fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
@@ -193,74 +312,249 @@ impl LlamaConfig {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even and positive", self.head_dim);
         }
+        if self.hidden_size == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            bail!("hidden_size, vocab_size and intermediate_size must be positive");
+        }
+        if !positive(self.rope_theta) {
+            bail!("rope_theta {} must be positive", self.rope_theta);
+        }
+        if !(positive(self.rms_norm_eps) || self.rms_norm_eps == 0.0) {
+            bail!("rms_norm_eps {} must be non-negative", self.rms_norm_eps);
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) if !positive(*factor) => {
+                bail!("linear rope_scaling factor {factor} must be positive")
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) if !(positive(*factor)
+                && positive(*low_freq_factor)
+                && positive(high_freq_factor - low_freq_factor)
+                && *original_max_position_embeddings > 0) =>
+            {
+                bail!("llama3 rope_scaling parameters are inconsistent: {self:?}")
+            }
+            _ => {}
+        }
         Ok(())
     }
+
+    /// The RoPE inverse frequencies `θ^(−2i/head_dim)`, `i < head_dim/2`, after scaling (in f64).
+    pub fn inv_frequencies(&self) -> Vec<f64> {
+        let d = self.head_dim as f64;
+        let base = (0..self.head_dim / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d));
+        match &self.rope_scaling {
+            None => base.collect(),
+            Some(RopeScaling::Linear { factor }) => base.map(|f| f / factor).collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+            }
+        }
+    }
 }
+
+/// RoPE tables are precomputed for at most this many positions; longer inputs compute their
+/// angles on the fly (same values, in f32).
+pub const MAX_ROPE_TABLE_ROWS: usize = 16384;
 
 /// Root-mean-square LayerNorm: `x / sqrt(mean(x²) + ε) · w`.
 #[derive(Module, Debug)]
 pub struct RmsNorm {
+    /// Per-channel gain `[D]`.
     pub weight: Param<Tensor<1>>,
+    /// ε added to the mean square.
     pub eps: f64,
 }
 
 impl RmsNorm {
+    /// Normalizes the last dimension of `x` `[B, T, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let d = x.dims()[2];
-        let rms = x
+        let inv_rms = x
             .clone()
-            .powf_scalar(2.0)
+            .square()
             .mean_dim(2)
             .add_scalar(self.eps)
-            .sqrt();
-        (x / rms) * self.weight.val().reshape([1, 1, d])
+            .sqrt()
+            .recip();
+        x * inv_rms * self.weight.val().reshape([1, 1, d])
     }
 }
 
-/// Grouped-query self-attention.
+/// Precomputed rotary-embedding tables (constants, not parameters: optimizers and checkpoints
+/// never see them).
+#[derive(Module, Debug)]
+pub struct RotaryTables {
+    /// `cos(p·f_i)` for positions `p < rows`, the frequencies repeated over both halves of the
+    /// head: `[rows, head_dim]`.
+    pub cos: Tensor<2>,
+    /// `sin(p·f_i)` with the first half negated (rotate-half's sign folded in):
+    /// `[rows, head_dim]`.
+    pub sin: Tensor<2>,
+    /// Inverse frequencies `[head_dim / 2]`, for positions beyond the tables.
+    pub inv_freq: Tensor<1>,
+}
+
+impl RotaryTables {
+    /// Tables for `min(max_position_embeddings, MAX_ROPE_TABLE_ROWS)` positions (computed in
+    /// f64, stored as f32).
+    pub fn new(config: &LlamaConfig, device: &Device) -> Self {
+        let inv = config.inv_frequencies();
+        let half = inv.len();
+        let dh = 2 * half;
+        let rows = config.max_position_embeddings.clamp(1, MAX_ROPE_TABLE_ROWS);
+        let mut cos = Vec::with_capacity(rows * dh);
+        let mut sin = Vec::with_capacity(rows * dh);
+        for p in 0..rows {
+            for sign in [-1.0, 1.0] {
+                for f in &inv {
+                    let a = p as f64 * f;
+                    cos.push(a.cos() as f32);
+                    sin.push((sign * a.sin()) as f32);
+                }
+            }
+        }
+        let inv: Vec<f32> = inv.iter().map(|&f| f as f32).collect();
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [rows, dh]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [rows, dh]), device),
+            inv_freq: Tensor::from_data(TensorData::new(inv, [half]), device),
+        }
+    }
+
+    /// cos and signed sin `[B, 1, T, head_dim]` of `positions` `[B, T]`, all of which are
+    /// below `bound` (known without reading the tensor).
+    fn lookup(&self, positions: Tensor<2, Int>, bound: usize) -> (Tensor<4>, Tensor<4>) {
+        let [b, t] = positions.dims();
+        let [rows, dh] = self.cos.dims();
+        if bound <= rows {
+            let idx = positions.reshape([b * t]);
+            let cos = self.cos.clone().select(0, idx.clone());
+            let sin = self.sin.clone().select(0, idx);
+            (cos.reshape([b, 1, t, dh]), sin.reshape([b, 1, t, dh]))
+        } else {
+            let half = dh / 2;
+            let angles =
+                positions.float().reshape([b, t, 1]) * self.inv_freq.clone().reshape([1, 1, half]);
+            let (cos, sin) = (angles.clone().cos(), angles.sin());
+            (
+                Tensor::cat(vec![cos.clone(), cos], 2).reshape([b, 1, t, dh]),
+                Tensor::cat(vec![sin.clone().neg(), sin], 2).reshape([b, 1, t, dh]),
+            )
+        }
+    }
+}
+
+/// HF's `x·cos + rotate_half(x)·sin` with the sign of `rotate_half` folded into `sin`.
+fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let swapped = Tensor::cat(
+        vec![
+            x.clone().narrow(3, half, half),
+            x.clone().narrow(3, 0, half),
+        ],
+        3,
+    );
+    x * cos + swapped * sin
+}
+
+/// Grouped-query self-attention: `heads` query heads share `kv_heads` key/value heads
+/// (query head `i` reads key/value head `i / (heads / kv_heads)`, as HF's `repeat_kv`).
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
+    /// `D → heads·head_dim`.
     pub q_proj: Linear,
+    /// `D → kv_heads·head_dim`.
     pub k_proj: Linear,
+    /// `D → kv_heads·head_dim`.
     pub v_proj: Linear,
+    /// `heads·head_dim → D`.
     pub o_proj: Linear,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 
 /// SiLU-gated MLP: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
+    /// `D → intermediate`.
     pub gate_proj: Linear,
+    /// `D → intermediate`.
     pub up_proj: Linear,
+    /// `intermediate → D`.
     pub down_proj: Linear,
 }
 
-/// One decoder layer (pre-norm).
+impl LlamaMlp {
+    /// `[B, T, D] → [B, T, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaLayer {
+    /// Norm before attention.
     pub input_layernorm: RmsNorm,
+    /// Self-attention.
     pub self_attn: LlamaAttention,
+    /// Norm before the MLP.
     pub post_attention_layernorm: RmsNorm,
+    /// Feed-forward.
     pub mlp: LlamaMlp,
 }
 
-/// The decoder.
+/// The Llama-family decoder.
 #[derive(Module, Debug)]
 pub struct LlamaModel {
+    /// Token embeddings `[V, D]`.
     pub embed_tokens: Embedding,
+    /// Decoder layers.
     pub layers: Vec<LlamaLayer>,
+    /// Final RMSNorm.
     pub norm: RmsNorm,
     /// `None`: logits use the (tied) embedding matrix.
     pub lm_head: Option<Linear>,
-    pub rope_theta: f64,
+    /// Precomputed RoPE cos/sin tables.
+    pub rope: RotaryTables,
 }
 
-/// Cached keys and values of every layer, `[B, kv_heads, T, head_dim]` each.
+/// Cached keys and values of every layer, `[B, kv_heads, T_past, head_dim]` each (keys after
+/// RoPE). Start from `KvCache::default()` and pass it to [`LlamaModel::forward_with_cache`].
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
+    /// Keys, one tensor per layer.
     pub keys: Vec<Tensor<4>>,
+    /// Values, one tensor per layer.
     pub values: Vec<Tensor<4>>,
 }
 
@@ -270,96 +564,64 @@ impl KvCache {
         self.keys.first().map_or(0, |k| k.dims()[2])
     }
 
+    /// Nothing cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-fn rotate_half(x: Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
-}
-
-/// cos and sin tables `[B, 1, T, head_dim]` for positions `[B, T]`.
-fn rope_tables(positions: Tensor<2, Int>, head_dim: usize, theta: f64) -> (Tensor<4>, Tensor<4>) {
-    let [b, t] = positions.dims();
-    let device = positions.device();
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
-        .collect();
-    let inv_freq = Tensor::<3>::from_data(TensorData::new(inv_freq, [1, 1, half]), &device);
-    let angles = positions.float().reshape([b, t, 1]) * inv_freq; // [B, T, half]
-    let angles = Tensor::cat(vec![angles.clone(), angles], 2).reshape([b, 1, t, head_dim]);
-    (angles.clone().cos(), angles.sin())
-}
-
 impl LlamaAttention {
+    /// `x` `[B, T, D]`; `rope` cos/sin `[B, 1, T, head_dim]`; `mask` `[B, 1, rep·T, T_total]`
+    /// (true = hidden, rows repeated for the `rep = heads / kv_heads` query heads of a group);
+    /// `past` the cached keys and values. Returns the output and the full keys and values.
     fn forward(
         &self,
         x: Tensor<3>,
-        cos: Tensor<4>,
-        sin: Tensor<4>,
-        bias: Tensor<4>,
-        cache: Option<(&mut Tensor<4>, &mut Tensor<4>)>,
+        rope: &(Tensor<4>, Tensor<4>),
+        mask: Tensor<4, Bool>,
+        past: Option<(Tensor<4>, Tensor<4>)>,
     ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = x.dims();
         let (h, kvh, dh) = (self.heads, self.kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x.clone())
-            .reshape([b, t, h, dh])
-            .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
-            .reshape([b, t, kvh, dh])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, t, kvh, dh])
-            .swap_dims(1, 2);
-        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        let k = k.clone() * cos + rotate_half(k) * sin;
-        let (k, v) = match cache {
-            Some((ck, cv)) => (
-                Tensor::cat(vec![ck.clone(), k], 2),
-                Tensor::cat(vec![cv.clone(), v], 2),
-            ),
+        let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, dh]).swap_dims(1, 2);
+        let (cos, sin) = rope.clone();
+        let q = apply_rope(
+            split(self.q_proj.forward(x.clone()), h),
+            cos.clone(),
+            sin.clone(),
+        );
+        let k = apply_rope(split(self.k_proj.forward(x.clone()), kvh), cos, sin);
+        let v = split(self.v_proj.forward(x), kvh);
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
-        let tk = k.dims()[2];
-        let rep = h / kvh;
-        let expand = |y: Tensor<4>| {
-            if rep == 1 {
-                y
-            } else {
-                y.reshape([b, kvh, 1, tk, dh])
-                    .expand([b, kvh, rep, tk, dh])
-                    .reshape([b, h, tk, dh])
-            }
-        };
-        let scores = q
-            .matmul(expand(k.clone()).swap_dims(2, 3))
-            .div_scalar((dh as f64).sqrt())
-            + bias;
-        let context = softmax(scores, 3)
-            .matmul(expand(v.clone()))
-            .swap_dims(1, 2)
-            .reshape([b, t, h * dh]);
+        // The query heads of one group become extra query rows of its key/value head: no copy
+        // of the keys and values.
+        let q = q.reshape([b, kvh, (h / kvh) * t, dh]);
+        let context = attention(
+            q,
+            k.clone(),
+            v.clone(),
+            Some(mask),
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .reshape([b, h, t, dh])
+        .swap_dims(1, 2)
+        .reshape([b, t, h * dh]);
         (self.o_proj.forward(context), k, v)
     }
 }
 
 impl LlamaModel {
-    /// Last hidden states (after the final norm) `[B, T, D]` of `input_ids` `[B, T]`.
+    /// Last hidden states (after the final norm) `[B, T, D]` of `input_ids` `[B, T]`, the input
+    /// of reward heads.
     ///
     /// `attention_mask` `[B, past + T]` covers the cached positions and the new ones (1 real,
-    /// 0 pad; left padding works: positions count real tokens only). With `cache`, keys and
-    /// values of the new tokens are appended to it.
+    /// 0 pad). Left and right padding both work: a token's position is the number of real
+    /// tokens before it, and pad keys are hidden. With `cache`, keys and values of the new
+    /// tokens are appended to it.
     pub fn forward_hidden(
         &self,
         input_ids: Tensor<2, Int>,
@@ -369,51 +631,60 @@ impl LlamaModel {
         let [b, t] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let total = attention_mask.dims()[1];
+        let [mask_b, total] = attention_mask.dims();
         assert_eq!(
-            total,
-            past + t,
-            "attention mask must cover cached and new positions"
+            (mask_b, total),
+            (b, past + t),
+            "attention mask must be [batch, cached + new positions]"
         );
-        let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        if let Some(c) = cache.as_ref()
+            && !c.is_empty()
+        {
+            assert_eq!(c.keys.len(), self.layers.len(), "cache of another model");
+            assert_eq!(c.keys[0].dims()[0], b, "cache of another batch size");
+        }
 
         // Position of each new token = number of real tokens before it.
         let positions = (attention_mask.clone().cumsum(1) - 1)
             .clamp_min(0)
             .narrow(1, past, t);
-        let (cos, sin) = rope_tables(positions, head_dim, self.rope_theta);
+        let rope = self.rope.lookup(positions, total);
 
-        // Causal bias [T, total]: key j is visible to query i when j ≤ past + i.
-        let q_pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
-            .reshape([t, 1])
-            .expand([t, total]);
-        let k_pos = Tensor::<1, Int>::arange(0..total as i64, &device)
-            .reshape([1, total])
-            .expand([t, total]);
-        let causal = k_pos
-            .greater(q_pos)
-            .float()
-            .mul_scalar(-1e9)
-            .reshape([1, 1, t, total]);
-        let pad = (attention_mask.float().neg() + 1.0)
-            .mul_scalar(-1e9)
-            .reshape([b, 1, 1, total]);
-        let bias = causal + pad;
+        // Hidden keys: the future (key j > past + i) and padding.
+        let causal = Tensor::<2, Bool>::tril_mask([t, total], past as i64, &device)
+            .reshape([1, 1, t, total])
+            .expand([b, 1, t, total]);
+        let pad = attention_mask
+            .equal_elem(0)
+            .reshape([b, 1, 1, total])
+            .expand([b, 1, t, total]);
+        let mask = causal.bool_or(pad);
+        let rep = self
+            .layers
+            .first()
+            .map_or(1, |l| l.self_attn.heads / l.self_attn.kv_heads);
+        let mask = if rep == 1 {
+            mask
+        } else {
+            mask.reshape([b, 1, 1, t, total])
+                .expand([b, 1, rep, t, total])
+                .reshape([b, 1, rep * t, total])
+        };
 
         let mut x = self.embed_tokens.forward(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
-            let layer_cache = cache
-                .as_deref_mut()
+            let cached = cache
+                .as_deref()
                 .filter(|c| c.keys.len() > i)
-                .map(|c| (&mut c.keys[i], &mut c.values[i]));
-            let had_cache = layer_cache.is_some();
-            let (attn, k, v) =
-                layer
-                    .self_attn
-                    .forward(h, cos.clone(), sin.clone(), bias.clone(), layer_cache);
+                .map(|c| (c.keys[i].clone(), c.values[i].clone()));
+            let (attn, k, v) = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &rope,
+                mask.clone(),
+                cached,
+            );
             if let Some(c) = cache.as_deref_mut() {
-                if had_cache {
+                if c.keys.len() > i {
                     c.keys[i] = k;
                     c.values[i] = v;
                 } else {
@@ -422,11 +693,7 @@ impl LlamaModel {
                 }
             }
             x = x + attn;
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            let m = &layer.mlp;
-            x = x + m
-                .down_proj
-                .forward(silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h));
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
         self.norm.forward(x)
     }
@@ -436,24 +703,43 @@ impl LlamaModel {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
-                let [v, d] = self.embed_tokens.weight.dims();
-                hidden.matmul(
-                    self.embed_tokens
-                        .weight
-                        .val()
-                        .transpose()
-                        .reshape([1, d, v]),
-                )
+                let [b, t, d] = hidden.dims();
+                let v = self.embed_tokens.weight.dims()[0];
+                hidden
+                    .reshape([b * t, d])
+                    .matmul(self.embed_tokens.weight.val().transpose())
+                    .reshape([b, t, v])
             }
         }
     }
 
-    /// Logits `[B, T, V]` of a padded batch (no cache).
+    /// Logits `[B, T, V]` of a padded batch `[B, T]` (no cache).
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
         self.logits(self.forward_hidden(input_ids, attention_mask, None))
     }
 
-    /// Builds the model from HF-named tensors, checking every shape against `config`.
+    /// Logits `[B, T, V]` of the new tokens `input_ids` `[B, T]`, reading and extending
+    /// `cache`; `attention_mask` `[B, cached + T]` covers every position so far. Feeding a
+    /// sequence in pieces gives the logits of one full [`LlamaModel::forward`].
+    pub fn forward_with_cache(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        self.logits(self.forward_hidden(input_ids, attention_mask, Some(cache)))
+    }
+
+    /// Loads a `.gguf` file (or a folder holding exactly one) or an HF folder (`config.json`,
+    /// `*.safetensors`, `tokenizer.json`), with its tokenizer. [`CausalLm::load`] also keeps
+    /// the config and special ids.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<(Self, TextTokenizer)> {
+        let lm = CausalLm::load(path, device)?;
+        Ok((lm.model, lm.tokenizer))
+    }
+
+    /// Builds the model from HF-named tensors, checking every shape against `config` (a wrong
+    /// shape is an error naming the tensor).
     pub fn from_source(
         source: &dyn WeightSource,
         config: &LlamaConfig,
@@ -461,6 +747,7 @@ impl LlamaModel {
     ) -> Result<Self> {
         config.validate()?;
         let d = config.hidden_size;
+        let ff = config.intermediate_size;
         let (h, kvh, dh) = (
             config.num_attention_heads,
             config.num_key_value_heads,
@@ -473,10 +760,11 @@ impl LlamaModel {
             })
         };
         let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear> {
-            let b = format!("{}.bias", name.trim_end_matches(".weight"));
+            let weight = format!("{name}.weight");
+            let b = format!("{name}.bias");
             load_linear(
                 source,
-                name,
+                &weight,
                 bias.then_some(b.as_str()),
                 d_in,
                 d_out,
@@ -490,10 +778,10 @@ impl LlamaModel {
                 Ok(LlamaLayer {
                     input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
                     self_attn: LlamaAttention {
-                        q_proj: linear(&format!("{p}.self_attn.q_proj.weight"), d, h * dh, ab)?,
-                        k_proj: linear(&format!("{p}.self_attn.k_proj.weight"), d, kvh * dh, ab)?,
-                        v_proj: linear(&format!("{p}.self_attn.v_proj.weight"), d, kvh * dh, ab)?,
-                        o_proj: linear(&format!("{p}.self_attn.o_proj.weight"), h * dh, d, false)?,
+                        q_proj: linear(&format!("{p}.self_attn.q_proj"), d, h * dh, ab)?,
+                        k_proj: linear(&format!("{p}.self_attn.k_proj"), d, kvh * dh, ab)?,
+                        v_proj: linear(&format!("{p}.self_attn.v_proj"), d, kvh * dh, ab)?,
+                        o_proj: linear(&format!("{p}.self_attn.o_proj"), h * dh, d, false)?,
                         heads: h,
                         kv_heads: kvh,
                         head_dim: dh,
@@ -502,39 +790,16 @@ impl LlamaModel {
                         "{p}.post_attention_layernorm.weight"
                     ))?,
                     mlp: LlamaMlp {
-                        gate_proj: linear(
-                            &format!("{p}.mlp.gate_proj.weight"),
-                            d,
-                            config.intermediate_size,
-                            false,
-                        )?,
-                        up_proj: linear(
-                            &format!("{p}.mlp.up_proj.weight"),
-                            d,
-                            config.intermediate_size,
-                            false,
-                        )?,
-                        down_proj: linear(
-                            &format!("{p}.mlp.down_proj.weight"),
-                            config.intermediate_size,
-                            d,
-                            false,
-                        )?,
+                        gate_proj: linear(&format!("{p}.mlp.gate_proj"), d, ff, false)?,
+                        up_proj: linear(&format!("{p}.mlp.up_proj"), d, ff, false)?,
+                        down_proj: linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
                     },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if config.tie_word_embeddings || !source.contains("lm_head.weight") {
-            None
-        } else {
-            Some(load_linear(
-                source,
-                "lm_head.weight",
-                None,
-                d,
-                config.vocab_size,
-                device,
-            )?)
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(linear("lm_head", d, config.vocab_size, false)?),
         };
         Ok(Self {
             embed_tokens: load_embedding(
@@ -547,13 +812,13 @@ impl LlamaModel {
             layers,
             norm: norm("model.norm.weight")?,
             lm_head,
-            rope_theta: config.rope_theta,
+            rope: RotaryTables::new(config, device),
         })
     }
 }
 
 /// The HF name of a [`LlamaModel`] parameter path (the field names follow HF's, under `model.`
-/// except the LM head).
+/// except the LM head). The inverse of the names [`LlamaModel::from_source`] reads.
 pub fn hf_name(path: &str) -> String {
     if path.starts_with("lm_head.") {
         path.to_string()
@@ -566,23 +831,37 @@ pub fn hf_name(path: &str) -> String {
 /// and PPO load.
 #[derive(Debug)]
 pub struct CausalLm {
+    /// The decoder.
     pub model: LlamaModel,
+    /// Its config.
     pub config: LlamaConfig,
+    /// Its tokenizer (pad id set to the file's pad or EOS token when it declares one).
     pub tokenizer: TextTokenizer,
+    /// Beginning-of-sequence id, when declared.
     pub bos_id: Option<u32>,
+    /// End-of-sequence id, when declared (or found among the usual names).
     pub eos_id: Option<u32>,
+    /// Where the model lives.
     pub device: Device,
 }
 
+/// An id field of HF `config.json`: a number or a list (its first element).
+fn hf_token_id(config: &serde_json::Value, key: &str) -> Option<u32> {
+    let v = config.get(key)?;
+    let v = v.as_array().and_then(|a| a.first()).unwrap_or(v);
+    v.as_u64().and_then(|x| u32::try_from(x).ok())
+}
+
 impl CausalLm {
-    /// Loads a `.gguf` file, a folder holding one, or an HF folder (`config.json`,
+    /// Loads a `.gguf` file, a folder holding exactly one, or an HF folder (`config.json`,
     /// `*.safetensors`, `tokenizer.json`).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let gguf = if path.is_file() {
             Some(path.to_path_buf())
         } else if path.is_dir() && !path.join("config.json").is_file() {
-            let mut found: Vec<_> = std::fs::read_dir(path)?
+            let mut found: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("listing {}", path.display()))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
@@ -614,7 +893,8 @@ impl CausalLm {
                     Some(pad) => tokenizer.with_pad_id(pad),
                     None => tokenizer,
                 };
-                let weights = GgufWeights::new(gguf)?;
+                let weights = GgufWeights::new(gguf)
+                    .with_context(|| format!("reading {}", file.display()))?;
                 let config = weights.config.clone();
                 let model = LlamaModel::from_source(&weights, &config, device)
                     .with_context(|| format!("loading {}", file.display()))?;
@@ -628,20 +908,24 @@ impl CausalLm {
                 })
             }
             None => {
-                let config = LlamaConfig::from_hf_file(path.join("config.json"))?;
+                let config_path = path.join("config.json");
+                let config = LlamaConfig::from_hf_file(&config_path)?;
+                let raw: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
                 let weights = SafetensorsWeights::open(path)?;
                 let model = LlamaModel::from_source(&weights, &config, device)
                     .with_context(|| format!("loading {}", path.display()))?;
                 let tokenizer = TextTokenizer::from_file(path.join("tokenizer.json"))?;
-                let eos_id = tokenizer
-                    .token_to_id("<|im_end|>")
-                    .or_else(|| tokenizer.token_to_id("</s>"))
-                    .or_else(|| tokenizer.token_to_id("<|endoftext|>"));
+                let eos_id = hf_token_id(&raw, "eos_token_id").or_else(|| {
+                    ["<|im_end|>", "</s>", "<|endoftext|>"]
+                        .iter()
+                        .find_map(|t| tokenizer.token_to_id(t))
+                });
                 Ok(Self {
                     model,
                     config,
                     tokenizer,
-                    bos_id: None,
+                    bos_id: hf_token_id(&raw, "bos_token_id"),
                     eos_id,
                     device: device.clone(),
                 })
@@ -663,8 +947,7 @@ impl IncrementalDecoder for CausalLm {
         let hidden = self
             .model
             .forward_hidden(ids, attention_mask, Some(&mut cache));
-        let last = hidden.narrow(1, t - 1, 1);
-        let logits = self.model.logits(last);
+        let logits = self.model.logits(hidden.narrow(1, t - 1, 1));
         let v = logits.dims()[2];
         Ok((logits.reshape([b, v]), cache))
     }
@@ -676,8 +959,7 @@ impl IncrementalDecoder for CausalLm {
         cache: &mut KvCache,
     ) -> Result<Tensor<2>> {
         let [b, _] = ids.dims();
-        let hidden = self.model.forward_hidden(ids, attention_mask, Some(cache));
-        let logits = self.model.logits(hidden);
+        let logits = self.model.forward_with_cache(ids, attention_mask, cache);
         let v = logits.dims()[2];
         Ok(logits.reshape([b, v]))
     }
@@ -688,7 +970,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::device::test_device;
     use crate::models::test_support::MemoryWeights;
+    use tokenizers::Tokenizer;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 
+    /// Hidden 16, 4 query heads, 2 key/value heads, 2 layers, vocabulary 32.
     pub fn tiny_config() -> LlamaConfig {
         LlamaConfig {
             vocab_size: 32,
@@ -700,57 +986,82 @@ pub(crate) mod tests {
             head_dim: 4,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: None,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
             attention_bias: false,
         }
     }
 
+    /// Random HF-named weights for `c` (biases and `lm_head` as the config asks).
     pub fn tiny_weights(c: &LlamaConfig, seed: u64) -> MemoryWeights {
         let mut w = MemoryWeights::seeded(seed);
         let d = c.hidden_size;
         let (h, kvh, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         w.random("model.embed_tokens.weight", &[c.vocab_size, d], 1.0);
         w.random("model.norm.weight", &[d], 1.0);
+        if !c.tie_word_embeddings {
+            w.random("lm_head.weight", &[c.vocab_size, d], 1.0);
+        }
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             w.random(&format!("{p}.input_layernorm.weight"), &[d], 1.0);
             w.random(&format!("{p}.post_attention_layernorm.weight"), &[d], 1.0);
-            w.random(&format!("{p}.self_attn.q_proj.weight"), &[h * dh, d], 0.5);
-            w.random(&format!("{p}.self_attn.k_proj.weight"), &[kvh * dh, d], 0.5);
-            w.random(&format!("{p}.self_attn.v_proj.weight"), &[kvh * dh, d], 0.5);
-            w.random(&format!("{p}.self_attn.o_proj.weight"), &[d, h * dh], 0.5);
-            w.random(
-                &format!("{p}.mlp.gate_proj.weight"),
-                &[c.intermediate_size, d],
-                0.5,
-            );
-            w.random(
-                &format!("{p}.mlp.up_proj.weight"),
-                &[c.intermediate_size, d],
-                0.5,
-            );
-            w.random(
-                &format!("{p}.mlp.down_proj.weight"),
-                &[d, c.intermediate_size],
-                0.5,
-            );
+            for (name, rows, cols) in [
+                ("self_attn.q_proj", h * dh, d),
+                ("self_attn.k_proj", kvh * dh, d),
+                ("self_attn.v_proj", kvh * dh, d),
+                ("self_attn.o_proj", d, h * dh),
+                ("mlp.gate_proj", c.intermediate_size, d),
+                ("mlp.up_proj", c.intermediate_size, d),
+                ("mlp.down_proj", d, c.intermediate_size),
+            ] {
+                w.random(&format!("{p}.{name}.weight"), &[rows, cols], 0.5);
+                if c.attention_bias
+                    && ["q_proj", "k_proj", "v_proj"]
+                        .iter()
+                        .any(|s| name.ends_with(s))
+                {
+                    w.random(&format!("{p}.{name}.bias"), &[rows], 0.5);
+                }
+            }
         }
         w
     }
 
+    /// The tiny model with seed-11 weights.
     pub fn tiny_model(device: &Device) -> LlamaModel {
         let c = tiny_config();
         LlamaModel::from_source(&tiny_weights(&c, 11), &c, device).unwrap()
     }
 
-    fn int2(rows: Vec<Vec<i64>>, device: &Device) -> Tensor<2, Int> {
+    /// A 32-word tokenizer matching the tiny model's vocabulary ("t0" … "t31", pad = t0).
+    pub fn tiny_tokenizer() -> TextTokenizer {
+        let vocab = (0..32).map(|i| (format!("t{i}"), i as u32)).collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("t1".into())
+            .build()
+            .unwrap();
+        let mut tok = Tokenizer::new(model);
+        tok.with_pre_tokenizer(Some(WhitespaceSplit));
+        TextTokenizer::new(tok).unwrap().with_pad_id(0)
+    }
+
+    /// A `[rows, cols]` id or mask tensor.
+    pub fn int2(rows: Vec<Vec<i64>>, device: &Device) -> Tensor<2, Int> {
         let (b, t) = (rows.len(), rows[0].len());
         Tensor::from_data(TensorData::new(rows.concat(), [b, t]), device)
     }
 
     fn max_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
         (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("plumb-llama-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
@@ -763,25 +1074,53 @@ pub(crate) mod tests {
             int2(vec![vec![1; 6]], &device),
         );
         let mut cache = KvCache::default();
-        let mut steps = Vec::new();
-        let h = model.forward_hidden(
+        let mut steps = vec![model.forward_with_cache(
             int2(vec![ids[..3].to_vec()], &device),
             int2(vec![vec![1; 3]], &device),
-            Some(&mut cache),
-        );
-        steps.push(model.logits(h));
+            &mut cache,
+        )];
         for (k, &tok) in ids.iter().enumerate().skip(3) {
-            let h = model.forward_hidden(
+            steps.push(model.forward_with_cache(
                 int2(vec![vec![tok]], &device),
                 int2(vec![vec![1; k + 1]], &device),
-                Some(&mut cache),
-            );
-            steps.push(model.logits(h));
+                &mut cache,
+            ));
         }
         assert_eq!(cache.len(), 6);
-        let incremental = Tensor::cat(steps, 1);
-        let diff = max_diff(full, incremental);
+        let diff = max_diff(full, Tensor::cat(steps, 1));
         assert!(diff < 1e-4, "cache vs full: {diff}");
+    }
+
+    #[test]
+    fn kv_cache_decoding_of_a_left_padded_batch_equals_the_full_forward() {
+        let device = test_device();
+        let model = tiny_model(&device);
+        let rows = vec![vec![0i64, 0, 5, 6, 7, 8, 9], vec![1, 2, 3, 4, 5, 6, 7]];
+        let mask = vec![vec![0i64, 0, 1, 1, 1, 1, 1], vec![1; 7]];
+        let full = model.forward(int2(rows.clone(), &device), int2(mask.clone(), &device));
+        let mut cache = KvCache::default();
+        let prefix = |m: &Vec<Vec<i64>>, a: usize, b: usize| -> Vec<Vec<i64>> {
+            m.iter().map(|r| r[a..b].to_vec()).collect()
+        };
+        let mut steps = vec![model.forward_with_cache(
+            int2(prefix(&rows, 0, 4), &device),
+            int2(prefix(&mask, 0, 4), &device),
+            &mut cache,
+        )];
+        for k in 4..7 {
+            steps.push(model.forward_with_cache(
+                int2(prefix(&rows, k, k + 1), &device),
+                int2(prefix(&mask, 0, k + 1), &device),
+                &mut cache,
+            ));
+        }
+        let incremental = Tensor::cat(steps, 1);
+        // Only real positions are compared (pad rows are never read).
+        let diff = max_diff(
+            full.clone().narrow(1, 2, 5),
+            incremental.clone().narrow(1, 2, 5),
+        );
+        assert!(diff < 1e-4, "cache vs full, left-padded batch: {diff}");
     }
 
     #[test]
@@ -808,6 +1147,91 @@ pub(crate) mod tests {
         assert!(diff < 1e-4, "right padding changed logits by {diff}");
     }
 
+    /// Multi-head weights equivalent to grouped ones: each query head gets a copy of its
+    /// group's key/value rows (HF `repeat_kv`: query head `i` reads kv head `i / rep`).
+    fn repeat_kv_weights(c: &LlamaConfig, w: &MemoryWeights) -> MemoryWeights {
+        let mut out = MemoryWeights::default();
+        out.tensors = w.tensors.clone();
+        let (h, kvh, dh, d) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.hidden_size,
+        );
+        for i in 0..c.num_hidden_layers {
+            for name in ["k_proj", "v_proj"] {
+                let key = format!("model.layers.{i}.self_attn.{name}.weight");
+                let src = &w.tensors[&key];
+                let mut values = Vec::new();
+                for head in 0..h {
+                    let g = head / (h / kvh);
+                    values.extend_from_slice(&src.values[g * dh * d..(g + 1) * dh * d]);
+                }
+                out.tensors.insert(
+                    key,
+                    crate::models::weights::HostTensor {
+                        shape: vec![h * dh, d],
+                        values,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_query_attention_shapes_and_grouping() {
+        let device = test_device();
+        for kv_heads in [1, 2] {
+            let c = LlamaConfig {
+                num_key_value_heads: kv_heads,
+                ..tiny_config()
+            };
+            let w = tiny_weights(&c, 5);
+            let gqa = LlamaModel::from_source(&w, &c, &device).unwrap();
+            let layer = &gqa.layers[0].self_attn;
+            assert_eq!(layer.k_proj.weight.dims(), [16, kv_heads * 4]);
+            assert_eq!(layer.q_proj.weight.dims(), [16, 16]);
+            let ids = int2(vec![vec![0, 3, 4, 5, 6], vec![7, 8, 9, 10, 11]], &device);
+            let mask = int2(vec![vec![0, 1, 1, 1, 1], vec![1; 5]], &device);
+            let mut cache = KvCache::default();
+            let hidden = gqa.forward_hidden(ids.clone(), mask.clone(), Some(&mut cache));
+            assert_eq!(hidden.dims(), [2, 5, 16]);
+            assert_eq!(cache.keys.len(), 2);
+            assert_eq!(cache.keys[1].dims(), [2, kv_heads, 5, 4]);
+            assert_eq!(cache.values[1].dims(), [2, kv_heads, 5, 4]);
+            let logits = gqa.forward(ids.clone(), mask.clone());
+            assert_eq!(logits.dims(), [2, 5, 32]);
+
+            let mha_config = LlamaConfig {
+                num_key_value_heads: 4,
+                ..c.clone()
+            };
+            let mha =
+                LlamaModel::from_source(&repeat_kv_weights(&c, &w), &mha_config, &device).unwrap();
+            let diff = max_diff(logits, mha.forward(ids, mask));
+            assert!(diff < 1e-5, "{kv_heads} kv heads vs repeated: {diff}");
+        }
+    }
+
+    #[test]
+    fn positions_beyond_the_rope_tables_match_the_tables() {
+        let device = test_device();
+        let c = tiny_config();
+        let short = LlamaConfig {
+            max_position_embeddings: 3,
+            ..c.clone()
+        };
+        let w = tiny_weights(&c, 3);
+        let a = LlamaModel::from_source(&w, &c, &device).unwrap();
+        let b = LlamaModel::from_source(&w, &short, &device).unwrap();
+        assert_eq!(b.rope.cos.dims(), [3, 4]);
+        let ids = int2(vec![vec![0, 3, 4, 5, 6, 7, 8]], &device);
+        let mask = int2(vec![vec![0, 1, 1, 1, 1, 1, 1]], &device);
+        let diff = max_diff(a.forward(ids.clone(), mask.clone()), b.forward(ids, mask));
+        assert!(diff < 1e-5, "tables vs on-the-fly angles: {diff}");
+    }
+
     #[test]
     fn loading_errors_name_the_tensor() {
         let device = test_device();
@@ -824,61 +1248,203 @@ pub(crate) mod tests {
         let mut bad = c.clone();
         bad.num_key_value_heads = 3;
         assert!(LlamaModel::from_source(&tiny_weights(&c, 1), &bad, &device).is_err());
+        // An untied head must be there.
+        let untied = LlamaConfig {
+            tie_word_embeddings: false,
+            ..c.clone()
+        };
+        let err = LlamaModel::from_source(&tiny_weights(&c, 1), &untied, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lm_head.weight"), "{err}");
+        // So must Qwen2-style biases.
+        let biased = LlamaConfig {
+            attention_bias: true,
+            ..c
+        };
+        let err = LlamaModel::from_source(&tiny_weights(&tiny_config(), 1), &biased, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers.0.self_attn.q_proj.bias"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn unsupported_hf_options_are_errors() {
-        let dir = std::env::temp_dir().join(format!("plumb-llama-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
+    fn hf_config_options() {
         let base = r#""model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2"#;
-        std::fs::write(&path, format!("{{{base}}}")).unwrap();
-        let c = LlamaConfig::from_hf_file(&path).unwrap();
+        let parse = |extra: &str| LlamaConfig::from_hf_json(&format!("{{{base}{extra}}}"));
+        let c = parse("").unwrap();
         assert_eq!(
-            (c.head_dim, c.rope_theta, c.attention_bias),
-            (4, 10000.0, false)
+            (
+                c.head_dim,
+                c.rope_theta,
+                c.attention_bias,
+                c.rope_scaling.clone()
+            ),
+            (4, 10000.0, false, None)
         );
+        let err = |extra: &str| format!("{:#}", parse(extra).unwrap_err());
+        let e = err(r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#);
+        assert!(e.contains("rope_scaling type \"yarn\""), "{e}");
+        let e = err(r#", "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}"#);
+        assert!(e.contains("not supported"), "{e}");
+        assert!(err(r#", "hidden_act": "gelu""#).contains("hidden_act"));
+        let gpt2 = LlamaConfig::from_hf_json(&format!("{{{}}}", base.replace("llama", "gpt2")));
+        assert!(format!("{:#}", gpt2.unwrap_err()).contains("model_type \"gpt2\""));
+        assert!(err(r#", "sliding_window": 16"#).contains("sliding-window"));
+        assert!(err(r#", "mlp_bias": true"#).contains("mlp_bias"));
+        assert!(err(r#", "num_key_value_heads": 3"#).contains("num_key_value_heads"));
+        // A window at least as long as the context changes nothing; Qwen2's is off by default.
+        assert!(parse(r#", "sliding_window": 4096, "max_position_embeddings": 4096"#).is_ok());
+        let q = LlamaConfig::from_hf_json(&format!(
+            "{{{}, \"sliding_window\": 16, \"use_sliding_window\": false}}",
+            base.replace("llama", "qwen2")
+        ))
+        .unwrap();
+        assert!(q.attention_bias);
+        assert_eq!(
+            parse(r#", "rope_scaling": null"#).unwrap().rope_scaling,
+            None
+        );
+
+        // Linear scaling divides every frequency.
+        let lin = parse(r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#).unwrap();
+        let (f0, f1) = (c.inv_frequencies(), lin.inv_frequencies());
+        assert!(f0.iter().zip(&f1).all(|(a, b)| (a / 2.0 - b).abs() < 1e-15));
+        // Llama 3.1: high frequencies kept, low ones divided by the factor.
+        let l3 = LlamaConfig {
+            head_dim: 64,
+            rope_theta: 500000.0,
+            rope_scaling: Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            ..c.clone()
+        };
+        let plain = LlamaConfig {
+            rope_scaling: None,
+            ..l3.clone()
+        };
+        let (s, p) = (l3.inv_frequencies(), plain.inv_frequencies());
+        assert_eq!(s[0], p[0]);
+        assert!((s[31] - p[31] / 8.0).abs() < 1e-18);
+        assert!(s.iter().zip(&p).all(|(a, b)| a <= b && *a >= b / 8.0));
+        let json = r#", "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#;
+        assert_eq!(parse(json).unwrap().rope_scaling, l3.rope_scaling);
+    }
+
+    /// Writes `w` as `model.safetensors` (f32) into `dir`.
+    fn write_safetensors(w: &MemoryWeights, dir: &Path) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = w
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let b = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (n.clone(), t.shape.clone(), b)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                let view =
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                        .unwrap();
+                (n.clone(), view)
+            })
+            .collect();
         std::fs::write(
-            &path,
-            format!("{{{base}, \"rope_scaling\": {{\"type\": \"yarn\", \"factor\": 4.0}}}}"),
+            dir.join("model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
         )
         .unwrap();
-        let err = LlamaConfig::from_hf_file(&path).unwrap_err().to_string();
-        assert!(err.contains("rope_scaling"), "{err}");
+    }
+
+    #[test]
+    fn hf_folder_with_qwen2_biases_and_an_untied_head_loads() {
+        let device = test_device();
+        let dir = temp_dir("hf");
+        let c = LlamaConfig {
+            attention_bias: true,
+            tie_word_embeddings: false,
+            ..tiny_config()
+        };
+        let w = tiny_weights(&c, 21);
+        write_safetensors(&w, &dir);
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32,
+                "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false,
+                "sliding_window": 64, "use_sliding_window": false, "eos_token_id": [5, 6],
+                "bos_token_id": 4}"#,
+        )
+        .unwrap();
+        tiny_tokenizer()
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .unwrap();
+        let lm = CausalLm::load(&dir, &device).unwrap();
+        assert_eq!(lm.config, c);
+        assert_eq!((lm.bos_id, lm.eos_id), (Some(4), Some(5)));
+        assert!(lm.model.lm_head.is_some());
+        assert!(lm.model.layers[1].self_attn.v_proj.bias.is_some());
+        assert_eq!(lm.tokenizer.encode("t3 t4", false).unwrap(), [3, 4]);
+        let direct = LlamaModel::from_source(&w, &c, &device).unwrap();
+        let ids = int2(vec![vec![3, 4, 5]], &device);
+        let mask = int2(vec![vec![1, 1, 1]], &device);
+        let diff = max_diff(
+            lm.model.forward(ids.clone(), mask.clone()),
+            direct.forward(ids.clone(), mask.clone()),
+        );
+        assert_eq!(diff, 0.0);
+        // The untied head is used: a tied model with the same weights differs.
+        let tied = LlamaModel::from_source(
+            &w,
+            &LlamaConfig {
+                tie_word_embeddings: true,
+                ..c
+            },
+            &device,
+        )
+        .unwrap();
+        assert!(
+            max_diff(
+                tied.forward(ids.clone(), mask.clone()),
+                direct.forward(ids, mask)
+            ) > 1e-3
+        );
+
+        let (model, tokenizer) = LlamaModel::load(&dir, &device).unwrap();
+        assert_eq!(model.layers.len(), 2);
+        assert_eq!(tokenizer.pad_id(), 0);
         std::fs::remove_dir_all(&dir).ok();
+        let err = CausalLm::load(dir.join("missing"), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cargo xtask fetch-models"), "{err}");
     }
 }
 
 #[cfg(test)]
 mod generation_tests {
-    use super::tests::tiny_model;
+    use super::tests::{tiny_model, tiny_tokenizer};
     use super::*;
     use crate::device::test_device;
     use crate::sampling::{SamplingConfig, generate, log_softmax};
-    use tokenizers::Tokenizer;
-    use tokenizers::models::wordlevel::WordLevel;
-    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-
-    /// A 32-word tokenizer matching the tiny model's vocabulary ("t0" … "t31", pad = t0).
-    fn tokenizer() -> TextTokenizer {
-        let vocab = (0..32).map(|i| (format!("t{i}"), i as u32)).collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token("t1".into())
-            .build()
-            .unwrap();
-        let mut tok = Tokenizer::new(model);
-        tok.with_pre_tokenizer(Some(WhitespaceSplit));
-        TextTokenizer::new(tok).unwrap().with_pad_id(0)
-    }
 
     fn lm() -> CausalLm {
         let device = test_device();
         CausalLm {
             model: tiny_model(&device),
             config: tests::tiny_config(),
-            tokenizer: tokenizer(),
+            tokenizer: tiny_tokenizer(),
             bos_id: None,
             eos_id: None,
             device,

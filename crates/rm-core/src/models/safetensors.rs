@@ -1,5 +1,6 @@
-//! HF safetensors as a [`WeightSource`]: one file, or every `*.safetensors` of a folder (sharded
-//! checkpoints). F32, F16 and BF16 tensors are read as f32.
+//! HF safetensors as a [`WeightSource`]: one file, a sharded checkpoint through its
+//! `*.safetensors.index.json`, or every `*.safetensors` of a folder. F32, F16 and BF16 tensors
+//! are read as f32.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,27 +30,42 @@ impl std::fmt::Debug for SafetensorsWeights {
 }
 
 impl SafetensorsWeights {
-    /// Opens a `.safetensors` file, or every `.safetensors` file of a folder.
+    /// Opens a `.safetensors` file, a sharded checkpoint's `*.safetensors.index.json`, or a
+    /// folder. A folder with an index json (`model.safetensors.index.json`) is read through it;
+    /// a folder without one, through every `.safetensors` file it holds.
+    ///
+    /// With an index, every shard it names must exist and every tensor it lists must be in the
+    /// shard it names. Malformed or truncated files and tensors held twice are errors naming
+    /// the file (and the tensor).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let paths = if path.is_dir() {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("listing {}", path.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .collect();
-            paths.sort();
-            if paths.is_empty() {
-                bail!("{} holds no .safetensors file", path.display());
+        let (paths, index_file) = if path.is_dir() {
+            match find_index(path)? {
+                Some(index) => (shards_of(&index)?.0, Some(index)),
+                None => {
+                    let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+                        .with_context(|| format!("listing {}", path.display()))?
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                        .collect();
+                    paths.sort();
+                    if paths.is_empty() {
+                        bail!("{} holds no .safetensors file", path.display());
+                    }
+                    (paths, None)
+                }
             }
-            paths
         } else if path.is_file() {
-            vec![path.to_path_buf()]
+            if is_index(path) {
+                (shards_of(path)?.0, Some(path.to_path_buf()))
+            } else {
+                (vec![path.to_path_buf()], None)
+            }
         } else {
             bail!("{} does not exist", path.display());
         };
-        let mut files = Vec::with_capacity(paths.len());
+        let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
         for (i, p) in paths.into_iter().enumerate() {
             let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
@@ -60,22 +76,132 @@ impl SafetensorsWeights {
                 .map(str::to_string)
                 .collect::<Vec<_>>();
             for name in names {
-                if index.insert(name.clone(), i).is_some() {
+                if let Some(first) = index.insert(name.clone(), i) {
                     bail!(
-                        "tensor {name} appears in more than one file of {}",
+                        "tensor {name} is in both {} and {}",
+                        files[first].0.display(),
                         p.display()
                     );
                 }
             }
             files.push((p, bytes));
         }
-        Ok(Self { files, index })
+        let weights = Self { files, index };
+        if let Some(index_file) = index_file {
+            weights.check_index(&index_file)?;
+        }
+        Ok(weights)
     }
 
     /// The files read, in order.
     pub fn paths(&self) -> Vec<&Path> {
         self.files.iter().map(|(p, _)| p.as_path()).collect()
     }
+
+    /// Checks that every tensor the index lists is in the shard it names.
+    fn check_index(&self, index_file: &Path) -> Result<()> {
+        let (_, weight_map) = shards_of(index_file)?;
+        for (name, shard) in &weight_map {
+            let Some(&i) = self.index.get(name) else {
+                bail!(
+                    "{}: tensor {name} is listed in {shard} but is not there",
+                    index_file.display()
+                );
+            };
+            let actual = &self.files[i].0;
+            if actual.file_name().is_none_or(|f| f != shard.as_str()) {
+                bail!(
+                    "{}: tensor {name} is listed in {shard} but is in {}",
+                    index_file.display(),
+                    actual.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` names a sharded checkpoint's index (`*.safetensors.index.json`).
+fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+}
+
+/// The index json of a folder: `model.safetensors.index.json`, else the only
+/// `*.safetensors.index.json`, else none.
+fn find_index(folder: &Path) -> Result<Option<PathBuf>> {
+    let preferred = folder.join("model.safetensors.index.json");
+    if preferred.is_file() {
+        return Ok(Some(preferred));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("listing {}", folder.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_index(p))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => bail!(
+            "{} holds several safetensors index files ({}); open one of them",
+            folder.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The shard files an index json names (sorted, each once, in the index's folder; each must
+/// exist) and its `weight_map` (tensor name → shard file name).
+fn shards_of(index_file: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>)> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index_file)
+        .with_context(|| format!("reading {}", index_file.display()))?;
+    let index: Index = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a safetensors index (a json object with a \"weight_map\")",
+            index_file.display()
+        )
+    })?;
+    let folder = index_file.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = index.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    if shards.is_empty() {
+        bail!("{}: the weight_map is empty", index_file.display());
+    }
+    let mut paths = Vec::with_capacity(shards.len());
+    for shard in shards {
+        // A shard is a plain file name beside the index, never a path elsewhere.
+        if Path::new(shard)
+            .file_name()
+            .is_none_or(|f| f != shard.as_str())
+        {
+            bail!(
+                "{}: shard {shard:?} is not a file name",
+                index_file.display()
+            );
+        }
+        let p = folder.join(shard);
+        if !p.is_file() {
+            bail!(
+                "{}: shard {} is missing (an incomplete download?)",
+                index_file.display(),
+                p.display()
+            );
+        }
+        paths.push(p);
+    }
+    Ok((paths, index.weight_map))
 }
 
 /// Decodes little-endian tensor bytes as f32.
@@ -141,20 +267,22 @@ impl WeightSource for SafetensorsWeights {
 mod tests {
     use super::*;
 
-    fn write_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
-        let data: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
-        drop(data);
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Writes `(name, dtype, shape, little-endian bytes)` tensors to `dir/name`.
+    fn write_raw(
+        dir: &Path,
+        name: &str,
+        tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)],
+    ) -> PathBuf {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
-            .zip(&bytes)
-            .map(|((n, s, _), b)| {
+            .map(|(n, dtype, shape, bytes)| {
                 (
                     n.to_string(),
-                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                    safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).unwrap(),
                 )
             })
             .collect();
@@ -164,10 +292,24 @@ mod tests {
         path
     }
 
+    fn write_file(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
+        let raw: Vec<_> = tensors
+            .iter()
+            .map(|(n, s, v)| (*n, Dtype::F32, s.clone(), f32_bytes(v)))
+            .collect();
+        write_raw(dir, name, &raw)
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("plumb-st-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn reads_shards_and_reports_bad_files() {
-        let dir = std::env::temp_dir().join(format!("plumb-st-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("shards");
         write_file(
             &dir,
             "model-00001-of-00002.safetensors",
@@ -197,6 +339,125 @@ mod tests {
             std::fs::write(&second, &bytes[..cut]).unwrap();
             assert!(SafetensorsWeights::open(&second).is_err());
         }
+        // Garbage after a valid header length, and a header length past the end.
+        let mut bad = bytes.clone();
+        bad[8] = b'!';
+        std::fs::write(&second, &bad).unwrap();
+        assert!(SafetensorsWeights::open(&second).is_err());
+        let mut bad = bytes.clone();
+        bad[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&second, &bad).unwrap();
+        assert!(SafetensorsWeights::open(&second).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn sharded_checkpoints_are_read_through_their_index() {
+        let dir = temp_dir("index");
+        write_file(
+            &dir,
+            "model-00001-of-00002.safetensors",
+            &[("a", vec![2], vec![1.0, 2.0])],
+        );
+        let second = write_file(
+            &dir,
+            "model-00002-of-00002.safetensors",
+            &[("b", vec![1], vec![3.0])],
+        );
+        // A stray file the index does not name is not read.
+        write_file(
+            &dir,
+            "consolidated.safetensors",
+            &[("a", vec![1], vec![9.0])],
+        );
+        let index = dir.join("model.safetensors.index.json");
+        let write_index = |map: &str| {
+            std::fs::write(
+                &index,
+                format!("{{\"metadata\": {{\"total_size\": 12}}, \"weight_map\": {{{map}}}}}"),
+            )
+            .unwrap()
+        };
+        write_index(
+            r#""a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors""#,
+        );
+        for w in [
+            SafetensorsWeights::open(&dir).unwrap(),
+            SafetensorsWeights::open(&index).unwrap(),
+        ] {
+            assert_eq!(w.names(), ["a", "b"]);
+            assert_eq!(w.tensor("a").unwrap().values, [1.0, 2.0]);
+            assert_eq!(w.paths().len(), 2);
+        }
+
+        // The index places a tensor in the wrong shard.
+        write_index(
+            r#""a": "model-00002-of-00002.safetensors", "b": "model-00002-of-00002.safetensors""#,
+        );
+        let err = SafetensorsWeights::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("tensor a is listed in model-00002-of-00002.safetensors but is not there"),
+            "{err}"
+        );
+
+        // A missing shard is named.
+        write_index(
+            r#""a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors""#,
+        );
+        std::fs::remove_file(&second).unwrap();
+        let err = SafetensorsWeights::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("shard") && err.contains("model-00002-of-00002.safetensors is missing"),
+            "{err}"
+        );
+
+        // Shard names stay inside the folder.
+        write_index(r#""a": "../model-00001-of-00002.safetensors""#);
+        let err = SafetensorsWeights::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("is not a file name"), "{err}");
+
+        // Not an index at all.
+        std::fs::write(&index, "[1, 2]").unwrap();
+        let err = format!("{:#}", SafetensorsWeights::open(&dir).unwrap_err());
+        assert!(err.contains("not a safetensors index"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn half_precision_tensors_are_read_as_f32() {
+        let dir = temp_dir("dtypes");
+        let values = [1.0f32, -2.5, 0.099_975_586, 65504.0];
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect();
+        let i32s: Vec<u8> = [1i32, 2].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let path = write_raw(
+            &dir,
+            "m.safetensors",
+            &[
+                ("h", Dtype::F16, vec![2, 2], f16),
+                ("b", Dtype::BF16, vec![4], bf16),
+                ("i", Dtype::I32, vec![2], i32s),
+            ],
+        );
+        let w = SafetensorsWeights::open(&path).unwrap();
+        let h = w.tensor("h").unwrap();
+        assert_eq!(h.shape, [2, 2]);
+        assert_eq!(h.values, values);
+        let b = w.tensor("b").unwrap().values;
+        for (x, y) in b.iter().zip(values) {
+            assert!((x - y).abs() <= y.abs() / 128.0, "{b:?}");
+        }
+        let err = format!("{:#}", w.tensor("i").unwrap_err());
+        assert!(
+            err.contains("m.safetensors: tensor i") && err.contains("unsupported"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }
