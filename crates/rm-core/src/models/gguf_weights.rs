@@ -60,9 +60,21 @@ pub fn gguf_name(hf: &str, config: &LlamaConfig) -> Option<(String, Option<usize
 /// Undoes llama.cpp's q/k row permutation of a row-major `[heads·head_dim, cols]` matrix
 /// (`rows` must be a multiple of `2·heads`).
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    reorder_rows(values, rows, cols, heads, false)
+}
+
+/// Moves the rows of each head between HF's layout (halves) and llama.cpp's (interleaved
+/// pairs): `to_gguf` applies the converter's permutation, otherwise its inverse.
+pub(crate) fn reorder_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    to_gguf: bool,
+) -> Vec<f32> {
     assert!(
         heads > 0 && rows.is_multiple_of(2 * heads) && values.len() == rows * cols,
-        "unpermute_rows: {rows}x{cols} is not {heads} heads of even size"
+        "reorder_rows: {rows}x{cols} is not {heads} heads of even size"
     );
     let head_dim = rows / heads;
     let half = head_dim / 2;
@@ -70,8 +82,13 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = h * head_dim + 2 * i + j;
-                let dst = h * head_dim + j * half + i;
+                let interleaved = h * head_dim + 2 * i + j;
+                let halves = h * head_dim + j * half + i;
+                let (src, dst) = if to_gguf {
+                    (halves, interleaved)
+                } else {
+                    (interleaved, halves)
+                };
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
@@ -154,20 +171,7 @@ mod tests {
 
     /// llama.cpp's converter permutation (the inverse of [`unpermute_rows`]).
     fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-        let head_dim = rows / heads;
-        let half = head_dim / 2;
-        let mut out = vec![0.0; values.len()];
-        for h in 0..heads {
-            for i in 0..half {
-                for j in 0..2 {
-                    let dst = h * head_dim + 2 * i + j;
-                    let src = h * head_dim + j * half + i;
-                    out[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        out
+        super::reorder_rows(values, rows, cols, heads, true)
     }
 
     #[test]
