@@ -7,6 +7,8 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use rm_core::chat::ChatTemplate;
 use rm_core::data::{generic, gsm8k, hh_rlhf, prm800k};
+use rm_core::gguf::GgufFile;
+use rm_core::gguf::tokenizer::tokenizer_from_gguf;
 use rm_core::paths;
 use rm_core::tokenize::TextTokenizer;
 use rm_core::types::{PreferencePair, Prompt};
@@ -34,8 +36,8 @@ pub enum DataCommand {
     /// your own JSONL (pairs, rankings, unpaired or step-labelled; the shape is detected).
     Inspect {
         dataset: String,
-        /// Tokenizer for the length statistics: a tokenizer.json, or a model folder holding one
-        /// [default: <models-dir>/minilm/tokenizer.json].
+        /// Tokenizer for the length statistics: a tokenizer.json, a model folder holding one, or a
+        /// .gguf file (its own tokenizer) [default: <models-dir>/minilm/tokenizer.json].
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// Chat template used to render conversation prompts: hh-transcript, chat-ml or plain.
@@ -83,7 +85,12 @@ fn load_tokenizer(
             default
         }
     };
-    let tok = TextTokenizer::from_file(&path)?;
+    let tok = if path.extension().is_some_and(|e| e == "gguf") {
+        let file = GgufFile::open(&path)?;
+        TextTokenizer::new(tokenizer_from_gguf(&file)?)?
+    } else {
+        TextTokenizer::from_file(&path)?
+    };
     Ok(Some((path, tok)))
 }
 
