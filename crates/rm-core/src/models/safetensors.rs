@@ -65,32 +65,51 @@ impl SafetensorsWeights {
         } else {
             bail!("{} does not exist", path.display());
         };
-        let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(paths.len());
-        let mut index = BTreeMap::new();
-        for (i, p) in paths.into_iter().enumerate() {
+        let mut weights = Self {
+            files: Vec::with_capacity(paths.len()),
+            index: BTreeMap::new(),
+        };
+        for p in paths {
             let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            let names = SafeTensors::deserialize(&bytes)
-                .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", p.display()))?
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>();
-            for name in names {
-                if let Some(first) = index.insert(name.clone(), i) {
-                    bail!(
-                        "tensor {name} is in both {} and {}",
-                        files[first].0.display(),
-                        p.display()
-                    );
-                }
-            }
-            files.push((p, bytes));
+            weights.add_file(p, bytes)?;
         }
-        let weights = Self { files, index };
         if let Some(index_file) = index_file {
             weights.check_index(&index_file)?;
         }
         Ok(weights)
+    }
+
+    /// Parses one safetensors file held in memory; `label` names it in error messages. The
+    /// header is checked (offsets in bounds, shapes matching byte lengths) before any tensor is
+    /// read.
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        let mut weights = Self {
+            files: Vec::with_capacity(1),
+            index: BTreeMap::new(),
+        };
+        weights.add_file(label.into(), bytes)?;
+        Ok(weights)
+    }
+
+    fn add_file(&mut self, p: PathBuf, bytes: Vec<u8>) -> Result<()> {
+        let i = self.files.len();
+        let names = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", p.display()))?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        for name in names {
+            if let Some(first) = self.index.insert(name.clone(), i) {
+                bail!(
+                    "tensor {name} is in both {} and {}",
+                    self.files[first].0.display(),
+                    p.display()
+                );
+            }
+        }
+        self.files.push((p, bytes));
+        Ok(())
     }
 
     /// The files read, in order.

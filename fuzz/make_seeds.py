@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Writes small valid seed files for the fuzz targets (stdlib only):
+corpus/gguf_reader/*.gguf and corpus/safetensors_header/*.safetensors.
+
+Run from the fuzz/ folder: python3 make_seeds.py
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def gguf_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def gguf_kv(key: str, vtype: int, payload: bytes) -> bytes:
+    return gguf_string(key) + struct.pack("<I", vtype) + payload
+
+
+def gguf_file(version: int, tensors, with_tokenizer: bool) -> bytes:
+    """tensors: list of (name, dims, ggml_type, data bytes)."""
+    kvs = [
+        gguf_kv("general.architecture", 8, gguf_string("llama")),
+        gguf_kv("general.alignment", 4, struct.pack("<I", 32)),
+        gguf_kv("llama.context_length", 4, struct.pack("<I", 64)),
+        gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+    ]
+    if with_tokenizer:
+        tokens = ["<|endoftext|>", "H", "e", "l", "o", "He", "ll", "Hell", "Hello", "Ġ", ",", "!"]
+        merges = ["H e", "l l", "He ll", "Hell o"]
+        arr = lambda items: struct.pack("<IQ", 8, len(items)) + b"".join(gguf_string(t) for t in items)
+        kvs += [
+            gguf_kv("tokenizer.ggml.model", 8, gguf_string("gpt2")),
+            gguf_kv("tokenizer.ggml.pre", 8, gguf_string("smollm")),
+            gguf_kv("tokenizer.ggml.tokens", 9, arr(tokens)),
+            gguf_kv("tokenizer.ggml.merges", 9, arr(merges)),
+            gguf_kv(
+                "tokenizer.ggml.token_type",
+                9,
+                struct.pack("<IQ", 5, len(tokens)) + b"".join(struct.pack("<i", 3 if i == 0 else 1) for i in range(len(tokens))),
+            ),
+            gguf_kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 0)),
+            gguf_kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 0)),
+        ]
+    header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs)) + b"".join(kvs)
+    infos = b""
+    data = b""
+    for name, dims, ggml_type, payload in tensors:
+        while len(data) % 32:
+            data += b"\0"
+        infos += gguf_string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        infos += struct.pack("<IQ", ggml_type, len(data))
+        data += payload
+    out = header + infos
+    while len(out) % 32:
+        out += b"\0"
+    return out + data
+
+
+def q8_0_block(scale: float, qs) -> bytes:
+    return struct.pack("<e", scale) + bytes(q & 0xFF for q in qs)
+
+
+def q4_block(scale: float, minimum, nibbles) -> bytes:
+    head = struct.pack("<e", scale) + (struct.pack("<e", minimum) if minimum is not None else b"")
+    return head + bytes((nibbles[i] & 0xF) | ((nibbles[i + 16] & 0xF) << 4) for i in range(16))
+
+
+def safetensors_file(tensors) -> bytes:
+    """tensors: list of (name, dtype, shape, data bytes)."""
+    header = {"__metadata__": {"format": "pt"}}
+    data = b""
+    for name, dtype, shape, payload in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(payload)]}
+        data += payload
+    h = json.dumps(header, separators=(",", ":")).encode()
+    while len(h) % 8:
+        h += b" "
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def write(path: str, content: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def main() -> None:
+    g = os.path.join(HERE, "corpus", "gguf_reader")
+    f32 = struct.pack("<6f", 1, -2, 3.5, 0, 0.25, -1)
+    f16 = struct.pack("<4e", 1, -2, 0.5, 3)
+    bf16 = bytes.fromhex("803f0040c0bf0000")
+    q8 = q8_0_block(0.5, list(range(-16, 16)))
+    q40 = q4_block(0.25, None, [i % 16 for i in range(32)])
+    q41 = q4_block(0.25, -1.0, [(3 * i) % 16 for i in range(32)])
+    tensors = [
+        ("token_embd.weight", [3, 2], 0, f32),
+        ("output_norm.weight", [4], 1, f16),
+        ("blk.0.attn_norm.weight", [4], 30, bf16),
+        ("blk.0.attn_q.weight", [32], 8, q8),
+        ("blk.0.attn_k.weight", [32], 2, q40),
+        ("blk.0.attn_v.weight", [32], 3, q41),
+    ]
+    write(os.path.join(g, "tensors_v3.gguf"), gguf_file(3, tensors, False))
+    write(os.path.join(g, "tokenizer_v3.gguf"), gguf_file(3, tensors[:1], True))
+    write(os.path.join(g, "empty_v2.gguf"), gguf_file(2, [], False))
+    s = os.path.join(HERE, "corpus", "safetensors_header")
+    write(
+        os.path.join(s, "three_dtypes.safetensors"),
+        safetensors_file(
+            [
+                ("embeddings.word_embeddings.weight", "F32", [3, 2], f32),
+                ("encoder.layer.0.output.LayerNorm.weight", "F16", [4], f16),
+                ("pooler.dense.bias", "BF16", [4], bf16),
+            ]
+        ),
+    )
+    write(os.path.join(s, "empty.safetensors"), safetensors_file([]))
+
+
+if __name__ == "__main__":
+    main()
