@@ -21,6 +21,8 @@ pub mod logprobs;
 pub mod lora;
 pub mod models;
 pub mod paths;
+pub mod plot;
 pub mod sampling;
 pub mod tokenize;
+pub mod train;
 pub mod types;

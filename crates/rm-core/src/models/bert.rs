@@ -597,7 +597,7 @@ pub(crate) mod tests {
         )
     }
 
-    fn tiny_config() -> BertConfig {
+    pub fn tiny_config() -> BertConfig {
         BertConfig {
             vocab_size: 20,
             hidden_size: 8,
@@ -615,7 +615,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn tiny_weights(c: &BertConfig) -> MemoryWeights {
+    pub fn tiny_weights(c: &BertConfig) -> MemoryWeights {
         let mut w = MemoryWeights::seeded(3);
         let d = c.hidden_size;
         w.random("embeddings.word_embeddings.weight", &[c.vocab_size, d], 1.0);

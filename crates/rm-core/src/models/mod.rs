@@ -8,6 +8,7 @@ pub mod bert;
 pub mod gguf_weights;
 pub mod llama;
 pub mod pooling;
+pub mod reward;
 pub mod safetensors;
 pub mod weights;
 

@@ -1,0 +1,546 @@
+//! Reward models: any backbone (BERT encoder or Llama-family decoder, full or LoRA) plus a linear
+//! head giving a scalar or one reward per named attribute.
+//!
+//! A sequence's reward is `head(pool(backbone(prompt ⊕ response)))`: the backbone's last hidden
+//! states pooled into one vector (decoders: the last real token; encoders: mean over the mask or
+//! `[CLS]`), then `W·h + b` with `W` `[K, D]`, `K` = the number of attributes.
+//!
+//! # Folders
+//!
+//! A trained reward model is a folder: `reward_model.json` ([`RewardModelSpec`]: backbone kind,
+//! base model path, pooling, attributes, max length, truncation, chat template, normalization),
+//! `tokenizer.json`, and either `model.safetensors` (every weight, HF names: the backbone's own
+//! names plus `score.weight` `[K, D]` / `score.bias` `[K]`) or, for LoRA models,
+//! `adapter_model.safetensors` + `adapter_config.json` (PEFT layout) + `score.safetensors`, read
+//! over the base model the spec names.
+//!
+//! # Scoring-time transforms
+//!
+//! - normalization: `(r − μ) / σ` per attribute, with `μ`, `σ` measured on a reference set and
+//!   stored in the spec ([`RewardModelBundle::fit_normalization`]);
+//! - the log-sigmoid transform of Wang et al. 2024, "Transforming and Combining Rewards for
+//!   Aligning Large Language Models": `r' = log σ(r(x, y) − r_ref(x))`, where `r_ref(x)` is the
+//!   reward of a reference response to the same prompt ([`log_sigmoid_transform`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::bert::{self, BertConfig, BertModel};
+use super::llama::{self, CausalLm, LlamaModel};
+use super::pooling::Pooling;
+use super::safetensors::SafetensorsWeights;
+use crate::chat::ChatTemplate;
+use crate::checkpoint::{self, ParamSlot, TensorName, write_bytes_atomically};
+use crate::lora::{self, LoraConfig, PEFT_PREFIX};
+use crate::tokenize::{EncodeOptions, PaddingSide, TextTokenizer, TokenBatch, TruncationSide};
+use crate::types::Prompt;
+
+/// The spec file of a reward-model folder.
+pub const SPEC_FILE: &str = "reward_model.json";
+/// Version of [`RewardModelSpec`] written by this build.
+pub const SPEC_VERSION: u32 = 1;
+/// The head's weights in a LoRA reward-model folder.
+const HEAD_FILE: &str = "score.safetensors";
+
+/// Which backbone family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// BERT-style encoder (HF folder).
+    Bert,
+    /// Llama-family decoder (GGUF file or HF folder).
+    Llama,
+}
+
+/// The `[model]` section of a reward-model recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelConfig {
+    /// An HF folder (config.json, *.safetensors, tokenizer.json), a `.gguf` file, or a folder
+    /// holding one.
+    pub backbone: PathBuf,
+    /// Encoders: `mean` (default) or `cls`; decoders always pool the last real token.
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// Tokens per prompt + response, special tokens included.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Which end loses tokens when a text is longer (left keeps the response).
+    #[serde(default)]
+    pub truncation: TruncationSide,
+    /// Named outputs; one attribute = a scalar reward.
+    #[serde(default = "default_attributes")]
+    pub attributes: Vec<String>,
+    /// How a conversation and a response become text: `hh-transcript` for encoders (default),
+    /// `chat-ml` for decoders (default).
+    #[serde(default)]
+    pub template: Option<ChatTemplate>,
+    /// LoRA adapters on the backbone (the head is always fully trained).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Standard deviation of the head's initial weights (bias starts at 0).
+    #[serde(default = "default_head_std")]
+    pub head_init_std: f64,
+}
+
+fn default_max_len() -> usize {
+    256
+}
+fn default_attributes() -> Vec<String> {
+    vec!["reward".into()]
+}
+fn default_head_std() -> f64 {
+    0.02
+}
+
+/// Per-attribute normalization measured on a reference set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RewardNormalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// How many texts they were measured on.
+    pub count: usize,
+}
+
+/// `reward_model.json`: everything needed to rebuild and use a trained reward model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RewardModelSpec {
+    pub format_version: u32,
+    pub kind: BackboneKind,
+    /// Where the backbone was loaded from before training (read again for LoRA folders).
+    pub base: PathBuf,
+    pub pooling: Pooling,
+    pub attributes: Vec<String>,
+    pub max_len: usize,
+    pub truncation: TruncationSide,
+    pub template: ChatTemplate,
+    /// The pad token id of the backbone's tokenizer.
+    pub pad_id: u32,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    #[serde(default)]
+    pub normalization: Option<RewardNormalization>,
+}
+
+/// The backbone of a reward model.
+#[derive(Module, Debug)]
+pub enum Backbone {
+    Bert(BertModel),
+    Llama(LlamaModel),
+}
+
+impl Backbone {
+    /// Last hidden states `[B, T, D]`.
+    pub fn hidden(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<3> {
+        match self {
+            Backbone::Bert(m) => m.forward(ids, mask, None),
+            Backbone::Llama(m) => m.forward_hidden(ids, mask, None),
+        }
+    }
+}
+
+/// Backbone + linear head.
+#[derive(Module, Debug)]
+pub struct RewardModel {
+    pub backbone: Backbone,
+    /// `[D] → [K]`.
+    pub head: Linear,
+}
+
+impl RewardModel {
+    /// Rewards `[B, K]` of a padded batch `ids`, `mask` `[B, T]` (1 real, 0 pad).
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Tensor<2, Int>,
+        pooling: Pooling,
+    ) -> Tensor<2> {
+        let hidden = self.backbone.hidden(ids, mask.clone());
+        self.head.forward(pooling.pool(hidden, mask))
+    }
+}
+
+/// The checkpoint names of a reward model: the backbone's HF names, the head as `score.*`.
+pub fn hf_names(slot: &ParamSlot<'_>) -> Option<TensorName> {
+    let transpose = slot.is_linear_weight();
+    let name = if let Some(rest) = slot.path.strip_prefix("head.") {
+        format!("score.{rest}")
+    } else if let Some(rest) = slot.path.strip_prefix("backbone.Bert.") {
+        bert::hf_name(rest)?
+    } else if let Some(rest) = slot.path.strip_prefix("backbone.Llama.") {
+        llama::hf_name(rest)
+    } else {
+        return None;
+    };
+    Some(TensorName { name, transpose })
+}
+
+/// A reward model with its tokenizer, spec and device: texts in, rewards out.
+#[derive(Debug)]
+pub struct RewardModelBundle {
+    pub model: RewardModel,
+    pub tokenizer: TextTokenizer,
+    pub spec: RewardModelSpec,
+    pub device: Device,
+}
+
+/// Which family a path holds: a `.gguf` (or a folder with one and no config.json) or an HF folder
+/// whose config.json says `model_type: bert` → BERT, other HF folders → Llama family.
+pub fn detect_backbone(path: &Path) -> Result<BackboneKind> {
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "gguf") {
+            Ok(BackboneKind::Llama)
+        } else {
+            bail!(
+                "{}: a backbone is an HF folder or a .gguf file",
+                path.display()
+            )
+        };
+    }
+    if !path.is_dir() {
+        bail!(
+            "backbone {} does not exist (run `cargo xtask fetch-models` for models/minilm and models/smollm2)",
+            path.display()
+        );
+    }
+    let config = path.join("config.json");
+    if !config.is_file() {
+        return Ok(BackboneKind::Llama);
+    }
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config)
+            .with_context(|| format!("reading {}", config.display()))?,
+    )
+    .with_context(|| format!("{}: invalid JSON", config.display()))?;
+    Ok(match raw.get("model_type").and_then(|v| v.as_str()) {
+        Some("bert") => BackboneKind::Bert,
+        _ => BackboneKind::Llama,
+    })
+}
+
+fn load_backbone(
+    kind: BackboneKind,
+    path: &Path,
+    device: &Device,
+) -> Result<(Backbone, TextTokenizer, usize)> {
+    Ok(match kind {
+        BackboneKind::Bert => {
+            let (model, config): (BertModel, BertConfig) = BertModel::load(path, device)?;
+            let tokenizer = TextTokenizer::from_file(path.join("tokenizer.json"))?
+                .with_pad_id(config.pad_token_id);
+            (Backbone::Bert(model), tokenizer, config.hidden_size)
+        }
+        BackboneKind::Llama => {
+            let lm = CausalLm::load(path, device)?;
+            let d = lm.config.hidden_size;
+            (Backbone::Llama(lm.model), lm.tokenizer, d)
+        }
+    })
+}
+
+/// A `[d_in] → [k]` linear layer with weights drawn from N(0, std²) by a seeded host RNG (the
+/// same on every device) and a zero bias.
+pub(crate) fn seeded_head(d_in: usize, k: usize, std: f64, seed: u64, device: &Device) -> Linear {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_4ead);
+    let weight: Vec<f32> = (0..d_in * k)
+        .map(|_| {
+            // Box–Muller.
+            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
+        })
+        .collect();
+    Linear {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(weight, [d_in, k]),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::zeros([k], device))),
+    }
+}
+
+impl RewardModelBundle {
+    /// A fresh reward model: the backbone from `config.backbone`, a seeded head, LoRA adapters
+    /// when configured.
+    pub fn build(config: &RewardModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        if config.attributes.is_empty() {
+            bail!("model.attributes is empty: a reward model needs at least one output");
+        }
+        if config.max_len < 4 {
+            bail!("model.max_len {} is too small", config.max_len);
+        }
+        let kind = detect_backbone(&config.backbone)?;
+        let (backbone, tokenizer, d) = load_backbone(kind, &config.backbone, device)?;
+        let pooling = match (kind, config.pooling) {
+            (BackboneKind::Llama, Some(p)) if p != Pooling::LastToken => {
+                bail!("model.pooling = {p:?}: decoder reward models pool the last token")
+            }
+            (BackboneKind::Llama, _) => Pooling::LastToken,
+            (BackboneKind::Bert, p) => p.unwrap_or(Pooling::Mean),
+        };
+        let template = config.template.unwrap_or(match kind {
+            BackboneKind::Bert => ChatTemplate::HhTranscript,
+            BackboneKind::Llama => ChatTemplate::ChatMl,
+        });
+        let head = seeded_head(
+            d,
+            config.attributes.len(),
+            config.head_init_std,
+            seed,
+            device,
+        );
+        let pad_id = tokenizer.pad_id();
+        let mut model = RewardModel { backbone, head };
+        if let Some(lora_config) = &config.lora {
+            model = lora::apply(model, lora_config)?;
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            spec: RewardModelSpec {
+                format_version: SPEC_VERSION,
+                kind,
+                base: config.backbone.clone(),
+                pooling,
+                attributes: config.attributes.clone(),
+                max_len: config.max_len,
+                truncation: config.truncation,
+                template,
+                pad_id,
+                lora: config.lora.clone(),
+                normalization: None,
+            },
+            device: device.clone(),
+        })
+    }
+
+    /// The text a (prompt, response) pair is scored as.
+    pub fn text(&self, prompt: &Prompt, response: &str) -> Result<String> {
+        let t = self.spec.template;
+        Ok(format!(
+            "{}{}",
+            t.render_prompt(prompt)?,
+            t.render_response(response)
+        ))
+    }
+
+    /// Encoding options: the spec's max length and truncation side, right padding.
+    pub fn encode_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            max_len: Some(self.spec.max_len),
+            truncation: self.spec.truncation,
+            padding: PaddingSide::Right,
+            add_special_tokens: true,
+        }
+    }
+
+    /// Tokenizes and pads `texts`.
+    pub fn encode(&self, texts: &[&str]) -> Result<TokenBatch> {
+        self.tokenizer.encode_batch(texts, &self.encode_options())
+    }
+
+    /// Raw rewards `[B, K]` of an encoded batch (gradients flow on autodiff devices).
+    pub fn forward(&self, batch: &TokenBatch) -> Tensor<2> {
+        self.model.forward(
+            batch.ids_tensor(&self.device),
+            batch.attention_tensor(&self.device),
+            self.spec.pooling,
+        )
+    }
+
+    /// Raw rewards (one `Vec` of K values per text), in batches of `batch_size` texts of similar
+    /// length (sorted by length, results in input order). Runs without gradients.
+    pub fn score_texts(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let batch_size = batch_size.max(1);
+        let options = self.encode_options();
+        let lengths: Vec<usize> = texts
+            .iter()
+            .map(|t| Ok(self.tokenizer.encode_text(t, &options)?.len()))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let k = self.spec.attributes.len();
+        let mut out = vec![Vec::new(); texts.len()];
+        let frozen = self.model.valid();
+        for chunk in order.chunks(batch_size) {
+            let chunk_texts: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let batch = self.encode(&chunk_texts)?;
+            let device = frozen.head.weight.val().device();
+            let rewards = frozen.forward(
+                batch.ids_tensor(&device),
+                batch.attention_tensor(&device),
+                self.spec.pooling,
+            );
+            let values: Vec<f32> = rewards
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading rewards: {e:?}"))?;
+            for (row, &i) in chunk.iter().enumerate() {
+                out[i] = values[row * k..(row + 1) * k].to_vec();
+            }
+        }
+        if out.iter().flatten().any(|v| !v.is_finite()) {
+            bail!("the reward model produced non-finite rewards");
+        }
+        Ok(out)
+    }
+
+    /// Measures per-attribute mean and standard deviation of raw rewards on `texts` and stores
+    /// them in the spec (saved with the model).
+    pub fn fit_normalization(&mut self, texts: &[&str], batch_size: usize) -> Result<()> {
+        if texts.len() < 2 {
+            bail!("normalization needs at least two reference texts");
+        }
+        let rewards = self.score_texts(texts, batch_size)?;
+        let k = self.spec.attributes.len();
+        let n = rewards.len() as f64;
+        let mut mean = vec![0f64; k];
+        for r in &rewards {
+            for j in 0..k {
+                mean[j] += r[j] as f64 / n;
+            }
+        }
+        let mut var = vec![0f64; k];
+        for r in &rewards {
+            for j in 0..k {
+                var[j] += (r[j] as f64 - mean[j]).powi(2) / n;
+            }
+        }
+        self.spec.normalization = Some(RewardNormalization {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: var.iter().map(|&v| (v.sqrt() as f32).max(1e-6)).collect(),
+            count: rewards.len(),
+        });
+        Ok(())
+    }
+
+    /// Applies the stored normalization to raw rewards (an error when none is stored).
+    pub fn normalize(&self, rewards: &[f32]) -> Result<Vec<f32>> {
+        let Some(norm) = &self.spec.normalization else {
+            bail!("this reward model has no stored normalization (fit one on a reference set)");
+        };
+        Ok(rewards
+            .iter()
+            .enumerate()
+            .map(|(j, &r)| (r - norm.mean[j]) / norm.std[j])
+            .collect())
+    }
+
+    /// Writes the reward model into folder `dir` (see the module docs), atomically file by file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        match &self.spec.lora {
+            None => {
+                checkpoint::save_safetensors(
+                    &self.model,
+                    &dir.join("model.safetensors"),
+                    &hf_names,
+                )?;
+            }
+            Some(config) => {
+                lora::save_adapters(&self.model, config, dir, &hf_names, PEFT_PREFIX)?;
+                checkpoint::save_safetensors(
+                    &self.model.head,
+                    &dir.join(HEAD_FILE),
+                    &|s: &ParamSlot<'_>| {
+                        Some(TensorName {
+                            name: format!("score.{}", s.path),
+                            transpose: s.is_linear_weight(),
+                        })
+                    },
+                )?;
+            }
+        }
+        let tokenizer_json = self
+            .tokenizer
+            .inner()
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("serializing the tokenizer: {e}"))?;
+        write_bytes_atomically(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+        write_bytes_atomically(
+            &dir.join(SPEC_FILE),
+            serde_json::to_string_pretty(&self.spec)?.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Reads `dir/reward_model.json`.
+    pub fn read_spec(dir: &Path) -> Result<RewardModelSpec> {
+        let path = dir.join(SPEC_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is {} a reward-model folder written by `plumb train-rm`?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let spec: RewardModelSpec = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a reward-model spec", path.display()))?;
+        if spec.format_version != SPEC_VERSION {
+            bail!(
+                "{}: format version {} (this build reads {SPEC_VERSION})",
+                path.display(),
+                spec.format_version
+            );
+        }
+        Ok(spec)
+    }
+
+    /// Loads a folder written by [`RewardModelBundle::save`]. The base backbone the spec names
+    /// gives the architecture (and, for LoRA folders, the frozen weights).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let spec = Self::read_spec(dir)?;
+        let (backbone, _, d) = load_backbone(spec.kind, &spec.base, device).with_context(|| {
+            format!(
+                "loading the base model {} named by {}",
+                spec.base.display(),
+                dir.join(SPEC_FILE).display()
+            )
+        })?;
+        let head = seeded_head(d, spec.attributes.len(), 0.0, 0, device);
+        let model = RewardModel { backbone, head };
+        let model = match &spec.lora {
+            None => checkpoint::load_safetensors(model, &dir.join("model.safetensors"), &hf_names)?,
+            Some(_) => {
+                let (model, _) = lora::load_adapters(model, dir, &hf_names, PEFT_PREFIX)?;
+                let head_file = dir.join(HEAD_FILE);
+                let source = SafetensorsWeights::open(&head_file)?;
+                checkpoint::apply_weights(
+                    model,
+                    &source,
+                    &hf_names,
+                    &head_file.display().to_string(),
+                )?
+            }
+        };
+        let tokenizer =
+            TextTokenizer::from_file(dir.join("tokenizer.json"))?.with_pad_id(spec.pad_id);
+        Ok(Self {
+            model,
+            tokenizer,
+            spec,
+            device: device.clone(),
+        })
+    }
+}
+
+/// `log σ(r − r_ref)` elementwise: the log-sigmoid transform of Wang et al. 2024 ("Transforming
+/// and Combining Rewards for Aligning Large Language Models"), with `r_ref` the reward of a
+/// reference response to the same prompt. Computed stably: `−softplus(−(r − r_ref))`.
+pub fn log_sigmoid_transform(reward: f32, reference: f32) -> f32 {
+    let z = (reward - reference) as f64;
+    let value = if z >= 0.0 {
+        -(-z).exp().ln_1p()
+    } else {
+        z - z.exp().ln_1p()
+    };
+    value as f32
+}
