@@ -9,7 +9,8 @@
 //!   ([`sections`]), overall;
 //! - [`v2`]: best-of-N with the tie penalty, the Ties subset's composite score, overall;
 //! - [`eval`]: the [`Scorer`] trait, [`evaluate_v1`] and [`evaluate_v2`];
-//! - [`implicit`]: DPO implicit rewards (`reference`, `sum`, `avg`, `norm`).
+//! - [`implicit`]: DPO implicit rewards (`reference`, `sum`, `avg`, `norm`);
+//! - [`reward_model_scorer`]: plumbline reward models as a [`Scorer`].
 //!
 //! The scoring itself works on `f32` scores; no tensors here. Every formula's source in
 //! allenai/reward-bench is named in its module's docs.
@@ -17,6 +18,7 @@
 pub mod data;
 pub mod eval;
 pub mod implicit;
+pub mod reward_model_scorer;
 pub mod sections;
 pub mod v1;
 pub mod v2;
@@ -24,5 +26,6 @@ pub mod v2;
 pub use data::{Loaded, V1Row, V2Row};
 pub use eval::{Progress, ScoreItem, Scorer, evaluate_v1, evaluate_v2};
 pub use implicit::{ImplicitRewardMode, SequenceLogProbs, implicit_reward, implicit_rewards};
+pub use reward_model_scorer::{RewardModelScorer, ScoreTransform};
 pub use v1::{V1Report, V1Scored, v1_report};
 pub use v2::{TiesScore, V2Report, V2Scored, best_of_n, ties_score, v2_report};

@@ -1,0 +1,59 @@
+//! Shape and hyper-parameter checks shared by the objectives.
+
+use rm_core::burn::tensor::Tensor;
+
+use crate::LossError;
+
+/// Checks a batch of `[N]` chosen/rejected scores: non-empty and equally long. Returns `N`.
+pub(crate) fn pair_len(
+    objective: &'static str,
+    chosen: &Tensor<1>,
+    rejected: &Tensor<1>,
+) -> Result<usize, LossError> {
+    let [n] = chosen.dims();
+    if n == 0 {
+        return Err(LossError::EmptyBatch { objective });
+    }
+    same_len(objective, "rejected", n, rejected)?;
+    Ok(n)
+}
+
+/// Checks that a per-pair input has length `n`.
+pub(crate) fn same_len(
+    objective: &'static str,
+    input: &'static str,
+    n: usize,
+    tensor: &Tensor<1>,
+) -> Result<(), LossError> {
+    let [m] = tensor.dims();
+    if m != n {
+        return Err(LossError::ShapeMismatch {
+            objective,
+            input,
+            expected: vec![n],
+            actual: vec![m],
+        });
+    }
+    Ok(())
+}
+
+/// Checks `lo <= value < hi`, rejecting NaN and infinities.
+pub(crate) fn in_range(
+    objective: &'static str,
+    parameter: &'static str,
+    value: f32,
+    lo: f32,
+    hi: f32,
+    expected: &'static str,
+) -> Result<(), LossError> {
+    if value.is_finite() && value >= lo && value < hi {
+        Ok(())
+    } else {
+        Err(LossError::InvalidParameter {
+            objective,
+            parameter,
+            value,
+            expected,
+        })
+    }
+}
