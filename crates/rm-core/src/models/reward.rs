@@ -129,7 +129,9 @@ pub struct RewardModelSpec {
     pub normalization: Option<RewardNormalization>,
 }
 
-/// The backbone of a reward model.
+/// The backbone of a reward model. (A model holds one backbone, so the variants' size
+/// difference costs nothing.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     Bert(BertModel),

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{PathStack, save_host_tensors, write_bytes_atomically};
 use crate::models::safetensors::SafetensorsWeights;
 use crate::models::weights::{HostTensor, WeightSource};
+use crate::plot;
 use optimizer::{AdamW, AdamWSettings, GradAccumulator};
 use schedule::{DecayKind, LrSchedule};
 
@@ -126,7 +127,7 @@ impl TrainConfig {
                 self.warmup_ratio
             );
         }
-        if self.max_grad_norm.is_some_and(|c| !(c > 0.0)) {
+        if self.max_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             bail!("train.max_grad_norm must be > 0");
         }
         Ok(())
@@ -731,26 +732,6 @@ impl Progress {
     }
 }
 
-// TEMP: until crate::plot lands.
-mod plot {
-    pub struct Series {
-        pub name: String,
-        pub points: Vec<(f64, f64)>,
-    }
-    pub struct Panel {
-        pub title: String,
-        pub series: Vec<Series>,
-    }
-    pub struct Chart {
-        pub title: String,
-        pub x_label: String,
-        pub panels: Vec<Panel>,
-    }
-    pub fn write_png(_c: &Chart, _p: &std::path::Path, _w: u32, _h: u32) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,7 +839,7 @@ mod tests {
                 .unwrap()
                 .clone()
                 .into_data()
-                .to_vec()
+                .try_to_vec::<f32>()
                 .unwrap();
             let w: Vec<f32> = g.clone().into_data().try_to_vec().unwrap();
             for (x, y) in a.iter().zip(&w) {
