@@ -207,6 +207,15 @@ fn main() -> Result<()> {
         }
     }
 
+    for (w, secs) in workloads.iter().zip(&ours) {
+        eprintln!(
+            "plumbline: {}: {:.3} s/iteration ({:.1} {})",
+            w.name,
+            secs,
+            w.work / secs,
+            w.unit
+        );
+    }
     let peer = match &opts.peer_python {
         Some(python) => Some(run_peer(python, &workloads, &opts)?),
         None => {

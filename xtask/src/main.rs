@@ -5,6 +5,7 @@
 //! cargo xtask test           # fetch-models, fmt --check, clippy -D warnings, nextest, feature check
 //! cargo xtask bench          # benchmarks with the PyTorch peer in the same run (see benches/)
 //! cargo xtask fuzz           # cargo fuzz on the GGUF reader and the safetensors header path
+//! cargo xtask demo           # the main job: train + evaluate a MiniLM reward model on HH-RLHF
 //! ```
 
 mod models;
@@ -31,6 +32,10 @@ commands:
                                     if absent, run `cargo bench` with the peer in the same run and
                                     print plumbline/peer ratios; ARGS go to the bench
                                     (--threads N, --iters N, --only PREFIX, --no-peer)
+  demo [-- ARGS]                    fetch-models, then `plumb quickstart` (release build): a
+                                    Bradley-Terry reward model on MiniLM trained on HH-RLHF
+                                    harmless (1,800 pairs) and its RewardBench-style dev report;
+                                    ARGS go to quickstart (e.g. --set train.epochs=2)
   fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
                                     N seconds (default 600) per target: gguf_reader,
                                     safetensors_header
@@ -58,6 +63,7 @@ fn run() -> Result<()> {
         Some("test-wgpu") => test_wgpu(&root),
         Some("bench") => bench(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("demo") => demo(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -267,5 +273,22 @@ fn fuzz(root: &Path, args: &[String]) -> Result<()> {
             .args(["-rss_limit_mb=2048", "-max_len=65536"]);
         step(&format!("cargo fuzz run {target} ({seconds} s)"), run)?;
     }
+    Ok(())
+}
+
+/// The main job, as README's first command: fetch the models, then `plumb quickstart` built in
+/// release mode.
+fn demo(root: &Path, args: &[String]) -> Result<()> {
+    let start = Instant::now();
+    models::fetch_all(&root.join("models"))?;
+    let mut run = cargo();
+    run.current_dir(root)
+        .args(["run", "--release", "-p", "plumb", "--", "quickstart"])
+        .args(args.iter().filter(|a| *a != "--"));
+    step("plumb quickstart (release)", run)?;
+    println!(
+        "\nxtask demo: done in {:.1} min (build included)",
+        start.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `plumb`: the plumbline command line.
 
 mod commands;
+mod recipe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,10 @@ use clap::{Args, Parser, Subcommand};
 ///   plumb embed --text "a sentence"      # MiniLM ids and mean-pooled vector (JSON)
 ///   plumb logprobs --text "Hello there"  # SmolLM2 per-token log-probs (JSON)
 ///   plumb generate --prompt "What is the capital of France?"
+///   plumb quickstart                     # train a MiniLM reward model on HH-RLHF, print its report
+///   plumb train-rm --recipe recipes/rm-minilm-hh.toml --set train.lr=5e-5
+///   plumb eval-rm --rm runs/rm-minilm-hh/final --input hh-rlhf:dev
+///   plumb score --rm runs/rm-minilm-hh/final --input rows.jsonl
 ///
 /// Datasets are read from --data-dir (else $PLUMB_DATA_DIR, else ../shared/datasets); models
 /// from --models-dir (else $PLUMB_MODELS_DIR, else ./models).
@@ -62,6 +67,14 @@ enum Command {
     Logprobs(commands::models::LogprobsArgs),
     /// Chat with a decoder: ChatML prompt, batched sampling with a KV cache.
     Generate(commands::models::GenerateArgs),
+    /// Train a reward model from a TOML recipe, evaluate it, write a report and curves.
+    TrainRm(commands::reward::TrainRmArgs),
+    /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
+    EvalRm(commands::reward::EvalRmArgs),
+    /// Rewards of (prompt, response) rows as JSONL, batched by length.
+    Score(commands::reward::ScoreArgs),
+    /// The main job: a MiniLM Bradley–Terry reward model on HH-RLHF, trained and evaluated.
+    Quickstart(commands::reward::QuickstartArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +85,10 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::models::embed(&cli.global, args),
         Command::Logprobs(args) => commands::models::logprobs(&cli.global, args),
         Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
+        Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
+        Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
+        Command::Score(args) => commands::reward::score(&cli.global, args),
+        Command::Quickstart(args) => commands::reward::quickstart(&cli.global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,4 +3,5 @@
 pub mod data;
 pub mod info;
 pub mod models;
+pub mod reward;
 pub mod texts;

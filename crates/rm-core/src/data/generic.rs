@@ -17,7 +17,8 @@ use crate::types::{
     StepLabelledSolution, Turn, UnpairedExample,
 };
 
-fn prompt(row: &Row) -> Result<Prompt, DataError> {
+/// The `prompt` field of a row: a string, or a list of `{role, content}` turns.
+pub fn parse_prompt(row: &Row) -> Result<Prompt, DataError> {
     match row.require("prompt")? {
         Value::String(s) => Ok(Prompt::Text(s.clone())),
         Value::Array(turns) => {
@@ -81,7 +82,7 @@ pub fn parse_pair(row: &Row) -> Result<PreferencePair, DataError> {
         }
     };
     Ok(PreferencePair {
-        prompt: prompt(row)?,
+        prompt: parse_prompt(row)?,
         chosen: row.str("chosen")?.to_string(),
         rejected: row.str("rejected")?.to_string(),
         margin: row.opt_f32("margin")?,
@@ -142,7 +143,7 @@ pub fn parse_ranking(row: &Row) -> Result<Ranking, DataError> {
         }
     };
     Ok(Ranking {
-        prompt: prompt(row)?,
+        prompt: parse_prompt(row)?,
         responses,
         ranks,
         scores,
@@ -156,7 +157,7 @@ pub fn parse_unpaired(row: &Row) -> Result<UnpairedExample, DataError> {
         .as_bool()
         .ok_or_else(|| row.loc.field("label", "expected true or false"))?;
     Ok(UnpairedExample {
-        prompt: prompt(row)?,
+        prompt: parse_prompt(row)?,
         completion: row.str("completion")?.to_string(),
         desirable,
     })
@@ -186,7 +187,7 @@ pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
             format!("has {} entries but steps has {}", labels.len(), steps.len()),
         ));
     }
-    let prompt = match prompt(row)? {
+    let prompt = match parse_prompt(row)? {
         Prompt::Text(t) => t,
         Prompt::Conversation(_) => {
             return Err(row

@@ -515,10 +515,17 @@ impl RewardModelBundle {
                 let (model, _) = lora::load_adapters(model, dir, &hf_names, PEFT_PREFIX)?;
                 let head_file = dir.join(HEAD_FILE);
                 let source = SafetensorsWeights::open(&head_file)?;
+                let head_only = |slot: &ParamSlot<'_>| {
+                    if slot.path.starts_with("head.") {
+                        hf_names(slot)
+                    } else {
+                        None
+                    }
+                };
                 checkpoint::apply_weights(
                     model,
                     &source,
-                    &hf_names,
+                    &head_only,
                     &head_file.display().to_string(),
                 )?
             }
