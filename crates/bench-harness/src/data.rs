@@ -18,10 +18,10 @@
 
 use std::path::Path;
 
-use rm_core::data::generic::parse_pair;
+use rm_core::data::generic::{self, parse_pair};
 use rm_core::data::hh_rlhf;
 use rm_core::data::{DataError, JsonlReader, Row};
-use rm_core::types::{Conversation, PreferencePair, Prompt, Role, Turn};
+use rm_core::types::{PreferencePair, Prompt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -57,41 +57,6 @@ pub struct Loaded<T> {
     pub errors: Vec<DataError>,
 }
 
-fn parse_prompt(row: &Row) -> Result<Prompt, DataError> {
-    match row.require("prompt")? {
-        Value::String(s) => Ok(Prompt::Text(s.clone())),
-        Value::Array(turns) => {
-            let turns = turns
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let role = match t.get("role").and_then(Value::as_str) {
-                        Some("system") => Role::System,
-                        Some("user" | "human") => Role::User,
-                        Some("assistant") => Role::Assistant,
-                        _ => {
-                            return Err(row.loc.field(
-                                &format!("prompt[{i}].role"),
-                                "expected \"system\", \"user\" or \"assistant\"",
-                            ));
-                        }
-                    };
-                    let content = t.get("content").and_then(Value::as_str).ok_or_else(|| {
-                        row.loc
-                            .field(&format!("prompt[{i}].content"), "expected a string")
-                    })?;
-                    Ok(Turn::new(role, content))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Prompt::Conversation(Conversation::new(turns)))
-        }
-        _ => Err(row.loc.field(
-            "prompt",
-            "expected a string or a list of {role, content} turns",
-        )),
-    }
-}
-
 fn parse_id(row: &Row) -> Result<Option<String>, DataError> {
     match row.get("id") {
         None => Ok(None),
@@ -113,7 +78,7 @@ fn non_empty_subset(row: &Row) -> Result<String, DataError> {
 pub fn parse_v1(row: &Row) -> Result<V1Row, DataError> {
     Ok(V1Row {
         id: parse_id(row)?,
-        prompt: parse_prompt(row)?,
+        prompt: generic::parse_prompt(row)?,
         chosen: row.str("chosen")?.to_string(),
         rejected: row.str("rejected")?.to_string(),
         subset: non_empty_subset(row)?,
@@ -123,7 +88,7 @@ pub fn parse_v1(row: &Row) -> Result<V1Row, DataError> {
 /// Parses one v2 row.
 pub fn parse_v2(row: &Row) -> Result<V2Row, DataError> {
     let id = parse_id(row)?;
-    let prompt = parse_prompt(row)?;
+    let prompt = generic::parse_prompt(row)?;
     let chosen = row.str_array("chosen")?;
     let rejected = row.str_array("rejected")?;
     if chosen.is_empty() {

@@ -828,33 +828,26 @@ mod tests {
         )
         .unwrap();
         let report_path = tmp.join("eval.json");
-        eval_rm(
-            &global(Some(report_path.clone())),
-            EvalRmArgs {
-                rm: final_dir.clone(),
-                input: tmp.join("v1.jsonl").display().to_string(),
-                format: None,
-                batch_size: 4,
-                normalized: false,
-            },
-        )
-        .unwrap_err();
+        let eval = |input: &Path| {
+            eval_rm(
+                &global(Some(report_path.clone())),
+                EvalRmArgs {
+                    rm: final_dir.clone(),
+                    input: input.display().to_string(),
+                    format: None,
+                    batch_size: 4,
+                    normalized: false,
+                },
+            )
+        };
+        let missing = format!("{:#}", eval(&tmp.join("missing.jsonl")).unwrap_err());
+        assert!(missing.contains("missing.jsonl"), "{missing}");
         std::fs::write(
             tmp.join("v1.jsonl"),
             "{\"prompt\": \"hi\", \"chosen\": \"Hello! How can I help?\", \"rejected\": \"go away\", \"subset\": \"alpacaeval-easy\"}\n",
         )
         .unwrap();
-        eval_rm(
-            &global(Some(report_path.clone())),
-            EvalRmArgs {
-                rm: final_dir.clone(),
-                input: tmp.join("v1.jsonl").display().to_string(),
-                format: None,
-                batch_size: 4,
-                normalized: false,
-            },
-        )
-        .unwrap();
+        eval(&tmp.join("v1.jsonl")).unwrap();
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
         assert_eq!(report["subsets"][0]["name"], "alpacaeval-easy", "{report}");

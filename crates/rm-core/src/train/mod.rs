@@ -755,6 +755,28 @@ mod tests {
         }
     }
 
+    /// A constant-rate config with no clipping, to be adjusted by struct update.
+    fn plain_config(seed: u64, batch_size: usize, out_dir: PathBuf) -> TrainConfig {
+        TrainConfig {
+            epochs: 1,
+            batch_size,
+            micro_batch_size: None,
+            lr: 0.1,
+            weight_decay: 0.0,
+            warmup_ratio: 0.0,
+            schedule: DecayKind::Constant,
+            max_grad_norm: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            seed,
+            eval_every: 0,
+            save_every: None,
+            max_steps: None,
+            out_dir,
+        }
+    }
+
     /// Sixteen synthetic preference pairs of token ids (lengths 3..6, ids 1..19).
     fn pairs() -> Vec<(Vec<i64>, Vec<i64>)> {
         (0..16)
@@ -956,21 +978,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&tmp);
         let config = |out: &str, max_steps: Option<u64>| TrainConfig {
             epochs: 2,
-            batch_size: 4,
             micro_batch_size: Some(2),
             lr: 0.05,
             weight_decay: 0.01,
             warmup_ratio: 0.25,
             schedule: DecayKind::Cosine,
             max_grad_norm: Some(1.0),
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            seed: 3,
             eval_every: 3,
-            save_every: None,
             max_steps,
-            out_dir: tmp.join(out),
+            ..plain_config(3, 4, tmp.join(out))
         };
         let trainer = |config: TrainConfig| Trainer {
             config,
@@ -1034,24 +1050,7 @@ mod tests {
         }
         let device = test_device().autodiff();
         let tmp = std::env::temp_dir().join(format!("plumbline-nan-{}", std::process::id()));
-        let config = TrainConfig {
-            epochs: 1,
-            batch_size: 2,
-            micro_batch_size: None,
-            lr: 0.1,
-            weight_decay: 0.0,
-            warmup_ratio: 0.0,
-            schedule: DecayKind::Constant,
-            max_grad_norm: None,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            seed: 1,
-            eval_every: 0,
-            save_every: None,
-            max_steps: None,
-            out_dir: tmp.clone(),
-        };
+        let config = plain_config(1, 2, tmp.clone());
         let err = Trainer {
             config,
             device: device.clone(),
@@ -1068,21 +1067,7 @@ mod tests {
     fn epoch_orders_are_seeded_permutations_and_steps_cover_each_epoch() {
         let config = TrainConfig {
             epochs: 2,
-            batch_size: 3,
-            micro_batch_size: None,
-            lr: 0.1,
-            weight_decay: 0.0,
-            warmup_ratio: 0.0,
-            schedule: DecayKind::Constant,
-            max_grad_norm: None,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            seed: 9,
-            eval_every: 0,
-            save_every: None,
-            max_steps: None,
-            out_dir: PathBuf::from("unused"),
+            ..plain_config(9, 3, PathBuf::from("unused"))
         };
         assert_eq!(total_steps(7, &config), 6);
         let mut seen: Vec<usize> = (0..3).flat_map(|s| step_examples(7, &config, s)).collect();
