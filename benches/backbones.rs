@@ -105,6 +105,7 @@ fn time_it(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    rm_core::allocator::keep_freed_memory();
     let opts = options()?;
     // rayon's pool drives burn's flex backend; the peer gets the same thread count.
     rayon::ThreadPoolBuilder::new()

@@ -78,6 +78,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "mimalloc")]
+    rm_core::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => commands::info::run(&cli.global),

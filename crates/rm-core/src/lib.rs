@@ -12,6 +12,8 @@
 pub use burn;
 pub use tokenizers;
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 pub mod chat;
 pub mod checkpoint;
 pub mod data;

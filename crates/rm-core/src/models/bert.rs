@@ -9,10 +9,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::host_ops::{dropout, gelu};
 use super::pooling::Pooling;
 use super::safetensors::SafetensorsWeights;
 use super::weights::{HostTensor, WeightSource};
@@ -204,15 +207,36 @@ impl BertAttention {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let dh = d / self.heads;
-        let split = |y: Tensor<3>| y.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
-        // The 1/sqrt(dh) scale goes on Q ([B, H, T, dh]) rather than on the [B, H, T, T] scores.
-        let q = split(self.query.forward(x.clone())).mul_scalar(1.0 / (dh as f64).sqrt());
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)) + bias;
-        let probs = self.attention_dropout.forward(softmax(scores, 3));
-        let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        let out = self.dropout.forward(self.output.forward(context));
+        let split = |y: Tensor<2>| y.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
+        let scale = 1.0 / (dh as f64).sqrt();
+        // Projections on [B·T, D] rows: one GEMM each instead of B batched ones.
+        let rows = x.clone().reshape([b * t, d]);
+        let q = split(self.query.forward(rows.clone()));
+        let k = split(self.key.forward(rows.clone()));
+        let v = split(self.value.forward(rows));
+        let context = if x.device().is_autodiff() {
+            // Training: explicit ops, so the probabilities can take dropout and burn derives the
+            // backward pass. The scale goes on Q ([B, H, T, dh]) rather than on the scores.
+            let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + bias;
+            let probs = dropout(&self.attention_dropout, softmax(scores, 3));
+            probs.matmul(v)
+        } else {
+            // Inference: the backend's fused attention (on flex, one pass per batch and head
+            // with no [B, H, T, T] tensors allocated), with the padding bias broadcast over heads.
+            attention(
+                q,
+                k,
+                v,
+                None,
+                Some(bias),
+                AttentionModuleOptions {
+                    scale: Some(scale),
+                    ..Default::default()
+                },
+            )
+        };
+        let context = context.swap_dims(1, 2).reshape([b * t, d]);
+        let out = dropout(&self.dropout, self.output.forward(context)).reshape([b, t, d]);
         self.norm.forward(out + x)
     }
 }
@@ -220,8 +244,9 @@ impl BertAttention {
 impl BertLayer {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let x = self.attention.forward(x, bias);
-        let h = gelu(self.intermediate.forward(x.clone()));
-        let out = self.dropout.forward(self.output.forward(h));
+        let [b, t, d] = x.dims();
+        let h = gelu(self.intermediate.forward(x.clone().reshape([b * t, d])));
+        let out = dropout(&self.dropout, self.output.forward(h)).reshape([b, t, d]);
         self.norm.forward(out + x)
     }
 }
@@ -249,8 +274,13 @@ impl BertModel {
         let e = &self.embeddings;
         let x =
             e.word.forward(input_ids) + e.position.forward(positions) + e.token_type.forward(types);
-        let mut x = e.dropout.forward(e.norm.forward(x));
-        let bias = padding_bias(attention_mask);
+        let mut x = dropout(&e.dropout, e.norm.forward(x));
+        let mut bias = padding_bias(attention_mask);
+        if !device.is_autodiff() {
+            // The fused attention wants the bias as [B, 1, T, T] (it broadcasts only the
+            // leading dims); materialize it once for all layers.
+            bias = Tensor::zeros([b, 1, t, t], &device) + bias;
+        }
         for layer in &self.layers {
             x = layer.forward(x, bias.clone());
         }

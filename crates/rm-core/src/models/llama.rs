@@ -513,10 +513,13 @@ pub struct LlamaMlp {
 }
 
 impl LlamaMlp {
-    /// `[B, T, D] → [B, T, D]`.
+    /// `[B, T, D] → [B, T, D]`, the projections applied to the `B·T` rows as one GEMM each.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let rows = x.reshape([b * t, d]);
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(silu(self.gate_proj.forward(rows.clone())) * self.up_proj.forward(rows))
+            .reshape([b, t, d])
     }
 }
 
@@ -581,17 +584,19 @@ impl LlamaAttention {
         mask: Tensor<4, Bool>,
         past: Option<(Tensor<4>, Tensor<4>)>,
     ) -> (Tensor<3>, Tensor<4>, Tensor<4>) {
-        let [b, t, _] = x.dims();
+        let [b, t, d] = x.dims();
         let (h, kvh, dh) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, dh]).swap_dims(1, 2);
+        let split = |y: Tensor<2>, n: usize| y.reshape([b, t, n, dh]).swap_dims(1, 2);
         let (cos, sin) = rope.clone();
+        // Projections on the [B·T, D] rows: one GEMM each instead of B batched ones.
+        let rows = x.reshape([b * t, d]);
         let q = apply_rope(
-            split(self.q_proj.forward(x.clone()), h),
+            split(self.q_proj.forward(rows.clone()), h),
             cos.clone(),
             sin.clone(),
         );
-        let k = apply_rope(split(self.k_proj.forward(x.clone()), kvh), cos, sin);
-        let v = split(self.v_proj.forward(x), kvh);
+        let k = apply_rope(split(self.k_proj.forward(rows.clone()), kvh), cos, sin);
+        let v = split(self.v_proj.forward(rows), kvh);
         let (k, v) = match past {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -609,8 +614,10 @@ impl LlamaAttention {
         )
         .reshape([b, h, t, dh])
         .swap_dims(1, 2)
-        .reshape([b, t, h * dh]);
-        (self.o_proj.forward(context), k, v)
+        .reshape([b * t, h * dh]);
+        let out = self.o_proj.forward(context);
+        let d_out = out.dims()[1];
+        (out.reshape([b, t, d_out]), k, v)
     }
 }
 
