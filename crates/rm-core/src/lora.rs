@@ -23,13 +23,13 @@
 //!
 //! # Dropout
 //!
-//! Adapter dropout is **not supported**: a config with `dropout > 0` is rejected by [`apply`].
-//! PEFT drops the *input* of the adapter path (`x·W + s·dropout(x)·A·B`), but burn's adapters act
-//! on the weight (the layer sees only `W + s·A·B`), so there is no adapter input to drop without
-//! changing every layer's forward; a weight-level substitute (dropping rows of `A`, one mask per
-//! forward shared by all tokens) would be a different regularizer under the same name.
-//! Adapters trained elsewhere with `lora_dropout > 0` load fine ([`load_adapters`]): dropout does
-//! not exist at inference.
+//! PEFT's adapter dropout drops the *input* of the adapter path: `y = x·W + s·dropout(x)·A·B`.
+//! burn's adapters act on the weight (a layer sees only `W + s·A·B`), so a layer honors dropout
+//! only when its forward runs the adapter path itself: [`linear`] does, and plumbline's BERT and
+//! Llama backbones route every layer projection through it with a dropout module they hold
+//! (`Backbone::set_adapter_dropout`; the reward-model builder sets it from the recipe). For any
+//! other module [`apply`] rejects `dropout > 0` rather than ignore it. Adapters trained elsewhere
+//! with `lora_dropout > 0` load fine ([`load_adapters`]): dropout does not exist at inference.
 //!
 //! # Files
 //!
@@ -75,7 +75,7 @@ pub struct LoraConfig {
     pub rank: usize,
     /// Scale numerator: the update is `(alpha / rank)·A·B`.
     pub alpha: f64,
-    /// Adapter input dropout; must be 0 (see the module docs).
+    /// Adapter input dropout probability in `[0, 1)` (see the module docs).
     #[serde(default)]
     pub dropout: f64,
     /// Module names to adapt: a `Linear` layer is adapted when its burn module path contains the
@@ -99,7 +99,7 @@ impl LoraConfig {
         self.alpha / self.rank as f64
     }
 
-    /// Rejects what [`apply`] cannot do: rank 0, a non-finite alpha, dropout, no targets.
+    /// Rejects rank 0, a non-finite alpha, a dropout outside `[0, 1)` and empty targets.
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
             bail!("LoRA rank must be at least 1");
@@ -107,12 +107,8 @@ impl LoraConfig {
         if !self.alpha.is_finite() {
             bail!("LoRA alpha must be finite, got {}", self.alpha);
         }
-        if self.dropout != 0.0 {
-            bail!(
-                "LoRA dropout {} is not supported: burn's adapters act on the weight \
-                 (W + s·A·B), so there is no adapter input to drop; set dropout = 0",
-                self.dropout
-            );
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("LoRA dropout must be in [0, 1), got {}", self.dropout);
         }
         if self.target_modules.is_empty() {
             bail!("LoRA target_modules is empty");
@@ -253,9 +249,25 @@ fn attach<M: Module>(module: M, rank: usize, alpha: f64, paths: Vec<String>) -> 
 }
 
 /// Attaches adapters to the targeted `Linear` weights and freezes every base parameter (all of
-/// them, not only the adapted ones: the canonical LoRA contract). Fails on an invalid config
-/// (dropout included), an unknown target, or a module that already carries adapters.
+/// them, not only the adapted ones: the canonical LoRA contract). Fails on an invalid config, an
+/// unknown target, or a module that already carries adapters; and on `dropout > 0`, which a
+/// generic module cannot honor (plumbline's backbones can: see the module docs).
 pub fn apply<M: Module>(module: M, config: &LoraConfig) -> Result<M> {
+    if config.dropout != 0.0 {
+        bail!(
+            "LoRA dropout {} needs the module's layers to run the adapter path themselves \
+             (rm_core::lora::linear), which a generic module does not; plumbline's BERT and \
+             Llama backbones do (build a reward model or policy from a recipe), otherwise set \
+             dropout = 0",
+            config.dropout
+        );
+    }
+    apply_routed(module, config)
+}
+
+/// [`apply`] for modules whose adapted layers go through [`linear`] with a dropout they hold,
+/// which the caller sets to `config.dropout` (as `Backbone::set_adapter_dropout` does).
+pub(crate) fn apply_routed<M: Module>(module: M, config: &LoraConfig) -> Result<M> {
     config.validate()?;
     let existing = adapter_paths(&module);
     if !existing.is_empty() {
@@ -266,6 +278,31 @@ pub fn apply<M: Module>(module: M, config: &LoraConfig) -> Result<M> {
     }
     let paths = target_paths(&module, config)?;
     Ok(attach(module, config.rank, config.alpha, paths))
+}
+
+/// `layer` on the rows `x` `[N, d_in]` with PEFT's adapter input dropout (Hu et al., "LoRA:
+/// Low-Rank Adaptation of Large Language Models", 2021, as implemented by PEFT):
+/// `y = x·W₀ + s·(dropout(x)·A)·B + b` when the weight carries an adapter and `dropout` is
+/// active (training, on an autodiff device, `p > 0`); otherwise `layer.forward(x)`, where burn
+/// materializes `W₀ + s·A·B`. The two agree exactly in value when nothing is dropped.
+pub fn linear(layer: &burn::nn::Linear, x: Tensor<2>, dropout: &burn::nn::Dropout) -> Tensor<2> {
+    let active = dropout.prob > 0.0 && dropout.training.is_enabled() && x.device().is_autodiff();
+    match layer.weight.adapter() {
+        Some(adapter) if active => {
+            let base = x.clone().matmul(layer.weight.base());
+            let dropped = crate::models::host_ops::dropout(dropout, x);
+            let update = dropped
+                .matmul(adapter.a.val())
+                .matmul(adapter.b.val())
+                .mul_scalar(adapter.scale);
+            let y = base + update;
+            match &layer.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            }
+        }
+        _ => layer.forward(x),
+    }
 }
 
 /// Which LoRA factor a mapper is at, if any.
@@ -534,7 +571,7 @@ impl PeftConfig {
     }
 
     /// The config as a plumbline [`LoraConfig`]. `target_modules` are HF module names here, and
-    /// `dropout` is the file's (which [`apply`] rejects when > 0).
+    /// `dropout` is the file's (which [`apply`] rejects when > 0 on a generic module).
     pub fn to_lora_config(&self) -> LoraConfig {
         LoraConfig {
             rank: self.r,
@@ -914,7 +951,7 @@ mod tests {
         let err = apply(TinyNet::new(8, &device), &with_dropout)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("dropout 0.1 is not supported"), "{err}");
+        assert!(err.contains("dropout 0.1 needs the module"), "{err}");
         // Training configs reject unknown keys.
         assert!(
             serde_json::from_str::<LoraConfig>(
@@ -1207,5 +1244,111 @@ mod tests {
                 _ => param,
             }
         }
+    }
+
+    /// Sets every LoRA factor to `value` (B starts at zero, which would hide the update).
+    struct FillFactors {
+        stack: PathStack,
+        value: f32,
+    }
+
+    impl ModuleMapper for FillFactors {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if factor_at(&self.stack).is_none() {
+                return param;
+            }
+            let value = self.value;
+            param
+                .map(|factor| factor.ones_like().mul_scalar(value))
+                .set_require_grad(true)
+        }
+    }
+
+    #[test]
+    fn adapter_dropout_drops_the_adapter_input_only() {
+        let device = Device::flex().autodiff();
+        let mut with_dropout = config();
+        with_dropout.dropout = 0.5;
+        let net = apply_routed(TinyNet::new(8, &device), &with_dropout)
+            .unwrap()
+            .map(&mut FillFactors {
+                stack: PathStack::default(),
+                value: 0.3,
+            });
+        let layer = &net.blocks[0].attn.query;
+        let adapter = layer.weight.adapter().expect("query is a target");
+        let drop = burn::nn::DropoutConfig::new(0.5).init();
+        let x = Tensor::<2>::random([6, 8], burn::tensor::Distribution::Default, &device)
+            .add_scalar(0.5)
+            .require_grad();
+
+        device.seed(3);
+        let y = linear(layer, x.clone(), &drop);
+        // The same mask, drawn again from the same seed, through the formula by hand.
+        device.seed(3);
+        let mask_x = crate::models::host_ops::dropout(&drop, x.clone());
+        let by_hand = x.clone().matmul(layer.weight.base())
+            + mask_x
+                .clone()
+                .matmul(adapter.a.val())
+                .matmul(adapter.b.val())
+                .mul_scalar(with_dropout.scale())
+            + layer.bias.as_ref().unwrap().val().unsqueeze();
+        let diff = (y.clone() - by_hand).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "{diff}");
+        // Something was dropped, so the result differs from the undropped layer.
+        let kept = mask_x
+            .clone()
+            .equal_elem(0.0)
+            .int()
+            .sum()
+            .into_scalar::<i64>();
+        assert!(kept > 0 && kept < 48, "{kept} dropped of 48");
+        let plain = layer.forward(x.clone());
+        assert!((y.clone() - plain).abs().max().into_scalar::<f32>() > 1e-3);
+
+        // Gradients reach the adapter factors, not the frozen base.
+        let grads = y.sum().backward();
+        assert!(adapter.a.val().grad(&grads).is_some());
+        assert!(layer.weight.base().grad(&grads).is_none());
+
+        // p = 0, or a non-autodiff device, is exactly the layer's own forward.
+        let off = burn::nn::DropoutConfig::new(0.0).init();
+        let same = (linear(layer, x.clone(), &off) - layer.forward(x.clone()))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert_eq!(same, 0.0);
+        let inference = net.valid();
+        let layer = &inference.blocks[0].attn.query;
+        let x = x.inner();
+        let same = (linear(layer, x.clone(), &drop) - layer.forward(x))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert_eq!(same, 0.0);
+    }
+
+    #[test]
+    fn reward_models_route_recipe_dropout_to_their_backbones() {
+        // The generic entry point refuses dropout (checked above); the backbones accept it.
+        let device = Device::flex().autodiff();
+        let mut with_dropout = LoraConfig::new(2, 4.0, &["q_proj", "v_proj"]);
+        with_dropout.dropout = 0.1;
+        let mut model = apply_routed(tiny_model(&device), &with_dropout).unwrap();
+        model.set_adapter_dropout(0.1);
+        assert!(
+            model
+                .layers
+                .iter()
+                .all(|l| l.self_attn.adapter_dropout.prob == 0.1
+                    && l.mlp.adapter_dropout.prob == 0.1)
+        );
     }
 }

@@ -20,6 +20,7 @@ use super::pooling::Pooling;
 use super::safetensors::SafetensorsWeights;
 use super::weights::{HostTensor, WeightSource};
 use super::{first_present, load_embedding, load_layer_norm, load_linear};
+use crate::lora;
 use crate::tokenize::{EncodeOptions, PaddingSide, TextTokenizer, TruncationSide};
 
 /// A BERT config (the fields of HF `config.json` plumbline uses). Fields are public so callers
@@ -165,6 +166,8 @@ pub struct BertAttention {
     pub attention_dropout: Dropout,
     /// Dropout on the output projection, before the residual.
     pub dropout: Dropout,
+    /// LoRA adapter input dropout for the projections (p = 0 unless set; see [`crate::lora`]).
+    pub adapter_dropout: Dropout,
     /// Number of heads.
     pub heads: usize,
 }
@@ -182,6 +185,8 @@ pub struct BertLayer {
     pub norm: LayerNorm,
     /// Dropout on the down projection, before the residual.
     pub dropout: Dropout,
+    /// LoRA adapter input dropout for the feed-forward projections (see [`crate::lora`]).
+    pub adapter_dropout: Dropout,
 }
 
 /// The BERT encoder.
@@ -211,9 +216,10 @@ impl BertAttention {
         let scale = 1.0 / (dh as f64).sqrt();
         // Projections on [B·T, D] rows: one GEMM each instead of B batched ones.
         let rows = x.clone().reshape([b * t, d]);
-        let q = split(self.query.forward(rows.clone()));
-        let k = split(self.key.forward(rows.clone()));
-        let v = split(self.value.forward(rows));
+        let drop = &self.adapter_dropout;
+        let q = split(lora::linear(&self.query, rows.clone(), drop));
+        let k = split(lora::linear(&self.key, rows.clone(), drop));
+        let v = split(lora::linear(&self.value, rows, drop));
         let context = if x.device().is_autodiff() {
             // Training: explicit ops, so the probabilities can take dropout and burn derives the
             // backward pass. The scale goes on Q ([B, H, T, dh]) rather than on the scores.
@@ -236,7 +242,8 @@ impl BertAttention {
             )
         };
         let context = context.swap_dims(1, 2).reshape([b * t, d]);
-        let out = dropout(&self.dropout, self.output.forward(context)).reshape([b, t, d]);
+        let projected = lora::linear(&self.output, context, &self.adapter_dropout);
+        let out = dropout(&self.dropout, projected).reshape([b, t, d]);
         self.norm.forward(out + x)
     }
 }
@@ -245,13 +252,26 @@ impl BertLayer {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let x = self.attention.forward(x, bias);
         let [b, t, d] = x.dims();
-        let h = gelu(self.intermediate.forward(x.clone().reshape([b * t, d])));
-        let out = dropout(&self.dropout, self.output.forward(h)).reshape([b, t, d]);
+        let drop = &self.adapter_dropout;
+        let h = gelu(lora::linear(
+            &self.intermediate,
+            x.clone().reshape([b * t, d]),
+            drop,
+        ));
+        let out = dropout(&self.dropout, lora::linear(&self.output, h, drop)).reshape([b, t, d]);
         self.norm.forward(out + x)
     }
 }
 
 impl BertModel {
+    /// Sets the LoRA adapter input dropout of every layer projection (see [`crate::lora`]).
+    pub fn set_adapter_dropout(&mut self, prob: f64) {
+        for layer in &mut self.layers {
+            layer.attention.adapter_dropout = DropoutConfig::new(prob).init();
+            layer.adapter_dropout = DropoutConfig::new(prob).init();
+        }
+    }
+
     /// Last hidden states `[B, T, D]` of `input_ids` `[B, T]` under `attention_mask` `[B, T]`
     /// (1 real, 0 pad; left or right padding). Token types default to 0.
     ///
@@ -409,12 +429,14 @@ impl BertModel {
                         norm: norm(&format!("{l}.attention.output.LayerNorm"))?,
                         attention_dropout: dropout(config.attention_probs_dropout_prob),
                         dropout: dropout(config.hidden_dropout_prob),
+                        adapter_dropout: dropout(0.0),
                         heads: config.num_attention_heads,
                     },
                     intermediate: linear(&format!("{l}.intermediate.dense"), d, ff)?,
                     output: linear(&format!("{l}.output.dense"), ff, d)?,
                     norm: norm(&format!("{l}.output.LayerNorm"))?,
                     dropout: dropout(config.hidden_dropout_prob),
+                    adapter_dropout: dropout(0.0),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -24,6 +24,7 @@ use super::weights::WeightSource;
 use super::{host_tensor, load_embedding, load_linear, param};
 use crate::gguf::GgufFile;
 use crate::gguf::tokenizer::{special_ids, tokenizer_from_gguf};
+use crate::lora;
 use crate::sampling::IncrementalDecoder;
 use crate::tokenize::TextTokenizer;
 
@@ -493,6 +494,8 @@ pub struct LlamaAttention {
     pub v_proj: Linear,
     /// `heads·head_dim → D`.
     pub o_proj: Linear,
+    /// LoRA adapter input dropout for the projections (p = 0 unless set; see [`crate::lora`]).
+    pub adapter_dropout: Dropout,
     /// Query heads.
     pub heads: usize,
     /// Key/value heads.
@@ -510,6 +513,8 @@ pub struct LlamaMlp {
     pub up_proj: Linear,
     /// `intermediate → D`.
     pub down_proj: Linear,
+    /// LoRA adapter input dropout for the projections (p = 0 unless set; see [`crate::lora`]).
+    pub adapter_dropout: Dropout,
 }
 
 impl LlamaMlp {
@@ -517,9 +522,10 @@ impl LlamaMlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let rows = x.reshape([b * t, d]);
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(rows.clone())) * self.up_proj.forward(rows))
-            .reshape([b, t, d])
+        let drop = &self.adapter_dropout;
+        let gated = silu(lora::linear(&self.gate_proj, rows.clone(), drop))
+            * lora::linear(&self.up_proj, rows, drop);
+        lora::linear(&self.down_proj, gated, drop).reshape([b, t, d])
     }
 }
 
@@ -590,13 +596,18 @@ impl LlamaAttention {
         let (cos, sin) = rope.clone();
         // Projections on the [B·T, D] rows: one GEMM each instead of B batched ones.
         let rows = x.reshape([b * t, d]);
+        let drop = &self.adapter_dropout;
         let q = apply_rope(
-            split(self.q_proj.forward(rows.clone()), h),
+            split(lora::linear(&self.q_proj, rows.clone(), drop), h),
             cos.clone(),
             sin.clone(),
         );
-        let k = apply_rope(split(self.k_proj.forward(rows.clone()), kvh), cos, sin);
-        let v = split(self.v_proj.forward(rows), kvh);
+        let k = apply_rope(
+            split(lora::linear(&self.k_proj, rows.clone(), drop), kvh),
+            cos,
+            sin,
+        );
+        let v = split(lora::linear(&self.v_proj, rows, drop), kvh);
         let (k, v) = match past {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -615,13 +626,21 @@ impl LlamaAttention {
         .reshape([b, h, t, dh])
         .swap_dims(1, 2)
         .reshape([b * t, h * dh]);
-        let out = self.o_proj.forward(context);
+        let out = lora::linear(&self.o_proj, context, &self.adapter_dropout);
         let d_out = out.dims()[1];
         (out.reshape([b, t, d_out]), k, v)
     }
 }
 
 impl LlamaModel {
+    /// Sets the LoRA adapter input dropout of every layer projection (see [`crate::lora`]).
+    pub fn set_adapter_dropout(&mut self, prob: f64) {
+        for layer in &mut self.layers {
+            layer.self_attn.adapter_dropout = DropoutConfig::new(prob).init();
+            layer.mlp.adapter_dropout = DropoutConfig::new(prob).init();
+        }
+    }
+
     /// Last hidden states (after the final norm) `[B, T, D]` of `input_ids` `[B, T]`, the input
     /// of reward heads.
     ///
@@ -789,6 +808,7 @@ impl LlamaModel {
                         k_proj: linear(&format!("{p}.self_attn.k_proj"), d, kvh * dh, ab)?,
                         v_proj: linear(&format!("{p}.self_attn.v_proj"), d, kvh * dh, ab)?,
                         o_proj: linear(&format!("{p}.self_attn.o_proj"), h * dh, d, false)?,
+                        adapter_dropout: DropoutConfig::new(0.0).init(),
                         heads: h,
                         kv_heads: kvh,
                         head_dim: dh,
@@ -800,6 +820,7 @@ impl LlamaModel {
                         gate_proj: linear(&format!("{p}.mlp.gate_proj"), d, ff, false)?,
                         up_proj: linear(&format!("{p}.mlp.up_proj"), d, ff, false)?,
                         down_proj: linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
+                        adapter_dropout: DropoutConfig::new(0.0).init(),
                     },
                 })
             })

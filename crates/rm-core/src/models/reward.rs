@@ -139,6 +139,14 @@ pub enum Backbone {
 }
 
 impl Backbone {
+    /// Sets the LoRA adapter input dropout of the backbone's layer projections.
+    pub fn set_adapter_dropout(&mut self, prob: f64) {
+        match self {
+            Backbone::Bert(m) => m.set_adapter_dropout(prob),
+            Backbone::Llama(m) => m.set_adapter_dropout(prob),
+        }
+    }
+
     /// Last hidden states `[B, T, D]`.
     pub fn hidden(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<3> {
         match self {
@@ -301,7 +309,8 @@ impl RewardModelBundle {
         let pad_id = tokenizer.pad_id();
         let mut model = RewardModel { backbone, head };
         if let Some(lora_config) = &config.lora {
-            model = lora::apply(model, lora_config)?;
+            model = lora::apply_routed(model, lora_config)?;
+            model.backbone.set_adapter_dropout(lora_config.dropout);
         }
         Ok(Self {
             model,
