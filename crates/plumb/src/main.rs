@@ -46,7 +46,8 @@ pub struct GlobalArgs {
     /// Models folder [default: $PLUMB_MODELS_DIR, else ./models].
     #[arg(long, global = true)]
     pub models_dir: Option<PathBuf>,
-    /// Random seed for everything stochastic.
+    /// Random seed for sampling (`plumb generate`); train-rm and quickstart take the
+    /// recipe's train.seed instead (--set train.seed=N).
     #[arg(long, global = true, default_value_t = 42)]
     pub seed: u64,
     /// Where to write outputs (reports, checkpoints); commands say what they put there.
