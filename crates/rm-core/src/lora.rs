@@ -319,12 +319,14 @@ fn factor_at(stack: &PathStack) -> Option<(String, char)> {
     }
 }
 
-/// Replaces every LoRA factor by zeros and freezes it.
-struct ZeroFactors {
+/// Sets every element of every LoRA factor to `value`, trainable or frozen.
+struct FillFactors {
     stack: PathStack,
+    value: f32,
+    trainable: bool,
 }
 
-impl ModuleMapper for ZeroFactors {
+impl ModuleMapper for FillFactors {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.stack.enter(name, container_type);
     }
@@ -335,9 +337,10 @@ impl ModuleMapper for ZeroFactors {
         if factor_at(&self.stack).is_none() {
             return param;
         }
+        let value = self.value;
         param
-            .map(|factor| factor.zeros_like())
-            .set_require_grad(false)
+            .map(|factor| factor.full_like(value))
+            .set_require_grad(self.trainable)
     }
 }
 
@@ -348,8 +351,10 @@ impl ModuleMapper for ZeroFactors {
 pub fn disabled<M: Module>(module: &M) -> M {
     module
         .clone()
-        .map(&mut ZeroFactors {
+        .map(&mut FillFactors {
             stack: PathStack::default(),
+            value: 0.0,
+            trainable: false,
         })
         .no_grad()
 }
@@ -1246,30 +1251,6 @@ mod tests {
         }
     }
 
-    /// Sets every LoRA factor to `value` (B starts at zero, which would hide the update).
-    struct FillFactors {
-        stack: PathStack,
-        value: f32,
-    }
-
-    impl ModuleMapper for FillFactors {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.stack.exit();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            if factor_at(&self.stack).is_none() {
-                return param;
-            }
-            let value = self.value;
-            param
-                .map(|factor| factor.ones_like().mul_scalar(value))
-                .set_require_grad(true)
-        }
-    }
-
     #[test]
     fn adapter_dropout_drops_the_adapter_input_only() {
         let device = Device::flex().autodiff();
@@ -1277,9 +1258,11 @@ mod tests {
         with_dropout.dropout = 0.5;
         let net = apply_routed(TinyNet::new(8, &device), &with_dropout)
             .unwrap()
+            // B starts at zero, which would hide the update.
             .map(&mut FillFactors {
                 stack: PathStack::default(),
                 value: 0.3,
+                trainable: true,
             });
         let layer = &net.blocks[0].attn.query;
         let adapter = layer.weight.adapter().expect("query is a target");

@@ -25,7 +25,7 @@ pub fn dropout<const D: usize>(layer: &Dropout, input: Tensor<D>) -> Tensor<D> {
     if !layer.training.is_enabled() || !device.is_autodiff() || layer.prob == 0.0 {
         return input;
     }
-    if !is_flex(&device) {
+    if !on_host(&input) {
         return layer.forward(input);
     }
     let seed = draw_seed(&device);
@@ -38,16 +38,11 @@ pub fn dropout<const D: usize>(layer: &Dropout, input: Tensor<D>) -> Tensor<D> {
 /// "Gaussian Error Linear Units (GELUs)", 2016); see the module docs for how it runs on `flex`.
 pub fn gelu<const D: usize>(input: Tensor<D>) -> Tensor<D> {
     let device = input.device();
-    if !is_flex(&device) {
+    if !on_host(&input) {
         return activation::gelu(input);
     }
     let shape = input.shape();
-    let Ok(x) = input
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-    else {
+    let Ok(x) = input.clone().into_data().try_to_vec::<f32>() else {
         return activation::gelu(input);
     };
     if !device.is_autodiff() || !input.is_tracked() {
@@ -100,6 +95,11 @@ fn gelu_and_slope(x: f32) -> (f32, f32) {
     let half_erfc = 0.5 * poly * e;
     let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
     (x * cdf, cdf + x * INV_SQRT_2PI * e)
+}
+
+/// Whether the host kernels take `input`: an f32 tensor on `flex`.
+fn on_host<const D: usize>(input: &Tensor<D>) -> bool {
+    input.dtype() == burn::tensor::DType::F32 && is_flex(&input.device())
 }
 
 #[cfg(feature = "flex")]
