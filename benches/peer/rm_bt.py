@@ -99,8 +99,9 @@ def main() -> None:
     m, d, o, t = recipe["model"], recipe["data"], recipe.get("objective", {}), recipe["train"]
     if o.get("kind", "bradley-terry") != "bradley-terry":
         sys.exit(f"rm_bt.py: objective.kind {o.get('kind')!r} is not supported (bradley-terry only)")
-    if d.get("dataset", "hh-rlhf") != "hh-rlhf":
-        sys.exit(f"rm_bt.py: dataset {d.get('dataset')!r} is not supported (hh-rlhf only)")
+    for part in ("train", "eval"):
+        if d[part].get("source") != "hh-rlhf":
+            sys.exit(f"rm_bt.py: data.{part} source {d[part].get('source')!r} is not supported (hh-rlhf only)")
     pooling = m.get("pooling", "mean")
     if pooling not in ("mean", "cls"):
         sys.exit(f"rm_bt.py: pooling {pooling!r} is not supported (mean | cls)")
@@ -128,8 +129,13 @@ def main() -> None:
     # the repo root (so the default ../shared/datasets works from anywhere).
     data_dir = args.data_dir if os.path.isdir(args.data_dir) else from_root(args.data_dir)
     hh = os.path.join(data_dir, "hh-rlhf")
-    train = load_pairs(os.path.join(hh, f"harmless-base.{d.get('train_split', 'train')}.jsonl"), args.limit)
-    dev = load_pairs(os.path.join(hh, f"harmless-base.{d.get('eval_split', 'dev')}.jsonl"), args.limit)
+    def source_limit(part):
+        # The recipe's data.<part>.limit (0 = all) and --limit: the smaller one that is set.
+        limits = [x for x in (int(d[part].get("limit", 0)), args.limit or 0) if x > 0]
+        return min(limits) if limits else None
+
+    train = load_pairs(os.path.join(hh, f"harmless-base.{d['train']['split']}.jsonl"), source_limit("train"))
+    dev = load_pairs(os.path.join(hh, f"harmless-base.{d['eval']['split']}.jsonl"), source_limit("eval"))
     log(f"peer: {len(train)} train pairs, {len(dev)} dev pairs from {hh}")
 
     # Tokenizer: the file's own fixed padding / truncation off; per-call settings below.

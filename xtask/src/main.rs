@@ -285,6 +285,10 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     run.current_dir(root)
         .args(["run", "--release", "-p", "plumb", "--", "quickstart"])
         .args(args.iter().filter(|a| *a != "--"));
+    // The demo starts over each time (a plain `plumb quickstart` refuses a folder holding a run).
+    if !args.iter().any(|a| a == "--resume" || a == "--overwrite") {
+        run.arg("--overwrite");
+    }
     step("plumb quickstart (release)", run)?;
     println!(
         "\nxtask demo: done in {:.1} min (build included)",

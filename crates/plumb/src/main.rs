@@ -1,7 +1,6 @@
 //! `plumb`: the plumbline command line.
 
 mod commands;
-mod recipe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +38,7 @@ struct Cli {
 pub struct GlobalArgs {
     /// Compute device: auto, flex (CPU), wgpu, wgpu:N, wgpu:cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto", env = "PLUMB_DEVICE")]
-    pub device: String,
+    pub device: rm_core::device::DeviceSpec,
     /// Dataset folder [default: $PLUMB_DATA_DIR, else ../shared/datasets].
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,

@@ -242,7 +242,13 @@ struct PendingTensor {
     transpose: bool,
     /// Where it comes from, for error messages.
     path: String,
+    /// The first failed device read of any tensor of the file (`View::data` cannot return an
+    /// error; the writer checks this after serializing and discards the file).
+    failure: ReadFailure,
 }
+
+/// Shared by the tensors of one file being written.
+type ReadFailure = std::rc::Rc<std::cell::RefCell<Option<String>>>;
 
 impl View for PendingTensor {
     fn dtype(&self) -> safetensors::Dtype {
@@ -254,9 +260,17 @@ impl View for PendingTensor {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        // `View::data` cannot fail; the dtype was checked when the tensor was collected.
-        let values = tensor_values(self.value.clone())
-            .unwrap_or_else(|e| panic!("parameter {}: {e}", self.path));
+        // `View::data` cannot fail: a failed read is recorded (the writer then fails and removes
+        // the temporary file) and zeros of the right length keep the serializer consistent.
+        let values = match tensor_values(self.value.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failure
+                    .borrow_mut()
+                    .get_or_insert_with(|| format!("reading parameter {}: {e}", self.path));
+                return Cow::Owned(vec![0u8; self.data_len()]);
+            }
+        };
         let values = if self.transpose {
             transpose(&values, self.shape[1], self.shape[0])
         } else {
@@ -277,6 +291,7 @@ struct SaveCollector<'a> {
     out: Vec<(String, PendingTensor)>,
     adapted: Vec<String>,
     error: Option<anyhow::Error>,
+    failure: ReadFailure,
 }
 
 impl ModuleVisitor for SaveCollector<'_> {
@@ -332,14 +347,50 @@ impl ModuleVisitor for SaveCollector<'_> {
                 value: value.reshape([n]),
                 transpose,
                 path,
+                failure: self.failure.clone(),
             },
         ));
     }
 }
 
-/// Writes through a temporary file: `write` gets `<path>.tmp` (in the target's folder) to
-/// create and fill; on success the file is fsynced and renamed over `path` and the folder is
-/// fsynced. On failure the temporary file is removed and `path` is untouched.
+/// A name no other writer (thread or process) uses at the same time: `.<name>.tmp-<pid>-<n>`.
+pub fn unique_temp_name(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".tmp-{}", unique_suffix()));
+    tmp
+}
+
+/// `<pid>-<n>`: unique among this process's writers, and across processes.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Gives a file the usual permissions (`rw-r--r--`); some writers (safetensors' serializer)
+/// create private files.
+pub fn set_usual_permissions(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting the permissions of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Writes through a temporary file: `write` gets a temporary path in the target's folder with
+/// a name unique to this writer ([`unique_temp_name`], so two writers never clobber each other's
+/// half-written file) to create and fill; on success the file gets the usual permissions, is
+/// fsynced and renamed over `path`, and the folder is fsynced. On failure the temporary file is
+/// removed and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let file_name = path
         .file_name()
@@ -349,10 +400,9 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    let tmp = dir.join(unique_temp_name(file_name));
     let result = write(&tmp).and_then(|()| {
+        set_usual_permissions(&tmp)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("syncing {}", tmp.display()))?;
@@ -410,8 +460,10 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path, names: &dyn NameMap)
         out: Vec::new(),
         adapted: Vec::new(),
         error: None,
+        failure: ReadFailure::default(),
     };
     module.visit(&mut collector);
+    let failure = collector.failure.clone();
     let context = || format!("saving {}", path.display());
     if let Some(e) = collector.error {
         return Err(e).with_context(context);
@@ -437,7 +489,11 @@ pub fn save_safetensors<M: Module>(module: &M, path: &Path, names: &dyn NameMap)
     let count = collector.out.len();
     write_atomically(path, |tmp| {
         safetensors::serialize_to_file(collector.out, Some(file_metadata()), tmp)
-            .map_err(|e| anyhow!("serializing safetensors to {}: {e}", tmp.display()))
+            .map_err(|e| anyhow!("serializing safetensors to {}: {e}", tmp.display()))?;
+        match failure.borrow_mut().take() {
+            Some(e) => bail!("{e}"),
+            None => Ok(()),
+        }
     })?;
     Ok(count)
 }

@@ -23,7 +23,9 @@ pub mod logprobs;
 pub mod lora;
 pub mod models;
 pub mod paths;
+#[cfg(feature = "plot")]
 pub mod plot;
+pub mod recipe;
 pub mod sampling;
 pub mod tokenize;
 pub mod train;

@@ -91,3 +91,42 @@ pub mod for_tests {
         )
     }
 }
+
+/// A model path from a recipe or a flag, with the models folder applied: a relative path under
+/// the default `models/` (e.g. the recipes' `models/minilm`) is looked up in `models_dir`
+/// (`--models-dir` / `$PLUMB_MODELS_DIR`) instead; any other path is taken as it is.
+pub fn resolve_model_path(path: &Path, models_dir: &Path) -> PathBuf {
+    if path.is_relative()
+        && let Ok(rest) = path.strip_prefix(DEFAULT_MODELS_DIR)
+        && models_dir != Path::new(DEFAULT_MODELS_DIR)
+    {
+        return models_dir.join(rest);
+    }
+    path.to_path_buf()
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn recipe_model_paths_follow_the_models_folder() {
+        let custom = Path::new("/opt/plumb-models");
+        assert_eq!(
+            resolve_model_path(Path::new("models/minilm"), custom),
+            PathBuf::from("/opt/plumb-models/minilm")
+        );
+        assert_eq!(
+            resolve_model_path(Path::new("models/minilm"), Path::new("models")),
+            PathBuf::from("models/minilm")
+        );
+        assert_eq!(
+            resolve_model_path(Path::new("/abs/minilm"), custom),
+            PathBuf::from("/abs/minilm")
+        );
+        assert_eq!(
+            resolve_model_path(Path::new("elsewhere/m"), custom),
+            PathBuf::from("elsewhere/m")
+        );
+    }
+}

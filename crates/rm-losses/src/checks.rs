@@ -1,6 +1,6 @@
 //! Shape and hyper-parameter checks shared by the objectives.
 
-use rm_core::burn::tensor::Tensor;
+use burn::tensor::Tensor;
 
 use crate::LossError;
 

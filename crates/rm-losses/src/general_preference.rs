@@ -1,8 +1,8 @@
 //! The General Preference Model: preferences from skew-symmetric products of preference
 //! embeddings, which can express intransitive (cyclic) preferences that no scalar reward can.
 
-use rm_core::burn::tensor::Tensor;
-use rm_core::burn::tensor::activation::{log_sigmoid, sigmoid};
+use burn::tensor::Tensor;
+use burn::tensor::activation::{log_sigmoid, sigmoid};
 
 use crate::LossError;
 use crate::checks::in_range;

@@ -1,7 +1,7 @@
 //! Listwise objective: the Plackett–Luce likelihood of a full ranking.
 
-use rm_core::burn::tensor::activation::log_softmax;
-use rm_core::burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::LossError;
 

@@ -1,6 +1,6 @@
 //! The pairwise reward-model objectives a trainer selects from a TOML recipe.
 
-use rm_core::burn::tensor::Tensor;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::LossError;

@@ -1,8 +1,8 @@
 //! Pairwise preference models: a classifier reads both responses together and outputs the logit
 //! of `P(a ≻ b | x)`, trained on both presentation orders.
 
-use rm_core::burn::tensor::Tensor;
-use rm_core::burn::tensor::activation::log_sigmoid;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_sigmoid;
 
 use crate::LossError;
 use crate::checks::pair_len;

@@ -5,8 +5,8 @@
 //! `N` pairs; `Δ = r_c − r_r`. Every loss is a mean over the pairs, returned as a `[1]` tensor.
 //! `σ` is the logistic sigmoid; `log σ` is evaluated stably by burn's `log_sigmoid`.
 
-use rm_core::burn::tensor::Tensor;
-use rm_core::burn::tensor::activation::log_sigmoid;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_sigmoid;
 
 use crate::LossError;
 use crate::checks::{in_range, pair_len, same_len};

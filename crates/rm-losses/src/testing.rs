@@ -1,7 +1,7 @@
 //! Test helpers: tensors from slices, and finite-difference gradient checks against burn's
 //! autodiff.
 
-use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rm_core::device::test_device;
 
 pub(crate) fn vector(values: &[f32], device: &Device) -> Tensor<1> {

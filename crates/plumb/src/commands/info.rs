@@ -34,7 +34,7 @@ fn size(path: &Path) -> String {
 pub fn run(global: &GlobalArgs) -> Result<()> {
     println!("plumb {}", env!("CARGO_PKG_VERSION"));
     println!("\nbackends compiled in: {}", compiled_backends().join(", "));
-    let requested: DeviceSpec = global.device.parse()?;
+    let requested: DeviceSpec = global.device;
     println!(
         "--device {} resolves to {}",
         global.device,

@@ -20,7 +20,7 @@ use super::texts::TextInput;
 use crate::GlobalArgs;
 
 fn device(global: &GlobalArgs) -> Result<rm_core::burn::tensor::Device> {
-    Ok(global.device.parse::<DeviceSpec>()?.device()?)
+    Ok(global.device.device()?)
 }
 
 #[derive(Args, Debug)]

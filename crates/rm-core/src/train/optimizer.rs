@@ -11,9 +11,15 @@
 //! gradients are scaled by `min(1, c / (‖g‖₂ + 1e-6))` with `‖g‖₂` the norm over *all*
 //! parameters together (`torch.nn.utils.clip_grad_norm_`).
 //!
-//! Gradients are accumulated by [`GradAccumulator::add`] after each micro-batch's `backward()`;
-//! the caller scales each micro-batch loss by its share of the step's examples, so the sum of
-//! gradients equals the gradient of the full-batch mean.
+//! Gradients are accumulated by [`GradAccumulator::add`] after each micro-batch's `backward()`.
+//! The trainer back-propagates each micro-batch's mean loss times its weight (examples,
+//! sequences or tokens) and divides the sum by the step's total weight
+//! ([`GradAccumulator::scale`]), so the result is the gradient of the whole step's mean for
+//! sequence-mean and token-mean losses alike.
+//!
+//! Parameter groups ([`ParamGroups`]) give a parameter its own learning-rate multiplier and
+//! weight decay by path pattern; by default biases and normalization weights get no decay (the
+//! `no_decay = ["bias", "LayerNorm.weight"]` convention of the peers' trainers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +52,107 @@ impl Default for AdamWSettings {
             eps: 1e-8,
             weight_decay: 0.01,
             max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// A parameter group: the parameters whose burn path matches one of `paths` (glob patterns
+/// where `*` matches any run of characters, e.g. `head.*`, `*.bias`,
+/// `backbone.layers.0.*`) train with `lr_scale` × the scheduled learning rate and their own
+/// weight decay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    pub paths: Vec<String>,
+    /// Multiplier of the scheduled learning rate (default 1).
+    #[serde(default = "unit")]
+    pub lr_scale: f64,
+    /// Weight decay of the group (default: the run's, with the bias/norm rule).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+}
+
+fn unit() -> f64 {
+    1.0
+}
+
+impl ParamGroup {
+    /// Checks the numbers and patterns.
+    pub fn validate(&self) -> Result<()> {
+        if self.paths.is_empty() || self.paths.iter().any(|p| p.is_empty()) {
+            bail!("paths must name at least one non-empty pattern");
+        }
+        if !(self.lr_scale.is_finite() && self.lr_scale >= 0.0) {
+            bail!("lr_scale must be a finite number ≥ 0, got {}", self.lr_scale);
+        }
+        if self
+            .weight_decay
+            .is_some_and(|w| !(w.is_finite() && w >= 0.0))
+        {
+            bail!("weight_decay must be a finite number ≥ 0");
+        }
+        Ok(())
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| glob_match(p, path))
+    }
+}
+
+/// `*`-only glob matching (`*` = any run of characters, possibly empty).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
+    {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The groups of a run, resolved per parameter by [`ParamGroups::resolve`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamGroups {
+    /// Explicit groups, first match wins.
+    pub groups: Vec<ParamGroup>,
+    /// Decay biases and normalization weights too.
+    pub decay_biases_and_norms: bool,
+}
+
+/// What a parameter trains with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamSettings {
+    pub lr_scale: f64,
+    pub weight_decay: f64,
+}
+
+impl ParamGroups {
+    /// The settings of the parameter at `path`, held by a module of type `container` (burn's
+    /// container type, e.g. `Struct:LayerNorm`), with `weight_decay` the run's default.
+    pub fn resolve(&self, path: &str, container: &str, weight_decay: f64) -> ParamSettings {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let exempt = !self.decay_biases_and_norms
+            && (matches!(name, "bias" | "beta") || container.contains("Norm"));
+        let default_decay = if exempt { 0.0 } else { weight_decay };
+        match self.groups.iter().find(|g| g.matches(path)) {
+            Some(g) => ParamSettings {
+                lr_scale: g.lr_scale,
+                weight_decay: g.weight_decay.unwrap_or(default_decay),
+            },
+            None => ParamSettings {
+                lr_scale: 1.0,
+                weight_decay: default_decay,
+            },
         }
     }
 }
@@ -116,8 +223,19 @@ impl GradAccumulator {
         self.grads.iter()
     }
 
-    /// `‖g‖₂` over every accumulated gradient.
-    pub fn global_norm(&self) -> f64 {
+    /// Multiplies every accumulated gradient by `factor` (the trainer's 1 / total weight).
+    pub fn scale(&mut self, factor: f64) {
+        if factor == 1.0 {
+            return;
+        }
+        for g in self.grads.values_mut() {
+            *g = g.clone().mul_scalar(factor);
+        }
+    }
+
+    /// `‖g‖₂²` over every accumulated gradient, on the device (`[1]`; `None` without
+    /// gradients), so a trainer can read it together with its metrics in one transfer.
+    pub fn squared_norm(&self) -> Option<Tensor<1>> {
         let mut total: Option<Tensor<1>> = None;
         for g in self.grads.values() {
             let s = g.clone().powi_scalar(2).sum();
@@ -126,7 +244,13 @@ impl GradAccumulator {
                 None => s,
             });
         }
-        total.map_or(0.0, |t| (t.into_scalar::<f32>() as f64).sqrt())
+        total
+    }
+
+    /// `‖g‖₂` over every accumulated gradient (one host read).
+    pub fn global_norm(&self) -> f64 {
+        self.squared_norm()
+            .map_or(0.0, |t| (t.into_scalar::<f32>() as f64).sqrt())
     }
 }
 
@@ -139,6 +263,8 @@ struct Moments {
 /// AdamW state: the step count and moments by parameter path.
 pub struct AdamW {
     pub settings: AdamWSettings,
+    /// Per-parameter learning-rate multipliers and weight decay.
+    pub groups: ParamGroups,
     /// Updates done so far.
     pub step: u64,
     moments: BTreeMap<String, Moments>,
@@ -160,6 +286,7 @@ struct ApplyUpdate<'a> {
     lr: f64,
     clip_scale: f64,
     settings: AdamWSettings,
+    groups: &'a ParamGroups,
     step: u64,
     updated: usize,
 }
@@ -197,9 +324,17 @@ impl ModuleMapper for ApplyUpdate<'_> {
         let t = self.step as i32;
         let bias1 = 1.0 - s.beta1.powi(t);
         let bias2 = 1.0 - s.beta2.powi(t);
-        let decayed = theta.mul_scalar(1.0 - self.lr * s.weight_decay);
+        let own = self
+            .groups
+            .resolve(&path, self.stack.container(), s.weight_decay);
+        let lr = self.lr * own.lr_scale;
+        let decayed = if own.weight_decay == 0.0 {
+            theta
+        } else {
+            theta.mul_scalar(1.0 - lr * own.weight_decay)
+        };
         let denom = v.clone().div_scalar(bias2).sqrt().add_scalar(s.eps);
-        let update = m.clone().div_scalar(bias1).div(denom).mul_scalar(self.lr);
+        let update = m.clone().div_scalar(bias1).div(denom).mul_scalar(lr);
         let updated = (decayed - update).reshape(shape);
         self.moments.insert(path, Moments { m, v });
         self.updated += 1;
@@ -223,12 +358,20 @@ struct OptimizerMeta {
 }
 
 impl AdamW {
+    /// AdamW with every parameter in the default group.
     pub fn new(settings: AdamWSettings) -> Self {
         Self {
             settings,
+            groups: ParamGroups::default(),
             step: 0,
             moments: BTreeMap::new(),
         }
+    }
+
+    /// Sets the parameter groups.
+    pub fn with_groups(mut self, groups: ParamGroups) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// Applies one update with learning rate `lr` from the accumulated gradients (which it
@@ -239,10 +382,22 @@ impl AdamW {
         lr: f64,
         grads: GradAccumulator,
     ) -> Result<(M, UpdateStats)> {
+        let grad_norm = grads.global_norm();
+        self.apply(model, lr, grads, grad_norm)
+    }
+
+    /// [`AdamW::step`] with the global gradient norm already read (e.g. with the step's metrics,
+    /// in the same host transfer).
+    pub fn apply<M: Module>(
+        &mut self,
+        model: M,
+        lr: f64,
+        grads: GradAccumulator,
+        grad_norm: f64,
+    ) -> Result<(M, UpdateStats)> {
         if grads.is_empty() {
             bail!("no gradients to apply (is any parameter trainable?)");
         }
-        let grad_norm = grads.global_norm();
         if !grad_norm.is_finite() {
             bail!("the gradient norm is {grad_norm}: a NaN or infinite loss or gradient");
         }
@@ -259,6 +414,7 @@ impl AdamW {
             lr,
             clip_scale,
             settings: self.settings,
+            groups: &self.groups,
             step: self.step,
             updated: 0,
         };
@@ -331,6 +487,7 @@ impl AdamW {
         }
         Ok(Self {
             settings: meta.settings,
+            groups: ParamGroups::default(),
             step: meta.step,
             moments,
         })

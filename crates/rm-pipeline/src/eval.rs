@@ -1,0 +1,176 @@
+//! `eval-rm` as a library call: a RewardBench-style report (v1, v2 or plain pairs) of a trained
+//! reward model on a file or on HH-RLHF.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bench_harness::{RewardModelScorer, ScoreTransform, evaluate_v1, evaluate_v2};
+use rm_core::burn::tensor::Device;
+use rm_core::data::hh_rlhf;
+use rm_core::models::reward::RewardModelBundle;
+
+use crate::reports::{refuse_output_over_input, report_paths, write_report_pair};
+
+/// Input layouts `eval-rm` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalFormat {
+    /// reward-bench v1: {prompt, chosen, rejected, subset}.
+    Rewardbench,
+    /// reward-bench 2: {prompt, chosen: [..], rejected: [..], subset}.
+    Rewardbench2,
+    /// Preference pairs {prompt, chosen, rejected}; the subset is the file name.
+    Pairs,
+}
+
+/// What `eval-rm` reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EvalInput {
+    /// HH-RLHF harmless-base from the data dir.
+    HhRlhf(hh_rlhf::Split),
+    /// A JSONL file (layout given or detected).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for EvalInput {
+    type Err = anyhow::Error;
+    /// `hh-rlhf:train`, `hh-rlhf:dev`, or a path.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix("hh-rlhf:") {
+            Some("train") => Ok(EvalInput::HhRlhf(hh_rlhf::Split::Train)),
+            Some("dev") => Ok(EvalInput::HhRlhf(hh_rlhf::Split::Dev)),
+            Some(other) => bail!("--input hh-rlhf:{other}: the splits are train and dev"),
+            None if s.is_empty() => bail!("--input is empty: give a JSONL file or hh-rlhf:dev"),
+            None => Ok(EvalInput::File(PathBuf::from(s))),
+        }
+    }
+}
+
+/// An `eval-rm` run.
+pub struct EvalRequest {
+    /// A reward-model folder.
+    pub rm: PathBuf,
+    pub input: EvalInput,
+    /// The layout of a file input (`None`: detected).
+    pub format: Option<EvalFormat>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Score with the stored normalization.
+    pub normalized: bool,
+    /// Where the report goes (`x.json` and `x.md`).
+    pub out: PathBuf,
+    pub data_dir: PathBuf,
+    pub device: Device,
+}
+
+/// What `eval-rm` produced.
+pub struct EvalOutcome {
+    pub markdown: String,
+    pub rows: usize,
+    pub seconds: f64,
+    /// Rows skipped as malformed (each reported to `on_skip`).
+    pub skipped: usize,
+    pub json_path: PathBuf,
+    pub md_path: PathBuf,
+}
+
+/// Detects the layout of a JSONL file from its first non-blank row.
+pub fn detect_format(path: &Path) -> Result<EvalFormat> {
+    let mut reader = rm_core::data::JsonlReader::open(path)?;
+    let (_, row) = reader
+        .next()
+        .with_context(|| format!("{}: no rows", path.display()))??;
+    Ok(if row["chosen"].is_array() {
+        EvalFormat::Rewardbench2
+    } else if row.get("subset").is_some() {
+        EvalFormat::Rewardbench
+    } else {
+        EvalFormat::Pairs
+    })
+}
+
+/// Scores the input, writes the report pair, returns it. `on_skip` hears of every malformed row;
+/// `progress` of the scoring.
+pub fn evaluate_reward_model(
+    request: &EvalRequest,
+    on_skip: &mut dyn FnMut(&rm_core::data::DataError),
+    progress: &mut dyn FnMut(bench_harness::Progress),
+) -> Result<EvalOutcome> {
+    if request.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let (json_path, md_path) = report_paths(&request.out)?;
+    if let EvalInput::File(path) = &request.input {
+        refuse_output_over_input(&json_path, path)?;
+        refuse_output_over_input(&md_path, path)?;
+    }
+    let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
+    let mut scorer =
+        RewardModelScorer::new(bundle, request.batch_size, request.rm.display().to_string());
+    if request.normalized {
+        scorer.transform = ScoreTransform::Normalized;
+    }
+    let start = Instant::now();
+    let mut skipped = 0usize;
+    let mut skip = |errors: &[rm_core::data::DataError]| {
+        for e in errors {
+            on_skip(e);
+        }
+        skipped += errors.len();
+    };
+    let (markdown, json, rows) = match &request.input {
+        EvalInput::HhRlhf(split) => {
+            let rows = bench_harness::data::load_hh_rlhf(&request.data_dir, *split)?;
+            let report = evaluate_v1(&rows, &mut scorer, 256, progress)?;
+            (report.to_markdown(), serde_json::to_string_pretty(&report)?, rows.len())
+        }
+        EvalInput::File(path) => {
+            let format = match request.format {
+                Some(f) => f,
+                None => detect_format(path)?,
+            };
+            match format {
+                EvalFormat::Rewardbench | EvalFormat::Pairs => {
+                    let loaded = if format == EvalFormat::Pairs {
+                        bench_harness::data::read_pairs_lenient(path)?
+                    } else {
+                        bench_harness::data::read_v1_lenient(path)?
+                    };
+                    skip(&loaded.errors);
+                    if loaded.rows.is_empty() {
+                        bail!("{}: no valid rows", path.display());
+                    }
+                    let report = evaluate_v1(&loaded.rows, &mut scorer, 256, progress)?;
+                    (
+                        report.to_markdown(),
+                        serde_json::to_string_pretty(&report)?,
+                        loaded.rows.len(),
+                    )
+                }
+                EvalFormat::Rewardbench2 => {
+                    let loaded = bench_harness::data::read_v2_lenient(path)?;
+                    skip(&loaded.errors);
+                    if loaded.rows.is_empty() {
+                        bail!("{}: no valid rows", path.display());
+                    }
+                    let report = evaluate_v2(&loaded.rows, &mut scorer, 256, progress)?;
+                    (
+                        report.to_markdown(),
+                        serde_json::to_string_pretty(&report)?,
+                        loaded.rows.len(),
+                    )
+                }
+            }
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    write_report_pair(&json_path, &json, &markdown)?;
+    Ok(EvalOutcome {
+        markdown,
+        rows,
+        seconds,
+        skipped,
+        json_path,
+        md_path,
+    })
+}

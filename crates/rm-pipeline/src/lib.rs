@@ -1,0 +1,23 @@
+//! # rm-pipeline
+//!
+//! Reward-model pipelines as library calls, so the command line only parses and prints:
+//! - [`train::train_reward_model`]: recipe → data → encoding → [`train::RewardTask`] on the
+//!   shared engine ([`rm_core::train`]) → the final model's RewardBench-style report →
+//!   normalization stored with the model → report, summary, curves;
+//! - [`eval::evaluate_reward_model`]: a report of a trained model on reward-bench v1/v2 or
+//!   pairs JSONL, or on HH-RLHF;
+//! - [`score::score_rows`]: rewards of JSONL rows (raw, normalized, log-sigmoid).
+//!
+//! Why a crate of its own: the pipeline needs the objectives (`rm-losses`) and the RewardBench
+//! report (`bench-harness`), and `bench-harness` itself stands on `rm-core`, so neither
+//! `rm-core` nor the CLI is the right home; DPO (`policy-opt`) and PRM (`rm-process`) pipelines
+//! sit in their crates the same way, all on the one trainer in `rm_core::train`.
+
+pub mod eval;
+pub mod recipe;
+pub mod reports;
+pub mod score;
+pub mod train;
+
+pub use recipe::{DataConfig, EvalConfig, PairShape, PairSource, RewardRecipe};
+pub use train::{TrainReport, TrainRequest, train_reward_model};

@@ -1,0 +1,274 @@
+//! The reward-model recipe (`recipes/rm-*.toml`): `[model]`, `[data]` (typed sources),
+//! `[objective]`, `[train]`, `[eval]`. Read with [`rm_core::recipe::load`] and `--set`
+//! overrides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rm_core::data::{generic, hh_rlhf};
+use rm_core::models::reward::RewardModelConfig;
+use rm_core::train::TrainConfig;
+use rm_core::types::PreferencePair;
+use rm_losses::PairwiseObjective;
+use serde::{Deserialize, Serialize};
+
+/// Where preference pairs come from.
+///
+/// ```toml
+/// [data]
+/// train = { source = "hh-rlhf", split = "train" }          # from the data dir
+/// eval = { source = "jsonl", path = "dev.jsonl", shape = "pairs", limit = 100 }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PairSource {
+    /// Anthropic HH-RLHF harmless-base from the data dir.
+    HhRlhf {
+        split: HhSplit,
+        /// Only the first N pairs (0 = all).
+        #[serde(default)]
+        limit: usize,
+    },
+    /// A JSONL file.
+    Jsonl {
+        path: PathBuf,
+        #[serde(default)]
+        shape: PairShape,
+        /// Only the first N pairs (0 = all).
+        #[serde(default)]
+        limit: usize,
+    },
+}
+
+/// The HH-RLHF splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HhSplit {
+    Train,
+    Dev,
+}
+
+/// The row layout of a JSONL pair source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairShape {
+    /// `{prompt, chosen, rejected[, margin, scores]}`.
+    #[default]
+    Pairs,
+    /// `{prompt, responses, scores | ranks}`: every (better, worse) pair of a row, with the
+    /// score difference as margin and the two scores as `scores` when the row has scores.
+    Rankings,
+}
+
+impl PairSource {
+    /// The RewardBench subset name the report files these pairs under.
+    pub fn subset(&self) -> String {
+        match self {
+            PairSource::HhRlhf { .. } => bench_harness::data::HH_RLHF_SUBSET.to_string(),
+            PairSource::Jsonl { path, .. } => path
+                .file_stem()
+                .map_or("eval".into(), |s| s.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// Reads the pairs (HH-RLHF from `data_dir`); an empty result is an error.
+    pub fn load(&self, data_dir: &Path) -> Result<Vec<PreferencePair>> {
+        let (mut pairs, limit) = match self {
+            PairSource::HhRlhf { split, limit } => {
+                let split = match split {
+                    HhSplit::Train => hh_rlhf::Split::Train,
+                    HhSplit::Dev => hh_rlhf::Split::Dev,
+                };
+                (hh_rlhf::load(data_dir, split)?.0, *limit)
+            }
+            PairSource::Jsonl { path, shape, limit } => {
+                let pairs = match shape {
+                    PairShape::Pairs => generic::load_pairs(path)?,
+                    PairShape::Rankings => generic::load_rankings(path)?
+                        .into_iter()
+                        .flat_map(|r| ranking_pairs(&r))
+                        .collect(),
+                };
+                (pairs, *limit)
+            }
+        };
+        if limit > 0 {
+            pairs.truncate(limit);
+        }
+        if pairs.is_empty() {
+            bail!("{}: no preference pairs", self.describe());
+        }
+        Ok(pairs)
+    }
+
+    /// A one-line description for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            PairSource::HhRlhf { split, .. } => format!("hh-rlhf {split:?}").to_lowercase(),
+            PairSource::Jsonl { path, .. } => path.display().to_string(),
+        }
+    }
+}
+
+/// Every (better, worse) pair of a ranking (rank 0 = best; ties give no pair).
+fn ranking_pairs(r: &rm_core::types::Ranking) -> Vec<PreferencePair> {
+    let mut out = Vec::new();
+    for i in 0..r.responses.len() {
+        for j in 0..r.responses.len() {
+            if r.ranks[i] < r.ranks[j] {
+                let scores = r.scores.as_ref().map(|s| [s[i], s[j]]);
+                out.push(PreferencePair {
+                    prompt: r.prompt.clone(),
+                    chosen: r.responses[i].clone(),
+                    rejected: r.responses[j].clone(),
+                    margin: scores.map(|[a, b]| a - b),
+                    subset: None,
+                    scores,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The `[data]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub train: PairSource,
+    pub eval: PairSource,
+}
+
+/// The `[eval]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Texts per scoring forward pass.
+    #[serde(default = "eval_batch")]
+    pub batch_size: usize,
+}
+
+fn eval_batch() -> usize {
+    32
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: eval_batch(),
+        }
+    }
+}
+
+/// A reward-model training recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardRecipe {
+    pub model: RewardModelConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub objective: PairwiseObjective,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// The built-in recipe of `plumb quickstart` / `cargo xtask demo` (`recipes/rm-minilm-hh.toml`).
+pub const QUICKSTART_RECIPE: &str = include_str!("../../../recipes/rm-minilm-hh.toml");
+
+impl RewardRecipe {
+    /// Reads a recipe file with `--set` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        rm_core::recipe::load(path, overrides)
+    }
+
+    /// The quickstart recipe with overrides.
+    pub fn quickstart(overrides: &[String]) -> Result<Self> {
+        rm_core::recipe::parse(QUICKSTART_RECIPE, "recipes/rm-minilm-hh.toml", overrides)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<()> {
+        self.objective.validate()?;
+        self.train.validate()?;
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// What defines the run (compared on `--resume`).
+    pub fn identity(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).context("serializing the recipe")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_recipes_parse_and_overrides_reach_typed_sources() {
+        let r = RewardRecipe::quickstart(&[]).unwrap();
+        assert_eq!(r.model.backbone, PathBuf::from("models/minilm"));
+        assert_eq!(
+            r.data.train,
+            PairSource::HhRlhf {
+                split: HhSplit::Train,
+                limit: 0
+            }
+        );
+        let r = RewardRecipe::quickstart(&[
+            "data.train.limit=10".into(),
+            "data.eval={ source = \"jsonl\", path = \"dev.jsonl\", shape = \"rankings\" }".into(),
+            "objective.kind=bradley-terry".into(),
+            "objective.label_smoothing=0.1".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            r.data.train,
+            PairSource::HhRlhf {
+                split: HhSplit::Train,
+                limit: 10
+            }
+        );
+        assert_eq!(
+            r.data.eval,
+            PairSource::Jsonl {
+                path: "dev.jsonl".into(),
+                shape: PairShape::Rankings,
+                limit: 0
+            }
+        );
+        let lora: RewardRecipe = rm_core::recipe::parse(
+            include_str!("../../../recipes/rm-smollm2-lora-hh.toml"),
+            "lora",
+            &[],
+        )
+        .unwrap();
+        lora.validate().unwrap();
+        for bad in [
+            "data.train.source=hh",
+            "data.train.split=test",
+            "data.train.path=x.jsonl",
+        ] {
+            let err = RewardRecipe::quickstart(&[bad.into()]).unwrap_err();
+            assert!(format!("{err:#}").contains("data"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn rankings_expand_into_every_ordered_pair_with_score_margins() {
+        let r = rm_core::types::Ranking {
+            prompt: rm_core::types::Prompt::Text("q".into()),
+            responses: vec!["a".into(), "b".into(), "c".into()],
+            ranks: vec![1, 0, 1],
+            scores: Some(vec![0.5, 2.0, 0.5]),
+        };
+        let pairs = ranking_pairs(&r);
+        assert_eq!(pairs.len(), 2, "b beats a and c; a and c tie");
+        assert!(pairs.iter().all(|p| p.chosen == "b"));
+        assert_eq!(pairs[0].margin, Some(1.5));
+        assert_eq!(pairs[0].scores, Some([2.0, 0.5]));
+    }
+}

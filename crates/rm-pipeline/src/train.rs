@@ -1,0 +1,393 @@
+//! Reward-model training end to end: recipe → data → encoding → [`RewardTask`] →
+//! [`Trainer::run_epochs`] → the v1 report of the final model → normalization stored with it →
+//! report, summary and curves in the run folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bench_harness::data::rows_from_pairs;
+use bench_harness::{RewardModelScorer, V1Report, evaluate_v1};
+use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::models::reward::{RewardModel, RewardModelBundle, SPEC_FILE};
+use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
+use rm_core::train::{
+    EpochTask, Evaluation, LossOutput, Metric, RESUMABLE_TRAIN_FIELDS, RunDir, RunMode,
+    TrainOutcome, TrainTask, Trainer,
+};
+use rm_core::types::PreferencePair;
+use rm_losses::{PairwiseObjective, PairwiseRewards};
+use serde_json::json;
+
+use crate::recipe::RewardRecipe;
+use crate::reports::write_report_pair;
+
+/// Where and how a training run happens (what the command line adds to a recipe).
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    /// The data folder (HH-RLHF etc.).
+    pub data_dir: PathBuf,
+    /// The models folder recipes' `models/…` paths are looked up in.
+    pub models_dir: PathBuf,
+    /// The device (the trainer turns on autodiff).
+    pub device: Device,
+    /// Fresh, overwrite or resume.
+    pub mode: RunMode,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a training run produced.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub out_dir: PathBuf,
+    pub final_dir: PathBuf,
+    pub best_dir: PathBuf,
+    /// The final model's RewardBench-style report on the evaluation pairs.
+    pub report: V1Report,
+    pub outcome: TrainOutcome,
+    pub score_pairs_per_s: f64,
+    pub threads: usize,
+    /// `curves.png`, when it could be drawn.
+    pub plot: Option<PathBuf>,
+    /// Why the plot is missing, when it is.
+    pub plot_error: Option<String>,
+}
+
+/// A preference pair, tokenized, with what the objective needs of it.
+struct EncodedPair {
+    chosen: Sequence,
+    rejected: Sequence,
+    margin: Option<f32>,
+    soft_label: Option<f32>,
+}
+
+/// What the objective needs from each pair, checked up front with the pair named.
+fn objective_inputs(
+    objective: &PairwiseObjective,
+    pair: &PreferencePair,
+    index: usize,
+    source: &str,
+) -> Result<(Option<f32>, Option<f32>)> {
+    let row = || format!("{source}: pair {} (0-based {index})", index + 1);
+    match objective {
+        PairwiseObjective::BradleyTerry { margin: true, .. } => match pair.margin {
+            Some(m) if m.is_finite() => Ok((Some(m), None)),
+            Some(m) => bail!("{}: margin {m} is not finite", row()),
+            None => bail!(
+                "{}: has no margin, but the objective says margin = true (every pair needs one)",
+                row()
+            ),
+        },
+        PairwiseObjective::BradleyTerry { .. } => Ok((None, None)),
+        PairwiseObjective::Distillation { .. } => match pair.scores {
+            Some([c, r]) if c.is_finite() && r.is_finite() => {
+                Ok((None, Some(1.0 / (1.0 + (r - c).exp()))))
+            }
+            Some(s) => bail!("{}: scores {s:?} are not finite", row()),
+            None => bail!(
+                "{}: has no scores [chosen, rejected]; distillation takes its soft labels p = σ(s_chosen − s_rejected) from them",
+                row()
+            ),
+        },
+    }
+}
+
+fn encode_pairs(
+    bundle: &RewardModelBundle,
+    pairs: &[PreferencePair],
+    objective: &PairwiseObjective,
+    source: &str,
+) -> Result<Vec<EncodedPair>> {
+    let options = bundle.encode_options();
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (margin, soft_label) = objective_inputs(objective, p, i, source)?;
+            let enc = |response: &str| -> Result<Sequence> {
+                let text = bundle.text(&p.prompt, response)?;
+                bundle.tokenizer.encode_text(&text, &options)
+            };
+            Ok(EncodedPair {
+                chosen: enc(&p.chosen).with_context(|| format!("{source}: pair {i}: chosen"))?,
+                rejected: enc(&p.rejected)
+                    .with_context(|| format!("{source}: pair {i}: rejected"))?,
+                margin,
+                soft_label,
+            })
+        })
+        .collect()
+}
+
+/// Pairwise reward-model training: the recipe's objective over (chosen, rejected) rewards,
+/// for training and evaluation alike.
+pub struct RewardTask {
+    train: Vec<EncodedPair>,
+    eval: Vec<EncodedPair>,
+    objective: PairwiseObjective,
+    template: RewardModelBundle,
+    eval_batch: usize,
+}
+
+impl RewardTask {
+    /// Rewards of the chosen and rejected responses of `pairs` in one forward pass, and the
+    /// objective's batch.
+    fn batch(
+        &self,
+        model: &RewardModel,
+        pairs: &[&EncodedPair],
+        device: &Device,
+    ) -> Result<PairwiseRewards> {
+        let b = pairs.len();
+        let seqs: Vec<Sequence> = pairs
+            .iter()
+            .map(|p| p.chosen.clone())
+            .chain(pairs.iter().map(|p| p.rejected.clone()))
+            .collect();
+        let batch = TokenBatch::pad(&seqs, self.template.spec.pad_id, PaddingSide::Right)?;
+        let r = model
+            .forward(
+                batch.ids_tensor(device),
+                batch.attention_tensor(device),
+                self.template.spec.pooling,
+            )
+            .narrow(1, 0, 1)
+            .reshape([2 * b]);
+        let mut out = PairwiseRewards::new(r.clone().narrow(0, 0, b), r.narrow(0, b, b));
+        let column = |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [b]), device);
+        if pairs.iter().all(|p| p.margin.is_some()) {
+            out = out.with_margin(column(pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect()));
+        }
+        if pairs.iter().all(|p| p.soft_label.is_some()) {
+            out = out.with_soft_label(column(
+                pairs.iter().map(|p| p.soft_label.unwrap_or(0.5)).collect(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Fraction of pairs whose chosen reward is higher, on the device.
+fn win_rate(batch: &PairwiseRewards) -> Tensor<1> {
+    (batch.chosen.clone() - batch.rejected.clone())
+        .greater_elem(0.0)
+        .float()
+        .mean()
+}
+
+impl TrainTask<RewardModel> for RewardTask {
+    fn loss(&mut self, model: &RewardModel, examples: &[usize]) -> Result<LossOutput> {
+        let device = model.head.weight.val().device();
+        let pairs: Vec<&EncodedPair> = examples.iter().map(|&i| &self.train[i]).collect();
+        let batch = self.batch(model, &pairs, &device)?;
+        let accuracy = win_rate(&batch);
+        let loss = self.objective.loss(batch)?;
+        let n = examples.len() as f64;
+        Ok(LossOutput::new(loss, n).with(Metric::device("accuracy", accuracy, n)))
+    }
+
+    fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {
+        let device = model.head.weight.val().device();
+        let mut sums: Option<Tensor<1>> = None;
+        let pairs_per_batch = (self.eval_batch / 2).max(1);
+        for chunk in self.eval.chunks(pairs_per_batch) {
+            let refs: Vec<&EncodedPair> = chunk.iter().collect();
+            let batch = self.batch(model, &refs, &device)?;
+            let n = chunk.len() as f64;
+            let wins = win_rate(&batch).mul_scalar(n);
+            let loss = self.objective.loss(batch)?.mul_scalar(n);
+            let both = Tensor::cat(vec![wins, loss], 0);
+            sums = Some(match sums {
+                Some(s) => s + both,
+                None => both,
+            });
+        }
+        let n = self.eval.len() as f64;
+        let values: Vec<f32> = sums
+            .context("the evaluation set is empty")?
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(|e| anyhow::anyhow!("reading the evaluation: {e:?}"))?;
+        let accuracy = values[0] as f64 / n;
+        Ok(Evaluation {
+            metrics: [
+                ("accuracy".to_string(), accuracy),
+                ("loss".to_string(), values[1] as f64 / n),
+            ]
+            .into_iter()
+            .collect(),
+            score: accuracy,
+        })
+    }
+
+    fn save_model(&self, model: &RewardModel, dir: &Path) -> Result<()> {
+        RewardModelBundle {
+            model: model.clone(),
+            tokenizer: self.template.tokenizer.clone(),
+            spec: self.template.spec.clone(),
+            device: self.template.device.clone(),
+        }
+        .save(dir)
+    }
+}
+
+impl EpochTask<RewardModel> for RewardTask {
+    fn num_examples(&self) -> usize {
+        self.train.len()
+    }
+}
+
+/// Trains, evaluates with the v1 report, stores normalization with the final model, writes
+/// `report.{json,md}`, `summary.json`, `recipe.toml` and `curves.png` into `train.out_dir`.
+pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> Result<TrainReport> {
+    recipe.model.backbone =
+        rm_core::paths::resolve_model_path(&recipe.model.backbone, &request.models_dir);
+    recipe.validate()?;
+    let out = recipe.train.out_dir.clone();
+    let run = RunDir::open(
+        &out,
+        request.mode,
+        &recipe.identity()?,
+        &[RESUMABLE_TRAIN_FIELDS, &["eval"]].concat(),
+    )?;
+    let device = request.device.clone().autodiff();
+    eprintln!(
+        "loading {} and the data ({})",
+        recipe.model.backbone.display(),
+        request.data_dir.display()
+    );
+    let bundle = RewardModelBundle::build(&recipe.model, recipe.train.seed, &device)?;
+    if bundle.spec.attributes.len() != 1 {
+        bail!(
+            "pairwise training needs one attribute, the recipe names {:?} (multi-attribute training arrives with rm-multiobj)",
+            bundle.spec.attributes
+        );
+    }
+    let train_pairs = recipe.data.train.load(&request.data_dir)?;
+    let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+    let train = encode_pairs(
+        &bundle,
+        &train_pairs,
+        &recipe.objective,
+        &recipe.data.train.describe(),
+    )?;
+    let mut eval = encode_pairs(
+        &bundle,
+        &eval_pairs,
+        &recipe.objective,
+        &recipe.data.eval.describe(),
+    )?;
+    // Length-sorted evaluation batches pad less.
+    eval.sort_by_key(|p| std::cmp::Reverse(p.chosen.len().max(p.rejected.len())));
+    let truncated = train
+        .iter()
+        .filter(|p| {
+            p.chosen.len() >= recipe.model.max_len || p.rejected.len() >= recipe.model.max_len
+        })
+        .count();
+    eprintln!(
+        "{} training pairs ({} reach max_len {} and are truncated on the {:?}), {} evaluation pairs; {} step(s) of {} pairs",
+        train.len(),
+        truncated,
+        recipe.model.max_len,
+        recipe.model.truncation,
+        eval.len(),
+        recipe.train.epoch_steps(train.len())?,
+        recipe.train.batch_size
+    );
+    rm_core::checkpoint::write_bytes_atomically(
+        &out.join("recipe.toml"),
+        toml::to_string_pretty(&recipe)?.as_bytes(),
+    )?;
+
+    let model = bundle.model.clone();
+    let mut task = RewardTask {
+        train,
+        eval,
+        objective: recipe.objective.clone(),
+        template: bundle,
+        eval_batch: recipe.eval.batch_size,
+    };
+    let trainer = Trainer {
+        config: recipe.train.clone(),
+        device: device.clone(),
+        progress: request.progress,
+    };
+    let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
+    eprintln!(
+        "trained {} steps in {:.1}s: {:.2} pairs/s (train, evaluation excluded)",
+        outcome.steps, outcome.train_seconds, outcome.examples_per_second
+    );
+
+    // The v1 report of the final model on the evaluation pairs.
+    let final_dir = out.join("final");
+    let RewardTask { template, .. } = task;
+    let bundle = RewardModelBundle { model, ..template };
+    let rows = rows_from_pairs(eval_pairs, &recipe.data.eval.subset());
+    let mut scorer = RewardModelScorer::new(
+        bundle,
+        recipe.eval.batch_size,
+        final_dir.display().to_string(),
+    );
+    let start = Instant::now();
+    let report = evaluate_v1(&rows, &mut scorer, usize::MAX, &mut |_| {})?;
+    let score_pairs_per_s = rows.len() as f64 / start.elapsed().as_secs_f64();
+
+    // Normalization from the evaluation responses' rewards, stored with the final model.
+    let mut bundle = scorer.bundle;
+    let texts: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                bundle.text(&r.prompt, &r.chosen),
+                bundle.text(&r.prompt, &r.rejected),
+            ]
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    bundle.fit_normalization(&refs, recipe.eval.batch_size)?;
+    rm_core::checkpoint::write_bytes_atomically(
+        &final_dir.join(SPEC_FILE),
+        serde_json::to_string_pretty(&bundle.spec)?.as_bytes(),
+    )?;
+
+    write_report_pair(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&report)?,
+        &report.to_markdown(),
+    )?;
+    let threads = rayon::current_num_threads();
+    let summary = json!({
+        "recipe": recipe,
+        "steps": outcome.steps,
+        "train_seconds": outcome.train_seconds,
+        "train_pairs_per_s": outcome.examples_per_second,
+        "score_pairs_per_s": score_pairs_per_s,
+        "dev_accuracy": report.overall,
+        "best_step": outcome.best_step,
+        "best_dev_accuracy": outcome.best_score,
+        "threads": threads,
+    });
+    rm_core::checkpoint::write_bytes_atomically(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    let (plot, plot_error) =
+        match rm_core::plot::plot_metrics(&run.metrics_path(), &out.join("curves.png")) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+    Ok(TrainReport {
+        best_dir: out.join("best"),
+        out_dir: out,
+        final_dir,
+        report,
+        outcome,
+        score_pairs_per_s,
+        threads,
+        plot,
+        plot_error,
+    })
+}
