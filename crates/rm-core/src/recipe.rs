@@ -74,7 +74,12 @@ mod tests {
 
     #[test]
     fn overrides_reach_nested_fields_and_typos_are_errors() {
-        let r: Recipe = parse(RECIPE, "r.toml", &["train.lr=5e-5".into(), "train.out_dir=/tmp/y".into()]).unwrap();
+        let r: Recipe = parse(
+            RECIPE,
+            "r.toml",
+            &["train.lr=5e-5".into(), "train.out_dir=/tmp/y".into()],
+        )
+        .unwrap();
         assert_eq!(r.train.lr, 5e-5);
         assert_eq!(r.train.out_dir, std::path::PathBuf::from("/tmp/y"));
         let err = parse::<Recipe>(RECIPE, "r.toml", &["train.lrr=1".into()]).unwrap_err();

@@ -34,7 +34,10 @@ impl Regression {
         let x: Vec<[f32; 8]> = (0..64)
             .map(|i| std::array::from_fn(|j| ((i * 7 + j * 13) % 17) as f32 / 17.0 - 0.5))
             .collect();
-        let y = x.iter().map(|r| r.iter().sum::<f32>() * 0.7 + 0.1).collect();
+        let y = x
+            .iter()
+            .map(|r| r.iter().sum::<f32>() * 0.7 + 0.1)
+            .collect();
         Self {
             x,
             y,
@@ -51,7 +54,10 @@ impl TrainTask<Linear> for Regression {
         let x = Tensor::<2>::from_data(TensorData::new(flat, [n, 8]), &self.device);
         let y = Tensor::<2>::from_data(TensorData::new(y, [n, 1]), &self.device);
         let err = model.forward(x) - y;
-        Ok(LossOutput::new((err.clone() * err).mean().reshape([1]), n as f64))
+        Ok(LossOutput::new(
+            (err.clone() * err).mean().reshape([1]),
+            n as f64,
+        ))
     }
     fn evaluate(&mut self, _: &Linear) -> Result<Evaluation> {
         Ok(Evaluation::default())
@@ -137,9 +143,10 @@ fn fingerprint(dir: &Path) -> (Vec<String>, Vec<u8>) {
     // The tensors' bits (the file's header is not byte-stable: safetensors writes its metadata
     // map in hash order).
     use rm_core::models::weights::WeightSource;
-    let source =
-        rm_core::models::safetensors::SafetensorsWeights::open(dir.join("final/weights.safetensors"))
-            .unwrap();
+    let source = rm_core::models::safetensors::SafetensorsWeights::open(
+        dir.join("final/weights.safetensors"),
+    )
+    .unwrap();
     let mut names = source.names();
     names.sort();
     let weights = names
@@ -183,12 +190,10 @@ fn a_run_killed_at_random_moments_resumes_bit_identically() {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 kills += 1;
-                let done = rm_core::train::metrics::read_records(
-                    &killed.join("metrics.jsonl"),
-                    "train",
-                )
-                .map(|r| r.len())
-                .unwrap_or(0);
+                let done =
+                    rm_core::train::metrics::read_records(&killed.join("metrics.jsonl"), "train")
+                        .map(|r| r.len())
+                        .unwrap_or(0);
                 *progress.entry(done).or_default() += 1;
             }
         }
@@ -197,7 +202,13 @@ fn a_run_killed_at_random_moments_resumes_bit_identically() {
     let got = fingerprint(&killed);
     eprintln!("{kills} kills; train records present at each kill: {progress:?}");
     assert!(kills >= 10, "only {kills} kills landed");
-    assert_eq!(got.0, expected.0, "training records differ after {kills} kills");
-    assert!(got.1 == expected.1, "final weights differ after {kills} kills");
+    assert_eq!(
+        got.0, expected.0,
+        "training records differ after {kills} kills"
+    );
+    assert!(
+        got.1 == expected.1,
+        "final weights differ after {kills} kills"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -122,7 +122,11 @@ pub fn evaluate_reward_model(
         EvalInput::HhRlhf(split) => {
             let rows = bench_harness::data::load_hh_rlhf(&request.data_dir, *split)?;
             let report = evaluate_v1(&rows, &mut scorer, 256, progress)?;
-            (report.to_markdown(), serde_json::to_string_pretty(&report)?, rows.len())
+            (
+                report.to_markdown(),
+                serde_json::to_string_pretty(&report)?,
+                rows.len(),
+            )
         }
         EvalInput::File(path) => {
             let format = match request.format {

@@ -37,7 +37,11 @@ pub fn refuse_output_over_input(output: &Path, input: &Path) -> Result<()> {
 
 /// Writes a report's JSON to `json_path` and its Markdown beside it (see [`report_paths`]),
 /// each atomically.
-pub fn write_report_pair(json_path: &Path, json: &str, markdown: &str) -> Result<(PathBuf, PathBuf)> {
+pub fn write_report_pair(
+    json_path: &Path,
+    json: &str,
+    markdown: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let (json_path, md_path) = report_paths(json_path)?;
     rm_core::checkpoint::write_bytes_atomically(&json_path, json.as_bytes())?;
     rm_core::checkpoint::write_bytes_atomically(&md_path, markdown.as_bytes())?;
@@ -52,7 +56,11 @@ mod tests {
     fn a_report_path_never_names_its_sibling_or_the_input() {
         for out in ["r.json", "r.md", "r"] {
             let (j, m) = report_paths(Path::new(out)).unwrap();
-            assert_eq!((j, m), (PathBuf::from("r.json"), PathBuf::from("r.md")), "{out}");
+            assert_eq!(
+                (j, m),
+                (PathBuf::from("r.json"), PathBuf::from("r.md")),
+                "{out}"
+            );
         }
         assert!(report_paths(Path::new("r.txt")).is_err());
         let dir = std::env::temp_dir().join(format!("plumbline-reports-{}", std::process::id()));

@@ -116,10 +116,7 @@ pub fn score_rows(
         }
     }
     if rows.is_empty() {
-        bail!(
-            "{}: no valid rows ({skipped} bad)",
-            request.input.display()
-        );
+        bail!("{}: no valid rows ({skipped} bad)", request.input.display());
     }
     let mut texts = Vec::new();
     for (_, prompt, responses) in &rows {
@@ -191,7 +188,10 @@ mod tests {
 
     #[test]
     fn a_reference_needs_the_log_sigmoid_transform_and_vice_versa() {
-        assert_eq!(score_transform(TransformKind::Raw, None).unwrap(), ScoreTransform::Raw);
+        assert_eq!(
+            score_transform(TransformKind::Raw, None).unwrap(),
+            ScoreTransform::Raw
+        );
         assert!(score_transform(TransformKind::Raw, Some("x".into())).is_err());
         assert!(score_transform(TransformKind::Normalized, Some("x".into())).is_err());
         assert!(score_transform(TransformKind::LogSigmoid, None).is_err());

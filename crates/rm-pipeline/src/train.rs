@@ -155,9 +155,12 @@ impl RewardTask {
             .narrow(1, 0, 1)
             .reshape([2 * b]);
         let mut out = PairwiseRewards::new(r.clone().narrow(0, 0, b), r.narrow(0, b, b));
-        let column = |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [b]), device);
+        let column =
+            |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [b]), device);
         if pairs.iter().all(|p| p.margin.is_some()) {
-            out = out.with_margin(column(pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect()));
+            out = out.with_margin(column(
+                pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect(),
+            ));
         }
         if pairs.iter().all(|p| p.soft_label.is_some()) {
             out = out.with_soft_label(column(

@@ -130,7 +130,11 @@ fn train_then_evaluate_and_score_on_a_slice_of_hh_rlhf() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.join("eval.json")).unwrap()).unwrap();
     assert_eq!(json["subsets"][0]["name"], "alpacaeval-easy", "{json}");
-    assert!(std::fs::read_to_string(tmp.join("eval.md")).unwrap().contains("alpacaeval-easy"));
+    assert!(
+        std::fs::read_to_string(tmp.join("eval.md"))
+            .unwrap()
+            .contains("alpacaeval-easy")
+    );
     // The report may not replace the input.
     assert!(eval(&tmp.join("v1.jsonl"), tmp.join("v1.jsonl")).is_err());
 
@@ -174,7 +178,10 @@ fn objectives_get_their_inputs_from_the_data_or_say_which_pair_lacks_them() {
          {\"prompt\": \"q\", \"chosen\": \"fine\", \"rejected\": \"rude reply\", \"scores\": [1.0, -1.0]}\n",
     )
     .unwrap();
-    let source = format!("{{ source = \"jsonl\", path = {:?} }}", data.display().to_string());
+    let source = format!(
+        "{{ source = \"jsonl\", path = {:?} }}",
+        data.display().to_string()
+    );
     let with = |out: &str, objective: &[&str]| {
         let mut extra = vec![
             format!("data.train={source}"),
@@ -198,7 +205,8 @@ fn objectives_get_their_inputs_from_the_data_or_say_which_pair_lacks_them() {
     )
     .unwrap();
     assert_eq!(report.outcome.steps, 1);
-    let evals = rm_core::train::metrics::read_records(&tmp.join("distill/metrics.jsonl"), "eval").unwrap();
+    let evals =
+        rm_core::train::metrics::read_records(&tmp.join("distill/metrics.jsonl"), "eval").unwrap();
     assert!(evals[0]["loss"].as_f64().unwrap().is_finite());
     std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use rm_core::chat::ChatTemplate;
-use rm_core::device::DeviceSpec;
 use rm_core::logprobs::sequence_logprobs;
 use rm_core::models::bert::BertEmbedder;
 use rm_core::models::llama::CausalLm;

@@ -77,7 +77,10 @@ fn with_out(mut recipe: RewardRecipe, global: &GlobalArgs) -> RewardRecipe {
 /// `plumb train-rm`.
 pub fn train_rm(global: &GlobalArgs, args: TrainRmArgs) -> Result<()> {
     let recipe = with_out(RewardRecipe::load(&args.recipe, &args.overrides)?, global);
-    let report = train_reward_model(recipe, &train_request(global, args.run.mode(), !args.quiet)?)?;
+    let report = train_reward_model(
+        recipe,
+        &train_request(global, args.run.mode(), !args.quiet)?,
+    )?;
     print_train_report(&report);
     Ok(())
 }
@@ -195,11 +198,8 @@ pub fn eval_rm(global: &GlobalArgs, args: EvalRmArgs) -> Result<()> {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
     };
-    let outcome = evaluate_reward_model(
-        &request,
-        &mut |e| eprintln!("skipped: {e}"),
-        &mut progress,
-    )?;
+    let outcome =
+        evaluate_reward_model(&request, &mut |e| eprintln!("skipped: {e}"), &mut progress)?;
     bar.finish_and_clear();
     println!("{}", outcome.markdown);
     println!(

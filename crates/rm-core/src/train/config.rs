@@ -163,9 +163,9 @@ impl TrainConfig {
             bail!("train.epochs = {} is too large", self.epochs);
         }
         for (i, group) in self.param_groups.iter().enumerate() {
-            group.validate().map_err(|e| {
-                anyhow::anyhow!("train.param_groups[{i}] ({:?}): {e}", group.paths)
-            })?;
+            group
+                .validate()
+                .map_err(|e| anyhow::anyhow!("train.param_groups[{i}] ({:?}): {e}", group.paths))?;
         }
         Ok(())
     }
@@ -230,16 +230,76 @@ mod tests {
         let ok = TrainConfig::new(4, 1e-3, "runs/x");
         ok.validate().unwrap();
         let cases: Vec<(TrainConfig, &str)> = vec![
-            (TrainConfig { eps: 0.0, ..ok.clone() }, "train.eps"),
-            (TrainConfig { eps: f64::NAN, ..ok.clone() }, "train.eps"),
-            (TrainConfig { beta1: 1.0, ..ok.clone() }, "train.beta1"),
-            (TrainConfig { beta2: -0.1, ..ok.clone() }, "train.beta2"),
-            (TrainConfig { weight_decay: -1e-3, ..ok.clone() }, "train.weight_decay"),
-            (TrainConfig { lr: f64::INFINITY, ..ok.clone() }, "train.lr"),
-            (TrainConfig { max_grad_norm: Some(0.0), ..ok.clone() }, "train.max_grad_norm"),
-            (TrainConfig { max_steps: Some(0), ..ok.clone() }, "train.max_steps"),
-            (TrainConfig { out_dir: PathBuf::new(), ..ok.clone() }, "train.out_dir"),
-            (TrainConfig { batch_size: 0, ..ok.clone() }, "train.batch_size"),
+            (
+                TrainConfig {
+                    eps: 0.0,
+                    ..ok.clone()
+                },
+                "train.eps",
+            ),
+            (
+                TrainConfig {
+                    eps: f64::NAN,
+                    ..ok.clone()
+                },
+                "train.eps",
+            ),
+            (
+                TrainConfig {
+                    beta1: 1.0,
+                    ..ok.clone()
+                },
+                "train.beta1",
+            ),
+            (
+                TrainConfig {
+                    beta2: -0.1,
+                    ..ok.clone()
+                },
+                "train.beta2",
+            ),
+            (
+                TrainConfig {
+                    weight_decay: -1e-3,
+                    ..ok.clone()
+                },
+                "train.weight_decay",
+            ),
+            (
+                TrainConfig {
+                    lr: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "train.lr",
+            ),
+            (
+                TrainConfig {
+                    max_grad_norm: Some(0.0),
+                    ..ok.clone()
+                },
+                "train.max_grad_norm",
+            ),
+            (
+                TrainConfig {
+                    max_steps: Some(0),
+                    ..ok.clone()
+                },
+                "train.max_steps",
+            ),
+            (
+                TrainConfig {
+                    out_dir: PathBuf::new(),
+                    ..ok.clone()
+                },
+                "train.out_dir",
+            ),
+            (
+                TrainConfig {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "train.batch_size",
+            ),
         ];
         for (config, field) in cases {
             let err = config.validate().unwrap_err().to_string();

@@ -83,7 +83,10 @@ impl ParamGroup {
             bail!("paths must name at least one non-empty pattern");
         }
         if !(self.lr_scale.is_finite() && self.lr_scale >= 0.0) {
-            bail!("lr_scale must be a finite number ≥ 0, got {}", self.lr_scale);
+            bail!(
+                "lr_scale must be a finite number ≥ 0, got {}",
+                self.lr_scale
+            );
         }
         if self
             .weight_decay
@@ -106,8 +109,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];

@@ -92,9 +92,10 @@ impl Trainer {
         while session.state.iteration < iterations {
             let iteration = session.state.iteration;
             let seed = collect_seed(config.seed, iteration);
-            session
-                .bar
-                .message(&format!("collecting rollouts (iteration {})", iteration + 1));
+            session.bar.message(&format!(
+                "collecting rollouts (iteration {})",
+                iteration + 1
+            ));
             let collected = task.collect(&model.valid(), iteration, seed)?;
             if collected.items != n {
                 bail!(

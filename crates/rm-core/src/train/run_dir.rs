@@ -230,7 +230,11 @@ impl RunDir {
                 let target_path = self.root.join(target);
                 if kind == Leftover::Old && !target_path.exists() {
                     fs::rename(&path, &target_path).with_context(|| {
-                        format!("restoring {} from {}", target_path.display(), path.display())
+                        format!(
+                            "restoring {} from {}",
+                            target_path.display(),
+                            path.display()
+                        )
                     })?;
                 } else {
                     remove_any(&path)?;
@@ -296,7 +300,10 @@ fn sync_dir(dir: &Path) {
 /// Replaces the folder `target` by what `write` puts into a fresh staging folder beside it:
 /// `target → .<name>.old-…`, `staging → target`, then the old folder is removed. Every file is
 /// fsynced before the swap. A failed `write` leaves `target` untouched.
-pub fn replace_dir_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn replace_dir_atomically(
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -316,8 +323,7 @@ pub fn replace_dir_atomically(target: &Path, write: impl FnOnce(&Path) -> Result
     }
     let had_old = target.exists();
     if had_old {
-        fs::rename(target, &old)
-            .with_context(|| format!("moving {} aside", target.display()))?;
+        fs::rename(target, &old).with_context(|| format!("moving {} aside", target.display()))?;
     }
     fs::rename(&staging, target)
         .with_context(|| format!("renaming {} to {}", staging.display(), target.display()))?;
@@ -453,7 +459,8 @@ mod tests {
     use serde_json::json;
 
     fn tmp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("plumbline-rundir-{name}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("plumbline-rundir-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         p
     }
@@ -483,13 +490,36 @@ mod tests {
         assert!(err.to_string().contains("--resume"), "{err}");
         // max_steps may change; lr may not.
         let extended = json!({"train": {"lr": 1, "max_steps": 9}, "data": {"limit": 3}});
-        RunDir::open(&root, RunMode::Resume { allow_changes: false }, &extended, &["train.max_steps"]).unwrap();
+        RunDir::open(
+            &root,
+            RunMode::Resume {
+                allow_changes: false,
+            },
+            &extended,
+            &["train.max_steps"],
+        )
+        .unwrap();
         let changed = json!({"train": {"lr": 2, "max_steps": 5}, "data": {"limit": 3}});
-        let err = RunDir::open(&root, RunMode::Resume { allow_changes: false }, &changed, &["train.max_steps"])
-            .unwrap_err()
-            .to_string();
+        let err = RunDir::open(
+            &root,
+            RunMode::Resume {
+                allow_changes: false,
+            },
+            &changed,
+            &["train.max_steps"],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("train.lr: 1 → 2"), "{err}");
-        let dir = RunDir::open(&root, RunMode::Resume { allow_changes: true }, &changed, &[]).unwrap();
+        let dir = RunDir::open(
+            &root,
+            RunMode::Resume {
+                allow_changes: true,
+            },
+            &changed,
+            &[],
+        )
+        .unwrap();
         assert_eq!(dir.changes(), ["train.lr: 1 → 2".to_string()]);
         drop(dir);
         assert!(RunDir::open(Path::new(""), RunMode::Fresh, &id, &[]).is_err());
@@ -505,7 +535,10 @@ mod tests {
             .unwrap();
         dir.write_checkpoint(|d| Ok(fs::write(d.join("w.bin"), [4u8, 5, 6])?))
             .unwrap();
-        assert_eq!(fs::read(dir.checkpoint().unwrap().join("w.bin")).unwrap(), [4, 5, 6]);
+        assert_eq!(
+            fs::read(dir.checkpoint().unwrap().join("w.bin")).unwrap(),
+            [4, 5, 6]
+        );
         // A failed write leaves the previous checkpoint.
         assert!(dir.write_checkpoint(|_| bail!("disk full")).is_err());
         assert_eq!(fs::read(root.join("last/w.bin")).unwrap(), [4, 5, 6]);
@@ -513,8 +546,19 @@ mod tests {
         // Simulate a kill after `last → .last.old-…`, before `staging → last`.
         fs::rename(root.join("last"), root.join(".last.old-1-2")).unwrap();
         fs::create_dir_all(root.join(".last.staging-1-3")).unwrap();
-        let dir = RunDir::open(&root, RunMode::Resume { allow_changes: false }, &id, &[]).unwrap();
-        assert_eq!(fs::read(dir.checkpoint().unwrap().join("w.bin")).unwrap(), [4, 5, 6]);
+        let dir = RunDir::open(
+            &root,
+            RunMode::Resume {
+                allow_changes: false,
+            },
+            &id,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dir.checkpoint().unwrap().join("w.bin")).unwrap(),
+            [4, 5, 6]
+        );
         assert!(!root.join(".last.staging-1-3").exists());
         // A damaged file is caught by the manifest.
         fs::write(root.join("last/w.bin"), [4u8, 5, 7]).unwrap();

@@ -141,7 +141,13 @@ fn max_grad_difference(a: &GradAccumulator, b: &GradAccumulator) -> f32 {
     assert_eq!(a.len(), b.len());
     let mut worst = 0f32;
     for (path, g) in a.iter() {
-        let x: Vec<f32> = b.get(path).unwrap().clone().into_data().try_to_vec().unwrap();
+        let x: Vec<f32> = b
+            .get(path)
+            .unwrap()
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         let y: Vec<f32> = g.clone().into_data().try_to_vec().unwrap();
         for (x, y) in x.iter().zip(&y) {
             worst = worst.max((x - y).abs());
@@ -161,7 +167,11 @@ fn accumulating_two_times_four_micro_batches_equals_one_batch_of_eight() {
     let examples: Vec<usize> = (0..8).collect();
     let (whole, _) = accumulate(&model, &mut task, &examples, 8, &device, |_| 0).unwrap();
     let (split, metrics) = accumulate(&model, &mut task, &examples, 4, &device, |_| 0).unwrap();
-    assert!(whole.len() > 10, "{} parameters with gradients", whole.len());
+    assert!(
+        whole.len() > 10,
+        "{} parameters with gradients",
+        whole.len()
+    );
     let worst = max_grad_difference(&whole, &split);
     assert!(worst < 1e-5, "max gradient difference {worst}");
     let values = metrics.read(None).unwrap();
@@ -187,7 +197,13 @@ impl TokenTask {
             .iter()
             .map(|&l| {
                 (0..l)
-                    .map(|_| [rng.random::<f32>() - 0.5, rng.random(), rng.random::<f32>() * 2.0])
+                    .map(|_| {
+                        [
+                            rng.random::<f32>() - 0.5,
+                            rng.random(),
+                            rng.random::<f32>() * 2.0,
+                        ]
+                    })
                     .collect()
             })
             .collect();
@@ -208,7 +224,8 @@ impl TrainTask<Linear> for TokenTask {
             let seq = &self.sequences[i];
             let flat: Vec<f32> = seq.iter().flatten().copied().collect();
             let x = Tensor::<2>::from_data(TensorData::new(flat, [seq.len(), 3]), &self.device);
-            let token_loss = burn::tensor::activation::softplus(model.forward(x), 1.0).reshape([seq.len()]);
+            let token_loss =
+                burn::tensor::activation::softplus(model.forward(x), 1.0).reshape([seq.len()]);
             tokens += seq.len();
             per_sequence.push(token_loss.clone().mean());
             all.push(token_loss);
@@ -243,7 +260,10 @@ fn accumulation_is_exact_for_sequence_mean_and_token_mean_losses_with_unequal_to
             let mut naive = GradAccumulator::default();
             for chunk in items.chunks(2) {
                 let out = task.loss(&model, chunk).unwrap();
-                naive.add(&model, out.loss.mul_scalar(chunk.len() as f64 / 8.0).backward());
+                naive.add(
+                    &model,
+                    out.loss.mul_scalar(chunk.len() as f64 / 8.0).backward(),
+                );
             }
             assert!(max_grad_difference(&whole, &naive) > 1e-3);
         }
@@ -407,7 +427,11 @@ fn a_run_that_crashes_at_step_k_resumes_to_the_uninterrupted_loss_curve() {
         device: device.clone(),
     };
     let (_, whole) = trainer(config("whole"))
-        .run_epochs(&open("whole", RunMode::Fresh), tiny_rm(0.1, &device), &mut task)
+        .run_epochs(
+            &open("whole", RunMode::Fresh),
+            tiny_rm(0.1, &device),
+            &mut task,
+        )
         .unwrap();
     assert_eq!(whole.steps, 8);
 
@@ -441,13 +465,25 @@ fn a_run_that_crashes_at_step_k_resumes_to_the_uninterrupted_loss_curve() {
         0,
     );
     let err = trainer(config("split"))
-        .run_epochs(&open("split", RunMode::Fresh), tiny_rm(0.1, &device), &mut crashing)
+        .run_epochs(
+            &open("split", RunMode::Fresh),
+            tiny_rm(0.1, &device),
+            &mut crashing,
+        )
         .unwrap_err();
-    assert!(format!("{err:#}").contains("step 6: simulated crash"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("step 6: simulated crash"),
+        "{err:#}"
+    );
     assert_eq!(train_losses(&root.join("split")).len(), 5);
     let (_, second) = trainer(config("split"))
         .run_epochs(
-            &open("split", RunMode::Resume { allow_changes: false }),
+            &open(
+                "split",
+                RunMode::Resume {
+                    allow_changes: false,
+                },
+            ),
             tiny_rm(0.1, &device),
             &mut task,
         )
@@ -569,10 +605,11 @@ impl TrainTask<Linear> for BanditTask {
         Ok(LossOutput::new(loss, n as f64).with(Metric::host("reward", reward, n as f64)))
     }
     fn evaluate(&mut self, model: &Linear) -> Result<Evaluation> {
-        let p: Vec<f32> = burn::tensor::activation::softmax(Self::logits(model, &self.device.clone().inner()), 1)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let p: Vec<f32> =
+            burn::tensor::activation::softmax(Self::logits(model, &self.device.clone().inner()), 1)
+                .into_data()
+                .try_to_vec()
+                .unwrap();
         let expected: f64 = p.iter().zip(REWARDS).map(|(&p, r)| p as f64 * r).sum();
         Ok(Evaluation {
             metrics: BTreeMap::from([("expected_reward".into(), expected)]),
@@ -602,10 +639,13 @@ impl RolloutTask<Linear> for BanditTask {
         12
     }
     fn collect(&mut self, policy: &Linear, _iteration: u64, seed: u64) -> Result<Collected> {
-        let p: Vec<f32> = burn::tensor::activation::softmax(Self::logits(policy, &self.device.clone().inner()), 1)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let p: Vec<f32> = burn::tensor::activation::softmax(
+            Self::logits(policy, &self.device.clone().inner()),
+            1,
+        )
+        .into_data()
+        .try_to_vec()
+        .unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         self.buffer = (0..12)
             .map(|_| {
@@ -659,18 +699,33 @@ fn a_rollout_run_killed_at_step_k_and_resumed_reproduces_the_uninterrupted_metri
     let id = serde_json::json!({"bandit": true});
     let open = |out: &str, mode| RunDir::open(&root.join(out), mode, &id, &[]).unwrap();
     let (_, whole) = trainer(config("whole"))
-        .run_rollouts(&open("whole", RunMode::Fresh), bandit_policy(&device), &mut BanditTask::new(&device, None), &rollout)
+        .run_rollouts(
+            &open("whole", RunMode::Fresh),
+            bandit_policy(&device),
+            &mut BanditTask::new(&device, None),
+            &rollout,
+        )
         .unwrap();
     // 6 iterations × 2 passes × 12/6 steps.
     assert_eq!(whole.steps, 24);
     // Kill inside step 11's second micro-batch (loss call 22): iteration 3 is lost and redone.
     let err = trainer(config("split"))
-        .run_rollouts(&open("split", RunMode::Fresh), bandit_policy(&device), &mut BanditTask::new(&device, Some(22)), &rollout)
+        .run_rollouts(
+            &open("split", RunMode::Fresh),
+            bandit_policy(&device),
+            &mut BanditTask::new(&device, Some(22)),
+            &rollout,
+        )
         .unwrap_err();
     assert!(format!("{err:#}").contains("simulated kill"), "{err:#}");
     let (_, resumed) = trainer(config("split"))
         .run_rollouts(
-            &open("split", RunMode::Resume { allow_changes: false }),
+            &open(
+                "split",
+                RunMode::Resume {
+                    allow_changes: false,
+                },
+            ),
             bandit_policy(&device),
             &mut BanditTask::new(&device, None),
             &rollout,

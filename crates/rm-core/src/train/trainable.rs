@@ -133,4 +133,3 @@ pub fn load_trainable<M: Module>(model: M, path: &Path) -> Result<M> {
     }
     Ok(model)
 }
-
