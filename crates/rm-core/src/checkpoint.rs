@@ -1037,16 +1037,23 @@ pub(crate) mod tests {
         assert_eq!(fs::read(&path).unwrap(), before);
         assert_eq!(files(&dir), ["model.safetensors"]);
 
-        // The temp file cannot be created (a folder is in the way).
-        fs::create_dir(dir.join("model.safetensors.tmp")).unwrap();
-        assert!(save_safetensors(&TinyNet::new(8, &device), &path, &HfNames::identity()).is_err());
-        assert_eq!(fs::read(&path).unwrap(), before);
-        fs::remove_dir(dir.join("model.safetensors.tmp")).unwrap();
+        // Two writers never share a temporary name (each gets `.<name>.tmp-<pid>-<n>`), so a
+        // stale or concurrent temp file is never clobbered or renamed by the other.
+        let a = unique_temp_name(std::ffi::OsStr::new("model.safetensors"));
+        let b = unique_temp_name(std::ffi::OsStr::new("model.safetensors"));
+        assert_ne!(a, b);
+        assert!(a.to_string_lossy().starts_with(".model.safetensors.tmp-"));
 
         // A successful save replaces the file.
         save_safetensors(&TinyNet::new(8, &device), &path, &HfNames::identity()).unwrap();
         assert_ne!(fs::read(&path).unwrap(), before);
         assert_eq!(files(&dir), ["model.safetensors"]);
+        // Written with the usual permissions, not the serializer's private 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        }
         fs::remove_dir_all(&dir).ok();
     }
 
