@@ -126,8 +126,8 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let device = Device::flex().autodiff();
     let t0 = Instant::now();
-    let lm = CausalLm::load(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model))?;
+    let lm =
+        CausalLm::load(&args.model, &device).with_context(|| format!("loading {}", args.model))?;
     let ids = token_batch(&lm, &args.data, args.batch, args.len)?;
     let mut model = match args.mode.as_str() {
         "lora" => {
