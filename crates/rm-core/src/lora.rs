@@ -21,14 +21,17 @@
 //! adapters ([`save_adapters`]) and re-attach them to the base ([`load_adapters`]) to get the
 //! adapted module back after dropping it.
 //!
-//! # Dropout
+//! # Forward, memory and dropout
 //!
-//! PEFT's adapter dropout drops the *input* of the adapter path: `y = x·W + s·dropout(x)·A·B`.
-//! burn's adapters act on the weight (a layer sees only `W + s·A·B`), so a layer honors dropout
-//! only when its forward runs the adapter path itself: [`linear`] does, and plumbline's BERT and
-//! Llama backbones route every layer projection through it with a dropout module they hold
-//! (`Backbone::set_adapter_dropout`; the reward-model builder sets it from the recipe). For any
-//! other module [`apply`] rejects `dropout > 0` rather than ignore it. Adapters trained elsewhere
+//! burn's adapters act on the weight: `Linear::forward` sees `W₀ + s·A·B`, so every adapted layer
+//! materializes a full-size effective weight, keeps it for the backward pass and gets a gradient
+//! of that shape before it reaches the factors. [`linear`] runs the factored forward instead,
+//! `y = x·W₀ + s·(dropout(x)·A)·B` (+ bias), with the frozen base an untracked constant: the
+//! backward pass builds no tensor of `W₀`'s shape. It also carries PEFT's adapter dropout, which
+//! drops the *input* of the adapter path. plumbline's BERT and Llama backbones route every layer
+//! projection through it, with a dropout module they hold (`Backbone::set_adapter_dropout`; the
+//! reward-model builder sets it from the recipe). Any other module runs burn's merged forward,
+//! so [`apply`] rejects `dropout > 0` for it rather than ignore it. Adapters trained elsewhere
 //! with `lora_dropout > 0` load fine ([`load_adapters`]): dropout does not exist at inference.
 //!
 //! # Files
@@ -280,29 +283,30 @@ pub(crate) fn apply_routed<M: Module>(module: M, config: &LoraConfig) -> Result<
     Ok(attach(module, config.rank, config.alpha, paths))
 }
 
-/// `layer` on the rows `x` `[N, d_in]` with PEFT's adapter input dropout (Hu et al., "LoRA:
-/// Low-Rank Adaptation of Large Language Models", 2021, as implemented by PEFT):
-/// `y = x·W₀ + s·(dropout(x)·A)·B + b` when the weight carries an adapter and `dropout` is
-/// active (training, on an autodiff device, `p > 0`); otherwise `layer.forward(x)`, where burn
-/// materializes `W₀ + s·A·B`. The two agree exactly in value when nothing is dropped.
+/// `layer` on the rows `x` `[N, d_in]`. A layer without an adapter is `x·W + b`
+/// (`layer.forward`). An adapted layer always runs the factored LoRA forward (Hu et al., "LoRA:
+/// Low-Rank Adaptation of Large Language Models", 2021, with PEFT's adapter input dropout):
+/// `y = x·W₀ + b + s·(dropout(x)·A)·B`, where `dropout` acts only while training on an autodiff
+/// device with `p > 0`. It never forms `W₀ + s·A·B`, so a training step keeps no weight-sized
+/// effective weight per layer and, the frozen base `W₀` being an untracked constant of the
+/// autodiff graph, computes no gradient of `W₀`'s shape: the backward pass only builds
+/// `∂L/∂x`, `∂L/∂A` `[d_in, r]` and `∂L/∂B` `[r, d_out]`. In value it equals burn's merged
+/// `layer.forward(x)` up to float rounding.
 pub fn linear(layer: &burn::nn::Linear, x: Tensor<2>, dropout: &burn::nn::Dropout) -> Tensor<2> {
-    let active = dropout.prob > 0.0 && dropout.training.is_enabled() && x.device().is_autodiff();
-    match layer.weight.adapter() {
-        Some(adapter) if active => {
-            let base = x.clone().matmul(layer.weight.base());
-            let dropped = crate::models::host_ops::dropout(dropout, x);
-            let update = dropped
-                .matmul(adapter.a.val())
-                .matmul(adapter.b.val())
-                .mul_scalar(adapter.scale);
-            let y = base + update;
-            match &layer.bias {
-                Some(bias) => y + bias.val().unsqueeze(),
-                None => y,
-            }
-        }
-        _ => layer.forward(x),
-    }
+    let Some(adapter) = layer.weight.adapter() else {
+        return layer.forward(x);
+    };
+    // The mask is drawn before the bias is read: a lazily initialized bias draws from the same
+    // generator, and this order keeps a seed's masks what they were.
+    let dropped = crate::models::host_ops::dropout(dropout, x.clone());
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let base = burn::tensor::module::linear(x, layer.weight.base(), bias);
+    // The scale is applied to the [N, r] product, the smallest intermediate.
+    let update = dropped
+        .matmul(adapter.a.val())
+        .mul_scalar(adapter.scale)
+        .matmul(adapter.b.val());
+    base + update
 }
 
 /// Which LoRA factor a mapper is at, if any.
@@ -345,7 +349,7 @@ impl ModuleMapper for FillFactors {
 }
 
 /// The module with its adapters switched off: both factors of every adapter are zero (so each
-/// adapted weight computes as exactly its base, `W + 0`), and nothing in the view trains. Base
+/// adapted layer computes its base, `x·W₀ + 0`), and nothing in the view trains. Base
 /// tensors are shared with `module`, not copied. This is the frozen reference policy of DPO/PPO;
 /// parameters trained outside the adapters (an unfrozen head) keep their trained values.
 pub fn disabled<M: Module>(module: &M) -> M {
@@ -845,7 +849,7 @@ mod tests {
     use crate::models::llama::LlamaModel;
     use crate::models::llama::tests::tiny_model;
     use burn::optim::{AdamWConfig, GradientsParams};
-    use burn::tensor::{Device, Int};
+    use burn::tensor::{Device, Distribution, Int};
 
     fn config() -> LoraConfig {
         LoraConfig::new(2, 4.0, &["query", "value", "up"])
@@ -1200,9 +1204,7 @@ mod tests {
         let config = LoraConfig::new(2, 2.0, &["query", "value"]);
         let model = apply(base.clone(), &config).unwrap();
         // Non-zero B so that the adapters matter.
-        let model = model.map(&mut FillB {
-            stack: PathStack::default(),
-        });
+        let model = random_b(model);
         let adapted = bert_out(&model, &device);
         assert_ne!(adapted, reference);
         assert_eq!(bert_out(&disabled(&model), &device), reference);
@@ -1231,12 +1233,13 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    /// Sets every `B` factor to a constant, as training would make it non-zero.
-    struct FillB {
+    /// Draws every `B` factor from `N(0, 0.5²)` (on the device's seed), as training would make it
+    /// non-zero; `A` keeps its Gaussian init.
+    struct RandomB {
         stack: PathStack,
     }
 
-    impl ModuleMapper for FillB {
+    impl ModuleMapper for RandomB {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.stack.enter(name, container_type);
         }
@@ -1245,10 +1248,164 @@ mod tests {
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             match factor_at(&self.stack) {
-                Some((_, 'b')) => param.map(|b| b.ones_like().mul_scalar(0.25)),
+                Some((_, 'b')) => param
+                    .map(|b| b.random_like(Distribution::Normal(0.0, 0.5)))
+                    .set_require_grad(true),
                 _ => param,
             }
         }
+    }
+
+    fn random_b<M: Module>(module: M) -> M {
+        module.map(&mut RandomB {
+            stack: PathStack::default(),
+        })
+    }
+
+    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn factored_lora_forward_and_gradients_equal_the_merged_weights() {
+        for bias in [true, false] {
+            let device = Device::flex().autodiff();
+            device.seed(7);
+            let layer = burn::nn::LinearConfig::new(8, 6)
+                .with_bias(bias)
+                .init(&device);
+            let layer = random_b(attach(layer, 2, 4.0, vec!["weight".into()]));
+            let adapter = layer.weight.adapter().expect("the weight is adapted");
+            let (a, b) = (adapter.a.val(), adapter.b.val());
+            let base = layer.weight.base();
+            // The base is a constant of the graph; only the factors are leaves that train.
+            assert!(!base.is_require_grad() && a.is_require_grad() && b.is_require_grad());
+            let x =
+                Tensor::<2>::random([5, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            // A fixed random cotangent, so that every gradient entry matters.
+            let c = Tensor::<2>::random([5, 6], Distribution::Normal(0.0, 1.0), &device);
+            let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+
+            let factored = linear(&layer, x.clone(), &no_dropout);
+            // The merged formulation by hand: y = x·(W₀ + s·A·B) + b.
+            let merged_weight = base.clone() + a.clone().matmul(b.clone()).mul_scalar(2.0);
+            let mut merged = x.clone().matmul(merged_weight);
+            if let Some(bias) = &layer.bias {
+                merged = merged + bias.val().unsqueeze();
+            }
+            let diff = max_abs_diff(factored.clone(), merged.clone());
+            assert!(diff < 1e-5, "factored vs merged, bias {bias}: {diff}");
+            // burn's own merged forward agrees too.
+            let diff = max_abs_diff(factored.clone(), layer.forward(x.clone()));
+            assert!(
+                diff < 1e-5,
+                "factored vs Linear::forward, bias {bias}: {diff}"
+            );
+            // The adapter is not a no-op.
+            let bias_val = layer.bias.as_ref().map(|b| b.val());
+            let plain = burn::tensor::module::linear(x.clone(), base.clone(), bias_val);
+            assert!(max_abs_diff(factored.clone(), plain) > 1e-2);
+
+            let factored_grads = (factored * c.clone()).sum().backward();
+            let merged_grads = (merged * c).sum().backward();
+            for (name, leaf) in [("A", a), ("B", b), ("x", x)] {
+                let g = leaf.grad(&factored_grads).expect("a factored gradient");
+                let reference = leaf.grad(&merged_grads).expect("a merged gradient");
+                assert!(reference.clone().abs().max().into_scalar::<f32>() > 1e-2);
+                let diff = max_abs_diff(g, reference);
+                assert!(diff < 1e-5, "d/d{name}, bias {bias}: {diff}");
+            }
+            // No gradient of W₀'s shape (nor of the frozen bias) exists.
+            assert!(base.grad(&factored_grads).is_none());
+            if let Some(bias) = &layer.bias {
+                assert!(bias.val().grad(&factored_grads).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn llama_lora_step_trains_only_the_factors_and_matches_the_merged_model() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let c = crate::models::llama::LlamaConfig {
+            tie_word_embeddings: false,
+            attention_bias: true,
+            ..crate::models::llama::tests::tiny_config()
+        };
+        let base = LlamaModel::from_source(
+            &crate::models::llama::tests::tiny_weights(&c, 11),
+            &c,
+            &device,
+        )
+        .unwrap();
+        let targets = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "lm_head",
+        ];
+        let model = random_b(apply(base, &LoraConfig::new(2, 4.0, &targets)).unwrap());
+        let adapted = adapter_paths(&model);
+        assert_eq!(adapted.len(), 2 * 7 + 1);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![3i64, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], [2, 6]),
+            &device,
+        );
+        let ones = Tensor::<2, Int>::ones([2, 6], &device);
+
+        // The routed backbone (factored everywhere, the head included) computes what the merged
+        // weights compute.
+        let logits = model.forward(ids.clone(), ones.clone());
+        let merged = merge(&model).forward(ids.clone(), ones.clone());
+        let diff = max_abs_diff(logits, merged);
+        assert!(diff < 1e-4, "factored vs merged logits: {diff}");
+
+        let lp = crate::logprobs::model_sequence_logprobs(&model, ids, ones.clone(), ones, false);
+        let grads = lp.sum.sum().backward();
+        // No base weight (nor any other base parameter) has a gradient.
+        for layer in &model.layers {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for l in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                assert!(l.weight.base().grad(&grads).is_none());
+                assert!(l.weight.adapter().unwrap().a.val().grad(&grads).is_some());
+            }
+        }
+        let head = model.lm_head.as_ref().unwrap();
+        assert!(head.weight.base().grad(&grads).is_none());
+        assert!(model.embed_tokens.weight.val().grad(&grads).is_none());
+        // The optimizer's accumulator gets exactly the factors, each of its own shape.
+        let mut acc = crate::train::optimizer::GradAccumulator::default();
+        acc.add(&model, grads);
+        let got: BTreeSet<&str> = acc.iter().map(|(p, _)| p.as_str()).collect();
+        let want: BTreeSet<String> = adapted
+            .iter()
+            .flat_map(|p| [format!("{p}.lora.a"), format!("{p}.lora.b")])
+            .collect();
+        assert_eq!(got, want.iter().map(String::as_str).collect());
+        let q = &model.layers[0].self_attn.q_proj.weight;
+        let (d_in, d_out) = (q.dims()[0], q.dims()[1]);
+        let q_path = "layers.0.self_attn.q_proj.weight";
+        assert_eq!(
+            acc.get(&format!("{q_path}.lora.a")).unwrap().dims(),
+            [d_in * 2]
+        );
+        assert_eq!(
+            acc.get(&format!("{q_path}.lora.b")).unwrap().dims(),
+            [2 * d_out]
+        );
     }
 
     #[test]
@@ -1301,21 +1458,16 @@ mod tests {
         assert!(adapter.a.val().grad(&grads).is_some());
         assert!(layer.weight.base().grad(&grads).is_none());
 
-        // p = 0, or a non-autodiff device, is exactly the layer's own forward.
+        // p = 0 drops nothing: the merged layer's forward, up to rounding.
         let off = burn::nn::DropoutConfig::new(0.0).init();
-        let same = (linear(layer, x.clone(), &off) - layer.forward(x.clone()))
-            .abs()
-            .max()
-            .into_scalar::<f32>();
-        assert_eq!(same, 0.0);
+        let undropped = linear(layer, x.clone(), &off);
+        assert!(max_abs_diff(undropped.clone(), layer.forward(x.clone())) < 1e-5);
+        // A non-autodiff device drops nothing either: exactly the p = 0 result.
         let inference = net.valid();
         let layer = &inference.blocks[0].attn.query;
         let x = x.inner();
-        let same = (linear(layer, x.clone(), &drop) - layer.forward(x))
-            .abs()
-            .max()
-            .into_scalar::<f32>();
-        assert_eq!(same, 0.0);
+        let y = linear(layer, x, &drop);
+        assert_eq!(bits(y), bits(undropped.inner()));
     }
 
     #[test]

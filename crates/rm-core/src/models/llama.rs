@@ -727,7 +727,14 @@ impl LlamaModel {
     /// Logits `[B, T, V]` from hidden states `[B, T, D]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            // Through lora::linear so an adapted head runs the factored forward (no dropout:
+            // the adapter dropout is held per layer).
+            Some(head) => {
+                let [b, t, d] = hidden.dims();
+                let v = head.weight.dims()[1];
+                let rows = hidden.reshape([b * t, d]);
+                lora::linear(head, rows, &DropoutConfig::new(0.0).init()).reshape([b, t, v])
+            }
             None => {
                 let [b, t, d] = hidden.dims();
                 let v = self.embed_tokens.weight.dims()[0];
