@@ -218,9 +218,15 @@ impl TextTokenizer {
         if !path.is_file() {
             bail!("tokenizer file {} does not exist", path.display());
         }
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("reading tokenizer {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading tokenizer {}", path.display()))?;
+        Self::from_json_bytes(&bytes)
+            .with_context(|| format!("reading tokenizer {}", path.display()))
+    }
+
+    /// Parses the bytes of a `tokenizer.json` ([`TextTokenizer::new`] then checks its pad id).
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::new(inner)
     }
 
@@ -235,13 +241,67 @@ impl TextTokenizer {
         let pad_id = declared
             .or_else(|| PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
-        Ok(Self { inner, pad_id })
+        let tokenizer = Self { inner, pad_id };
+        if tokenizer.vocab_size() == 0 {
+            bail!("the tokenizer has an empty vocabulary");
+        }
+        tokenizer.check_id("the padding id the tokenizer declares", pad_id)?;
+        Ok(tokenizer)
     }
 
-    /// Overrides the pad id.
+    /// Overrides the pad id (unchecked; [`TextTokenizer::try_with_pad_id`] checks it against
+    /// the vocabulary).
     pub fn with_pad_id(mut self, pad_id: u32) -> Self {
         self.pad_id = pad_id;
         self
+    }
+
+    /// Overrides the pad id, which must be inside the vocabulary; `what` names where it came
+    /// from in the error (e.g. "config.json pad_token_id").
+    pub fn try_with_pad_id(self, pad_id: u32, what: &str) -> Result<Self> {
+        self.check_id(what, pad_id)?;
+        Ok(self.with_pad_id(pad_id))
+    }
+
+    /// The largest id the tokenizer can produce (base vocabulary and added tokens).
+    pub fn max_token_id(&self) -> u32 {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// An error unless `id` (named by `what`) is one of the tokenizer's ids.
+    pub fn check_id(&self, what: &str, id: u32) -> Result<()> {
+        if self.inner.id_to_token(id).is_none() {
+            bail!(
+                "{what} {id} is not a token of the tokenizer (vocabulary of {} tokens, ids up to {})",
+                self.vocab_size(),
+                self.max_token_id()
+            );
+        }
+        Ok(())
+    }
+
+    /// An error unless every id the tokenizer produces, and the pad id, index a table of
+    /// `rows` rows (a model's embedding matrix, named by `table`): an id past it would make the
+    /// embedding lookup read out of bounds.
+    pub fn check_fits(&self, rows: usize, table: &str) -> Result<()> {
+        let max = self.max_token_id();
+        if max as usize >= rows {
+            bail!(
+                "the tokenizer produces ids up to {max}, but {table} has {rows} rows: the tokenizer does not belong to this model"
+            );
+        }
+        if self.pad_id as usize >= rows {
+            bail!(
+                "the pad id {} is outside {table} ({rows} rows)",
+                self.pad_id
+            );
+        }
+        Ok(())
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -402,7 +462,7 @@ fn preview(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -525,5 +585,45 @@ mod tests {
         let mask = b.completion_tensor(&device);
         let sum: i64 = mask.sum().into_scalar::<i64>();
         assert_eq!(sum, 4);
+    }
+
+    #[test]
+    fn pad_ids_and_vocabularies_are_checked_against_their_tables() {
+        let tok = word_tokenizer();
+        assert_eq!((tok.vocab_size(), tok.max_token_id()), (10, 9));
+        assert!(tok.check_fits(10, "the embedding").is_ok());
+        let err = tok.check_fits(9, "the embedding").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the tokenizer produces ids up to 9, but the embedding has 9 rows: the tokenizer does not belong to this model"
+        );
+        let err = tok
+            .clone()
+            .try_with_pad_id(10, "config.json pad_token_id")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config.json pad_token_id 10 is not a token of the tokenizer (vocabulary of 10 tokens, ids up to 9)"
+        );
+        assert_eq!(tok.clone().try_with_pad_id(1, "pad").unwrap().pad_id(), 1);
+        let err = tok
+            .with_pad_id(12)
+            .check_fits(12, "t")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "the pad id 12 is outside t (12 rows)");
+
+        // A tokenizer.json declaring a padding id past its vocabulary is refused on load.
+        let mut inner = word_tokenizer().inner().clone();
+        inner.with_padding(Some(tokenizers::PaddingParams {
+            pad_id: 99,
+            ..Default::default()
+        }));
+        let err = TextTokenizer::new(inner).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the padding id the tokenizer declares 99 is not a token"),
+            "{err}"
+        );
     }
 }
