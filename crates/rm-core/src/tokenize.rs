@@ -225,8 +225,18 @@ impl TextTokenizer {
     }
 
     /// Parses the bytes of a `tokenizer.json` ([`TextTokenizer::new`] then checks its pad id).
+    ///
+    /// `tokenizers` 0.22 panics on some malformed files instead of returning an error (a JSON
+    /// syntax error inside `decoder`, a `Precompiled` normalizer whose fields do not parse:
+    /// found by the `tokenizer_json` fuzz target). Those inputs are refused here first, and any
+    /// other panic while parsing is turned into an error.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).context("not a tokenizer.json: invalid JSON")?;
+        check_precompiled(&value)?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes))
+            .map_err(|_| anyhow::anyhow!("not a tokenizer.json: the tokenizers parser panicked"))?;
+        let inner = parsed.map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::new(inner)
     }
 
@@ -453,6 +463,22 @@ impl TextTokenizer {
     }
 }
 
+/// Every `{"type": "Precompiled", ...}` object in `value` deserializes as a `Precompiled`
+/// normalizer (`tokenizers` unwraps that result).
+fn check_precompiled(value: &serde_json::Value) -> Result<()> {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                serde_json::from_value::<tokenizers::normalizers::Precompiled>(value.clone())
+                    .context("not a tokenizer.json: a Precompiled normalizer does not parse")?;
+            }
+            map.values().try_for_each(check_precompiled)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_precompiled),
+        _ => Ok(()),
+    }
+}
+
 fn preview(text: &str) -> String {
     let mut s: String = text.chars().take(40).collect();
     if s.len() < text.len() {
@@ -623,6 +649,36 @@ pub(crate) mod tests {
         let err = TextTokenizer::new(inner).unwrap_err().to_string();
         assert!(
             err.starts_with("the padding id the tokenizer declares 99 is not a token"),
+            "{err}"
+        );
+    }
+
+    /// Inputs on which `tokenizers` 0.22.2 panics (found by the `tokenizer_json` fuzz target) are
+    /// errors.
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        let good = word_tokenizer().inner().to_string(false).unwrap();
+        assert!(TextTokenizer::from_json_bytes(good.as_bytes()).is_ok());
+        // A syntax error inside "decoder" (tokenizers: `.expect("Helper")`).
+        let bad =
+            r#"{"version": "1.0", "decoder": {"type": "ByteLevel", "trim_offsets": tru false}}"#;
+        let err = format!(
+            "{:#}",
+            TextTokenizer::from_json_bytes(bad.as_bytes()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("not a tokenizer.json: invalid JSON"),
+            "{err}"
+        );
+        // A Precompiled normalizer whose charsmap is not one (`.expect("Precompiled")`).
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["normalizer"] = serde_json::json!({"type": "Precompiled", "precompiled_charsmap": 5});
+        let err = format!(
+            "{:#}",
+            TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("not a tokenizer.json: a Precompiled normalizer does not parse"),
             "{err}"
         );
     }
