@@ -227,13 +227,14 @@ impl TextTokenizer {
     /// Parses the bytes of a `tokenizer.json` ([`TextTokenizer::new`] then checks its pad id).
     ///
     /// `tokenizers` 0.22 panics on some malformed files instead of returning an error (a JSON
-    /// syntax error inside `decoder`, a `Precompiled` normalizer whose fields do not parse:
-    /// found by the `tokenizer_json` fuzz target). Those inputs are refused here first, and any
-    /// other panic while parsing is turned into an error.
+    /// syntax error inside `decoder`, a `Precompiled` normalizer whose fields do not parse) or
+    /// later, when encoding (a `TemplateProcessing` template naming a special token it does not
+    /// define): found by the `tokenizer_json` fuzz target. Those inputs are refused here first,
+    /// and any other panic while parsing is turned into an error.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).context("not a tokenizer.json: invalid JSON")?;
-        check_precompiled(&value)?;
+        check_known_panics(&value)?;
         let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes))
             .map_err(|_| anyhow::anyhow!("not a tokenizer.json: the tokenizers parser panicked"))?;
         let inner = parsed.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -463,18 +464,43 @@ impl TextTokenizer {
     }
 }
 
-/// Every `{"type": "Precompiled", ...}` object in `value` deserializes as a `Precompiled`
-/// normalizer (`tokenizers` unwraps that result).
-fn check_precompiled(value: &serde_json::Value) -> Result<()> {
+/// Refuses the parts of a `tokenizer.json` on which `tokenizers` unwraps instead of returning
+/// an error: a `Precompiled` normalizer that does not deserialize, and a `TemplateProcessing`
+/// post-processor whose `single`/`pair` templates name a special token missing from its
+/// `special_tokens` (the parser does not check it; encoding then panics).
+fn check_known_panics(value: &serde_json::Value) -> Result<()> {
     match value {
         serde_json::Value::Object(map) => {
-            if map.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
-                serde_json::from_value::<tokenizers::normalizers::Precompiled>(value.clone())
-                    .context("not a tokenizer.json: a Precompiled normalizer does not parse")?;
+            match map.get("type").and_then(|t| t.as_str()) {
+                Some("Precompiled") => {
+                    serde_json::from_value::<tokenizers::normalizers::Precompiled>(value.clone())
+                        .context("not a tokenizer.json: a Precompiled normalizer does not parse")?;
+                }
+                Some("TemplateProcessing") => {
+                    let defined = map.get("special_tokens").and_then(|t| t.as_object());
+                    for field in ["single", "pair"] {
+                        let pieces = map.get(field).and_then(|p| p.as_array());
+                        for piece in pieces.into_iter().flatten() {
+                            let Some(id) = piece
+                                .get("SpecialToken")
+                                .and_then(|t| t.get("id"))
+                                .and_then(|i| i.as_str())
+                            else {
+                                continue;
+                            };
+                            if !defined.is_some_and(|d| d.contains_key(id)) {
+                                bail!(
+                                    "not a tokenizer.json: the post-processor's {field} template uses the special token {id:?}, which its special_tokens do not define"
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
-            map.values().try_for_each(check_precompiled)
+            map.values().try_for_each(check_known_panics)
         }
-        serde_json::Value::Array(items) => items.iter().try_for_each(check_precompiled),
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_known_panics),
         _ => Ok(()),
     }
 }
@@ -681,5 +707,28 @@ pub(crate) mod tests {
             err.starts_with("not a tokenizer.json: a Precompiled normalizer does not parse"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_template_naming_an_undefined_special_token_is_an_error() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&word_tokenizer().inner().to_string(false).unwrap()).unwrap();
+        v["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {},
+        });
+        let err = TextTokenizer::from_json_bytes(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "not a tokenizer.json: the post-processor's single template uses the special token \"[CLS]\", which its special_tokens do not define"
+        );
+        v["post_processor"]["special_tokens"] =
+            serde_json::json!({"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["<pad>"]}});
+        let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
+        assert_eq!(tok.encode("a b", true).unwrap(), [0, 2, 3]);
     }
 }
