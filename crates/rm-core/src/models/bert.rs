@@ -119,6 +119,31 @@ impl BertConfig {
                 self.num_attention_heads
             );
         }
+        for (name, n) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if n == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if self.pad_token_id as usize >= self.vocab_size {
+            bail!(
+                "pad_token_id {} is outside the vocabulary (vocab_size {})",
+                self.pad_token_id,
+                self.vocab_size
+            );
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            bail!(
+                "layer_norm_eps must be a positive number, got {}",
+                self.layer_norm_eps
+            );
+        }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
@@ -581,7 +606,13 @@ impl BertEmbedder {
         }
         let (model, config) = BertModel::load(folder, device)?;
         let tokenizer = TextTokenizer::from_file(folder.join("tokenizer.json"))?
-            .with_pad_id(config.pad_token_id);
+            .try_with_pad_id(config.pad_token_id, "config.json pad_token_id")?;
+        tokenizer
+            .check_fits(
+                config.vocab_size,
+                "the word embedding (config.json vocab_size)",
+            )
+            .with_context(|| format!("{}", folder.display()))?;
         Ok(Self {
             model,
             config,
@@ -754,6 +785,32 @@ pub(crate) mod tests {
         let changed = model.forward(i, m, None).narrow(0, 0, 1).narrow(1, 0, 4);
         let diff: f32 = (base - changed).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-6, "masked tokens leaked into real ones: {diff}");
+    }
+
+    #[test]
+    fn config_ids_and_sizes_are_bounded() {
+        assert!(tiny_config().validate().is_ok());
+        let err = |f: &dyn Fn(&mut BertConfig)| {
+            let mut c = tiny_config();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            err(&|c| c.pad_token_id = 20),
+            "pad_token_id 20 is outside the vocabulary (vocab_size 20)"
+        );
+        assert_eq!(
+            err(&|c| c.max_position_embeddings = 0),
+            "max_position_embeddings must be positive"
+        );
+        assert_eq!(
+            err(&|c| c.type_vocab_size = 0),
+            "type_vocab_size must be positive"
+        );
+        assert_eq!(
+            err(&|c| c.layer_norm_eps = f64::NAN),
+            "layer_norm_eps must be a positive number, got NaN"
+        );
     }
 
     #[test]

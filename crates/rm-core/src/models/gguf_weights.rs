@@ -146,6 +146,7 @@ impl WeightSource for GgufWeights {
             .file
             .tensor_f32(&gguf)
             .map_err(|e| anyhow::anyhow!("{e} (wanted as {name})"))?;
+        super::weights::check_finite("GGUF file", &format!("{gguf} (wanted as {name})"), &values)?;
         let values = match heads {
             Some(heads) => {
                 if shape.len() != 2 || !shape[0].is_multiple_of(2 * heads) {

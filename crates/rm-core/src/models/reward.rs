@@ -90,6 +90,27 @@ pub struct RewardModelConfig {
     pub head_init_std: f64,
 }
 
+impl RewardModelConfig {
+    /// Checks the values that need no backbone: at least one attribute, `max_len` ≥ 4, a finite
+    /// non-negative `head_init_std`. [`RewardModelBundle::build`] checks the rest against the
+    /// backbone ([`Backbone::check_inputs`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.attributes.is_empty() {
+            bail!("model.attributes is empty: a reward model needs at least one output");
+        }
+        if self.max_len < 4 {
+            bail!("model.max_len {} is too small (at least 4)", self.max_len);
+        }
+        if !(self.head_init_std.is_finite() && self.head_init_std >= 0.0) {
+            bail!(
+                "model.head_init_std {} must be a finite number ≥ 0",
+                self.head_init_std
+            );
+        }
+        Ok(())
+    }
+}
+
 fn default_max_len() -> usize {
     256
 }
@@ -129,6 +150,92 @@ pub struct RewardModelSpec {
     pub normalization: Option<RewardNormalization>,
 }
 
+impl RewardNormalization {
+    /// Checks the vectors against the head's width (one entry per attribute) and their values:
+    /// means finite, standard deviations finite and > 0 (a σ of 0 would turn every normalized
+    /// reward into ±inf or NaN).
+    pub fn validate(&self, attributes: &[String]) -> Result<()> {
+        let k = attributes.len();
+        for (field, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != k {
+                bail!(
+                    "normalization.{field} has {} entries, the head has {k} attributes",
+                    v.len()
+                );
+            }
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "normalization.{field}[{j}] (attribute {:?}) is {}, not a finite number",
+                    attributes[j],
+                    v[j]
+                );
+            }
+        }
+        if let Some(j) = self.std.iter().position(|&s| s <= 0.0) {
+            bail!(
+                "normalization.std[{j}] (attribute {:?}) is {}: a standard deviation must be > 0",
+                attributes[j],
+                self.std[j]
+            );
+        }
+        Ok(())
+    }
+}
+
+impl RewardModelSpec {
+    /// Parses and validates the text of a `reward_model.json` ([`RewardModelSpec::validate`]).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let spec: Self = serde_json::from_str(text).context("not a reward-model spec")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what can be checked without the backbone: the format version, at least one
+    /// attribute (each named, no duplicates), `max_len` ≥ 4, the pooling the backbone kind
+    /// allows, and the normalization against the head's width. The bounds that need the backbone
+    /// (pad id, vocabulary, position table) are checked by [`RewardModelBundle::load`]
+    /// ([`Backbone::check_inputs`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.format_version != SPEC_VERSION {
+            bail!(
+                "format version {} (this build reads {SPEC_VERSION})",
+                self.format_version
+            );
+        }
+        if self.attributes.is_empty() {
+            bail!("attributes is empty: a reward model has at least one output");
+        }
+        for (i, a) in self.attributes.iter().enumerate() {
+            if a.trim().is_empty() {
+                bail!("attributes[{i}] is empty");
+            }
+            if self.attributes[..i].contains(a) {
+                bail!("attributes[{i}] {a:?} appears twice");
+            }
+        }
+        if self.max_len < 4 {
+            bail!("max_len {} is too small (at least 4)", self.max_len);
+        }
+        if self.kind == BackboneKind::Llama && self.pooling != Pooling::LastToken {
+            bail!(
+                "pooling {:?}: decoder reward models pool the last token",
+                self.pooling
+            );
+        }
+        if let Some(norm) = &self.normalization {
+            norm.validate(&self.attributes)?;
+        }
+        Ok(())
+    }
+}
+
+/// `path` made absolute against the current directory (without resolving links, so a folder
+/// names the backbone the way the user did, e.g. through `models/` → the shared models).
+fn absolute_base(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path)
+        .with_context(|| format!("resolving the backbone path {}", path.display()))
+}
+
 /// The backbone of a reward model. (A model holds one backbone, so the variants' size
 /// difference costs nothing.)
 #[allow(clippy::large_enum_variant)]
@@ -145,6 +252,39 @@ impl Backbone {
             Backbone::Bert(m) => m.set_adapter_dropout(prob),
             Backbone::Llama(m) => m.set_adapter_dropout(prob),
         }
+    }
+
+    /// Rows of the token-embedding table: every token id fed to the backbone must be below.
+    pub fn vocab_rows(&self) -> usize {
+        match self {
+            Backbone::Bert(m) => m.embeddings.word.weight.dims()[0],
+            Backbone::Llama(m) => m.embed_tokens.weight.dims()[0],
+        }
+    }
+
+    /// The longest sequence the backbone takes: BERT's absolute position table
+    /// (`max_position_embeddings` rows); `None` for Llama-family decoders, whose RoPE angles are
+    /// computed for any position (past the precomputed table, on the fly).
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            Backbone::Bert(m) => Some(m.embeddings.position.weight.dims()[0]),
+            Backbone::Llama(_) => None,
+        }
+    }
+
+    /// Checks the values read from a recipe or a spec against the backbone's tables: every id
+    /// the tokenizer produces and its pad id below [`Backbone::vocab_rows`], `max_len` within
+    /// [`Backbone::max_positions`]. Past either, the embedding lookup would read out of bounds.
+    pub fn check_inputs(&self, tokenizer: &TextTokenizer, max_len: usize) -> Result<()> {
+        tokenizer.check_fits(self.vocab_rows(), "the backbone's token embedding")?;
+        if let Some(positions) = self.max_positions()
+            && max_len > positions
+        {
+            bail!(
+                "max_len {max_len} is longer than the backbone's position table (max_position_embeddings = {positions}); use at most {positions}"
+            );
+        }
+        Ok(())
     }
 
     /// Last hidden states `[B, T, D]`.
@@ -244,7 +384,10 @@ fn load_backbone(
         BackboneKind::Bert => {
             let (model, config): (BertModel, BertConfig) = BertModel::load(path, device)?;
             let tokenizer = TextTokenizer::from_file(path.join("tokenizer.json"))?
-                .with_pad_id(config.pad_token_id);
+                .try_with_pad_id(
+                    config.pad_token_id,
+                    &format!("{} pad_token_id", path.join("config.json").display()),
+                )?;
             (Backbone::Bert(model), tokenizer, config.hidden_size)
         }
         BackboneKind::Llama => {
@@ -280,14 +423,15 @@ impl RewardModelBundle {
     /// A fresh reward model: the backbone from `config.backbone`, a seeded head, LoRA adapters
     /// when configured.
     pub fn build(config: &RewardModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        if config.attributes.is_empty() {
-            bail!("model.attributes is empty: a reward model needs at least one output");
-        }
-        if config.max_len < 4 {
-            bail!("model.max_len {} is too small", config.max_len);
-        }
+        config.validate()?;
         let kind = detect_backbone(&config.backbone)?;
-        let (backbone, tokenizer, d) = load_backbone(kind, &config.backbone, device)?;
+        // The folder's spec names the base by its absolute path, so that loading it does not
+        // depend on the working directory at training time.
+        let base = absolute_base(&config.backbone)?;
+        let (backbone, tokenizer, d) = load_backbone(kind, &base, device)?;
+        backbone
+            .check_inputs(&tokenizer, config.max_len)
+            .with_context(|| format!("model.backbone {}", config.backbone.display()))?;
         let pooling = match (kind, config.pooling) {
             (BackboneKind::Llama, Some(p)) if p != Pooling::LastToken => {
                 bail!("model.pooling = {p:?}: decoder reward models pool the last token")
@@ -318,7 +462,7 @@ impl RewardModelBundle {
             spec: RewardModelSpec {
                 format_version: SPEC_VERSION,
                 kind,
-                base: config.backbone.clone(),
+                base,
                 pooling,
                 attributes: config.attributes.clone(),
                 max_len: config.max_len,
@@ -425,11 +569,22 @@ impl RewardModelBundle {
                 var[j] += (r[j] as f64 - mean[j]).powi(2) / n;
             }
         }
-        self.spec.normalization = Some(RewardNormalization {
+        let std: Vec<f32> = var.iter().map(|&v| v.sqrt() as f32).collect();
+        if let Some(j) = std.iter().position(|&s| !s.is_finite() || s <= 0.0) {
+            bail!(
+                "normalization: every one of the {} reference rewards of attribute {:?} is {}: a standard deviation of 0 cannot normalize (use more varied reference texts)",
+                rewards.len(),
+                self.spec.attributes[j],
+                mean[j]
+            );
+        }
+        let norm = RewardNormalization {
             mean: mean.iter().map(|&m| m as f32).collect(),
-            std: var.iter().map(|&v| (v.sqrt() as f32).max(1e-6)).collect(),
+            std,
             count: rewards.len(),
-        });
+        };
+        norm.validate(&self.spec.attributes)?;
+        self.spec.normalization = Some(norm);
         Ok(())
     }
 
@@ -438,10 +593,17 @@ impl RewardModelBundle {
         let Some(norm) = &self.spec.normalization else {
             bail!("this reward model has no stored normalization (fit one on a reference set)");
         };
+        if rewards.len() != norm.mean.len() {
+            bail!(
+                "normalize: {} rewards given, the model has {} attributes",
+                rewards.len(),
+                norm.mean.len()
+            );
+        }
         Ok(rewards
             .iter()
-            .enumerate()
-            .map(|(j, &r)| (r - norm.mean[j]) / norm.std[j])
+            .zip(norm.mean.iter().zip(&norm.std))
+            .map(|(&r, (&m, &s))| (r - m) / s)
             .collect())
     }
 
@@ -476,9 +638,13 @@ impl RewardModelBundle {
             .to_string(false)
             .map_err(|e| anyhow::anyhow!("serializing the tokenizer: {e}"))?;
         write_bytes_atomically(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+        let mut spec = self.spec.clone();
+        spec.base = absolute_base(&spec.base)?;
+        spec.validate()
+            .with_context(|| format!("saving {}", dir.display()))?;
         write_bytes_atomically(
             &dir.join(SPEC_FILE),
-            serde_json::to_string_pretty(&self.spec)?.as_bytes(),
+            serde_json::to_string_pretty(&spec)?.as_bytes(),
         )?;
         Ok(())
     }
@@ -493,22 +659,20 @@ impl RewardModelBundle {
                 dir.display()
             )
         })?;
-        let spec: RewardModelSpec = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a reward-model spec", path.display()))?;
-        if spec.format_version != SPEC_VERSION {
-            bail!(
-                "{}: format version {} (this build reads {SPEC_VERSION})",
-                path.display(),
-                spec.format_version
-            );
-        }
-        Ok(spec)
+        RewardModelSpec::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
     /// Loads a folder written by [`RewardModelBundle::save`]. The base backbone the spec names
     /// gives the architecture (and, for LoRA folders, the frozen weights).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let spec = Self::read_spec(dir)?;
+        if spec.base.is_relative() && !spec.base.exists() {
+            bail!(
+                "{} names the base model by the relative path {}, which does not exist from the current directory; folders written by this build name it by its absolute path (edit \"base\" to the absolute path of the backbone)",
+                dir.join(SPEC_FILE).display(),
+                spec.base.display()
+            );
+        }
         let (backbone, _, d) = load_backbone(spec.kind, &spec.base, device).with_context(|| {
             format!(
                 "loading the base model {} named by {}",
@@ -539,8 +703,21 @@ impl RewardModelBundle {
                 )?
             }
         };
-        let tokenizer =
-            TextTokenizer::from_file(dir.join("tokenizer.json"))?.with_pad_id(spec.pad_id);
+        let tokenizer_file = dir.join("tokenizer.json");
+        let tokenizer = TextTokenizer::from_file(&tokenizer_file)?.try_with_pad_id(
+            spec.pad_id,
+            &format!("{} pad_id", dir.join(SPEC_FILE).display()),
+        )?;
+        model
+            .backbone
+            .check_inputs(&tokenizer, spec.max_len)
+            .with_context(|| {
+                format!(
+                    "{} with {}",
+                    dir.join(SPEC_FILE).display(),
+                    tokenizer_file.display()
+                )
+            })?;
         Ok(Self {
             model,
             tokenizer,
@@ -561,4 +738,243 @@ pub fn log_sigmoid_transform(reward: f32, reference: f32) -> f32 {
         z - z.exp().ln_1p()
     };
     value as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tests::temp_dir;
+    use crate::device::test_device;
+    use crate::models::bert::tests::{tiny_config, tiny_weights};
+    use crate::models::weights::HostTensor;
+
+    /// A tiny BERT HF folder `root/name` (config.json, model.safetensors, tokenizer.json: the
+    /// 10-word tokenizer of the tokenize tests) with `edit` applied to the config first.
+    fn tiny_bert_folder(root: &Path, name: &str, edit: impl Fn(&mut BertConfig)) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = tiny_config();
+        edit(&mut c);
+        let mut json = serde_json::to_value(&c).unwrap();
+        json["model_type"] = "bert".into();
+        std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+        let tensors: Vec<(String, HostTensor)> = tiny_weights(&c).tensors.into_iter().collect();
+        checkpoint::save_host_tensors(&dir.join("model.safetensors"), &tensors).unwrap();
+        crate::tokenize::tests::word_tokenizer()
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .unwrap();
+        dir
+    }
+
+    fn config(backbone: &Path, extra: serde_json::Value) -> RewardModelConfig {
+        let mut v = serde_json::json!({"backbone": backbone, "max_len": 16});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    const TEXTS: [&str; 3] = ["a b c", "d e", "f g h a"];
+
+    /// Changes the working directory: safe under nextest, which runs each test in its own
+    /// process.
+    #[test]
+    fn a_saved_folder_loads_from_any_working_directory() {
+        let device = test_device();
+        let root = temp_dir("rm-cwd");
+        let elsewhere = temp_dir("rm-cwd-elsewhere");
+        tiny_bert_folder(&root, "tiny-bert", |_| {});
+        std::env::set_current_dir(&root).unwrap();
+        // A relative backbone path, as recipes give it.
+        let bundle = RewardModelBundle::build(
+            &config(Path::new("tiny-bert"), serde_json::json!({})),
+            7,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(bundle.spec.base, root.join("tiny-bert"));
+        bundle.save(Path::new("rm")).unwrap();
+        let before = bundle.score_texts(&TEXTS, 2).unwrap();
+
+        std::env::set_current_dir(&elsewhere).unwrap();
+        assert!(!Path::new("tiny-bert").exists());
+        let loaded = RewardModelBundle::load(&root.join("rm"), &device).unwrap();
+        assert_eq!(loaded.spec.base, root.join("tiny-bert"));
+        assert_eq!(loaded.score_texts(&TEXTS, 2).unwrap(), before);
+
+        // A folder written before bases were made absolute names what is missing.
+        let spec_path = root.join("rm").join(SPEC_FILE);
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+        spec["base"] = "tiny-bert".into();
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let err = RewardModelBundle::load(&root.join("rm"), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("names the base model by the relative path tiny-bert, which does not exist from the current directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_len_and_vocabulary_are_bounded_by_the_backbone() {
+        let device = test_device();
+        let root = temp_dir("rm-bounds");
+        let bert = tiny_bert_folder(&root, "tiny-bert", |_| {});
+        // 16 positions: max_len 16 builds, 17 would index past the position table.
+        let err = RewardModelBundle::build(
+            &config(&bert, serde_json::json!({"max_len": 17})),
+            0,
+            &device,
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{:#}", err),
+            format!(
+                "model.backbone {}: max_len 17 is longer than the backbone's position table (max_position_embeddings = 16); use at most 16",
+                bert.display()
+            )
+        );
+        // A tokenizer with ids past the embedding table (10 words, 8 rows).
+        let small = tiny_bert_folder(&root, "small-vocab", |c| c.vocab_size = 8);
+        let err = RewardModelBundle::build(&config(&small, serde_json::json!({})), 0, &device)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").ends_with(
+                "the tokenizer produces ids up to 9, but the backbone's token embedding has 8 rows: the tokenizer does not belong to this model"
+            ),
+            "{err:#}"
+        );
+        // A pad id past the vocabulary in config.json.
+        let pad = tiny_bert_folder(&root, "bad-pad", |c| c.pad_token_id = 30);
+        let err =
+            RewardModelBundle::build(&config(&pad, serde_json::json!({})), 0, &device).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("pad_token_id 30 is outside the vocabulary (vocab_size 20)"),
+            "{err:#}"
+        );
+
+        // Values in a saved spec are checked on load.
+        let bundle =
+            RewardModelBundle::build(&config(&bert, serde_json::json!({})), 0, &device).unwrap();
+        let dir = root.join("rm");
+        bundle.save(&dir).unwrap();
+        let spec_path = dir.join(SPEC_FILE);
+        let good = std::fs::read_to_string(&spec_path).unwrap();
+        let load_with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+            edit(&mut v);
+            std::fs::write(&spec_path, v.to_string()).unwrap();
+            format!("{:#}", RewardModelBundle::load(&dir, &device).unwrap_err())
+        };
+        let err = load_with(&|v| v["pad_id"] = 10.into());
+        assert!(
+            err.contains("reward_model.json pad_id 10 is not a token of the tokenizer"),
+            "{err}"
+        );
+        let err = load_with(&|v| v["max_len"] = 600.into());
+        assert!(
+            err.contains("max_len 600 is longer than the backbone's position table"),
+            "{err}"
+        );
+        std::fs::write(&spec_path, &good).unwrap();
+        assert!(RewardModelBundle::load(&dir, &device).is_ok());
+    }
+
+    fn spec_error(edit: impl Fn(&mut serde_json::Value)) -> String {
+        let mut v = serde_json::json!({
+            "format_version": 1, "kind": "bert", "base": "/m", "pooling": "mean",
+            "attributes": ["helpful", "safe"], "max_len": 16, "truncation": "left",
+            "template": "hh-transcript", "pad_id": 0,
+            "normalization": {"mean": [0.5, -1.0], "std": [1.0, 2.0], "count": 10},
+        });
+        RewardModelSpec::from_json(&v.to_string()).unwrap();
+        edit(&mut v);
+        format!(
+            "{:#}",
+            RewardModelSpec::from_json(&v.to_string()).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn spec_vectors_and_floats_are_checked_against_the_head() {
+        assert_eq!(
+            spec_error(|v| v["normalization"]["mean"] = serde_json::json!([0.5])),
+            "normalization.mean has 1 entries, the head has 2 attributes"
+        );
+        assert_eq!(
+            spec_error(|v| v["normalization"]["std"] = serde_json::json!([1.0, 0.0])),
+            "normalization.std[1] (attribute \"safe\") is 0: a standard deviation must be > 0"
+        );
+        assert_eq!(
+            spec_error(|v| v["normalization"]["std"] = serde_json::json!([1.0, 1e39])),
+            "normalization.std[1] (attribute \"safe\") is inf, not a finite number"
+        );
+        assert_eq!(
+            spec_error(|v| v["attributes"] = serde_json::json!([])),
+            "attributes is empty: a reward model has at least one output"
+        );
+        assert_eq!(
+            spec_error(|v| v["attributes"] = serde_json::json!(["a", "a"])),
+            "attributes[1] \"a\" appears twice"
+        );
+        assert_eq!(
+            spec_error(|v| {
+                v["kind"] = "llama".into();
+            }),
+            "pooling Mean: decoder reward models pool the last token"
+        );
+        assert_eq!(
+            spec_error(|v| v["format_version"] = 2.into()),
+            "format version 2 (this build reads 1)"
+        );
+        assert!(spec_error(|v| v["pad_id"] = (-1).into()).starts_with("not a reward-model spec"));
+    }
+
+    #[test]
+    fn a_zero_spread_normalization_is_an_error_and_widths_must_match() {
+        let device = test_device();
+        let root = temp_dir("rm-norm");
+        let bert = tiny_bert_folder(&root, "tiny-bert", |_| {});
+        // A zero head: every reward is exactly 0, so σ = 0.
+        let mut flat = RewardModelBundle::build(
+            &config(&bert, serde_json::json!({"head_init_std": 0.0})),
+            0,
+            &device,
+        )
+        .unwrap();
+        let err = flat.fit_normalization(&TEXTS, 2).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "normalization: every one of the 3 reference rewards of attribute \"reward\" is 0"
+            ),
+            "{err}"
+        );
+        assert!(flat.spec.normalization.is_none());
+
+        let mut bundle =
+            RewardModelBundle::build(&config(&bert, serde_json::json!({})), 0, &device).unwrap();
+        bundle.fit_normalization(&TEXTS, 2).unwrap();
+        let raw = bundle.score_texts(&TEXTS, 2).unwrap();
+        let norm = bundle.spec.normalization.clone().unwrap();
+        // (r − μ)/σ over the reference set: mean 0, population variance 1.
+        let z: Vec<f32> = raw
+            .iter()
+            .map(|r| bundle.normalize(r).unwrap()[0])
+            .collect();
+        let mean = z.iter().sum::<f32>() / 3.0;
+        let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 3.0;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+            "{z:?} {norm:?}"
+        );
+        let err = bundle.normalize(&[1.0, 2.0]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "normalize: 2 rewards given, the model has 1 attributes"
+        );
+    }
 }

@@ -278,6 +278,7 @@ impl WeightSource for SafetensorsWeights {
                 values.len()
             );
         }
+        super::weights::check_finite(&path.display().to_string(), name, &values)?;
         Ok(HostTensor { shape, values })
     }
 }
@@ -324,6 +325,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_nan_or_inf_weight_is_an_error_naming_the_tensor_and_file() {
+        let dir = temp_dir("nonfinite");
+        let half_inf = half::f16::INFINITY.to_le_bytes().to_vec();
+        write_raw(
+            &dir,
+            "model.safetensors",
+            &[
+                ("ok", Dtype::F32, vec![2], f32_bytes(&[1.0, -2.0])),
+                ("nan", Dtype::F32, vec![3], f32_bytes(&[0.0, 1.0, f32::NAN])),
+                ("inf16", Dtype::F16, vec![1], half_inf),
+            ],
+        );
+        let w = SafetensorsWeights::open(&dir).unwrap();
+        assert_eq!(w.tensor("ok").unwrap().values, [1.0, -2.0]);
+        let err = w.tensor("nan").unwrap_err().to_string();
+        assert!(
+            err.ends_with("model.safetensors: tensor nan holds 1 non-finite value(s) (the first, NaN, at flat index 2)"),
+            "{err}"
+        );
+        let err = w.tensor("inf16").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "tensor inf16 holds 1 non-finite value(s) (the first, inf, at flat index 0)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
