@@ -49,16 +49,8 @@ impl Trainer {
         }
         let total = config.epoch_steps(n)?;
         let schedule_steps = full_epoch_steps(n, config)?;
-        let (mut session, mut model) = Session::start(
-            config,
-            &self.device,
-            run,
-            self.progress,
-            model,
-            task,
-            total,
-            schedule_steps,
-        )?;
+        let (mut session, mut model) =
+            Session::start(self, run, model, task, total, schedule_steps)?;
         let save_every = config.save_interval();
         while session.state.step < total {
             let step = session.state.step;

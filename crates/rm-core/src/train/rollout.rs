@@ -78,16 +78,8 @@ impl Trainer {
             .filter(|&s| s <= super::config::MAX_STEPS)
             .ok_or_else(|| anyhow::anyhow!("rollout.iterations is too large"))?;
         let total = steps_per_iteration * iterations;
-        let (mut session, mut model) = Session::start(
-            config,
-            &self.device,
-            run,
-            self.progress,
-            model,
-            task,
-            total,
-            schedule_steps,
-        )?;
+        let (mut session, mut model) =
+            Session::start(self, run, model, task, total, schedule_steps)?;
         let save_every = config.save_interval();
         while session.state.iteration < iterations {
             let iteration = session.state.iteration;

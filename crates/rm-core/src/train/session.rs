@@ -16,7 +16,7 @@ use super::run_dir::{RunDir, replace_dir_atomically};
 use super::schedule::LrSchedule;
 use super::task::{Evaluation, TrainTask};
 use super::trainable::{load_trainable, save_trainable};
-use super::{TrainConfig, TrainOutcome};
+use super::{TrainConfig, TrainOutcome, Trainer};
 use crate::checkpoint::write_bytes_atomically;
 
 /// Position of a run, saved in `last/train_state.json`.
@@ -113,15 +113,14 @@ impl<'a> Session<'a> {
     /// Opens the session: fresh, or restored from the run's checkpoint (model weights,
     /// optimizer, position, task state).
     pub fn start<M: Module>(
-        config: &'a TrainConfig,
-        device: &'a Device,
+        trainer: &'a Trainer,
         run: &'a RunDir,
-        progress: bool,
         mut model: M,
         task: &mut dyn TrainTask<M>,
         total_steps: u64,
         schedule_steps: u64,
     ) -> Result<(Self, M)> {
+        let (config, device, progress) = (&trainer.config, &trainer.device, trainer.progress);
         let schedule = LrSchedule::with_warmup_ratio(
             config.lr,
             config.warmup_ratio,
