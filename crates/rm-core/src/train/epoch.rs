@@ -51,7 +51,6 @@ impl Trainer {
         let schedule_steps = full_epoch_steps(n, config)?;
         let (mut session, mut model) =
             Session::start(self, run, model, task, total, schedule_steps)?;
-        let save_every = config.save_interval();
         while session.state.step < total {
             let step = session.state.step;
             let examples = step_examples(n, config, step);
@@ -62,13 +61,7 @@ impl Trainer {
             );
             model = session.step(model, task, &examples, extra)?;
             let done = session.state.step;
-            let at_end = done == total;
-            if at_end || (config.eval_every > 0 && done.is_multiple_of(config.eval_every)) {
-                session.evaluate(&model, task)?;
-            }
-            if at_end || (save_every > 0 && done.is_multiple_of(save_every)) {
-                session.checkpoint(&model, task)?;
-            }
+            session.after_unit(done, done == total, &model, task)?;
         }
         let outcome = session.finish(&model, task)?;
         Ok((model, outcome))

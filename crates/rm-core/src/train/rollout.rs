@@ -80,7 +80,6 @@ impl Trainer {
         let total = steps_per_iteration * iterations;
         let (mut session, mut model) =
             Session::start(self, run, model, task, total, schedule_steps)?;
-        let save_every = config.save_interval();
         while session.state.iteration < iterations {
             let iteration = session.state.iteration;
             let seed = collect_seed(config.seed, iteration);
@@ -113,13 +112,7 @@ impl Trainer {
             }
             session.state.iteration += 1;
             let done = session.state.iteration;
-            let at_end = done == iterations;
-            if at_end || (config.eval_every > 0 && done.is_multiple_of(config.eval_every)) {
-                session.evaluate(&model, task)?;
-            }
-            if at_end || (save_every > 0 && done.is_multiple_of(save_every)) {
-                session.checkpoint(&model, task)?;
-            }
+            session.after_unit(done, done == iterations, &model, task)?;
         }
         let outcome = session.finish(&model, task)?;
         Ok((model, outcome))

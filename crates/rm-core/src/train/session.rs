@@ -283,6 +283,25 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The cadence both drivers share: after unit `done` (a step or an iteration) evaluate every
+    /// `eval_every` units and checkpoint every `save_every`, and both at the end.
+    pub fn after_unit<M: Module>(
+        &mut self,
+        done: u64,
+        at_end: bool,
+        model: &M,
+        task: &mut dyn TrainTask<M>,
+    ) -> Result<()> {
+        let every = |n: u64| at_end || (n > 0 && done.is_multiple_of(n));
+        if every(self.config.eval_every) {
+            self.evaluate(model, task)?;
+        }
+        if every(self.config.save_interval()) {
+            self.checkpoint(model, task)?;
+        }
+        Ok(())
+    }
+
     /// Writes the run checkpoint (all or nothing).
     pub fn checkpoint<M: Module>(&mut self, model: &M, task: &dyn TrainTask<M>) -> Result<()> {
         let mut state = self.state.clone();
