@@ -145,7 +145,7 @@ fn main() -> Result<()> {
                 ones.clone(),
                 ones.clone(),
                 false,
-            );
+            )?;
             let grads = lp.sum.sum().backward();
             drop(grads);
             Ok(())

@@ -160,7 +160,7 @@ fn main() -> Result<()> {
         let start = Instant::now();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), shape), &device);
         let ones = Tensor::<2, Int>::ones(shape, &device);
-        let lp = model_sequence_logprobs(&model, input, ones.clone(), ones, false);
+        let lp = model_sequence_logprobs(&model, input, ones.clone(), ones, false)?;
         let loss = lp.sum.neg().mean().div_scalar(args.len as f64);
         let loss_value = loss.clone().into_scalar::<f32>();
         let mut grads = GradAccumulator::default();

@@ -25,6 +25,7 @@ pub mod models;
 pub mod paths;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod policy;
 pub mod recipe;
 pub mod sampling;
 pub mod tokenize;

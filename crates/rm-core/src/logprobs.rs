@@ -10,10 +10,13 @@
 //!
 //! Everything is batched tensor work (no host round-trips) and differentiable: on an autodiff
 //! device gradients flow into the logits and, through [`model_sequence_logprobs`], the model.
+//! Sequences shorter than two tokens predict nothing: their result is
+//! [`SequenceLogprobs::empty`], not an error.
 
-use burn::tensor::{Int, Tensor};
+use anyhow::{Result, bail};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::models::llama::LlamaModel;
+use crate::policy::CausalPolicy;
 
 /// Per-token and per-sequence log-probs of a batch. Position `j` of the `[B, T−1]` tensors is
 /// the prediction of token `j + 1`.
@@ -37,45 +40,127 @@ pub struct SequenceLogprobs {
 
 /// Gathers the log-probs of `input_ids` `[B, T]` under `logits` `[B, T, V]`, counting the
 /// tokens where `completion_mask` `[B, T]` is 1; see the module docs. Works on autodiff
-/// devices (gradients flow into `logits`). Panics when `T < 2`.
+/// devices (gradients flow into `logits`). `T < 2` (nothing is predicted) gives the
+/// [empty result](SequenceLogprobs::empty); shapes that disagree are an error.
 pub fn sequence_logprobs(
     logits: Tensor<3>,
     input_ids: Tensor<2, Int>,
     completion_mask: Tensor<2, Int>,
     with_logsumexp_2x: bool,
-) -> SequenceLogprobs {
-    let t = logits.dims()[1];
-    assert!(
-        t >= 2,
-        "sequence log-probs need at least two positions, got {t}"
-    );
-    shifted_logprobs(
+) -> Result<SequenceLogprobs> {
+    let [b, t, _] = logits.dims();
+    check_shape("input ids", &input_ids, [b, t], "the logits' [B, T]")?;
+    check_shape(
+        "completion mask",
+        &completion_mask,
+        [b, t],
+        "the logits' [B, T]",
+    )?;
+    if t < 2 {
+        return Ok(SequenceLogprobs::empty(
+            b,
+            with_logsumexp_2x,
+            &logits.device(),
+        ));
+    }
+    Ok(shifted_logprobs(
         logits.narrow(1, 0, t - 1),
         input_ids,
         completion_mask,
         with_logsumexp_2x,
-    )
+    ))
 }
 
-/// [`sequence_logprobs`] of `model` on a padded batch: `input_ids` and `attention_mask`
-/// `[B, T]` (1 real, 0 pad; left or right padding), `completion_mask` `[B, T]` (1 on the tokens
-/// to score, a subset of the real ones). The LM head runs on the `T − 1` predicting positions
-/// only. Gradients flow into the model on autodiff devices.
-pub fn model_sequence_logprobs(
-    model: &LlamaModel,
+/// [`sequence_logprobs`] of `model` (any [`CausalPolicy`]: the module being trained, LoRA or
+/// not) on a padded batch: `input_ids` and `attention_mask` `[B, T]` (1 real, 0 pad; left or
+/// right padding), `completion_mask` `[B, T]` (1 on the tokens to score, a subset of the real
+/// ones). The LM head runs on the `T − 1` predicting positions only. Gradients flow into the
+/// model on autodiff devices. `T < 2` gives the [empty result](SequenceLogprobs::empty)
+/// without running the model; shapes that disagree are an error.
+pub fn model_sequence_logprobs<P: CausalPolicy + ?Sized>(
+    model: &P,
     input_ids: Tensor<2, Int>,
     attention_mask: Tensor<2, Int>,
     completion_mask: Tensor<2, Int>,
     with_logsumexp_2x: bool,
-) -> SequenceLogprobs {
-    let t = input_ids.dims()[1];
-    assert!(
-        t >= 2,
-        "sequence log-probs need at least two positions, got {t}"
-    );
-    let hidden = model.forward_hidden(input_ids.clone(), attention_mask, None);
+) -> Result<SequenceLogprobs> {
+    let [b, t] = input_ids.dims();
+    check_shape(
+        "attention mask",
+        &attention_mask,
+        [b, t],
+        "the input ids' [B, T]",
+    )?;
+    check_shape(
+        "completion mask",
+        &completion_mask,
+        [b, t],
+        "the input ids' [B, T]",
+    )?;
+    if t < 2 {
+        return Ok(SequenceLogprobs::empty(
+            b,
+            with_logsumexp_2x,
+            &input_ids.device(),
+        ));
+    }
+    let hidden = model.hidden_states(input_ids.clone(), attention_mask)?;
     let predicting = model.logits(hidden.narrow(1, 0, t - 1));
-    shifted_logprobs(predicting, input_ids, completion_mask, with_logsumexp_2x)
+    predicted_logprobs(predicting, input_ids, completion_mask, with_logsumexp_2x)
+}
+
+/// [`sequence_logprobs`] from the logits of the predicting positions only: `predicting`
+/// `[B, T−1, V]` (positions `0 … T−2`, e.g. the LM head run on `hidden[:, :T−1]` when the same
+/// hidden states also feed a value head), `input_ids` and `completion_mask` `[B, T]` (T ≥ 2).
+pub fn predicted_logprobs(
+    predicting: Tensor<3>,
+    input_ids: Tensor<2, Int>,
+    completion_mask: Tensor<2, Int>,
+    with_logsumexp_2x: bool,
+) -> Result<SequenceLogprobs> {
+    let [b, n, _] = predicting.dims();
+    check_shape(
+        "input ids",
+        &input_ids,
+        [b, n + 1],
+        "one more than the predicting positions",
+    )?;
+    check_shape(
+        "completion mask",
+        &completion_mask,
+        [b, n + 1],
+        "one more than the predicting positions",
+    )?;
+    Ok(shifted_logprobs(
+        predicting,
+        input_ids,
+        completion_mask,
+        with_logsumexp_2x,
+    ))
+}
+
+fn check_shape(what: &str, t: &Tensor<2, Int>, expected: [usize; 2], whose: &str) -> Result<()> {
+    if t.dims() != expected {
+        bail!("{what} is {:?}, expected {expected:?} ({whose})", t.dims());
+    }
+    Ok(())
+}
+
+impl SequenceLogprobs {
+    /// The log-probs of `batch` sequences shorter than two tokens: nothing is predicted, so
+    /// the per-token tensors are `[B, 0]` and `sum = count = mean = 0` (constants: nothing to
+    /// differentiate). A PPO rollout whose prompt is one token and whose response is empty
+    /// lands here.
+    pub fn empty(batch: usize, with_logsumexp_2x: bool, device: &Device) -> Self {
+        Self {
+            token_logprobs: Tensor::zeros([batch, 0], device),
+            mask: Tensor::zeros([batch, 0], device),
+            sum: Tensor::zeros([batch], device),
+            count: Tensor::zeros([batch], device),
+            mean: Tensor::zeros([batch], device),
+            logsumexp_2x: with_logsumexp_2x.then(|| Tensor::zeros([batch, 0], device)),
+        }
+    }
 }
 
 /// `predicting` `[B, T−1, V]`: the logits of positions `0 … T−2`.
@@ -111,6 +196,99 @@ fn shifted_logprobs(
     }
 }
 
+/// The per-token log-probs of one text under a causal LM, as `plumb logprobs` prints them and
+/// transformers computes them: `token_logprobs[i] = log p(ids[i+1] | ids[..=i])` (so `n − 1`
+/// values for `n` ids; none for a one-token text), their sum, and the argmax next token after
+/// the last id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TextLogprobs {
+    /// The text as given.
+    pub text: String,
+    /// Its token ids (the model's tokenizer, no special tokens added).
+    pub ids: Vec<u32>,
+    /// `log p(ids[i+1] | ids[..=i])` for `i < n − 1`.
+    pub token_logprobs: Vec<f32>,
+    /// `Σ token_logprobs` in f64 (0 for a one-token text).
+    pub sum_logprob: f64,
+    /// `argmax_v p(v | ids)`, the greedy next token.
+    pub argmax_next_token: u32,
+}
+
+/// [`TextLogprobs`] of every text under `lm`, `batch_size` texts per forward pass (right
+/// padding; padding never changes a row's values). One pass through the backbone per batch;
+/// per batch only the chosen log-probs and the argmax ids come to the host, never the
+/// `[B, T, V]` logits. A text with no tokens is an error naming it.
+pub fn text_logprobs(
+    lm: &crate::models::llama::CausalLm,
+    texts: &[String],
+    batch_size: usize,
+) -> Result<Vec<TextLogprobs>> {
+    use crate::tokenize::{PaddingSide, Sequence, TokenBatch};
+    if batch_size == 0 {
+        bail!("batch size must be at least 1");
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for (chunk_index, chunk) in texts.chunks(batch_size).enumerate() {
+        let seqs = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let ids = lm.tokenizer.encode(text, false)?;
+                if ids.is_empty() {
+                    bail!(
+                        "text {} ({text:?}) has no tokens: nothing to score",
+                        chunk_index * batch_size + i + 1
+                    );
+                }
+                Ok(Sequence::from_ids(ids))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = TokenBatch::pad(&seqs, lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let device = &lm.device;
+        let ids = batch.ids_tensor(device);
+        let mask = batch.attention_tensor(device);
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let hidden = lm.hidden_states(ids.clone(), mask.clone())?;
+        let last: Vec<i64> = batch.lengths.iter().map(|&n| n as i64 - 1).collect();
+        let last = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(last, [b, 1]), device);
+        let next = lm
+            .logits(crate::models::heads::gather_positions(
+                hidden.clone(),
+                last,
+            )?)
+            .argmax(2);
+        let next: Vec<i64> = next
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("reading the argmax ids: {e:?}"))?;
+        let token_lp: Vec<f32> = if t >= 2 {
+            let predicting = lm.logits(hidden.narrow(1, 0, t - 1));
+            predicted_logprobs(predicting, ids, mask, false)?
+                .token_logprobs
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading the log-probs: {e:?}"))?
+        } else {
+            Vec::new()
+        };
+        for (i, text) in chunk.iter().enumerate() {
+            let n = batch.lengths[i];
+            let row = token_lp[i * (t.max(1) - 1)..][..n - 1].to_vec();
+            out.push(TextLogprobs {
+                text: text.clone(),
+                ids: batch.row_ids(i).to_vec(),
+                // `+ 0.0`: an empty f64 sum is −0.0, printed as such.
+                sum_logprob: row.iter().map(|&x| x as f64).sum::<f64>() + 0.0,
+                token_logprobs: row,
+                argmax_next_token: next[i] as u32,
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +315,7 @@ mod tests {
         );
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 0], [1, 3]), &device);
         let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [1, 3]), &device);
-        let out = sequence_logprobs(logits, ids, mask, true);
+        let out = sequence_logprobs(logits, ids, mask, true).unwrap();
         let expect = (0.75f32).ln() + (0.25f32).ln();
         assert!((vec1(out.sum)[0] - expect).abs() < 1e-6);
         assert_eq!(vec1(out.count), [2.0]);
@@ -155,7 +333,7 @@ mod tests {
             &device,
         );
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
-        let out = sequence_logprobs(logits, ids, Tensor::ones([1, 2], &device), true);
+        let out = sequence_logprobs(logits, ids, Tensor::ones([1, 2], &device), true).unwrap();
         let sum = vec1(out.sum)[0];
         assert!((sum - (0.75f32).ln()).abs() < 1e-4, "{sum}");
         let lse2 = vec2(out.logsumexp_2x.unwrap())[0];
@@ -211,8 +389,8 @@ mod tests {
             let attn = Tensor::<2, Int>::from_data(TensorData::new(attn, [3, t]), &device);
             let comp = Tensor::<2, Int>::from_data(TensorData::new(comp, [3, t]), &device);
             let logits = model.forward(ids.clone(), attn.clone());
-            let out = sequence_logprobs(logits, ids.clone(), comp.clone(), true);
-            let via_model = model_sequence_logprobs(&model, ids, attn, comp, true);
+            let out = sequence_logprobs(logits, ids.clone(), comp.clone(), true).unwrap();
+            let via_model = model_sequence_logprobs(&model, ids, attn, comp, true).unwrap();
             let tokens = vec2(out.token_logprobs);
             let lse2 = vec2(out.logsumexp_2x.unwrap());
             let (sums, counts, means) = (vec1(out.sum), vec1(out.count), vec1(out.mean));
@@ -249,7 +427,7 @@ mod tests {
         .require_grad();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &device);
         let mask = Tensor::<2, Int>::ones([1, 2], &device);
-        let out = sequence_logprobs(logits.clone(), ids, mask, false);
+        let out = sequence_logprobs(logits.clone(), ids, mask, false).unwrap();
         let grads = out.sum.sum().backward();
         let g = logits
             .grad(&grads)
@@ -277,7 +455,7 @@ mod tests {
             TensorData::new(vec![0i64, 0, 1, 1, 0, 1, 1, 1], [2, 4]),
             &device,
         );
-        let out = model_sequence_logprobs(&model, ids, attn, comp, true);
+        let out = model_sequence_logprobs(&model, ids, attn, comp, true).unwrap();
         let loss = out.mean.sum() + out.logsumexp_2x.unwrap().sum().mul_scalar(0.01);
         let grads = loss.backward();
         for (name, g) in [
@@ -296,5 +474,60 @@ mod tests {
             assert!(g.iter().all(|x| x.is_finite()), "{name}");
             assert!(g.iter().any(|&x| x != 0.0), "{name} gradient is zero");
         }
+    }
+
+    #[test]
+    fn short_sequences_give_the_empty_result_and_bad_shapes_are_errors() {
+        let device = test_device();
+        let model = tiny_model(&device);
+        for t in [0, 1] {
+            let ids =
+                Tensor::<2, Int>::from_data(TensorData::new(vec![5i64; 3 * t], [3, t]), &device);
+            let ones = ids.ones_like();
+            for out in [
+                model_sequence_logprobs(&model, ids.clone(), ones.clone(), ones.clone(), true)
+                    .unwrap(),
+                sequence_logprobs(
+                    Tensor::zeros([3, t, 32], &device),
+                    ids.clone(),
+                    ones.clone(),
+                    true,
+                )
+                .unwrap(),
+            ] {
+                assert_eq!(out.token_logprobs.dims(), [3, 0]);
+                assert_eq!(out.logsumexp_2x.unwrap().dims(), [3, 0]);
+                assert_eq!(vec2(out.token_logprobs), Vec::<f32>::new());
+                for v in [out.sum, out.count, out.mean] {
+                    assert_eq!(vec1(v), [0.0; 3], "T = {t}");
+                }
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 4, 5], [1, 3]), &device);
+        let err = model_sequence_logprobs(
+            &model,
+            ids.clone(),
+            Tensor::ones([1, 2], &device),
+            ids.ones_like(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "attention mask is [1, 2], expected [1, 3] (the input ids' [B, T])"
+        );
+        let err = sequence_logprobs(
+            Tensor::zeros([2, 3, 32], &device),
+            ids.clone(),
+            ids.ones_like(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "input ids is [1, 3], expected [2, 3] (the logits' [B, T])"
+        );
     }
 }

@@ -1364,7 +1364,8 @@ mod tests {
         let diff = max_abs_diff(logits, merged);
         assert!(diff < 1e-4, "factored vs merged logits: {diff}");
 
-        let lp = crate::logprobs::model_sequence_logprobs(&model, ids, ones.clone(), ones, false);
+        let lp = crate::logprobs::model_sequence_logprobs(&model, ids, ones.clone(), ones, false)
+            .unwrap();
         let grads = lp.sum.sum().backward();
         // No base weight (nor any other base parameter) has a gradient.
         for layer in &model.layers {

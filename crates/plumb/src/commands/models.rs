@@ -6,12 +6,11 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use rm_core::chat::ChatTemplate;
-use rm_core::logprobs::sequence_logprobs;
+use rm_core::logprobs::text_logprobs;
 use rm_core::models::bert::BertEmbedder;
 use rm_core::models::llama::CausalLm;
 use rm_core::models::pooling::Pooling;
-use rm_core::sampling::{SamplingConfig, argmax, generate};
-use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
+use rm_core::sampling::{SamplingConfig, generate};
 use rm_core::types::{Conversation, Role, Turn};
 use serde_json::json;
 
@@ -72,57 +71,14 @@ pub struct LogprobsArgs {
     pub batch_size: usize,
 }
 
-/// Prints one JSON object per text: ids, per-token log-probs (`token_logprobs[i]` = log p(ids[i+1]
-/// | ids[..=i])), their sum and the argmax next token; texts are batched with right padding.
+/// Prints one JSON object per text ([`rm_core::logprobs::TextLogprobs`]): ids, per-token
+/// log-probs (`token_logprobs[i]` = log p(ids[i+1] | ids[..=i]); none for a one-token text),
+/// their sum and the argmax next token.
 pub fn logprobs(global: &GlobalArgs, args: LogprobsArgs) -> Result<()> {
     let texts = args.input.read()?;
-    let device = device(global)?;
-    let lm = CausalLm::load(&args.model, &device)?;
-    for chunk in texts.chunks(args.batch_size.max(1)) {
-        let seqs = chunk
-            .iter()
-            .map(|t| {
-                let ids = lm.tokenizer.encode(t, false)?;
-                anyhow::ensure!(
-                    ids.len() >= 2,
-                    "{t:?} has fewer than two tokens: no log-prob to compute"
-                );
-                let mut s = Sequence::from_ids(ids);
-                s.completion = vec![true; s.len()];
-                Ok(s)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = TokenBatch::pad(&seqs, lm.tokenizer.pad_id(), PaddingSide::Right)?;
-        let ids = batch.ids_tensor(&device);
-        let mask = batch.attention_tensor(&device);
-        let logits = lm.model.forward(ids.clone(), mask.clone());
-        let v = logits.dims()[2];
-        let t = batch.seq_len;
-        let lp = sequence_logprobs(logits.clone(), ids, mask, false);
-        let token_lp: Vec<f32> = lp
-            .token_logprobs
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let host: Vec<f32> = logits
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        for (i, text) in chunk.iter().enumerate() {
-            let n = batch.lengths[i];
-            let row = &token_lp[i * (t - 1)..i * (t - 1) + n - 1];
-            let last = &host[(i * t + n - 1) * v..(i * t + n) * v];
-            println!(
-                "{}",
-                json!({
-                    "text": text,
-                    "ids": batch.row_ids(i),
-                    "token_logprobs": row,
-                    "sum_logprob": row.iter().map(|&x| x as f64).sum::<f64>(),
-                    "argmax_next_token": argmax(last),
-                })
-            );
-        }
+    let lm = CausalLm::load(&args.model, &device(global)?)?;
+    for row in text_logprobs(&lm, &texts, args.batch_size)? {
+        println!("{}", serde_json::to_string(&row)?);
     }
     Ok(())
 }

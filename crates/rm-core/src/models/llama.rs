@@ -25,6 +25,7 @@ use super::{host_tensor, load_embedding, load_linear, param};
 use crate::gguf::GgufFile;
 use crate::gguf::tokenizer::{special_ids, tokenizer_from_gguf};
 use crate::lora;
+use crate::policy::CausalPolicy;
 use crate::sampling::IncrementalDecoder;
 use crate::tokenize::TextTokenizer;
 
@@ -641,14 +642,92 @@ impl LlamaModel {
         }
     }
 
-    /// Last hidden states (after the final norm) `[B, T, D]` of `input_ids` `[B, T]`, the input
-    /// of reward heads.
+    /// Last hidden states (after the final norm) `[B, T, D]` of a padded batch `input_ids`
+    /// `[B, T]` with `attention_mask` `[B, T]` (1 real, 0 pad), no cache: the input of reward
+    /// and value heads. Left and right padding both work: a token's position is the number of
+    /// real tokens before it, and pad keys are hidden.
     ///
-    /// `attention_mask` `[B, past + T]` covers the cached positions and the new ones (1 real,
-    /// 0 pad). Left and right padding both work: a token's position is the number of real
-    /// tokens before it, and pad keys are hidden. With `cache`, keys and values of the new
-    /// tokens are appended to it.
+    /// # Panics
+    /// Like burn's tensor ops, when the two shapes differ; [`CausalPolicy::hidden_states`]
+    /// (`crate::policy`) checks them and returns an error instead.
     pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        self.decode(input_ids, attention_mask, None)
+    }
+
+    /// [`LlamaModel::forward_hidden`] of the new tokens `input_ids` `[B, T]` (T ≥ 1) after the
+    /// positions in `cache`, whose keys and values are extended with the new ones.
+    /// `attention_mask` `[B, cached + T]` covers every position so far. A mask of another shape,
+    /// or a cache of another model or batch size, is an error (the cache is left unchanged).
+    pub fn forward_hidden_with_cache(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>> {
+        self.check_inputs(&input_ids, &attention_mask, cache)?;
+        Ok(self.decode(input_ids, attention_mask, Some(cache)))
+    }
+
+    /// Checks what [`LlamaModel::decode`] relies on: at least one new token, a mask
+    /// `[B, cached + T]`, and a cache that is empty or holds `[B, kv_heads, cached, head_dim]`
+    /// keys and values for every layer.
+    pub(crate) fn check_inputs(
+        &self,
+        input_ids: &Tensor<2, Int>,
+        attention_mask: &Tensor<2, Int>,
+        cache: &KvCache,
+    ) -> Result<()> {
+        let [b, t] = input_ids.dims();
+        if t == 0 {
+            bail!("the Llama decoder needs at least one new token per row, got input ids [{b}, 0]");
+        }
+        let past = cache.len();
+        let [mask_b, total] = attention_mask.dims();
+        if (mask_b, total) != (b, past + t) {
+            bail!(
+                "attention mask is [{mask_b}, {total}], expected [{b}, {}] (batch, {past} cached + {t} new positions)",
+                past + t
+            );
+        }
+        if cache.keys.is_empty() && cache.values.is_empty() {
+            return Ok(());
+        }
+        let layers = self.layers.len();
+        if cache.keys.len() != layers || cache.values.len() != layers {
+            bail!(
+                "the KV cache holds {} key and {} value tensors, this model has {layers} layers (a cache of another model)",
+                cache.keys.len(),
+                cache.values.len()
+            );
+        }
+        for (i, (layer, (k, v))) in self
+            .layers
+            .iter()
+            .zip(cache.keys.iter().zip(&cache.values))
+            .enumerate()
+        {
+            let a = &layer.self_attn;
+            let expected = [b, a.kv_heads, past, a.head_dim];
+            if k.dims() != expected || v.dims() != expected {
+                bail!(
+                    "KV cache of layer {i}: keys {:?}, values {:?}, expected {expected:?} (batch {b}, {} kv heads, {past} positions, head dim {}): a cache of another model or batch size",
+                    k.dims(),
+                    v.dims(),
+                    a.kv_heads,
+                    a.head_dim
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoder stack; the shapes are checked by the callers (see
+    /// [`LlamaModel::check_inputs`]).
+    fn decode(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2, Int>,
@@ -657,18 +736,7 @@ impl LlamaModel {
         let [b, t] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let [mask_b, total] = attention_mask.dims();
-        assert_eq!(
-            (mask_b, total),
-            (b, past + t),
-            "attention mask must be [batch, cached + new positions]"
-        );
-        if let Some(c) = cache.as_ref()
-            && !c.is_empty()
-        {
-            assert_eq!(c.keys.len(), self.layers.len(), "cache of another model");
-            assert_eq!(c.keys[0].dims()[0], b, "cache of another batch size");
-        }
+        let total = attention_mask.dims()[1];
 
         // Position of each new token = number of real tokens before it.
         let positions = (attention_mask.clone().cumsum(1) - 1)
@@ -748,19 +816,20 @@ impl LlamaModel {
 
     /// Logits `[B, T, V]` of a padded batch `[B, T]` (no cache).
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
-        self.logits(self.forward_hidden(input_ids, attention_mask, None))
+        self.logits(self.forward_hidden(input_ids, attention_mask))
     }
 
     /// Logits `[B, T, V]` of the new tokens `input_ids` `[B, T]`, reading and extending
     /// `cache`; `attention_mask` `[B, cached + T]` covers every position so far. Feeding a
-    /// sequence in pieces gives the logits of one full [`LlamaModel::forward`].
+    /// sequence in pieces gives the logits of one full [`LlamaModel::forward`]. Shape errors as
+    /// [`LlamaModel::forward_hidden_with_cache`].
     pub fn forward_with_cache(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2, Int>,
         cache: &mut KvCache,
-    ) -> Tensor<3> {
-        self.logits(self.forward_hidden(input_ids, attention_mask, Some(cache)))
+    ) -> Result<Tensor<3>> {
+        Ok(self.logits(self.forward_hidden_with_cache(input_ids, attention_mask, cache)?))
     }
 
     /// Loads a `.gguf` file (or a folder holding exactly one) or an HF folder (`config.json`,
@@ -969,6 +1038,44 @@ impl CausalLm {
     }
 }
 
+/// Prefill and one-token steps on the module itself (the policy being trained, LoRA or not), so
+/// [`crate::sampling::generate`] samples from it directly.
+impl IncrementalDecoder for LlamaModel {
+    type Cache = KvCache;
+
+    /// Errors on an empty prompt (`T = 0`) or a mask that is not `[B, T]`.
+    fn prefill(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Result<(Tensor<2>, KvCache)> {
+        let mut cache = KvCache::default();
+        let [b, t] = ids.dims();
+        let hidden = self.forward_hidden_with_cache(ids, attention_mask, &mut cache)?;
+        let logits = self.logits(hidden.narrow(1, t - 1, 1));
+        let v = logits.dims()[2];
+        Ok((logits.reshape([b, v]), cache))
+    }
+
+    /// Errors unless `ids` is `[B, 1]`, `attention_mask` `[B, cached + 1]` and `cache` this
+    /// model's cache of batch `B`.
+    fn step(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
+        let [b, t] = ids.dims();
+        if t != 1 {
+            bail!("a decoding step feeds one token per row, got ids [{b}, {t}]");
+        }
+        let logits = self.forward_with_cache(ids, attention_mask, cache)?;
+        let v = logits.dims()[2];
+        Ok(logits.reshape([b, v]))
+    }
+}
+
+/// The loaded bundle decodes with its model.
 impl IncrementalDecoder for CausalLm {
     type Cache = KvCache;
 
@@ -977,14 +1084,7 @@ impl IncrementalDecoder for CausalLm {
         ids: Tensor<2, Int>,
         attention_mask: Tensor<2, Int>,
     ) -> Result<(Tensor<2>, KvCache)> {
-        let mut cache = KvCache::default();
-        let [b, t] = ids.dims();
-        let hidden = self
-            .model
-            .forward_hidden(ids, attention_mask, Some(&mut cache));
-        let logits = self.model.logits(hidden.narrow(1, t - 1, 1));
-        let v = logits.dims()[2];
-        Ok((logits.reshape([b, v]), cache))
+        self.model.prefill(ids, attention_mask)
     }
 
     fn step(
@@ -993,10 +1093,39 @@ impl IncrementalDecoder for CausalLm {
         attention_mask: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<2>> {
-        let [b, _] = ids.dims();
-        let logits = self.model.forward_with_cache(ids, attention_mask, cache);
-        let v = logits.dims()[2];
-        Ok(logits.reshape([b, v]))
+        self.model.step(ids, attention_mask, cache)
+    }
+}
+
+/// The trained module is the policy: hidden states, logits and (through the trait's default)
+/// completion log-probs run on it, LoRA adapters and all.
+impl CausalPolicy for LlamaModel {
+    fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        self.check_inputs(&input_ids, &attention_mask, &KvCache::default())?;
+        Ok(self.forward_hidden(input_ids, attention_mask))
+    }
+
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        LlamaModel::logits(self, hidden)
+    }
+}
+
+/// The loaded bundle is a policy through its model.
+impl CausalPolicy for CausalLm {
+    fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        self.model.hidden_states(input_ids, attention_mask)
+    }
+
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.model.logits(hidden)
     }
 }
 
@@ -1109,17 +1238,25 @@ pub(crate) mod tests {
             int2(vec![vec![1; 6]], &device),
         );
         let mut cache = KvCache::default();
-        let mut steps = vec![model.forward_with_cache(
-            int2(vec![ids[..3].to_vec()], &device),
-            int2(vec![vec![1; 3]], &device),
-            &mut cache,
-        )];
+        let mut steps = vec![
+            model
+                .forward_with_cache(
+                    int2(vec![ids[..3].to_vec()], &device),
+                    int2(vec![vec![1; 3]], &device),
+                    &mut cache,
+                )
+                .unwrap(),
+        ];
         for (k, &tok) in ids.iter().enumerate().skip(3) {
-            steps.push(model.forward_with_cache(
-                int2(vec![vec![tok]], &device),
-                int2(vec![vec![1; k + 1]], &device),
-                &mut cache,
-            ));
+            steps.push(
+                model
+                    .forward_with_cache(
+                        int2(vec![vec![tok]], &device),
+                        int2(vec![vec![1; k + 1]], &device),
+                        &mut cache,
+                    )
+                    .unwrap(),
+            );
         }
         assert_eq!(cache.len(), 6);
         let diff = max_diff(full, Tensor::cat(steps, 1));
@@ -1137,17 +1274,25 @@ pub(crate) mod tests {
         let prefix = |m: &Vec<Vec<i64>>, a: usize, b: usize| -> Vec<Vec<i64>> {
             m.iter().map(|r| r[a..b].to_vec()).collect()
         };
-        let mut steps = vec![model.forward_with_cache(
-            int2(prefix(&rows, 0, 4), &device),
-            int2(prefix(&mask, 0, 4), &device),
-            &mut cache,
-        )];
+        let mut steps = vec![
+            model
+                .forward_with_cache(
+                    int2(prefix(&rows, 0, 4), &device),
+                    int2(prefix(&mask, 0, 4), &device),
+                    &mut cache,
+                )
+                .unwrap(),
+        ];
         for k in 4..7 {
-            steps.push(model.forward_with_cache(
-                int2(prefix(&rows, k, k + 1), &device),
-                int2(prefix(&mask, 0, k + 1), &device),
-                &mut cache,
-            ));
+            steps.push(
+                model
+                    .forward_with_cache(
+                        int2(prefix(&rows, k, k + 1), &device),
+                        int2(prefix(&mask, 0, k + 1), &device),
+                        &mut cache,
+                    )
+                    .unwrap(),
+            );
         }
         let incremental = Tensor::cat(steps, 1);
         // Only real positions are compared (pad rows are never read).
@@ -1230,7 +1375,9 @@ pub(crate) mod tests {
             let ids = int2(vec![vec![0, 3, 4, 5, 6], vec![7, 8, 9, 10, 11]], &device);
             let mask = int2(vec![vec![0, 1, 1, 1, 1], vec![1; 5]], &device);
             let mut cache = KvCache::default();
-            let hidden = gqa.forward_hidden(ids.clone(), mask.clone(), Some(&mut cache));
+            let hidden = gqa
+                .forward_hidden_with_cache(ids.clone(), mask.clone(), &mut cache)
+                .unwrap();
             assert_eq!(hidden.dims(), [2, 5, 16]);
             assert_eq!(cache.keys.len(), 2);
             assert_eq!(cache.keys[1].dims(), [2, kv_heads, 5, 4]);

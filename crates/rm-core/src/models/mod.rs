@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod gguf_weights;
+pub mod heads;
 pub mod host_ops;
 pub mod llama;
 pub mod pooling;

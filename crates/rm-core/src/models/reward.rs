@@ -291,7 +291,7 @@ impl Backbone {
     pub fn hidden(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<3> {
         match self {
             Backbone::Bert(m) => m.forward(ids, mask, None),
-            Backbone::Llama(m) => m.forward_hidden(ids, mask, None),
+            Backbone::Llama(m) => m.forward_hidden(ids, mask),
         }
     }
 }
