@@ -92,6 +92,35 @@ pub mod for_tests {
     }
 }
 
+/// Checks that `path`, given to a loader that reads a folder (`what`: "a BERT model folder",
+/// "a reward-model folder"), is one. A file is refused with what the command takes instead of
+/// the loader failing later on `path/config.json`; a `.gguf` file is named as the decoder it
+/// is (the commands that take one: `plumb logprobs`, `plumb generate`, Llama reward models).
+pub fn require_folder(path: &Path, what: &str) -> anyhow::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: expected {what} (run `cargo xtask fetch-models` for the models/ folder)",
+            path.display()
+        );
+    }
+    let gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let hint = if gguf {
+        "; a .gguf file holds a decoder, which `plumb logprobs`, `plumb generate` and Llama \
+         reward-model recipes take"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "{} is a file, but this command takes {what}, not a file{hint}",
+        path.display()
+    )
+}
+
 /// A model path from a recipe or a flag, with the models folder applied: a relative path under
 /// the default `models/` (e.g. the recipes' `models/minilm`) is looked up in `models_dir`
 /// (`--models-dir` / `$PLUMB_MODELS_DIR`) instead; any other path is taken as it is.
@@ -128,5 +157,44 @@ mod resolve_tests {
             resolve_model_path(Path::new("elsewhere/m"), custom),
             PathBuf::from("elsewhere/m")
         );
+    }
+
+    #[test]
+    fn folder_loaders_refuse_files_and_name_a_gguf_as_a_decoder() {
+        let dir = std::env::temp_dir().join(format!("plumbline-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(require_folder(&dir, "a BERT model folder").is_ok());
+        let gguf = dir.join("model.gguf");
+        std::fs::write(&gguf, b"GGUF").unwrap();
+        let err = require_folder(&gguf, "a BERT model folder")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a file, but this command takes a BERT model folder, not a file; a .gguf \
+                 file holds a decoder, which `plumb logprobs`, `plumb generate` and Llama \
+                 reward-model recipes take",
+                gguf.display()
+            )
+        );
+        let other = dir.join("weights.safetensors");
+        std::fs::write(&other, b"").unwrap();
+        let err = require_folder(&other, "a reward-model folder")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("takes a reward-model folder, not a file"),
+            "{err}"
+        );
+        let missing = dir.join("nope");
+        let err = require_folder(&missing, "a reward-model folder")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{} does not exist", missing.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

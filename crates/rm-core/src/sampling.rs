@@ -113,6 +113,13 @@ impl SamplingConfig {
                 self.repetition_penalty
             );
         }
+        if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
+            bail!(
+                "stop string {} is empty: it would match before the first new token, so every \
+                 row would stop at once; drop it",
+                i + 1
+            );
+        }
         Ok(())
     }
 }
@@ -666,6 +673,17 @@ mod tests {
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }
+        // `--stop ""` would end every row before its first token: a flag that does nothing
+        // useful is an error naming it.
+        let c = SamplingConfig {
+            stop_strings: vec!["</s>".into(), String::new()],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "stop string 2 is empty: it would match before the first new token, so every row \
+             would stop at once; drop it"
+        );
     }
     use crate::device::test_device;
     use crate::models::llama::CausalLm;

@@ -335,6 +335,7 @@ impl BertModel {
     /// Loads a folder holding `config.json` and `*.safetensors`.
     pub fn load(folder: impl AsRef<Path>, device: &Device) -> Result<(Self, BertConfig)> {
         let folder = folder.as_ref();
+        crate::paths::require_folder(folder, "a BERT model folder (config.json, *.safetensors)")?;
         let config = BertConfig::from_file(folder.join("config.json"))?;
         let weights = SafetensorsWeights::open(folder)?;
         let model = Self::from_source(&weights, &config, device)
@@ -598,12 +599,10 @@ impl BertEmbedder {
     /// own padding and truncation (all-MiniLM-L6-v2 ships both at 128) are switched off.
     pub fn load(folder: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let folder = folder.as_ref();
-        if !folder.is_dir() {
-            bail!(
-                "model folder {} does not exist (run `cargo xtask fetch-models` for models/minilm)",
-                folder.display()
-            );
-        }
+        crate::paths::require_folder(
+            folder,
+            "a BERT model folder (config.json, *.safetensors, tokenizer.json)",
+        )?;
         let (model, config) = BertModel::load(folder, device)?;
         let tokenizer = TextTokenizer::from_file(folder.join("tokenizer.json"))?
             .try_with_pad_id(config.pad_token_id, "config.json pad_token_id")?;

@@ -651,6 +651,7 @@ impl RewardModelBundle {
 
     /// Reads `dir/reward_model.json`.
     pub fn read_spec(dir: &Path) -> Result<RewardModelSpec> {
+        crate::paths::require_folder(dir, "a reward-model folder written by `plumb train-rm`")?;
         let path = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
