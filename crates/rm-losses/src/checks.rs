@@ -57,3 +57,58 @@ pub(crate) fn in_range(
         })
     }
 }
+
+/// Checks that a matrix input has shape `expected`.
+pub(crate) fn same_shape(
+    objective: &'static str,
+    input: &'static str,
+    expected: [usize; 2],
+    tensor: &Tensor<2>,
+) -> Result<(), LossError> {
+    let actual = tensor.dims();
+    if actual != expected {
+        return Err(LossError::ShapeMismatch {
+            objective,
+            input,
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a hyper-parameter is finite and `> 0`.
+pub(crate) fn positive(
+    objective: &'static str,
+    parameter: &'static str,
+    value: f32,
+) -> Result<(), LossError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(LossError::InvalidParameter {
+            objective,
+            parameter,
+            value,
+            expected: "a finite value > 0",
+        })
+    }
+}
+
+/// Checks that a hyper-parameter is finite.
+pub(crate) fn finite(
+    objective: &'static str,
+    parameter: &'static str,
+    value: f32,
+) -> Result<(), LossError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(LossError::InvalidParameter {
+            objective,
+            parameter,
+            value,
+            expected: "a finite value",
+        })
+    }
+}

@@ -15,7 +15,15 @@
 //! - [`PairwiseObjective`]: the scalar pairwise objectives as a serde-tagged enum that trainers
 //!   select from a recipe's `[objective]` table.
 //!
-//! The DPO family and the policy losses and advantage estimators of PPO and GRPO arrive with the
+//! Preference optimisation of a policy ([`preference`]), on per-sequence / per-token log-probs:
+//! - TRL's DPO losses ([`preference::dpo`]): the 15 `loss_type`s of `DPOTrainer` (sigmoid,
+//!   hinge, IPO, EXO, NCA, robust, BCO-pair, SPPO-hard, AOT, AOT-unpaired, APO-zero/down,
+//!   DiscoPOP, SFT, sigmoid-norm), combinable with weights, with f-divergence scores, LD-DPO and
+//!   WPO, behind [`DpoConfig`] (TRL's field names); the TR-DPO reference refresh;
+//! - unpaired feedback ([`preference::unpaired`]): KTO, APO-zero unpaired, BCO;
+//! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO.
+//!
+//! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
 
 mod checks;
@@ -25,6 +33,7 @@ pub mod listwise;
 mod objective;
 pub mod pair_classifier;
 pub mod pairwise;
+pub mod preference;
 #[cfg(test)]
 mod testing;
 
@@ -38,4 +47,9 @@ pub use pair_classifier::pairwise_preference_swap_loss;
 pub use pairwise::{
     bradley_terry_loss, bradley_terry_margin_loss, label_smoothed_bradley_terry_loss,
     pairwise_accuracy, preference_distillation_loss, reward_centering_penalty,
+};
+pub use preference::{
+    BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, KtoOutput,
+    KtoParams, RunningMean, UnpairedLogps, alphapo_loss, apo_zero_unpaired_loss, bco_loss,
+    cpo_loss, dpo_loss, kto_loss, orpo_loss, refresh_reference, rpo_loss, simpo_loss,
 };
