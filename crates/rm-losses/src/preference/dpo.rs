@@ -749,3 +749,7 @@ pub fn dpo_loss(config: &DpoConfig, batch: DpoBatch) -> Result<DpoOutput, LossEr
         rejected_rewards: dr.detach().mul_scalar(beta),
     })
 }
+
+#[cfg(test)]
+#[path = "dpo_tests.rs"]
+mod tests;
