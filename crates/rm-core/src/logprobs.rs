@@ -36,6 +36,10 @@ pub struct SequenceLogprobs {
     /// `[B, T−1]`: `logsumexp(2·logits)` of the predicting position (not masked), when
     /// requested.
     pub logsumexp_2x: Option<Tensor<2>>,
+    /// `[B, T−1]`: `log Σ_v p_v² = logsumexp(2·logits) − 2·logsumexp(logits)` of the predicting
+    /// position (not masked, detached), requested with `logsumexp_2x`: the input of WPO's
+    /// weights (`rm_losses::preference::DpoBatch::log_sum_sq_probs`).
+    pub log_sum_sq_probs: Option<Tensor<2>>,
 }
 
 /// Gathers the log-probs of `input_ids` `[B, T]` under `logits` `[B, T, V]`, counting the
@@ -159,6 +163,7 @@ impl SequenceLogprobs {
             count: Tensor::zeros([batch], device),
             mean: Tensor::zeros([batch], device),
             logsumexp_2x: with_logsumexp_2x.then(|| Tensor::zeros([batch, 0], device)),
+            log_sum_sq_probs: with_logsumexp_2x.then(|| Tensor::zeros([batch, 0], device)),
         }
     }
 }
@@ -181,6 +186,9 @@ fn shifted_logprobs(
     let logsumexp_2x = with_logsumexp_2x.then(|| {
         (shifted.mul_scalar(2.0).exp().sum_dim(2).log() + max.mul_scalar(2.0)).reshape([b, n])
     });
+    let log_sum_sq_probs = logsumexp_2x
+        .as_ref()
+        .map(|l2| (l2.clone() - lse.clone().reshape([b, n]).mul_scalar(2.0)).detach());
     let target = predicting.gather(2, targets.reshape([b, n, 1]));
     let token = (target - lse).reshape([b, n]) * mask.clone();
     let sum = token.clone().sum_dim(1).reshape([b]);
@@ -193,6 +201,7 @@ fn shifted_logprobs(
         count,
         mean,
         logsumexp_2x,
+        log_sum_sq_probs,
     }
 }
 
@@ -327,6 +336,10 @@ mod tests {
         for lse in vec2(out.logsumexp_2x.unwrap()) {
             assert!((lse - (10.0f32).ln()).abs() < 1e-5);
         }
+        // log Σ p² = ln(1/16 + 9/16).
+        for l in vec2(out.log_sum_sq_probs.unwrap()) {
+            assert!((l - (10.0f32 / 16.0).ln()).abs() < 1e-5, "{l}");
+        }
         // Large logits stay finite.
         let logits = Tensor::<3>::from_data(
             TensorData::new(vec![1000.0f32, 1000.0 + l, 0.0, 0.0], [1, 2, 2]),
@@ -338,6 +351,8 @@ mod tests {
         assert!((sum - (0.75f32).ln()).abs() < 1e-4, "{sum}");
         let lse2 = vec2(out.logsumexp_2x.unwrap())[0];
         assert!((lse2 - (2000.0 + (10.0f32).ln())).abs() < 1e-3, "{lse2}");
+        let lssp = vec2(out.log_sum_sq_probs.unwrap())[0];
+        assert!((lssp - (10.0f32 / 16.0).ln()).abs() < 1e-4, "{lssp}");
     }
 
     #[test]

@@ -839,7 +839,7 @@ pub fn load_adapters<M: Module>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::test_net::{TinyNet, ids};
     use crate::checkpoint::tests::temp_dir;
@@ -1256,7 +1256,7 @@ mod tests {
         }
     }
 
-    fn random_b<M: Module>(module: M) -> M {
+    pub(crate) fn random_b<M: Module>(module: M) -> M {
         module.map(&mut RandomB {
             stack: PathStack::default(),
         })

@@ -1199,6 +1199,22 @@ pub(crate) mod tests {
         LlamaModel::from_source(&tiny_weights(&c, 11), &c, device).unwrap()
     }
 
+    /// The tiny model of `seed` as an HF folder `dir` (config.json, model.safetensors,
+    /// tokenizer.json), which [`CausalLm::load`] reads.
+    pub fn write_tiny_hf_folder(dir: &Path, seed: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = tiny_config();
+        let mut json = serde_json::to_value(&c).unwrap();
+        json["model_type"] = "llama".into();
+        std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+        let tensors: Vec<_> = tiny_weights(&c, seed).tensors.into_iter().collect();
+        crate::checkpoint::save_host_tensors(&dir.join("model.safetensors"), &tensors).unwrap();
+        tiny_tokenizer()
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .unwrap();
+    }
+
     /// A 32-word tokenizer matching the tiny model's vocabulary ("t0" … "t31", pad = t0).
     pub fn tiny_tokenizer() -> TextTokenizer {
         let vocab = (0..32).map(|i| (format!("t{i}"), i as u32)).collect();

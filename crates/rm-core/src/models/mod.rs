@@ -9,6 +9,7 @@ pub mod gguf_weights;
 pub mod heads;
 pub mod host_ops;
 pub mod llama;
+pub mod policy_folder;
 pub mod pooling;
 pub mod reward;
 pub mod safetensors;
