@@ -69,6 +69,8 @@ enum Command {
     Generate(commands::models::GenerateArgs),
     /// Train a reward model from a TOML recipe, evaluate it, write a report and curves.
     TrainRm(commands::reward::TrainRmArgs),
+    /// Align a policy on preference pairs (DPO family) from a TOML recipe.
+    TrainPo(commands::policy::TrainPoArgs),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Logprobs(args) => commands::models::logprobs(&cli.global, args),
         Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
+        Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Quickstart(args) => commands::reward::quickstart(&cli.global, args),

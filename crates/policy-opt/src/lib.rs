@@ -1,7 +1,10 @@
 //! # policy-opt
 //!
-//! Policy optimisation against preferences and reward models: the DPO family (DPO, IPO, KTO,
-//! SimPO, …) on preference pairs, and on-policy PPO and GRPO with rollouts sampled from the
-//! policy, rewards from plumbline reward models and advantage estimators from `rm-losses`.
-//!
-//! Nothing is implemented here yet.
+//! Policy optimisation against preferences and reward models. Today: the DPO family on
+//! preference pairs ([`preference`]: TRL's `DPOTrainer` losses from `rm-losses`, on a
+//! LoRA-adapted or fully trained causal LM, `plumb train-po`). On-policy PPO and GRPO with
+//! rollouts sampled from the policy arrive with the online-RL work.
+
+pub mod preference;
+
+pub use preference::{PreferenceRecipe, PreferenceReport, train_preference_policy};

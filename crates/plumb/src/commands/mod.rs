@@ -3,5 +3,6 @@
 pub mod data;
 pub mod info;
 pub mod models;
+pub mod policy;
 pub mod reward;
 pub mod texts;

@@ -14,7 +14,7 @@ use rm_pipeline::{RewardRecipe, TrainReport, TrainRequest, train_reward_model};
 
 use crate::GlobalArgs;
 
-/// How `train-rm` treats its run folder.
+/// How `train-rm` and `train-po` treat their run folder.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct RunFlags {
     /// Continue the run in train.out_dir from its last checkpoint.
@@ -29,7 +29,7 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    fn mode(self) -> RunMode {
+    pub(crate) fn mode(self) -> RunMode {
         if self.resume {
             RunMode::Resume {
                 allow_changes: self.allow_changes,
@@ -57,7 +57,11 @@ pub struct TrainRmArgs {
     pub quiet: bool,
 }
 
-fn train_request(global: &GlobalArgs, mode: RunMode, progress: bool) -> Result<TrainRequest> {
+pub(crate) fn train_request(
+    global: &GlobalArgs,
+    mode: RunMode,
+    progress: bool,
+) -> Result<TrainRequest> {
     Ok(TrainRequest {
         data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
         models_dir: rm_core::paths::models_dir(global.models_dir.as_deref()),

@@ -1,0 +1,55 @@
+//! Preference pairs as policy token sequences: each pair's prompt rendered once with the
+//! policy's chat template and followed by the chosen and by the rejected response, the response
+//! tokens flagged as the completion ([`Policy::encode`]).
+
+use anyhow::{Context, Result};
+use rm_core::models::policy_folder::Policy;
+use rm_core::tokenize::Sequence;
+use rm_core::types::PreferencePair;
+
+/// One pair, tokenized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub chosen: Sequence,
+    pub rejected: Sequence,
+}
+
+impl EncodedPair {
+    /// The longer of the two sequences.
+    pub fn len(&self) -> usize {
+        self.chosen.len().max(self.rejected.len())
+    }
+
+    /// Whether both sequences are empty (never, for pairs from [`encode_pairs`]).
+    pub fn is_empty(&self) -> bool {
+        self.chosen.is_empty() && self.rejected.is_empty()
+    }
+
+    /// Whether either sequence lost tokens to `max_len` (it is `max_len` long).
+    pub fn reaches(&self, max_len: usize) -> bool {
+        self.len() >= max_len
+    }
+}
+
+/// Encodes `pairs` from `source` (named in errors with the pair's 1-based number).
+pub fn encode_pairs(
+    policy: &Policy,
+    pairs: &[PreferencePair],
+    source: &str,
+) -> Result<Vec<EncodedPair>> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let row = || format!("{source}: pair {} (0-based {i})", i + 1);
+            Ok(EncodedPair {
+                chosen: policy
+                    .encode(&p.prompt, &p.chosen)
+                    .with_context(|| format!("{}: chosen", row()))?,
+                rejected: policy
+                    .encode(&p.prompt, &p.rejected)
+                    .with_context(|| format!("{}: rejected", row()))?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,153 @@
+//! The preference-optimisation recipe (`recipes/dpo-*.toml`): `[model]` (the policy, its
+//! length limit, LoRA), `[data]` (typed pair sources, as reward models take them),
+//! `[objective]` (TRL's `DPOConfig` loss fields), `[train]`, `[eval]`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rm_core::models::policy_folder::PolicyModelConfig;
+use rm_core::train::TrainConfig;
+use rm_losses::preference::DpoConfig;
+use rm_pipeline::recipe::DataConfig;
+use serde::{Deserialize, Serialize};
+
+/// The `[eval]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceEvalConfig {
+    /// Pairs per evaluation forward pass (each pass runs 2 × this many sequences through the
+    /// policy and again through the reference).
+    #[serde(default = "eval_pairs")]
+    pub batch_size: usize,
+}
+
+fn eval_pairs() -> usize {
+    8
+}
+
+impl Default for PreferenceEvalConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: eval_pairs(),
+        }
+    }
+}
+
+/// A DPO-family training recipe.
+///
+/// ```toml
+/// [model]
+/// policy = "models/smollm2"
+/// max_len = 256
+/// lora = { rank = 16, alpha = 32.0, target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"] }
+///
+/// [data]
+/// train = { source = "hh-rlhf", split = "train", limit = 256 }
+/// eval = { source = "hh-rlhf", split = "dev", limit = 64 }
+///
+/// [objective]              # TRL's DPOConfig names
+/// loss_type = "sigmoid"
+/// beta = 0.1
+///
+/// [train]
+/// batch_size = 8
+/// micro_batch_size = 2
+/// lr = 5e-5
+/// out_dir = "runs/dpo-smollm2-hh"
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceRecipe {
+    pub model: PolicyModelConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub objective: DpoConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: PreferenceEvalConfig,
+}
+
+impl PreferenceRecipe {
+    /// Reads a recipe file with `--set` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        rm_core::recipe::load(path, overrides)
+    }
+
+    /// Checks every section, and the combinations `train-po` cannot run.
+    pub fn validate(&self) -> Result<()> {
+        self.objective.validate().context("objective")?;
+        self.train.validate()?;
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size must be at least 1");
+        }
+        if self.objective.sync_ref_model {
+            bail!(
+                "objective.sync_ref_model (TR-DPO) is not supported by train-po yet: the reference \
+                 refresh (rm_losses::preference::refresh_reference) exists, the trainer does not \
+                 apply it; set sync_ref_model = false"
+            );
+        }
+        Ok(())
+    }
+
+    /// What defines the run (compared on `--resume`).
+    pub fn identity(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).context("serializing the recipe")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rm_losses::preference::DpoLossType;
+    use rm_pipeline::recipe::{HhSplit, PairSource};
+
+    const SHIPPED: &str = include_str!("../../../../recipes/dpo-smollm2-hh.toml");
+
+    #[test]
+    fn the_shipped_recipe_parses_and_trl_names_reach_the_objective() {
+        let r: PreferenceRecipe = rm_core::recipe::parse(SHIPPED, "dpo", &[]).unwrap();
+        r.validate().unwrap();
+        assert!(r.model.lora.is_some());
+        assert_eq!(
+            r.data.eval,
+            PairSource::HhRlhf {
+                split: HhSplit::Dev,
+                limit: 64
+            }
+        );
+        let r: PreferenceRecipe = rm_core::recipe::parse(
+            SHIPPED,
+            "dpo",
+            &[
+                "objective.loss_type=[\"sigmoid\", \"sft\"]".into(),
+                "objective.loss_weights=[1.0, 0.2]".into(),
+                "objective.beta=0.5".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            r.objective.loss_type,
+            vec![DpoLossType::Sigmoid, DpoLossType::Sft]
+        );
+        assert_eq!(r.objective.beta, 0.5);
+        for (bad, says) in [
+            ("objective.beta=0", "beta"),
+            ("objective.sync_ref_model=true", "sync_ref_model"),
+            ("objective.loss_weights=[1.0, 2.0]", "loss_weights"),
+            ("eval.batch_size=0", "eval.batch_size"),
+        ] {
+            let r: PreferenceRecipe =
+                rm_core::recipe::parse(SHIPPED, "dpo", &[bad.into()]).unwrap();
+            let err = format!("{:#}", r.validate().unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = rm_core::recipe::parse::<PreferenceRecipe>(
+            SHIPPED,
+            "dpo",
+            &["objective.loss_type=\"dpo\"".into()],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("loss_type"), "{err:#}");
+    }
+}

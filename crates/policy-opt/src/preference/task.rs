@@ -1,0 +1,328 @@
+//! [`DpoTask`]: the DPO-family objective over encoded pairs, for the epoch driver.
+//!
+//! Each micro-batch of `B` pairs is one right-padded `[2B, T]` batch (chosen rows first, then
+//! the rejected ones, TRL's concatenated layout). The policy's per-token log-probs come with a
+//! graph; the reference's from the frozen reference module on the same device, without one.
+//! Evaluation pairs always form the same batches, so their reference log-probs are computed at
+//! the first evaluation and kept.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use rm_core::burn::module::Module;
+use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::models::llama::LlamaModel;
+use rm_core::models::policy_folder::Policy;
+use rm_core::policy::CausalPolicy;
+use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
+use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
+use rm_losses::preference::{DpoBatch, DpoConfig, DpoOutput};
+
+use super::data::EncodedPair;
+
+/// DPO-family training of a policy against a frozen reference.
+pub struct DpoTask {
+    train: Vec<EncodedPair>,
+    eval: Vec<EncodedPair>,
+    objective: DpoConfig,
+    /// The policy as built (spec and tokenizer for saving; its module is not trained).
+    template: Policy,
+    /// The frozen reference on the training device.
+    reference: LlamaModel,
+    eval_batch: usize,
+    /// Reference per-token log-probs of each evaluation batch, once computed.
+    eval_reference: Vec<TensorData>,
+}
+
+/// Names of the logged values, TRL's `rewards/*` and `logps/*`.
+const METRICS: [&str; 6] = [
+    "reward_accuracy",
+    "reward_margin",
+    "reward_chosen",
+    "reward_rejected",
+    "logps_chosen",
+    "logps_rejected",
+];
+
+/// The per-batch values of [`METRICS`], on the device, each `[1]`.
+fn batch_metrics(out: &DpoOutput, policy_sums: Tensor<1>, pairs: usize) -> Vec<Tensor<1>> {
+    let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
+    vec![
+        margin.clone().greater_elem(0.0).float().mean(),
+        margin.mean(),
+        out.chosen_rewards.clone().mean(),
+        out.rejected_rewards.clone().mean(),
+        policy_sums.clone().narrow(0, 0, pairs).mean().detach(),
+        policy_sums.narrow(0, pairs, pairs).mean().detach(),
+    ]
+}
+
+fn device_of(model: &LlamaModel) -> Device {
+    model.embed_tokens.weight.val().device()
+}
+
+impl DpoTask {
+    /// A task over encoded pairs. `reference` is the frozen reference module on the training
+    /// device ([`rm_core::policy::reference_policy`] for LoRA policies, a `no_grad` snapshot
+    /// otherwise).
+    pub fn new(
+        train: Vec<EncodedPair>,
+        mut eval: Vec<EncodedPair>,
+        objective: DpoConfig,
+        template: Policy,
+        reference: LlamaModel,
+        eval_batch: usize,
+    ) -> Self {
+        // Length-sorted evaluation batches pad less.
+        eval.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Self {
+            train,
+            eval,
+            objective,
+            template,
+            reference,
+            eval_batch: eval_batch.max(1),
+            eval_reference: Vec::new(),
+        }
+    }
+
+    /// The policy as built (what [`TrainTask::save_model`] writes with the trained module).
+    pub fn template(&self) -> &Policy {
+        &self.template
+    }
+
+    fn pad(&self, pairs: &[&EncodedPair]) -> Result<TokenBatch> {
+        let seqs: Vec<Sequence> = pairs
+            .iter()
+            .map(|p| p.chosen.clone())
+            .chain(pairs.iter().map(|p| p.rejected.clone()))
+            .collect();
+        TokenBatch::pad(
+            &seqs,
+            self.template.lm.tokenizer.pad_id(),
+            PaddingSide::Right,
+        )
+    }
+
+    /// The objective on `pairs` under `model`, the reference's per-token log-probs given or
+    /// computed with `reference`; returns the output, the policy's summed log-probs `[2B]` and
+    /// the reference log-probs used.
+    fn forward(
+        &self,
+        model: &LlamaModel,
+        reference: RefLogps<'_>,
+        pairs: &[&EncodedPair],
+    ) -> Result<(DpoOutput, Tensor<1>, Tensor<2>)> {
+        let device = device_of(model);
+        let batch = self.pad(pairs)?;
+        let (ids, attention, completion) = (
+            batch.ids_tensor(&device),
+            batch.attention_tensor(&device),
+            batch.completion_tensor(&device),
+        );
+        let weighting = self.objective.use_weighting;
+        let policy = model.completion_logprobs(
+            ids.clone(),
+            attention.clone(),
+            completion.clone(),
+            weighting,
+        )?;
+        let ref_logps = match reference {
+            RefLogps::Model(r) => r
+                .completion_logprobs(ids, attention, completion.clone(), false)?
+                .token_logprobs
+                .detach(),
+            RefLogps::Known(data) => Tensor::from_data(data.clone(), &device),
+        };
+        let mut dpo = DpoBatch::new(policy.token_logprobs, ref_logps.clone(), completion.float());
+        if weighting {
+            dpo = dpo.with_log_sum_sq_probs(
+                policy
+                    .log_sum_sq_probs
+                    .context("the policy gave no log Σp² for WPO")?,
+            );
+        }
+        let out = self.objective.loss(dpo)?;
+        Ok((out, policy.sum, ref_logps))
+    }
+}
+
+/// Where a batch's reference log-probs come from.
+enum RefLogps<'a> {
+    Model(&'a LlamaModel),
+    Known(&'a TensorData),
+}
+
+impl TrainTask<LlamaModel> for DpoTask {
+    fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
+        let pairs: Vec<&EncodedPair> = items.iter().map(|&i| &self.train[i]).collect();
+        let (out, sums, _) = self.forward(model, RefLogps::Model(&self.reference), &pairs)?;
+        let n = pairs.len() as f64;
+        let metrics = batch_metrics(&out, sums, pairs.len());
+        let mut output = LossOutput::new(out.loss, n);
+        for (name, value) in METRICS.iter().zip(metrics) {
+            output = output.with(Metric::device(*name, value, n));
+        }
+        Ok(output)
+    }
+
+    /// Loss and [`METRICS`] over the evaluation pairs; the score is `−loss` (the best model is
+    /// the one with the lowest evaluation loss).
+    fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
+        let device = device_of(model);
+        let frozen_reference = self
+            .eval_reference
+            .is_empty()
+            .then(|| self.reference.valid());
+        let mut sums: Option<Tensor<1>> = None;
+        let chunks: Vec<Vec<&EncodedPair>> = self
+            .eval
+            .chunks(self.eval_batch)
+            .map(|c| c.iter().collect())
+            .collect();
+        let mut computed = Vec::new();
+        for (k, pairs) in chunks.iter().enumerate() {
+            let reference = match &frozen_reference {
+                Some(r) => RefLogps::Model(r),
+                None => RefLogps::Known(&self.eval_reference[k]),
+            };
+            let (out, policy_sums, ref_logps) = self.forward(model, reference, pairs)?;
+            if frozen_reference.is_some() {
+                computed.push(ref_logps.into_data());
+            }
+            let n = pairs.len() as f32;
+            let mut parts = vec![out.loss.clone()];
+            parts.extend(batch_metrics(&out, policy_sums, pairs.len()));
+            let weighted = Tensor::cat(parts, 0).mul_scalar(n);
+            sums = Some(match sums {
+                Some(s) => s + weighted,
+                None => weighted,
+            });
+        }
+        if frozen_reference.is_some() {
+            self.eval_reference = computed;
+        }
+        let n = self.eval.len() as f64;
+        let values: Vec<f32> = sums
+            .context("the evaluation set is empty")?
+            .to_device(&device)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(|e| anyhow!("reading the evaluation: {e:?}"))?;
+        let loss = values[0] as f64 / n;
+        let mut metrics: std::collections::BTreeMap<String, f64> = METRICS
+            .iter()
+            .zip(&values[1..])
+            .map(|(name, v)| (name.to_string(), *v as f64 / n))
+            .collect();
+        metrics.insert("loss".into(), loss);
+        Ok(Evaluation {
+            metrics,
+            score: -loss,
+        })
+    }
+
+    fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {
+        self.template.save(model, dir)
+    }
+}
+
+impl EpochTask<LlamaModel> for DpoTask {
+    fn num_examples(&self) -> usize {
+        self.train.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preference::data::encode_pairs;
+    use rm_core::chat::ChatTemplate;
+    use rm_core::device::test_device;
+    use rm_core::lora::LoraConfig;
+    use rm_core::models::policy_folder::PolicyModelConfig;
+    use rm_core::types::{PreferencePair, Prompt};
+    use rm_losses::preference::DpoLossType;
+
+    fn pair(prompt: &str, chosen: &str, rejected: &str) -> PreferencePair {
+        PreferencePair {
+            prompt: Prompt::Text(prompt.into()),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+            margin: None,
+            subset: None,
+            scores: None,
+        }
+    }
+
+    pub(crate) fn tiny_policy(dir: &Path, lora: bool, device: &Device) -> Policy {
+        rm_core::fixtures::write_tiny_llama(dir, 5).unwrap();
+        Policy::build(
+            &PolicyModelConfig {
+                policy: dir.to_path_buf(),
+                max_len: 32,
+                template: Some(ChatTemplate::Plain),
+                lora: lora
+                    .then(|| LoraConfig::new(4, 8.0, &["q_proj", "v_proj", "o_proj", "up_proj"])),
+            },
+            device,
+        )
+        .unwrap()
+    }
+
+    fn temp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("plumb-po-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&d).ok();
+        d
+    }
+
+    /// At the start the policy is its reference: every implicit reward is 0, the sigmoid loss
+    /// is ln 2 and the accuracy (strict wins) 0 — with LoRA (adapters switched off) and without
+    /// (a snapshot).
+    #[test]
+    fn before_training_the_policy_equals_its_reference() {
+        let device = test_device().autodiff();
+        for lora in [true, false] {
+            let policy = tiny_policy(&temp(&format!("start-{lora}")), lora, &device);
+            let mut pairs = vec![
+                pair("w3 w4", "w5 w6", "w7"),
+                pair("w8", "w9 w10 w11", "w12 w13"),
+            ];
+            for i in 0..6 {
+                pairs.push(pair(
+                    &format!("w{} w{}", 2 + i, 3 + i),
+                    "w20 w21 w22",
+                    &format!("w30 w{} w31", 32 + i % 4),
+                ));
+            }
+            let encoded = encode_pairs(&policy, &pairs, "test").unwrap();
+            let model = policy.lm.model.clone();
+            let reference = if lora {
+                rm_core::policy::reference_policy(&model).unwrap()
+            } else {
+                model.clone().no_grad()
+            };
+            let mut task = DpoTask::new(
+                encoded.clone(),
+                encoded,
+                DpoConfig::new(DpoLossType::Sigmoid, 0.1),
+                policy,
+                reference,
+                8,
+            );
+            let eval = task.evaluate(&model.valid()).unwrap();
+            assert!(
+                (eval.metrics["loss"] - std::f64::consts::LN_2).abs() < 1e-6,
+                "lora {lora}: {eval:?}"
+            );
+            assert_eq!(eval.metrics["reward_margin"], 0.0);
+            assert_eq!(eval.metrics["reward_accuracy"], 0.0);
+            assert!(eval.metrics["logps_chosen"] < 0.0);
+            let out = task.loss(&model, &[0, 1]).unwrap();
+            let loss = out.loss.into_scalar::<f32>();
+            assert!((loss - std::f32::consts::LN_2).abs() < 1e-6, "{loss}");
+            assert_eq!(out.weight, 2.0);
+        }
+    }
+}
