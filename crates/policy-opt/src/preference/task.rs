@@ -34,18 +34,29 @@ pub struct DpoTask {
     eval_reference: Vec<TensorData>,
 }
 
-/// Names of the logged values, TRL's `rewards/*` and `logps/*`.
-const METRICS: [&str; 6] = [
+/// Names of the logged values: TRL's `rewards/*` and `logps/*`, and `kl_estimate`, the mean
+/// over the batch's completions of `Σ_t log π(y_t|·) − log π_ref(y_t|·)` (a Monte-Carlo estimate
+/// of KL(π‖π_ref) on the dataset's completions rather than on samples of π).
+const METRICS: [&str; 7] = [
     "reward_accuracy",
     "reward_margin",
     "reward_chosen",
     "reward_rejected",
     "logps_chosen",
     "logps_rejected",
+    "kl_estimate",
 ];
 
-/// The per-batch values of [`METRICS`], on the device, each `[1]`.
-fn batch_metrics(out: &DpoOutput, policy_sums: Tensor<1>, pairs: usize) -> Vec<Tensor<1>> {
+/// The per-batch values of [`METRICS`], on the device, each `[1]`, from the objective's
+/// output, the policy's summed completion log-probs `[2B]` and the reference's per-token ones.
+fn batch_metrics(
+    out: &DpoOutput,
+    policy_sums: Tensor<1>,
+    ref_logps: Tensor<2>,
+    pairs: usize,
+) -> Vec<Tensor<1>> {
+    let [rows, _] = ref_logps.dims();
+    let ref_sums = ref_logps.sum_dim(1).reshape([rows]);
     let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
     vec![
         margin.clone().greater_elem(0.0).float().mean(),
@@ -53,7 +64,8 @@ fn batch_metrics(out: &DpoOutput, policy_sums: Tensor<1>, pairs: usize) -> Vec<T
         out.chosen_rewards.clone().mean(),
         out.rejected_rewards.clone().mean(),
         policy_sums.clone().narrow(0, 0, pairs).mean().detach(),
-        policy_sums.narrow(0, pairs, pairs).mean().detach(),
+        policy_sums.clone().narrow(0, pairs, pairs).mean().detach(),
+        (policy_sums - ref_sums).mean().detach(),
     ]
 }
 
@@ -156,9 +168,10 @@ enum RefLogps<'a> {
 impl TrainTask<LlamaModel> for DpoTask {
     fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
         let pairs: Vec<&EncodedPair> = items.iter().map(|&i| &self.train[i]).collect();
-        let (out, sums, _) = self.forward(model, RefLogps::Model(&self.reference), &pairs)?;
+        let (out, sums, ref_logps) =
+            self.forward(model, RefLogps::Model(&self.reference), &pairs)?;
         let n = pairs.len() as f64;
-        let metrics = batch_metrics(&out, sums, pairs.len());
+        let metrics = batch_metrics(&out, sums, ref_logps, pairs.len());
         let mut output = LossOutput::new(out.loss, n);
         for (name, value) in METRICS.iter().zip(metrics) {
             output = output.with(Metric::device(*name, value, n));
@@ -188,11 +201,11 @@ impl TrainTask<LlamaModel> for DpoTask {
             };
             let (out, policy_sums, ref_logps) = self.forward(model, reference, pairs)?;
             if frozen_reference.is_some() {
-                computed.push(ref_logps.into_data());
+                computed.push(ref_logps.clone().into_data());
             }
             let n = pairs.len() as f32;
             let mut parts = vec![out.loss.clone()];
-            parts.extend(batch_metrics(&out, policy_sums, pairs.len()));
+            parts.extend(batch_metrics(&out, policy_sums, ref_logps, pairs.len()));
             let weighted = Tensor::cat(parts, 0).mul_scalar(n);
             sums = Some(match sums {
                 Some(s) => s + weighted,
@@ -318,6 +331,7 @@ mod tests {
             );
             assert_eq!(eval.metrics["reward_margin"], 0.0);
             assert_eq!(eval.metrics["reward_accuracy"], 0.0);
+            assert_eq!(eval.metrics["kl_estimate"], 0.0);
             assert!(eval.metrics["logps_chosen"] < 0.0);
             let out = task.loss(&model, &[0, 1]).unwrap();
             let loss = out.loss.into_scalar::<f32>();

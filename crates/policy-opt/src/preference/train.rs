@@ -258,6 +258,8 @@ out_dir = "{out}"
             assert!(after < 0.3, "lora {lora} {extra}: loss {before} → {after}");
             assert_eq!(report.final_eval.metrics["reward_accuracy"], 1.0);
             assert!(report.final_eval.metrics["reward_margin"] > 1.0);
+            // The policy moved away from its reference on the chosen completions.
+            assert!(report.final_eval.metrics["kl_estimate"].abs() > 0.1);
             assert_eq!(report.outcome.steps, 24);
 
             // The final folder is the trained policy.

@@ -959,8 +959,21 @@ fn hf_token_id(config: &serde_json::Value, key: &str) -> Option<u32> {
 impl CausalLm {
     /// Loads a `.gguf` file, a folder holding exactly one, or an HF folder (`config.json`,
     /// `*.safetensors`, `tokenizer.json`).
+    ///
+    /// A policy folder written by `plumb train-po` (`policy.json`) loads as its trained policy,
+    /// LoRA adapters merged into the weights (inference needs no separate adapter path).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
+        if path
+            .join(crate::models::policy_folder::POLICY_SPEC_FILE)
+            .is_file()
+        {
+            let mut lm = crate::models::policy_folder::Policy::load(path, device)?.lm;
+            if !lora::adapter_paths(&lm.model).is_empty() {
+                lm.model = lora::merge(&lm.model);
+            }
+            return Ok(lm);
+        }
         let gguf = if path.is_file() {
             Some(path.to_path_buf())
         } else if path.is_dir() && !path.join("config.json").is_file() {

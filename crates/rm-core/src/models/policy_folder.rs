@@ -351,7 +351,15 @@ mod tests {
                 .try_to_vec::<f32>()
                 .unwrap()
             };
-            assert_eq!(lp(&policy.lm.model), lp(&loaded.lm.model), "lora {lora:?}");
+            let trained = lp(&policy.lm.model);
+            assert_eq!(trained, lp(&loaded.lm.model), "lora {lora:?}");
+            // `CausalLm::load` (what `plumb generate --model DIR` calls) reads policy folders,
+            // adapters merged.
+            let merged = CausalLm::load(&out, &device).unwrap();
+            assert!(lora::adapter_paths(&merged.model).is_empty());
+            for (a, b) in trained.iter().zip(lp(&merged.model)) {
+                assert!((a - b).abs() < 1e-5, "merged {b} vs {a}");
+            }
         }
     }
 
