@@ -71,6 +71,8 @@ enum Command {
     TrainRm(commands::reward::TrainRmArgs),
     /// Align a policy on preference pairs (DPO family) from a TOML recipe.
     TrainPo(commands::policy::TrainPoArgs),
+    /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
+    EvalPo(commands::policy::EvalPoArgs),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
+        Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Quickstart(args) => commands::reward::quickstart(&cli.global, args),

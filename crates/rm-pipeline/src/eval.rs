@@ -99,17 +99,55 @@ pub fn evaluate_reward_model(
     if request.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let (json_path, md_path) = report_paths(&request.out)?;
-    if let EvalInput::File(path) = &request.input {
-        refuse_output_over_input(&json_path, path)?;
-        refuse_output_over_input(&md_path, path)?;
-    }
+    let target = ReportTarget {
+        input: request.input.clone(),
+        format: request.format,
+        out: request.out.clone(),
+        data_dir: request.data_dir.clone(),
+    };
+    target.check_paths()?;
     let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
     let mut scorer =
         RewardModelScorer::new(bundle, request.batch_size, request.rm.display().to_string());
     if request.normalized {
         scorer.transform = ScoreTransform::Normalized;
     }
+    evaluate_scorer(&target, &mut scorer, on_skip, progress)
+}
+
+/// What a RewardBench-style report is made of and where it goes, whatever scores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportTarget {
+    pub input: EvalInput,
+    /// The layout of a file input (`None`: detected).
+    pub format: Option<EvalFormat>,
+    /// Where the report goes (`x.json` and `x.md`).
+    pub out: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl ReportTarget {
+    /// Refuses report paths that would overwrite the input (call before loading a model).
+    pub fn check_paths(&self) -> Result<()> {
+        let (json_path, md_path) = report_paths(&self.out)?;
+        if let EvalInput::File(path) = &self.input {
+            refuse_output_over_input(&json_path, path)?;
+            refuse_output_over_input(&md_path, path)?;
+        }
+        Ok(())
+    }
+}
+
+/// The RewardBench-style report (v1 for HH-RLHF and pair files, v2 for reward-bench 2 files) of
+/// any [`bench_harness::Scorer`] on `target`'s input, written to its report pair.
+pub fn evaluate_scorer(
+    target: &ReportTarget,
+    scorer: &mut dyn bench_harness::Scorer,
+    on_skip: &mut dyn FnMut(&rm_core::data::DataError),
+    progress: &mut dyn FnMut(bench_harness::Progress),
+) -> Result<EvalOutcome> {
+    let (json_path, md_path) = report_paths(&target.out)?;
+    let request = target;
     let start = Instant::now();
     let mut skipped = 0usize;
     let mut skip = |errors: &[rm_core::data::DataError]| {
@@ -121,7 +159,7 @@ pub fn evaluate_reward_model(
     let (markdown, json, rows) = match &request.input {
         EvalInput::HhRlhf(split) => {
             let rows = bench_harness::data::load_hh_rlhf(&request.data_dir, *split)?;
-            let report = evaluate_v1(&rows, &mut scorer, 256, progress)?;
+            let report = evaluate_v1(&rows, scorer, 256, progress)?;
             (
                 report.to_markdown(),
                 serde_json::to_string_pretty(&report)?,
@@ -144,7 +182,7 @@ pub fn evaluate_reward_model(
                     if loaded.rows.is_empty() {
                         bail!("{}: no valid rows", path.display());
                     }
-                    let report = evaluate_v1(&loaded.rows, &mut scorer, 256, progress)?;
+                    let report = evaluate_v1(&loaded.rows, scorer, 256, progress)?;
                     (
                         report.to_markdown(),
                         serde_json::to_string_pretty(&report)?,
@@ -157,7 +195,7 @@ pub fn evaluate_reward_model(
                     if loaded.rows.is_empty() {
                         bail!("{}: no valid rows", path.display());
                     }
-                    let report = evaluate_v2(&loaded.rows, &mut scorer, 256, progress)?;
+                    let report = evaluate_v2(&loaded.rows, scorer, 256, progress)?;
                     (
                         report.to_markdown(),
                         serde_json::to_string_pretty(&report)?,

@@ -1,12 +1,15 @@
-//! `plumb train-po`: parses its flags, makes one `policy_opt` call, prints what it returned.
+//! `plumb train-po` and `plumb eval-po`: each parses its flags, makes one `policy_opt` call,
+//! prints what it returned.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use policy_opt::preference::{PolicyEvalRequest, evaluate_policy};
 use policy_opt::{PreferenceRecipe, PreferenceReport, train_preference_policy};
+use rm_pipeline::eval::{EvalInput, ReportTarget};
 
-use super::reward::{RunFlags, train_request};
+use super::reward::{FormatArg, RunFlags, print_eval_outcome, train_request, with_progress};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -73,4 +76,78 @@ fn print_report(r: &PreferenceReport) {
         (None, Some(e)) => println!("plot: not written ({e})"),
         (None, None) => println!("plot: not written"),
     }
+}
+
+/// `--mode` of `eval-po` (reward-bench's DPO modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Σ log π − Σ log π_ref over the response tokens.
+    Reference,
+    /// Σ log π (reference-free).
+    Sum,
+    /// Σ log π / tokens (reference-free).
+    Avg,
+    /// −‖log π_t‖₂ (reference-free, reward-bench's `ref_free_norm`).
+    Norm,
+}
+
+impl From<ModeArg> for bench_harness::ImplicitRewardMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Reference => Self::Reference,
+            ModeArg::Sum => Self::Sum,
+            ModeArg::Avg => Self::Avg,
+            ModeArg::Norm => Self::Norm,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalPoArgs {
+    /// A policy folder written by `plumb train-po` (e.g. runs/dpo-smollm2-hh/final), or any
+    /// model folder / .gguf (then ChatML, up to 512 tokens).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The reference model of `--mode reference` [default: the base the policy folder names].
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// A JSONL file, or `hh-rlhf:dev` / `hh-rlhf:train` for the dataset in the data dir.
+    #[arg(long)]
+    pub input: EvalInput,
+    /// Input layout [default: from the first row: lists → rewardbench2, a subset → rewardbench,
+    /// else pairs].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// How log-probs become a reward.
+    #[arg(long, value_enum, default_value_t = ModeArg::Reference)]
+    pub mode: ModeArg,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+/// `plumb eval-po`: a RewardBench-style report of a policy's implicit rewards (--out FILE.json,
+/// and FILE.md beside it; default report.json).
+pub fn eval_po(global: &GlobalArgs, args: EvalPoArgs) -> Result<()> {
+    let request = PolicyEvalRequest {
+        policy: args.policy,
+        reference: args.reference,
+        mode: args.mode.into(),
+        batch_size: args.batch_size,
+        target: ReportTarget {
+            input: args.input,
+            format: args.format.map(Into::into),
+            out: global
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("report.json")),
+            data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+        },
+        device: global.device.device()?,
+    };
+    let outcome = with_progress(|progress| {
+        evaluate_policy(&request, &mut |e| eprintln!("skipped: {e}"), progress)
+    })?;
+    print_eval_outcome(&outcome);
+    Ok(())
 }

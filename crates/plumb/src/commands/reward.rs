@@ -140,7 +140,7 @@ fn print_train_report(r: &TrainReport) {
     }
 }
 
-/// `--format` of `eval-rm`.
+/// `--format` of `eval-rm` and `eval-po`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     /// reward-bench v1: {prompt, chosen, rejected, subset}.
@@ -197,14 +197,29 @@ pub fn eval_rm(global: &GlobalArgs, args: EvalRmArgs) -> Result<()> {
         data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
         device: global.device.device()?,
     };
+    let outcome = with_progress(|progress| {
+        evaluate_reward_model(&request, &mut |e| eprintln!("skipped: {e}"), progress)
+    })?;
+    print_eval_outcome(&outcome);
+    Ok(())
+}
+
+/// Runs `evaluate` with a progress bar of the scored items.
+pub(crate) fn with_progress<T>(
+    evaluate: impl FnOnce(&mut dyn FnMut(bench_harness::Progress)) -> Result<T>,
+) -> Result<T> {
     let bar = indicatif::ProgressBar::new(0);
     let mut progress = |p: bench_harness::Progress| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
     };
-    let outcome =
-        evaluate_reward_model(&request, &mut |e| eprintln!("skipped: {e}"), &mut progress)?;
+    let out = evaluate(&mut progress);
     bar.finish_and_clear();
+    out
+}
+
+/// The report and where it went.
+pub(crate) fn print_eval_outcome(outcome: &rm_pipeline::eval::EvalOutcome) {
     println!("{}", outcome.markdown);
     println!(
         "{} rows scored in {:.1}s ({:.2} rows/s, {} skipped); report: {} and {}",
@@ -215,7 +230,6 @@ pub fn eval_rm(global: &GlobalArgs, args: EvalRmArgs) -> Result<()> {
         outcome.json_path.display(),
         outcome.md_path.display()
     );
-    Ok(())
 }
 
 /// `--transform` of `score`.

@@ -8,9 +8,11 @@
 //! weights), without LoRA a frozen snapshot.
 
 pub mod data;
+pub mod eval;
 pub mod recipe;
 pub mod task;
 pub mod train;
 
+pub use eval::{ImplicitRewardScorer, PolicyEvalRequest, evaluate_policy};
 pub use recipe::PreferenceRecipe;
 pub use train::{PreferenceReport, train_preference_policy};
