@@ -101,9 +101,10 @@ fn dpo_on_smollm2_lora_learns_and_its_policy_folder_loads_back() {
         encoded,
         recipe.objective.clone(),
         loaded,
-        reference,
+        Some(reference),
         8,
-    );
+    )
+    .unwrap();
     let again = task.evaluate(&model.valid()).unwrap().metrics["loss"];
     assert!((again - after).abs() < 1e-4, "reloaded {again} vs {after}");
     std::fs::remove_dir_all(&out).ok();

@@ -1,15 +1,16 @@
 //! The preference-optimisation recipe (`recipes/dpo-*.toml`): `[model]` (the policy, its
 //! length limit, LoRA), `[data]` (typed pair sources, as reward models take them),
-//! `[objective]` (TRL's `DPOConfig` loss fields), `[train]`, `[eval]`.
+//! `[objective]` ([`PreferenceObjective`]: `kind` and TRL's config names), `[train]`, `[eval]`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use rm_core::models::policy_folder::PolicyModelConfig;
 use rm_core::train::TrainConfig;
-use rm_losses::preference::DpoConfig;
 use rm_pipeline::recipe::DataConfig;
 use serde::{Deserialize, Serialize};
+
+use super::objective::PreferenceObjective;
 
 /// The `[eval]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,7 +62,7 @@ pub struct PreferenceRecipe {
     pub model: PolicyModelConfig,
     pub data: DataConfig,
     #[serde(default)]
-    pub objective: DpoConfig,
+    pub objective: PreferenceObjective,
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: PreferenceEvalConfig,
@@ -75,17 +76,10 @@ impl PreferenceRecipe {
 
     /// Checks every section, and the combinations `train-po` cannot run.
     pub fn validate(&self) -> Result<()> {
-        self.objective.validate().context("objective")?;
+        self.objective.validate()?;
         self.train.validate()?;
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size must be at least 1");
-        }
-        if self.objective.sync_ref_model {
-            bail!(
-                "objective.sync_ref_model (TR-DPO) is not supported by train-po yet: the reference \
-                 refresh (rm_losses::preference::refresh_reference) exists, the trainer does not \
-                 apply it; set sync_ref_model = false"
-            );
         }
         Ok(())
     }
@@ -126,15 +120,16 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(
-            r.objective.loss_type,
-            vec![DpoLossType::Sigmoid, DpoLossType::Sft]
-        );
-        assert_eq!(r.objective.beta, 0.5);
+        let PreferenceObjective::Dpo(dpo) = &r.objective else {
+            panic!("dpo expected");
+        };
+        assert_eq!(dpo.loss_type, vec![DpoLossType::Sigmoid, DpoLossType::Sft]);
+        assert_eq!(dpo.beta, 0.5);
         for (bad, says) in [
             ("objective.beta=0", "beta"),
             ("objective.sync_ref_model=true", "sync_ref_model"),
             ("objective.loss_weights=[1.0, 2.0]", "loss_weights"),
+            ("objective={ kind = \"simpo\", beta = -1.0 }", "beta"),
             ("eval.batch_size=0", "eval.batch_size"),
         ] {
             let r: PreferenceRecipe =

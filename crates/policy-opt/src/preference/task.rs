@@ -1,4 +1,5 @@
-//! [`DpoTask`]: the DPO-family objective over encoded pairs, for the epoch driver.
+//! [`DpoTask`]: a preference objective (DPO family, ORPO, CPO, SimPO) over encoded pairs, for
+//! the epoch driver.
 //!
 //! Each micro-batch of `B` pairs is one right-padded `[2B, T]` batch (chosen rows first, then
 //! the rejected ones, TRL's concatenated layout). The policy's per-token log-probs come with a
@@ -16,19 +17,19 @@ use rm_core::models::policy_folder::Policy;
 use rm_core::policy::CausalPolicy;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
-use rm_losses::preference::{DpoBatch, DpoConfig, DpoOutput};
 
 use super::data::EncodedPair;
+use super::objective::{ObjectiveOutput, PreferenceObjective};
 
 /// DPO-family training of a policy against a frozen reference.
 pub struct DpoTask {
     train: Vec<EncodedPair>,
     eval: Vec<EncodedPair>,
-    objective: DpoConfig,
+    objective: PreferenceObjective,
     /// The policy as built (spec and tokenizer for saving; its module is not trained).
     template: Policy,
-    /// The frozen reference on the training device.
-    reference: LlamaModel,
+    /// The frozen reference on the training device (`None`: a reference-free objective).
+    reference: Option<LlamaModel>,
     eval_batch: usize,
     /// Reference per-token log-probs of each evaluation batch, once computed.
     eval_reference: Vec<TensorData>,
@@ -49,14 +50,20 @@ const METRICS: [&str; 7] = [
 
 /// The per-batch values of [`METRICS`], on the device, each `[1]`, from the objective's
 /// output, the policy's summed completion log-probs `[2B]` and the reference's per-token ones.
+/// (`kl_estimate` is 0 for reference-free objectives.)
 fn batch_metrics(
-    out: &DpoOutput,
+    out: &ObjectiveOutput,
     policy_sums: Tensor<1>,
-    ref_logps: Tensor<2>,
+    ref_logps: Option<Tensor<2>>,
     pairs: usize,
 ) -> Vec<Tensor<1>> {
-    let [rows, _] = ref_logps.dims();
-    let ref_sums = ref_logps.sum_dim(1).reshape([rows]);
+    let ref_sums = match ref_logps {
+        Some(r) => {
+            let [rows, _] = r.dims();
+            r.sum_dim(1).reshape([rows])
+        }
+        None => policy_sums.clone().detach(),
+    };
     let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
     vec![
         margin.clone().greater_elem(0.0).float().mean(),
@@ -76,18 +83,29 @@ fn device_of(model: &LlamaModel) -> Device {
 impl DpoTask {
     /// A task over encoded pairs. `reference` is the frozen reference module on the training
     /// device ([`rm_core::policy::reference_policy`] for LoRA policies, a `no_grad` snapshot
-    /// otherwise).
+    /// otherwise), given exactly when the objective needs one.
     pub fn new(
         train: Vec<EncodedPair>,
         mut eval: Vec<EncodedPair>,
-        objective: DpoConfig,
+        objective: PreferenceObjective,
         template: Policy,
-        reference: LlamaModel,
+        reference: Option<LlamaModel>,
         eval_batch: usize,
-    ) -> Self {
+    ) -> Result<Self> {
+        if objective.needs_reference() != reference.is_some() {
+            anyhow::bail!(
+                "objective {} {} a reference model",
+                objective.describe(),
+                if objective.needs_reference() {
+                    "needs"
+                } else {
+                    "takes no"
+                }
+            );
+        }
         // Length-sorted evaluation batches pad less.
         eval.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        Self {
+        Ok(Self {
             train,
             eval,
             objective,
@@ -95,7 +113,7 @@ impl DpoTask {
             reference,
             eval_batch: eval_batch.max(1),
             eval_reference: Vec::new(),
-        }
+        })
     }
 
     /// The policy as built (what [`TrainTask::save_model`] writes with the trained module).
@@ -116,15 +134,15 @@ impl DpoTask {
         )
     }
 
-    /// The objective on `pairs` under `model`, the reference's per-token log-probs given or
-    /// computed with `reference`; returns the output, the policy's summed log-probs `[2B]` and
-    /// the reference log-probs used.
+    /// The objective on `pairs` under `model`, the reference's per-token log-probs (DPO) given
+    /// or computed with `reference`; returns the output, the policy's summed log-probs `[2B]`
+    /// and the reference log-probs used.
     fn forward(
         &self,
         model: &LlamaModel,
         reference: RefLogps<'_>,
         pairs: &[&EncodedPair],
-    ) -> Result<(DpoOutput, Tensor<1>, Tensor<2>)> {
+    ) -> Result<(ObjectiveOutput, Tensor<1>, Option<Tensor<2>>)> {
         let device = device_of(model);
         let batch = self.pad(pairs)?;
         let (ids, attention, completion) = (
@@ -132,7 +150,7 @@ impl DpoTask {
             batch.attention_tensor(&device),
             batch.completion_tensor(&device),
         );
-        let weighting = self.objective.use_weighting;
+        let weighting = self.objective.needs_log_sum_sq_probs();
         let policy = model.completion_logprobs(
             ids.clone(),
             attention.clone(),
@@ -140,27 +158,35 @@ impl DpoTask {
             weighting,
         )?;
         let ref_logps = match reference {
-            RefLogps::Model(r) => r
-                .completion_logprobs(ids, attention, completion.clone(), false)?
-                .token_logprobs
-                .detach(),
-            RefLogps::Known(data) => Tensor::from_data(data.clone(), &device),
+            RefLogps::None => None,
+            RefLogps::Model(r) => Some(
+                r.completion_logprobs(ids, attention, completion.clone(), false)?
+                    .token_logprobs
+                    .detach(),
+            ),
+            RefLogps::Known(data) => Some(Tensor::from_data(data.clone(), &device)),
         };
-        let mut dpo = DpoBatch::new(policy.token_logprobs, ref_logps.clone(), completion.float());
-        if weighting {
-            dpo = dpo.with_log_sum_sq_probs(
+        let lssp = match weighting {
+            true => Some(
                 policy
                     .log_sum_sq_probs
                     .context("the policy gave no log Σp² for WPO")?,
-            );
-        }
-        let out = self.objective.loss(dpo)?;
+            ),
+            false => None,
+        };
+        let out = self.objective.loss(
+            policy.token_logprobs,
+            lssp,
+            ref_logps.clone(),
+            completion.float(),
+        )?;
         Ok((out, policy.sum, ref_logps))
     }
 }
 
 /// Where a batch's reference log-probs come from.
 enum RefLogps<'a> {
+    None,
     Model(&'a LlamaModel),
     Known(&'a TensorData),
 }
@@ -168,8 +194,11 @@ enum RefLogps<'a> {
 impl TrainTask<LlamaModel> for DpoTask {
     fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
         let pairs: Vec<&EncodedPair> = items.iter().map(|&i| &self.train[i]).collect();
-        let (out, sums, ref_logps) =
-            self.forward(model, RefLogps::Model(&self.reference), &pairs)?;
+        let reference = match &self.reference {
+            Some(r) => RefLogps::Model(r),
+            None => RefLogps::None,
+        };
+        let (out, sums, ref_logps) = self.forward(model, reference, &pairs)?;
         let n = pairs.len() as f64;
         let metrics = batch_metrics(&out, sums, ref_logps, pairs.len());
         let mut output = LossOutput::new(out.loss, n);
@@ -183,10 +212,11 @@ impl TrainTask<LlamaModel> for DpoTask {
     /// the one with the lowest evaluation loss).
     fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
         let device = device_of(model);
-        let frozen_reference = self
-            .eval_reference
-            .is_empty()
-            .then(|| self.reference.valid());
+        let frozen_reference = match &self.reference {
+            Some(r) if self.eval_reference.is_empty() => Some(r.valid()),
+            _ => None,
+        };
+        let cached = !self.eval_reference.is_empty();
         let mut sums: Option<Tensor<1>> = None;
         let chunks: Vec<Vec<&EncodedPair>> = self
             .eval
@@ -197,11 +227,12 @@ impl TrainTask<LlamaModel> for DpoTask {
         for (k, pairs) in chunks.iter().enumerate() {
             let reference = match &frozen_reference {
                 Some(r) => RefLogps::Model(r),
-                None => RefLogps::Known(&self.eval_reference[k]),
+                None if cached => RefLogps::Known(&self.eval_reference[k]),
+                None => RefLogps::None,
             };
             let (out, policy_sums, ref_logps) = self.forward(model, reference, pairs)?;
-            if frozen_reference.is_some() {
-                computed.push(ref_logps.clone().into_data());
+            if let (Some(_), Some(r)) = (&frozen_reference, &ref_logps) {
+                computed.push(r.clone().into_data());
             }
             let n = pairs.len() as f32;
             let mut parts = vec![out.loss.clone()];
@@ -256,7 +287,7 @@ mod tests {
     use rm_core::lora::LoraConfig;
     use rm_core::models::policy_folder::PolicyModelConfig;
     use rm_core::types::{PreferencePair, Prompt};
-    use rm_losses::preference::DpoLossType;
+    use rm_losses::preference::{DpoConfig, DpoLossType};
 
     fn pair(prompt: &str, chosen: &str, rejected: &str) -> PreferencePair {
         PreferencePair {
@@ -319,11 +350,12 @@ mod tests {
             let mut task = DpoTask::new(
                 encoded.clone(),
                 encoded,
-                DpoConfig::new(DpoLossType::Sigmoid, 0.1),
+                PreferenceObjective::Dpo(DpoConfig::new(DpoLossType::Sigmoid, 0.1)),
                 policy,
-                reference,
+                Some(reference),
                 8,
-            );
+            )
+            .unwrap();
             let eval = task.evaluate(&model.valid()).unwrap();
             assert!(
                 (eval.metrics["loss"] - std::f64::consts::LN_2).abs() < 1e-6,

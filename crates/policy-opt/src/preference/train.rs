@@ -23,7 +23,8 @@ pub struct PreferenceReport {
     pub final_dir: PathBuf,
     /// The policy with the lowest evaluation loss, when evaluation ran during training.
     pub best_dir: PathBuf,
-    /// The reference's evaluation (the policy before training: margin 0, sigmoid loss ln 2).
+    /// The evaluation before training (for DPO the policy is its reference: margin 0, sigmoid
+    /// loss ln 2).
     pub initial_eval: Evaluation,
     /// The trained policy's evaluation.
     pub final_eval: Evaluation,
@@ -59,9 +60,10 @@ pub fn train_preference_policy(
     );
     let policy = Policy::build(&recipe.model, &device)?;
     let model = policy.lm.model.clone();
-    let reference = match &recipe.model.lora {
-        Some(_) => rm_core::policy::reference_policy(&model)?,
-        None => model.clone().no_grad(),
+    let reference = match (recipe.objective.needs_reference(), &recipe.model.lora) {
+        (false, _) => None,
+        (true, Some(_)) => Some(rm_core::policy::reference_policy(&model)?),
+        (true, None) => Some(model.clone().no_grad()),
     };
     let train_pairs = recipe.data.train.load(&request.data_dir)?;
     let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
@@ -70,18 +72,12 @@ pub fn train_preference_policy(
     let max_len = recipe.model.max_len;
     let truncated = train.iter().filter(|p| p.reaches(max_len)).count();
     eprintln!(
-        "{} training pairs ({truncated} reach max_len {max_len} and lose prompt tokens on the left), {} evaluation pairs; {} step(s) of {} pairs; objective {:?}, beta {}",
+        "{} training pairs ({truncated} reach max_len {max_len} and lose prompt tokens on the left), {} evaluation pairs; {} step(s) of {} pairs; objective {}",
         train.len(),
         eval.len(),
         recipe.train.epoch_steps(train.len())?,
         recipe.train.batch_size,
-        recipe
-            .objective
-            .loss_type
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>(),
-        recipe.objective.beta,
+        recipe.objective.describe(),
     );
     rm_core::checkpoint::write_bytes_atomically(
         &out.join("recipe.toml"),
@@ -95,7 +91,7 @@ pub fn train_preference_policy(
         policy,
         reference,
         recipe.eval.batch_size,
-    );
+    )?;
     // The reference's own evaluation: where DPO starts (and the eval reference cache is filled).
     use rm_core::train::TrainTask;
     let initial_eval = task.evaluate(&model.valid())?;
@@ -242,7 +238,10 @@ out_dir = "{out}"
                 true,
                 "loss_type = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0, 0.1]\nuse_weighting = true",
             ),
+            (true, "kind = \"simpo\""),
+            (false, "kind = \"orpo\""),
         ] {
+            let dpo = !extra.starts_with("kind");
             let root = temp(&format!("learn-{lora}-{}", extra.len()));
             rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
             write_pairs(&root.join("pairs.jsonl"));
@@ -250,16 +249,23 @@ out_dir = "{out}"
                 train_preference_policy(recipe(&root, lora, extra), &request(&root)).unwrap();
             let before = report.initial_eval.metrics["loss"];
             let after = report.final_eval.metrics["loss"];
-            // Before training the policy is its reference: no margin; plain DPO's loss is ln 2.
-            assert_eq!(report.initial_eval.metrics["reward_margin"], 0.0);
-            if extra.is_empty() {
-                assert!((before - std::f64::consts::LN_2).abs() < 1e-6, "{before}");
-            }
-            assert!(after < 0.3, "lora {lora} {extra}: loss {before} → {after}");
             assert_eq!(report.final_eval.metrics["reward_accuracy"], 1.0);
-            assert!(report.final_eval.metrics["reward_margin"] > 1.0);
-            // The policy moved away from its reference on the chosen completions.
-            assert!(report.final_eval.metrics["kl_estimate"].abs() > 0.1);
+            if dpo {
+                // Before training the policy is its reference: no margin; plain DPO's loss is
+                // ln 2.
+                assert_eq!(report.initial_eval.metrics["reward_margin"], 0.0);
+                if extra.is_empty() {
+                    assert!((before - std::f64::consts::LN_2).abs() < 1e-6, "{before}");
+                }
+                assert!(after < 0.3, "lora {lora} {extra}: loss {before} → {after}");
+                assert!(report.final_eval.metrics["reward_margin"] > 1.0);
+                // The policy moved away from its reference on the chosen completions.
+                assert!(report.final_eval.metrics["kl_estimate"].abs() > 0.1);
+            } else {
+                assert!(after < 0.5 * before, "{extra}: loss {before} → {after}");
+                let margin = |e: &Evaluation| e.metrics["reward_margin"];
+                assert!(margin(&report.final_eval) > margin(&report.initial_eval) + 0.5);
+            }
             assert_eq!(report.outcome.steps, 24);
 
             // The final folder is the trained policy.
@@ -283,6 +289,7 @@ out_dir = "{out}"
                         .model
                 }
             };
+            let reference = dpo.then_some(reference);
             let eval = encode_pairs(&loaded, &pairs, "pairs").unwrap();
             let model = loaded.lm.model.clone();
             let mut task = DpoTask::new(
@@ -292,7 +299,8 @@ out_dir = "{out}"
                 loaded,
                 reference,
                 8,
-            );
+            )
+            .unwrap();
             use rm_core::train::TrainTask;
             let again = task.evaluate(&model).unwrap().metrics["loss"];
             assert!((again - after).abs() < 1e-5, "{again} vs {after}");

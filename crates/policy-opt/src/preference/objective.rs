@@ -1,0 +1,441 @@
+//! Which preference objective `train-po` optimises — the `[objective]` section, chosen by
+//! `kind` (default `dpo`, so a section of TRL `DPOConfig` fields alone is DPO):
+//!
+//! - `dpo`: [`DpoConfig`], TRL's `DPOTrainer` losses against the reference;
+//! - `orpo`: ORPO (Hong et al. 2024), TRL's `ORPOConfig.beta` as `λ`; reference-free;
+//! - `cpo`: CPO (Xu et al. 2024, "Contrastive Preference Optimization"), TRL's `CPOTrainer`
+//!   sigmoid loss with `cpo_alpha`·NLL; reference-free;
+//! - `simpo`: SimPO (Meng et al. 2024) with `simpo_gamma`, and AlphaPO (Gupta et al. 2025) when
+//!   `alpha ≠ 0`, as TRL's `CPOTrainer(loss_type="simpo")` plus `cpo_alpha`·NLL; reference-free.
+//!
+//! The formulas are in the doc comments of the `rm_losses::preference` functions each one calls.
+
+use anyhow::{Result, bail};
+use rm_core::burn::tensor::Tensor;
+use rm_losses::preference::{
+    Completions, DpoBatch, DpoConfig, alphapo_loss, cpo_loss, dpo_loss, orpo_loss,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// ORPO's settings (TRL's `ORPOConfig` names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrpoConfig {
+    /// `λ`, the weight of the odds-ratio term (TRL: `beta`, 0.1).
+    pub beta: f32,
+}
+
+impl Default for OrpoConfig {
+    fn default() -> Self {
+        Self { beta: 0.1 }
+    }
+}
+
+/// CPO's and SimPO's settings (TRL's `CPOConfig` names and defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpoConfig {
+    /// `β`.
+    pub beta: f32,
+    /// `ε` of the smoothed sigmoid loss, `[0, 0.5)`.
+    pub label_smoothing: f32,
+    /// Weight of the NLL of the chosen completions (TRL's `cpo_alpha`; 0 for SimPO as its paper).
+    pub cpo_alpha: f32,
+    /// SimPO's target margin `γ` (unused by CPO).
+    pub simpo_gamma: f32,
+    /// AlphaPO's `α` (SimPO only; 0 = SimPO).
+    pub alpha: f32,
+}
+
+impl Default for CpoConfig {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            cpo_alpha: 1.0,
+            simpo_gamma: 0.5,
+            alpha: 0.0,
+        }
+    }
+}
+
+/// The `[objective]` section; see the module docs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PreferenceObjective {
+    Dpo(DpoConfig),
+    Orpo(OrpoConfig),
+    Cpo(CpoConfig),
+    Simpo(CpoConfig),
+}
+
+impl Default for PreferenceObjective {
+    fn default() -> Self {
+        Self::Dpo(DpoConfig::default())
+    }
+}
+
+const KINDS: [&str; 4] = ["dpo", "orpo", "cpo", "simpo"];
+
+impl<'de> Deserialize<'de> for PreferenceObjective {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let kind = match map.remove("kind") {
+            None => "dpo".to_string(),
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "kind: expected a string, got {other}"
+                )));
+            }
+        };
+        let rest = serde_json::Value::Object(map);
+        let parsed = match kind.as_str() {
+            "dpo" => serde_json::from_value(rest).map(Self::Dpo),
+            "orpo" => serde_json::from_value(rest).map(Self::Orpo),
+            "cpo" => serde_json::from_value(rest).map(Self::Cpo),
+            "simpo" => {
+                let defaults = CpoConfig {
+                    cpo_alpha: 0.0,
+                    beta: 2.0,
+                    ..CpoConfig::default()
+                };
+                let mut value = serde_json::to_value(defaults).map_err(D::Error::custom)?;
+                if let (Some(base), serde_json::Value::Object(given)) =
+                    (value.as_object_mut(), rest)
+                {
+                    for (k, v) in given {
+                        if !base.contains_key(&k) {
+                            return Err(D::Error::custom(format!(
+                                "unknown field `{k}` for kind \"simpo\", expected one of {:?}",
+                                base.keys().collect::<Vec<_>>()
+                            )));
+                        }
+                        base.insert(k, v);
+                    }
+                }
+                serde_json::from_value(value).map(Self::Simpo)
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "kind: {other:?} is not one of {KINDS:?}"
+                )));
+            }
+        };
+        parsed.map_err(|e| D::Error::custom(format!("objective (kind {kind:?}): {e}")))
+    }
+}
+
+impl Serialize for PreferenceObjective {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let (kind, value) = match self {
+            Self::Dpo(c) => ("dpo", serde_json::to_value(c)),
+            Self::Orpo(c) => ("orpo", serde_json::to_value(c)),
+            Self::Cpo(c) => ("cpo", serde_json::to_value(c)),
+            Self::Simpo(c) => ("simpo", serde_json::to_value(c)),
+        };
+        let mut value = value.map_err(S::Error::custom)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("kind".into(), kind.into());
+        }
+        value.serialize(s)
+    }
+}
+
+/// One batch's loss and the per-pair rewards to log (`[B]` each, detached).
+pub struct ObjectiveOutput {
+    pub loss: Tensor<1>,
+    pub chosen_rewards: Tensor<1>,
+    pub rejected_rewards: Tensor<1>,
+}
+
+impl PreferenceObjective {
+    /// Whether the loss needs the reference's log-probs.
+    pub fn needs_reference(&self) -> bool {
+        matches!(self, Self::Dpo(_))
+    }
+
+    /// Whether the policy must also give `log Σ p²` (WPO).
+    pub fn needs_log_sum_sq_probs(&self) -> bool {
+        matches!(self, Self::Dpo(c) if c.use_weighting)
+    }
+
+    /// Checks the settings and the combinations `train-po` cannot run.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Dpo(c) => {
+                c.validate()?;
+                if c.sync_ref_model {
+                    bail!(
+                        "objective.sync_ref_model (TR-DPO) is not supported by train-po yet: the reference \
+                         refresh (rm_losses::preference::refresh_reference) exists, the trainer does not \
+                         apply it; set sync_ref_model = false"
+                    );
+                }
+            }
+            Self::Orpo(c) => {
+                if !(c.beta.is_finite() && c.beta >= 0.0) {
+                    bail!(
+                        "objective.beta (ORPO's λ) must be finite and ≥ 0, got {}",
+                        c.beta
+                    );
+                }
+            }
+            Self::Cpo(c) | Self::Simpo(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+                if !(0.0..0.5).contains(&c.label_smoothing) {
+                    bail!(
+                        "objective.label_smoothing must be in [0, 0.5), got {}",
+                        c.label_smoothing
+                    );
+                }
+                if !(c.cpo_alpha.is_finite() && c.cpo_alpha >= 0.0) {
+                    bail!(
+                        "objective.cpo_alpha must be finite and ≥ 0, got {}",
+                        c.cpo_alpha
+                    );
+                }
+                if !(c.simpo_gamma.is_finite() && c.alpha.is_finite()) {
+                    bail!("objective.simpo_gamma and objective.alpha must be finite");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A short description for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dpo(c) => format!(
+                "dpo {:?}, beta {}",
+                c.loss_type.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                c.beta
+            ),
+            Self::Orpo(c) => format!("orpo, lambda {}", c.beta),
+            Self::Cpo(c) => format!("cpo, beta {}, cpo_alpha {}", c.beta, c.cpo_alpha),
+            Self::Simpo(c) => format!(
+                "simpo, beta {}, gamma {}, alpha {}, cpo_alpha {}",
+                c.beta, c.simpo_gamma, c.alpha, c.cpo_alpha
+            ),
+        }
+    }
+
+    /// The loss of `2B` rows `[chosen…, rejected…]`: the policy's per-token log-probs `[2B, T−1]`
+    /// (`log_sum_sq_probs` with them for WPO), the reference's (for `dpo`) and the completion
+    /// mask `[2B, T]`.
+    pub fn loss(
+        &self,
+        policy: Tensor<2>,
+        log_sum_sq_probs: Option<Tensor<2>>,
+        reference: Option<Tensor<2>>,
+        completion_mask: Tensor<2>,
+    ) -> Result<ObjectiveOutput> {
+        if let Self::Dpo(config) = self {
+            let Some(reference) = reference else {
+                bail!("DPO needs the reference's log-probs");
+            };
+            let mut batch = DpoBatch::new(policy, reference, completion_mask);
+            if let Some(l) = log_sum_sq_probs {
+                batch = batch.with_log_sum_sq_probs(l);
+            }
+            let out = dpo_loss(config, batch)?;
+            return Ok(ObjectiveOutput {
+                loss: out.loss,
+                chosen_rewards: out.chosen_rewards,
+                rejected_rewards: out.rejected_rewards,
+            });
+        }
+        let [rows, width] = policy.dims();
+        let b = rows / 2;
+        let mask = completion_mask.narrow(1, 1, width);
+        let half = |t: &Tensor<2>, start| t.clone().narrow(0, start, b);
+        let chosen = Completions::from_tokens(half(&policy, 0), half(&mask, 0))?;
+        let rejected = Completions::from_tokens(half(&policy, b), half(&mask, b))?;
+        let (loss, beta, averaged) = match self {
+            Self::Dpo(_) => unreachable!("handled above"),
+            Self::Orpo(c) => (
+                orpo_loss(chosen.clone(), rejected.clone(), c.beta)?,
+                c.beta,
+                true,
+            ),
+            Self::Cpo(c) => (
+                cpo_loss(
+                    chosen.clone(),
+                    rejected.clone(),
+                    c.beta,
+                    c.label_smoothing,
+                    c.cpo_alpha,
+                )?,
+                c.beta,
+                false,
+            ),
+            Self::Simpo(c) => {
+                let preference = alphapo_loss(
+                    chosen.clone(),
+                    rejected.clone(),
+                    c.beta,
+                    c.simpo_gamma,
+                    c.alpha,
+                    c.label_smoothing,
+                )?;
+                let loss = if c.cpo_alpha > 0.0 {
+                    preference + chosen.nll().mul_scalar(c.cpo_alpha)
+                } else {
+                    preference
+                };
+                (loss, c.beta, true)
+            }
+        };
+        // TRL's logged rewards: β times the (length-averaged, where the loss averages) log-probs.
+        let reward = |c: &Completions| {
+            let logps = if averaged {
+                c.mean_logps()
+            } else {
+                c.logps.clone()
+            };
+            logps.mul_scalar(beta).detach()
+        };
+        Ok(ObjectiveOutput {
+            loss,
+            chosen_rewards: reward(&chosen),
+            rejected_rewards: reward(&rejected),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rm_losses::preference::DpoLossType;
+
+    #[derive(Debug, Deserialize, Serialize)]
+    struct Section {
+        #[serde(default)]
+        objective: PreferenceObjective,
+    }
+
+    fn parse(text: &str) -> Result<PreferenceObjective, toml::de::Error> {
+        toml::from_str::<Section>(text).map(|s| s.objective)
+    }
+
+    #[test]
+    fn kinds_parse_with_trl_defaults_and_round_trip() {
+        assert_eq!(parse("").unwrap(), PreferenceObjective::default());
+        assert_eq!(
+            parse("[objective]\nloss_type = \"ipo\"\nbeta = 0.5").unwrap(),
+            PreferenceObjective::Dpo(DpoConfig::new(DpoLossType::Ipo, 0.5))
+        );
+        assert_eq!(
+            parse("[objective]\nkind = \"orpo\"").unwrap(),
+            PreferenceObjective::Orpo(OrpoConfig { beta: 0.1 })
+        );
+        let PreferenceObjective::Simpo(s) =
+            parse("[objective]\nkind = \"simpo\"\nsimpo_gamma = 1.0").unwrap()
+        else {
+            panic!("simpo expected");
+        };
+        assert_eq!((s.beta, s.simpo_gamma, s.cpo_alpha), (2.0, 1.0, 0.0));
+        let PreferenceObjective::Cpo(c) = parse("[objective]\nkind = \"cpo\"").unwrap() else {
+            panic!("cpo expected");
+        };
+        assert_eq!(c, CpoConfig::default());
+        for text in [
+            "[objective]\nkind = \"orpo\"\nbeta = 0.3",
+            "[objective]\nkind = \"simpo\"\nalpha = 0.25",
+            "[objective]\nloss_type = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0, 0.5]",
+        ] {
+            let o = parse(text).unwrap();
+            let again = parse(
+                &toml::to_string(&Section {
+                    objective: o.clone(),
+                })
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(again, o, "{text}");
+        }
+        for (bad, says) in [
+            ("[objective]\nkind = \"kto\"", "not one of"),
+            ("[objective]\nkind = \"orpo\"\ngamma = 1.0", "gamma"),
+            (
+                "[objective]\nkind = \"simpo\"\nloss_type = \"ipo\"",
+                "loss_type",
+            ),
+            ("[objective]\nloss_type = \"dpo\"", "loss_type"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn reference_free_losses_equal_the_rm_losses_functions_on_the_same_rows() {
+        use rm_core::burn::tensor::TensorData;
+        let device = rm_core::device::test_device();
+        // 2 pairs, T − 1 = 3; completion masks [2B, T].
+        let policy = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![
+                    -0.5f32, -1.0, 0.0, -0.2, -0.3, -0.4, -2.0, -1.5, 0.0, -0.9, -0.1, -0.6,
+                ],
+                [4, 3],
+            ),
+            &device,
+        );
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![
+                    0f32, 1., 1., 0., 0., 1., 1., 1., 0., 1., 1., 0., 0., 0., 1., 1.,
+                ],
+                [4, 4],
+            ),
+            &device,
+        );
+        let m = mask.clone().narrow(1, 1, 3);
+        let completions = |start| {
+            Completions::from_tokens(
+                policy.clone().narrow(0, start, 2),
+                m.clone().narrow(0, start, 2),
+            )
+            .unwrap()
+        };
+        let value = |t: Tensor<1>| t.into_scalar::<f32>();
+        let simpo = CpoConfig {
+            beta: 2.0,
+            cpo_alpha: 0.3,
+            ..CpoConfig::default()
+        };
+        for (objective, expected) in [
+            (
+                PreferenceObjective::Orpo(OrpoConfig { beta: 0.2 }),
+                value(orpo_loss(completions(0), completions(2), 0.2).unwrap()),
+            ),
+            (
+                PreferenceObjective::Cpo(CpoConfig::default()),
+                value(cpo_loss(completions(0), completions(2), 0.1, 0.0, 1.0).unwrap()),
+            ),
+            (
+                PreferenceObjective::Simpo(simpo.clone()),
+                value(alphapo_loss(completions(0), completions(2), 2.0, 0.5, 0.0, 0.0).unwrap())
+                    + 0.3 * value(completions(0).nll()),
+            ),
+        ] {
+            let out = objective
+                .loss(policy.clone(), None, None, mask.clone())
+                .unwrap();
+            let got = value(out.loss);
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{objective:?}: {got} vs {expected}"
+            );
+        }
+        let dpo = PreferenceObjective::default();
+        assert!(
+            dpo.loss(policy, None, None, mask).is_err(),
+            "DPO without a reference"
+        );
+    }
+}
