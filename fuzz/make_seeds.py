@@ -154,6 +154,11 @@ def main() -> None:
         "normalization": {"mean": [0.5, -1.0], "std": [1.0, 2.0], "count": 10},
     }
     write(os.path.join(HERE, "corpus", "rm_spec", "two_attributes.json"), json.dumps(spec, indent=2).encode())
+    policy = {
+        "format_version": 1, "base": "/work/models/smollm2", "template": "chat-ml", "max_len": 256,
+        "lora": {"rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    }
+    write(os.path.join(HERE, "corpus", "rm_spec", "policy_lora.json"), json.dumps(policy, indent=2).encode())
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", ",", "!", "h", "##ello"]
     wordpiece = {
         "version": "1.0",

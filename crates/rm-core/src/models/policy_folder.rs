@@ -82,6 +82,33 @@ pub struct PolicySpec {
     pub lora: Option<LoraConfig>,
 }
 
+impl PolicySpec {
+    /// Parses and validates `policy.json`: this build's format version, `max_len` ≥ 4, an
+    /// absolute base path, a valid LoRA config.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let spec: PolicySpec = serde_json::from_str(text)?;
+        if spec.format_version != POLICY_SPEC_VERSION {
+            bail!(
+                "format_version {} is not {POLICY_SPEC_VERSION}, the one this build reads",
+                spec.format_version
+            );
+        }
+        if spec.max_len < 4 {
+            bail!("max_len {} is too small (at least 4)", spec.max_len);
+        }
+        if !spec.base.is_absolute() {
+            bail!(
+                "base {} is not an absolute path (policy folders name their base absolutely)",
+                spec.base.display()
+            );
+        }
+        if let Some(lora) = &spec.lora {
+            lora.validate().context("lora")?;
+        }
+        Ok(spec)
+    }
+}
+
 /// A policy: the causal LM (with adapters when LoRA) and its spec.
 #[derive(Debug)]
 pub struct Policy {
@@ -201,16 +228,7 @@ impl Policy {
                 dir.display()
             )
         })?;
-        let spec: PolicySpec =
-            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        if spec.format_version != POLICY_SPEC_VERSION {
-            bail!(
-                "{}: format_version {} is not {POLICY_SPEC_VERSION}, the one this build reads",
-                path.display(),
-                spec.format_version
-            );
-        }
-        Ok(spec)
+        PolicySpec::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
     /// Loads a folder written by [`Policy::save`] onto `device`.
@@ -360,6 +378,32 @@ mod tests {
             for (a, b) in trained.iter().zip(lp(&merged.model)) {
                 assert!((a - b).abs() < 1e-5, "merged {b} vs {a}");
             }
+        }
+    }
+
+    #[test]
+    fn policy_specs_are_validated() {
+        let good = serde_json::json!({
+            "format_version": 1, "base": "/models/smollm2", "template": "chat-ml", "max_len": 64,
+            "lora": {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj"]}
+        });
+        let spec = PolicySpec::from_json(&good.to_string()).unwrap();
+        assert_eq!(spec.max_len, 64);
+        for (field, value, says) in [
+            ("format_version", serde_json::json!(2), "format_version 2"),
+            ("max_len", serde_json::json!(2), "too small"),
+            ("base", serde_json::json!("models/x"), "absolute"),
+            (
+                "lora",
+                serde_json::json!({"rank": 0, "alpha": 8.0, "target_modules": ["q_proj"]}),
+                "rank",
+            ),
+            ("extra", serde_json::json!(1), "unknown field"),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let err = format!("{:#}", PolicySpec::from_json(&bad.to_string()).unwrap_err());
+            assert!(err.contains(says), "{field}: {err}");
         }
     }
 
