@@ -116,19 +116,41 @@ pub struct EvalPoArgs {
     pub input: EvalInput,
     /// Input layout [default: from the first row: lists → rewardbench2, a subset → rewardbench,
     /// else pairs].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "judge")]
     pub format: Option<FormatArg>,
     /// How log-probs become a reward.
-    #[arg(long, value_enum, default_value_t = ModeArg::Reference)]
+    #[arg(long, value_enum, default_value_t = ModeArg::Reference, conflicts_with = "judge")]
     pub mode: ModeArg,
-    /// Sequences per forward pass.
+    /// Sequences per forward pass (with --judge: prompts per generation batch).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Instead of the implicit-reward report: the win rate of the policy's sampled responses
+    /// against the reference's, judged by this reward-model folder (`plumb train-rm`).
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
+    /// With --judge: how many distinct prompts of --input.
+    #[arg(long, default_value_t = 100, requires = "judge")]
+    pub prompts: usize,
+    /// With --judge: most new tokens per response.
+    #[arg(long, default_value_t = 64, requires = "judge")]
+    pub max_new_tokens: usize,
+    /// With --judge: sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7, requires = "judge")]
+    pub temperature: f32,
+    /// With --judge: nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.9, requires = "judge")]
+    pub top_p: f32,
 }
 
 /// `plumb eval-po`: a RewardBench-style report of a policy's implicit rewards (--out FILE.json,
 /// and FILE.md beside it; default report.json).
 pub fn eval_po(global: &GlobalArgs, args: EvalPoArgs) -> Result<()> {
+    if let Some(judge) = args.judge.clone() {
+        return judge_po(global, args, judge);
+    }
+    if args.mode != ModeArg::Reference && args.reference.is_some() {
+        anyhow::bail!("--reference is only used by --mode reference");
+    }
     let request = PolicyEvalRequest {
         policy: args.policy,
         reference: args.reference,
@@ -149,5 +171,41 @@ pub fn eval_po(global: &GlobalArgs, args: EvalPoArgs) -> Result<()> {
         evaluate_policy(&request, &mut |e| eprintln!("skipped: {e}"), progress)
     })?;
     print_eval_outcome(&outcome);
+    Ok(())
+}
+
+/// `eval-po --judge`: the RM-judged win rate of sampled responses.
+fn judge_po(global: &GlobalArgs, args: EvalPoArgs, judge: PathBuf) -> Result<()> {
+    let request = policy_opt::preference::JudgeRequest {
+        policy: args.policy,
+        reference: args.reference,
+        judge,
+        input: args.input,
+        prompts: args.prompts,
+        data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+        sampling: rm_core::sampling::SamplingConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: global.seed,
+            ..Default::default()
+        },
+        batch_size: args.batch_size,
+        out: global
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("win_rate.json")),
+        device: global.device.device()?,
+    };
+    let o = policy_opt::preference::judged_win_rate(&request)?;
+    println!(
+        "win rate of the policy against the reference: {:.3} ({} wins, {} ties, {} prompts); mean reward policy {:.4}, reference {:.4}",
+        o.win_rate, o.policy_wins, o.ties, o.prompts, o.mean_policy_reward, o.mean_reference_reward
+    );
+    println!(
+        "{:.1}s; samples and rewards: {}",
+        o.seconds,
+        o.json_path.display()
+    );
     Ok(())
 }

@@ -9,12 +9,14 @@
 
 pub mod data;
 pub mod eval;
+pub mod judge;
 pub mod objective;
 pub mod recipe;
 pub mod task;
 pub mod train;
 
 pub use eval::{ImplicitRewardScorer, PolicyEvalRequest, evaluate_policy};
+pub use judge::{JudgeOutcome, JudgeRequest, judged_win_rate};
 pub use objective::PreferenceObjective;
 pub use recipe::PreferenceRecipe;
 pub use train::{PreferenceReport, train_preference_policy};
