@@ -6,7 +6,13 @@
 //! - `smollm2-sample-b1` / `-b8`: greedy generation with the KV cache, 128 new tokens (no stop
 //!   token), batch 1 and 8 → new tokens/s;
 //! - `minilm-encode-128` / `-256`: all-MiniLM-L6-v2 forward + mean pooling, batch 32 at 128 and
-//!   256 tokens → sequences/s.
+//!   256 tokens → sequences/s;
+//! - `dpo-step-lora`: DPO training steps of `recipes/dpo-smollm2-hh.toml` (SmolLM2 with LoRA, the
+//!   reference = the adapters switched off), one micro-batch of pairs per optimizer step: policy
+//!   and reference forward, backward, global-norm clipping and AdamW on the LoRA factors, against
+//!   TRL's `DPOTrainer` (`benches/peer/dpo.py`) on the same token ids → real (non-pad) tokens of
+//!   the chosen + rejected sequences per second, over `--iters` steps after one warm-up step
+//!   (each step on the next pairs of HH-RLHF harmless-base train).
 //!
 //! Run with `cargo xtask bench` (it fetches the models and makes the peer's venv), or
 //! `cargo bench --bench backbones -- [--peer-python PATH] [--threads N] [--iters N] [--only NAME]`.
@@ -18,13 +24,22 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use policy_opt::preference::PreferenceRecipe;
+use policy_opt::preference::data::encode_pairs;
+use policy_opt::preference::objective::PreferenceObjective;
+use policy_opt::preference::task::DpoTask;
 use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
 use rm_core::logprobs::model_sequence_logprobs;
 use rm_core::models::bert::BertEmbedder;
 use rm_core::models::llama::CausalLm;
+use rm_core::models::policy_folder::Policy;
 use rm_core::models::pooling::Pooling;
 use rm_core::paths::for_tests;
 use rm_core::sampling::{SamplingConfig, generate};
+use rm_core::train::optimizer::AdamW;
+use rm_core::train::schedule::LrSchedule;
+use rm_core::train::session::accumulate;
+use rm_core::types::Prompt;
 use serde_json::{Value, json};
 
 struct Options {
@@ -45,12 +60,16 @@ fn options() -> Result<Options> {
         Some(t) => t.parse().context("--threads")?,
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
+    let iters = value("--iters")
+        .map_or(Ok(3), |s| s.parse())
+        .context("--iters")?;
+    if iters == 0 {
+        bail!("--iters must be at least 1");
+    }
     Ok(Options {
         peer_python: value("--peer-python").map(PathBuf::from),
         threads,
-        iters: value("--iters")
-            .map_or(Ok(3), |s| s.parse())
-            .context("--iters")?,
+        iters,
         only: value("--only"),
     })
 }
@@ -63,6 +82,9 @@ struct Workload {
     work: f64,
     spec: Value,
 }
+
+/// The DPO recipe the `dpo-step-lora` workload mirrors.
+const DPO_RECIPE: &str = "recipes/dpo-smollm2-hh.toml";
 
 /// A token stream from HH-RLHF harmless train transcripts (chosen side), cut into `rows` rows of
 /// `len` ids each.
@@ -208,6 +230,13 @@ fn main() -> Result<()> {
         }
     }
 
+    // DPO training steps with LoRA, as `plumb train-po` runs them.
+    if wanted("dpo-step-lora") {
+        let (workload, secs) = dpo_step_lora(&device, &models, opts.iters)?;
+        workloads.push(workload);
+        ours.push(secs);
+    }
+
     for (w, secs) in workloads.iter().zip(&ours) {
         eprintln!(
             "plumbline: {}: {:.3} s/iteration ({:.1} {})",
@@ -225,6 +254,163 @@ fn main() -> Result<()> {
         }
     };
     report(&workloads, &ours, peer.as_ref(), &opts)
+}
+
+/// `dpo-step-lora`: `iters` optimizer steps of DPO after one warm-up step, each on the next
+/// micro-batch of the recipe's training pairs (step `k` on pairs `k·B .. (k+1)·B`, `B` the
+/// recipe's micro-batch), done as the trainer's session does them: [`accumulate`] (the task's
+/// loss — policy and LoRA-disabled reference forward — and backward), the step's metrics and
+/// gradient norm read in one transfer, then [`AdamW::apply`] with the recipe's settings and
+/// schedule. Returns the workload (its work: real tokens of the chosen + rejected sequences per
+/// timed step, on average) and the mean seconds per timed step.
+fn dpo_step_lora(device: &Device, models: &Path, iters: usize) -> Result<(Workload, f64)> {
+    let root = rm_core::paths::repo_root_from(&std::env::current_dir()?)
+        .context("finding the repository root")?;
+    let mut recipe = PreferenceRecipe::load(&root.join(DPO_RECIPE), &[])?;
+    recipe.model.policy = rm_core::paths::resolve_model_path(&recipe.model.policy, models);
+    recipe.validate()?;
+    let Some(lora) = recipe.model.lora.clone() else {
+        bail!("{DPO_RECIPE} has no [model] lora: dpo-step-lora times a LoRA policy");
+    };
+    // TRL's DPOConfig fields, for the peer.
+    let PreferenceObjective::Dpo(dpo_config) = &recipe.objective else {
+        bail!("{DPO_RECIPE}: objective.kind is not \"dpo\": dpo-step-lora times DPO");
+    };
+    let objective = serde_json::to_value(dpo_config)?;
+    let micro = recipe.train.micro_batch();
+    let steps = iters + 1;
+    let pairs: Vec<_> = recipe
+        .data
+        .train
+        .load(&for_tests::data_dir())?
+        .into_iter()
+        .take(steps * micro)
+        .collect();
+    if pairs.len() < steps * micro {
+        bail!(
+            "{}: {} pairs, {steps} steps of {micro} need {}",
+            recipe.data.train.describe(),
+            pairs.len(),
+            steps * micro
+        );
+    }
+
+    let ad = device.clone().autodiff();
+    ad.seed(recipe.train.seed);
+    let policy = Policy::build(&recipe.model, &ad)?;
+    let pad_id = policy.lm.tokenizer.pad_id();
+    let encoded = encode_pairs(&policy, &pairs, &recipe.data.train.describe())?;
+    // Real tokens of each step's [2B, T] batch (chosen rows, then rejected).
+    let step_tokens: Vec<usize> = encoded
+        .chunks(micro)
+        .map(|c| c.iter().map(|p| p.chosen.len() + p.rejected.len()).sum())
+        .collect();
+    // The peer lays a sequence out as a prompt followed by its completion.
+    for p in &encoded {
+        for s in [&p.chosen, &p.rejected] {
+            let prompt = s.completion.iter().take_while(|&&c| !c).count();
+            if !s.completion[prompt..].iter().all(|&c| c) {
+                bail!("dpo-step-lora: a sequence's completion tokens are not one suffix");
+            }
+        }
+    }
+    let sequence = |s: &rm_core::tokenize::Sequence| {
+        let prompt = s.completion.iter().take_while(|&&c| !c).count();
+        json!({"ids": s.ids, "prompt_len": prompt})
+    };
+    let peer_pairs: Vec<Value> = encoded
+        .iter()
+        .map(|p| json!({"chosen": sequence(&p.chosen), "rejected": sequence(&p.rejected)}))
+        .collect();
+    // The pairs as text, for the peer's report of what TRL's own tokenization would give.
+    let text_pairs: Vec<Value> = pairs
+        .iter()
+        .map(|p| {
+            let prompt = match &p.prompt {
+                Prompt::Conversation(c) => c
+                    .turns
+                    .iter()
+                    .map(|t| json!({"role": t.role.as_str(), "content": t.content}))
+                    .collect(),
+                Prompt::Text(t) => vec![json!({"role": "user", "content": t})],
+            };
+            json!({
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            })
+        })
+        .collect();
+
+    let mut model = policy.lm.model.clone();
+    let reference = rm_core::policy::reference_policy(&model)?;
+    let mut task = DpoTask::new(
+        encoded,
+        Vec::new(),
+        recipe.objective.clone(),
+        policy,
+        Some(reference),
+        recipe.eval.batch_size,
+    )?;
+    let train = &recipe.train;
+    let mut optim = AdamW::new(train.adamw()).with_groups(train.param_group_rules());
+    let schedule =
+        LrSchedule::with_warmup_ratio(train.lr, train.warmup_ratio, steps as u64, train.schedule);
+    let mut timed = 0.0;
+    for (step, &tokens) in step_tokens.iter().enumerate() {
+        let start = Instant::now();
+        let items: Vec<usize> = (step * micro..(step + 1) * micro).collect();
+        let (grads, metrics) = accumulate(&model, &mut task, &items, micro, &ad, |i| {
+            train.seed ^ ((step as u64) << 8) ^ i as u64
+        })?;
+        let values = metrics.read(grads.squared_norm())?;
+        if !values.loss.is_finite() {
+            bail!("dpo-step-lora: step {}: loss {}", step + 1, values.loss);
+        }
+        let grad_norm = values.grad_norm.unwrap_or(0.0);
+        let (updated, stats) = optim.apply(model, schedule.lr_at(step as u64), grads, grad_norm)?;
+        model = updated;
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "plumbline: dpo-step-lora: step {}{}: {} tokens, {secs:.3} s, loss {:.4}, grad norm {grad_norm:.4}, {} tensors updated",
+            step + 1,
+            if step == 0 { " (warm-up)" } else { "" },
+            tokens,
+            values.loss,
+            stats.params
+        );
+        if step > 0 {
+            timed += secs;
+        }
+    }
+    let tokens: usize = step_tokens[1..].iter().sum();
+    let spec = json!({
+        "kind": "dpo-step",
+        "model": recipe.model.policy,
+        "recipe": DPO_RECIPE,
+        "pairs": peer_pairs,
+        "text_pairs": text_pairs,
+        "step_tokens": step_tokens,
+        "pad_id": pad_id,
+        "micro_batch": micro,
+        "max_length": recipe.model.max_len,
+        "lora": lora,
+        "objective": objective,
+        "train": {
+            "lr": train.lr, "weight_decay": train.weight_decay, "warmup_ratio": train.warmup_ratio,
+            "schedule": train.schedule, "max_grad_norm": train.max_grad_norm,
+            "beta1": train.beta1, "beta2": train.beta2, "eps": train.eps, "seed": train.seed,
+        },
+    });
+    Ok((
+        Workload {
+            name: "dpo-step-lora",
+            unit: "tokens/s",
+            work: tokens as f64 / iters as f64,
+            spec,
+        },
+        timed / iters as f64,
+    ))
 }
 
 /// Runs `benches/peer/backbones.py` on the same workloads; returns its seconds per iteration.
@@ -257,6 +443,17 @@ fn run_peer(python: &Path, workloads: &[Workload], opts: &Options) -> Result<Vec
     workloads
         .iter()
         .map(|w| {
+            // Workloads whose work the peer counts itself (the DPO steps' real tokens) must have
+            // done the same work as plumbline.
+            if let Some(tokens) = result["tokens"][w.name].as_f64() {
+                let ours = w.work * opts.iters as f64;
+                if (tokens - ours).abs() > 0.5 {
+                    bail!(
+                        "{}: the peer trained on {tokens} tokens, plumbline on {ours}",
+                        w.name
+                    );
+                }
+            }
             result["seconds"][w.name]
                 .as_f64()
                 .with_context(|| format!("the peer gave no time for {}", w.name))
@@ -296,6 +493,12 @@ fn report(
             "workload": w.name, "unit": w.unit, "plumbline": ours_rate,
             "peer": peer_rate, "ratio": ratio,
         }));
+    }
+    if workloads.iter().any(|w| w.name == "dpo-step-lora") {
+        md.push_str(&format!(
+            "\ndpo-step-lora: {} DPO optimizer steps ({DPO_RECIPE}: one micro-batch of pairs per step) after one warm-up step, each on the next pairs; total real tokens / total time; peer = TRL DPOTrainer + PEFT on the same token ids\n",
+            opts.iters
+        ));
     }
     println!("\n{md}");
     let root = rm_core::paths::repo_root_from(&std::env::current_dir()?)

@@ -7,9 +7,12 @@ Workload kinds:
 - lm-fwd-bwd: AutoModelForCausalLM loaded from the same GGUF file (transformers dequantizes it to
   f32), summed next-token log-probs of every position, backward → seconds per iteration;
 - lm-sample: greedy generate() with the KV cache, exactly `new_tokens` new tokens (no early stop);
-- bert-encode: BertModel forward + attention-mask mean pooling under inference_mode.
+- bert-encode: BertModel forward + attention-mask mean pooling under inference_mode;
+- dpo-step: TRL's DPOTrainer with a peft LoRA adapter on the same pairs' token ids (dpo.py, which
+  also counts the real tokens it trained on: "tokens" in the output).
 
-Timing matches the Rust side: one warm-up, then the median of `iters` iterations.
+Timing matches the Rust side: one warm-up, then the median of `iters` iterations (dpo-step: one
+warm-up step, then the mean of `iters` steps).
 """
 import json
 import os
@@ -53,9 +56,15 @@ def main() -> None:
             lm_cache[folder] = model
         return lm_cache[folder]
 
-    seconds = {}
+    seconds, tokens = {}, {}
     for w in spec["workloads"]:
         name, kind = w["name"], w["kind"]
+        if kind == "dpo-step":
+            from dpo import dpo_step
+
+            seconds[name], tokens[name] = dpo_step(w, iters)
+            log(f"peer: {name}: {seconds[name]:.3f} s/step")
+            continue
         ids = torch.tensor(w["ids"], dtype=torch.long)
         mask = torch.ones_like(ids)
         if kind == "lm-fwd-bwd":
@@ -103,7 +112,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown workload kind {kind}")
         log(f"peer: {name}: {seconds[name]:.3f} s/iteration")
-    json.dump({"seconds": seconds, "torch": torch.__version__}, sys.stdout)
+    json.dump({"seconds": seconds, "tokens": tokens, "torch": torch.__version__}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ commands:
                                     Mesa lavapipe); part of `test` when a Vulkan driver is found
   bench [-- ARGS]                   fetch-models, make the PyTorch peer's venv (benches/peer/.venv)
                                     if absent, run `cargo bench` with the peer in the same run and
-                                    print plumbline/peer ratios; ARGS go to the bench
-                                    (--threads N, --iters N, --only PREFIX, --no-peer)
+                                    print plumbline/peer ratios (the DPO row against TRL's
+                                    DPOTrainer); ARGS go to the bench (--threads N, --iters N,
+                                    --only PREFIX, e.g. --only dpo-step-lora, --no-peer)
   demo [-- ARGS]                    fetch-models, then `plumb quickstart` (release build): a
                                     Bradley-Terry reward model on MiniLM trained on HH-RLHF
                                     harmless (1,800 pairs) and its RewardBench-style dev report;
@@ -196,8 +197,10 @@ fn check_features(root: &Path) -> Result<()> {
     step("cargo check --features wgpu,cuda", check)
 }
 
-/// The peer's Python: `benches/peer/.venv/bin/python`, made with the pinned requirements when
-/// absent.
+/// The peer's Python: `benches/peer/.venv/bin/python`, made when absent, with the pinned
+/// requirements installed whenever `benches/peer/requirements.txt` differs from the copy the
+/// last install left in the venv (so an existing venv picks up added pins, e.g. the DPO peer's
+/// trl, peft and datasets).
 fn peer_python(root: &Path) -> Result<PathBuf> {
     let venv = root.join("benches/peer/.venv");
     let python = venv.join("bin/python");
@@ -205,6 +208,12 @@ fn peer_python(root: &Path) -> Result<PathBuf> {
         let mut make = Command::new("python3");
         make.current_dir(root).args(["-m", "venv"]).arg(&venv);
         step("python3 -m venv benches/peer/.venv", make)?;
+    }
+    let requirements = root.join("benches/peer/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("plumb-installed-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let mut install = Command::new(&python);
         install.current_dir(root).args([
             "-m",
@@ -214,6 +223,7 @@ fn peer_python(root: &Path) -> Result<PathBuf> {
             "benches/peer/requirements.txt",
         ]);
         step("pip install -r benches/peer/requirements.txt", install)?;
+        std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
     }
     Ok(python)
 }
