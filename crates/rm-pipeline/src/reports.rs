@@ -48,6 +48,15 @@ pub fn write_report_pair(
     Ok((json_path, md_path))
 }
 
+/// Draws `out_dir/curves.png` from a run's metrics: the path, or why it could not be drawn (a
+/// missing plot never fails a run).
+pub fn draw_curves(metrics: &Path, out_dir: &Path) -> (Option<PathBuf>, Option<String>) {
+    match rm_core::plot::plot_metrics(metrics, &out_dir.join("curves.png")) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

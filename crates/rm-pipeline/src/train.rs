@@ -377,11 +377,7 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    let (plot, plot_error) =
-        match rm_core::plot::plot_metrics(&run.metrics_path(), &out.join("curves.png")) {
-            Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+    let (plot, plot_error) = crate::reports::draw_curves(&run.metrics_path(), &out);
     Ok(TrainReport {
         best_dir: out.join("best"),
         out_dir: out,

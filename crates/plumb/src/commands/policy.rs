@@ -9,7 +9,9 @@ use policy_opt::preference::{PolicyEvalRequest, evaluate_policy};
 use policy_opt::{PreferenceRecipe, PreferenceReport, train_preference_policy};
 use rm_pipeline::eval::{EvalInput, ReportTarget};
 
-use super::reward::{FormatArg, RunFlags, print_eval_outcome, train_request, with_progress};
+use super::reward::{
+    FormatArg, RunFlags, print_eval_outcome, print_plot, train_request, with_progress,
+};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -71,11 +73,7 @@ fn print_report(r: &PreferenceReport) {
         r.out_dir.join("summary.json").display(),
         r.out_dir.join("metrics.jsonl").display()
     );
-    match (&r.plot, &r.plot_error) {
-        (Some(p), _) => println!("plot: {}", p.display()),
-        (None, Some(e)) => println!("plot: not written ({e})"),
-        (None, None) => println!("plot: not written"),
-    }
+    print_plot(r.plot.as_deref(), r.plot_error.as_deref());
 }
 
 /// `--mode` of `eval-po` (reward-bench's DPO modes).

@@ -133,7 +133,12 @@ fn print_train_report(r: &TrainReport) {
         r.out_dir.join("report.json").display(),
         r.out_dir.join("metrics.jsonl").display()
     );
-    match (&r.plot, &r.plot_error) {
+    print_plot(r.plot.as_deref(), r.plot_error.as_deref());
+}
+
+/// Where a run's curves went, or why they did not.
+pub(crate) fn print_plot(plot: Option<&std::path::Path>, error: Option<&str>) {
+    match (plot, error) {
         (Some(p), _) => println!("plot: {}", p.display()),
         (None, Some(e)) => println!("plot: not written ({e})"),
         (None, None) => println!("plot: not written"),

@@ -126,11 +126,7 @@ pub fn train_preference_policy(
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    let (plot, plot_error) =
-        match rm_core::plot::plot_metrics(&run.metrics_path(), &out.join("curves.png")) {
-            Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+    let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
     Ok(PreferenceReport {
         best_dir: out.join("best"),
         out_dir: out,
