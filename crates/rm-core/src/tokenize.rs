@@ -467,7 +467,8 @@ impl TextTokenizer {
 /// Refuses the parts of a `tokenizer.json` on which `tokenizers` unwraps instead of returning
 /// an error: a `Precompiled` normalizer that does not deserialize, and a `TemplateProcessing`
 /// post-processor whose `single`/`pair` templates name a special token missing from its
-/// `special_tokens` (the parser does not check it; encoding then panics).
+/// `special_tokens` (the parser does not check it; encoding then panics), whatever its `type`
+/// string says.
 fn check_known_panics(value: &serde_json::Value) -> Result<()> {
     match value {
         serde_json::Value::Object(map) => {
@@ -476,7 +477,11 @@ fn check_known_panics(value: &serde_json::Value) -> Result<()> {
                     serde_json::from_value::<tokenizers::normalizers::Precompiled>(value.clone())
                         .context("not a tokenizer.json: a Precompiled normalizer does not parse")?;
                 }
-                Some("TemplateProcessing") => {
+                // `tokenizers` reads post-processors as an untagged enum and does not check a
+                // template's `type` string: any object with `single`/`pair` templates is read as
+                // a `TemplateProcessing` (a fuzzed `"DemplateProcessing"` was), so the shape,
+                // not the name, decides.
+                _ if map.contains_key("single") || map.contains_key("pair") => {
                     let defined = map.get("special_tokens").and_then(|t| t.as_object());
                     for field in ["single", "pair"] {
                         let pieces = map.get(field).and_then(|p| p.as_array());
@@ -730,5 +735,32 @@ pub(crate) mod tests {
             serde_json::json!({"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["<pad>"]}});
         let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
         assert_eq!(tok.encode("a b", true).unwrap(), [0, 2, 3]);
+    }
+
+    /// The fuzzer's second find (`tokenizer_json`, after 71 s): the parser reads a template under
+    /// a misspelt `type` as a `TemplateProcessing` all the same, so the check must not trust the
+    /// name.
+    #[test]
+    fn a_template_under_any_type_name_is_checked() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&word_tokenizer().inner().to_string(false).unwrap()).unwrap();
+        v["post_processor"] = serde_json::json!({
+            "type": "DemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[UNK]", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["<pad>"]}},
+        });
+        let err = TextTokenizer::from_json_bytes(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "not a tokenizer.json: the post-processor's single template uses the special token \"[UNK]\", which its special_tokens do not define"
+        );
+        // The same template with the token defined loads and encodes under the misspelt name.
+        v["post_processor"]["special_tokens"]["[UNK]"] =
+            serde_json::json!({"id": "[UNK]", "ids": [1], "tokens": ["<unk>"]});
+        let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
+        assert_eq!(tok.encode("a b", true).unwrap(), [2, 3, 1]);
     }
 }
