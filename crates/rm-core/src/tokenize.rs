@@ -257,7 +257,28 @@ impl TextTokenizer {
             bail!("the tokenizer has an empty vocabulary");
         }
         tokenizer.check_id("the padding id the tokenizer declares", pad_id)?;
+        tokenizer.check_special_token_ids()?;
         Ok(tokenizer)
+    }
+
+    /// An error unless the special tokens the post-processor inserts (a `TemplateProcessing`'s
+    /// `special_tokens` ids, BERT's `cls`/`sep`, …) are tokens of the vocabulary: `tokenizers`
+    /// takes their ids as written, so an id past the vocabulary would reach the embedding lookup
+    /// (found by the `tokenizer_json` fuzz target). Probed by encoding an empty text and an empty
+    /// pair with special tokens, which holds for every kind of post-processor.
+    fn check_special_token_ids(&self) -> Result<()> {
+        let single = self.inner.encode("", true);
+        let pair = self.inner.encode(("", ""), true);
+        for encoding in [single, pair] {
+            let encoding = encoding.map_err(|e| anyhow::anyhow!("probing special tokens: {e}"))?;
+            for (&id, token) in encoding.get_ids().iter().zip(encoding.get_tokens()) {
+                self.check_id(
+                    &format!("the post-processor's special token {token:?}: its id"),
+                    id,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Overrides the pad id (unchecked; [`TextTokenizer::try_with_pad_id`] checks it against
@@ -735,6 +756,30 @@ pub(crate) mod tests {
             serde_json::json!({"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["<pad>"]}});
         let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
         assert_eq!(tok.encode("a b", true).unwrap(), [0, 2, 3]);
+    }
+
+    /// The fuzzer's third find (`tokenizer_json`, after about 580 s): a template's special token
+    /// whose id is outside the vocabulary would be inserted as it is.
+    #[test]
+    fn a_special_token_id_outside_the_vocabulary_is_an_error() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&word_tokenizer().inner().to_string(false).unwrap()).unwrap();
+        v["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [72], "tokens": ["<s>"]}},
+        });
+        let err = TextTokenizer::from_json_bytes(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the post-processor's special token \"<s>\": its id 72 is not a token of the tokenizer (vocabulary of 10 tokens"),
+            "{err}"
+        );
+        v["post_processor"]["special_tokens"]["<s>"]["ids"] = serde_json::json!([9]);
+        let tok = TextTokenizer::from_json_bytes(v.to_string().as_bytes()).unwrap();
+        assert_eq!(tok.encode("a", true).unwrap(), [9, 2]);
     }
 
     /// The fuzzer's second find (`tokenizer_json`, after 71 s): the parser reads a template under
