@@ -30,8 +30,17 @@ use plotters::style::{FontStyle, register_font};
 use crate::checkpoint::write_bytes_atomically;
 
 /// Keys of a metrics row that are bookkeeping, not curves.
-pub const BOOKKEEPING_KEYS: [&str; 6] =
-    ["kind", "step", "epoch", "examples", "elapsed_s", "weight"];
+pub const BOOKKEEPING_KEYS: [&str; 9] = [
+    "kind",
+    "step",
+    "epoch",
+    "examples",
+    "elapsed_s",
+    "weight",
+    "step_s",
+    "examples_per_s",
+    "tokens",
+];
 
 /// Window (in train rows) of the trailing moving average drawn over train curves.
 pub const SMOOTH_WINDOW: usize = 10;

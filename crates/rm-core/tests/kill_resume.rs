@@ -135,10 +135,7 @@ fn fingerprint(dir: &Path) -> (Vec<String>, Vec<u8>) {
     let records = rm_core::train::metrics::read_records(&dir.join("metrics.jsonl"), "train")
         .unwrap()
         .into_iter()
-        .map(|mut v| {
-            v.as_object_mut().unwrap().remove("elapsed_s");
-            v.to_string()
-        })
+        .map(|v| rm_core::train::metrics::without_wall_time(v).to_string())
         .collect();
     // The tensors' bits (the file's header is not byte-stable: safetensors writes its metadata
     // map in hash order).

@@ -187,7 +187,13 @@ impl TrainTask<RewardModel> for RewardTask {
         let accuracy = win_rate(&batch);
         let loss = self.objective.loss(batch)?;
         let n = examples.len() as f64;
-        Ok(LossOutput::new(loss, n).with(Metric::device("accuracy", accuracy, n)))
+        let tokens = pairs
+            .iter()
+            .map(|p| p.chosen.len() + p.rejected.len())
+            .sum();
+        Ok(LossOutput::new(loss, n)
+            .with(Metric::device("accuracy", accuracy, n))
+            .with_tokens(tokens))
     }
 
     fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {

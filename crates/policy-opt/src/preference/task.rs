@@ -201,7 +201,11 @@ impl TrainTask<LlamaModel> for DpoTask {
         let (out, sums, ref_logps) = self.forward(model, reference, &pairs)?;
         let n = pairs.len() as f64;
         let metrics = batch_metrics(&out, sums, ref_logps, pairs.len());
-        let mut output = LossOutput::new(out.loss, n);
+        let tokens = pairs
+            .iter()
+            .map(|p| p.chosen.len() + p.rejected.len())
+            .sum();
+        let mut output = LossOutput::new(out.loss, n).with_tokens(tokens);
         for (name, value) in METRICS.iter().zip(metrics) {
             output = output.with(Metric::device(*name, value, n));
         }

@@ -60,6 +60,20 @@ impl Metric {
     }
 }
 
+/// The keys of a train record that measure wall time (they differ between two runs of the same
+/// computation: a resumed run matches an uninterrupted one in everything else).
+pub const WALL_TIME_KEYS: [&str; 4] = ["elapsed_s", "step_s", "examples_per_s", "tokens_per_s"];
+
+/// `record` without its [`WALL_TIME_KEYS`].
+pub fn without_wall_time(mut record: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = record.as_object_mut() {
+        for key in WALL_TIME_KEYS {
+            map.remove(key);
+        }
+    }
+    record
+}
+
 /// What a task's loss returns for one micro-batch.
 #[derive(Debug)]
 pub struct LossOutput {
@@ -70,6 +84,9 @@ pub struct LossOutput {
     pub weight: f64,
     /// Named values to log (weighted means over the step).
     pub metrics: Vec<Metric>,
+    /// Tokens the micro-batch ran through the model (padding excluded; 0 when the task does not
+    /// count them): summed over the step and logged as `tokens` and `tokens_per_s`.
+    pub tokens: usize,
 }
 
 impl LossOutput {
@@ -79,7 +96,14 @@ impl LossOutput {
             loss,
             weight,
             metrics: Vec::new(),
+            tokens: 0,
         }
+    }
+
+    /// Sets the number of tokens the micro-batch processed.
+    pub fn with_tokens(mut self, tokens: usize) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Adds a metric.
@@ -97,6 +121,7 @@ pub struct StepMetrics {
     weight: f64,
     /// name → (device Σ w·v, host Σ w·v, Σ w)
     named: BTreeMap<String, (Option<Tensor<1>>, f64, f64)>,
+    tokens: usize,
 }
 
 /// A step's values on the host.
@@ -110,6 +135,8 @@ pub struct StepValues {
     pub metrics: BTreeMap<String, f64>,
     /// `‖g‖₂` when a gradient norm was read with the step.
     pub grad_norm: Option<f64>,
+    /// Tokens processed by the step's micro-batches (0 when the task does not count them).
+    pub tokens: usize,
 }
 
 fn add(a: Option<Tensor<1>>, b: Tensor<1>) -> Option<Tensor<1>> {
@@ -141,6 +168,11 @@ impl StepMetrics {
             entry.2 += m.weight;
         }
         Ok(())
+    }
+
+    /// Counts tokens a micro-batch processed.
+    pub fn add_tokens(&mut self, tokens: usize) {
+        self.tokens += tokens;
     }
 
     /// The step's total weight so far.
@@ -188,6 +220,7 @@ impl StepMetrics {
             weight: total,
             metrics,
             grad_norm: norm_index.map(|i| (values[i] as f64).max(0.0).sqrt()),
+            tokens: self.tokens,
         })
     }
 }

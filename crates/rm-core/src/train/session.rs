@@ -77,11 +77,13 @@ pub fn accumulate<M: Module>(
             loss,
             weight,
             metrics: named,
+            tokens,
         } = task.loss(model, chunk)?;
         if loss.dims() != [1] {
             bail!("a task's loss must be a [1] tensor, got {:?}", loss.dims());
         }
         metrics.add(&loss, weight, named)?;
+        metrics.add_tokens(tokens);
         if weight > 0.0 {
             grads.add(model, loss.mul_scalar(weight).backward());
         }
@@ -229,12 +231,20 @@ impl<'a> Session<'a> {
         self.state.step += 1;
         task.after_step(&values)?;
         self.trained_items += items.len();
-        self.train_seconds += start.elapsed().as_secs_f64();
+        let step_seconds = start.elapsed().as_secs_f64();
+        self.train_seconds += step_seconds;
         let mut record = serde_json::json!({
             "kind": "train", "step": self.state.step, "loss": values.loss, "lr": lr,
             "grad_norm": grad_norm, "examples": items.len(), "weight": values.weight,
+            "step_s": step_seconds,
+            "examples_per_s": items.len() as f64 / step_seconds.max(1e-9),
             "elapsed_s": self.started.elapsed().as_secs_f64(),
         });
+        if values.tokens > 0 {
+            record["tokens"] = serde_json::json!(values.tokens);
+            record["tokens_per_s"] =
+                serde_json::json!(values.tokens as f64 / step_seconds.max(1e-9));
+        }
         for (k, v) in &values.metrics {
             record[k] = serde_json::json!(v);
         }
