@@ -21,7 +21,8 @@
 //!   DiscoPOP, SFT, sigmoid-norm), combinable with weights, with f-divergence scores, LD-DPO and
 //!   WPO, behind [`DpoConfig`] (TRL's field names); the TR-DPO reference refresh;
 //! - unpaired feedback ([`preference::unpaired`]): KTO, APO-zero unpaired, BCO;
-//! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO.
+//! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO;
+//! - listwise ([`preference::pro`]): PRO with reward-gap temperatures and its SFT term;
 //!
 //! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
@@ -51,5 +52,5 @@ pub use pairwise::{
 pub use preference::{
     BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, KtoOutput,
     KtoParams, RunningMean, UnpairedLogps, alphapo_loss, apo_zero_unpaired_loss, bco_loss,
-    cpo_loss, dpo_loss, kto_loss, orpo_loss, refresh_reference, rpo_loss, simpo_loss,
+    cpo_loss, dpo_loss, kto_loss, orpo_loss, pro_loss, refresh_reference, rpo_loss, simpo_loss,
 };

@@ -16,12 +16,15 @@
 //! - [`unpaired`]: objectives on unpaired desirable/undesirable completions (KTO, APO-zero
 //!   unpaired, BCO);
 //! - [`reference_free`]: objectives without a reference model (ORPO, CPO, SimPO, AlphaPO) and
-//!   RPO (DPO plus a likelihood term).
+//!   RPO (DPO plus a likelihood term);
+//! - [`pro`]: PRO, listwise ranking of a policy's responses with reward-gap temperatures and an
+//!   SFT term;
 //!
 //! Sequence-level inputs are [`Completions`]: summed log-probs with completion lengths, built
 //! from per-token log-probs by [`Completions::from_tokens`].
 
 pub mod dpo;
+pub mod pro;
 pub mod reference_free;
 pub mod unpaired;
 
@@ -30,6 +33,7 @@ use burn::tensor::Tensor;
 pub use dpo::{
     DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, dpo_loss, refresh_reference,
 };
+pub use pro::pro_loss;
 pub use reference_free::{alphapo_loss, cpo_loss, orpo_loss, rpo_loss, simpo_loss};
 pub use unpaired::{
     BcoOutput, KtoOutput, KtoParams, RunningMean, UnpairedLogps, apo_zero_unpaired_loss, bco_loss,
