@@ -23,6 +23,9 @@
 //! - unpaired feedback ([`preference::unpaired`]): KTO, APO-zero unpaired, BCO;
 //! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO;
 //! - listwise ([`preference::pro`]): PRO with reward-gap temperatures and its SFT term;
+//! - self-play against a preference oracle ([`preference::dno`]): DNO and DNO-Prct, oracle
+//!   win-rates and best/worst pair selection; optimistic exploration ([`preference::selm`]):
+//!   SELM;
 //!
 //! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
@@ -52,5 +55,6 @@ pub use pairwise::{
 pub use preference::{
     BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, KtoOutput,
     KtoParams, RunningMean, UnpairedLogps, alphapo_loss, apo_zero_unpaired_loss, bco_loss,
-    cpo_loss, dpo_loss, kto_loss, orpo_loss, pro_loss, refresh_reference, rpo_loss, simpo_loss,
+    cpo_loss, dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates, dpo_loss, kto_loss,
+    orpo_loss, pro_loss, refresh_reference, rpo_loss, selm_loss, simpo_loss,
 };

@@ -19,22 +19,29 @@
 //!   RPO (DPO plus a likelihood term);
 //! - [`pro`]: PRO, listwise ranking of a policy's responses with reward-gap temperatures and an
 //!   SFT term;
+//! - [`dno`]: Direct Nash Optimization (the regression objective, DNO-Prct, win-rates and the
+//!   best/worst pair selection from an oracle's preferences);
+//! - [`selm`]: SELM, DPO plus an optimism term on the reference's own samples;
 //!
 //! Sequence-level inputs are [`Completions`]: summed log-probs with completion lengths, built
 //! from per-token log-probs by [`Completions::from_tokens`].
 
+pub mod dno;
 pub mod dpo;
 pub mod pro;
 pub mod reference_free;
+pub mod selm;
 pub mod unpaired;
 
 use burn::tensor::Tensor;
 
+pub use dno::{dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates};
 pub use dpo::{
     DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, dpo_loss, refresh_reference,
 };
 pub use pro::pro_loss;
 pub use reference_free::{alphapo_loss, cpo_loss, orpo_loss, rpo_loss, simpo_loss};
+pub use selm::selm_loss;
 pub use unpaired::{
     BcoOutput, KtoOutput, KtoParams, RunningMean, UnpairedLogps, apo_zero_unpaired_loss, bco_loss,
     kto_loss,
