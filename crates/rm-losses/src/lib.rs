@@ -26,6 +26,7 @@
 //! - self-play against a preference oracle ([`preference::dno`]): DNO and DNO-Prct, oracle
 //!   win-rates and best/worst pair selection; optimistic exploration ([`preference::selm`]):
 //!   SELM;
+//! - token-level ([`preference::token_level`]): T-REG, RRPO, AlignDistil;
 //!
 //! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
@@ -53,8 +54,9 @@ pub use pairwise::{
     pairwise_accuracy, preference_distillation_loss, reward_centering_penalty,
 };
 pub use preference::{
-    BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, KtoOutput,
-    KtoParams, RunningMean, UnpairedLogps, alphapo_loss, apo_zero_unpaired_loss, bco_loss,
-    cpo_loss, dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates, dpo_loss, kto_loss,
-    orpo_loss, pro_loss, refresh_reference, rpo_loss, selm_loss, simpo_loss,
+    AlignDistilParams, BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput,
+    FDivergence, KtoOutput, KtoParams, RrpoBatch, RrpoOutput, RunningMean, TokenLogps,
+    UnpairedLogps, aligndistil_loss, alphapo_loss, apo_zero_unpaired_loss, bco_loss, cpo_loss,
+    dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates, dpo_loss, kto_loss, orpo_loss,
+    pro_loss, refresh_reference, rpo_loss, selm_loss, simpo_loss, treg_loss,
 };

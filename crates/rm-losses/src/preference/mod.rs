@@ -22,6 +22,7 @@
 //! - [`dno`]: Direct Nash Optimization (the regression objective, DNO-Prct, win-rates and the
 //!   best/worst pair selection from an oracle's preferences);
 //! - [`selm`]: SELM, DPO plus an optimism term on the reference's own samples;
+//! - [`token_level`]: token-level credit assignment (T-REG, RRPO, AlignDistil);
 //!
 //! Sequence-level inputs are [`Completions`]: summed log-probs with completion lengths, built
 //! from per-token log-probs by [`Completions::from_tokens`].
@@ -31,6 +32,7 @@ pub mod dpo;
 pub mod pro;
 pub mod reference_free;
 pub mod selm;
+pub mod token_level;
 pub mod unpaired;
 
 use burn::tensor::Tensor;
@@ -42,6 +44,9 @@ pub use dpo::{
 pub use pro::pro_loss;
 pub use reference_free::{alphapo_loss, cpo_loss, orpo_loss, rpo_loss, simpo_loss};
 pub use selm::selm_loss;
+pub use token_level::{
+    AlignDistilParams, RrpoBatch, RrpoOutput, TokenLogps, aligndistil_loss, rrpo_loss, treg_loss,
+};
 pub use unpaired::{
     BcoOutput, KtoOutput, KtoParams, RunningMean, UnpairedLogps, apo_zero_unpaired_loss, bco_loss,
     kto_loss,
