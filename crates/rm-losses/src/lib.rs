@@ -27,6 +27,9 @@
 //!   win-rates and best/worst pair selection; optimistic exploration ([`preference::selm`]):
 //!   SELM;
 //! - token-level ([`preference::token_level`]): T-REG, RRPO, AlignDistil;
+//! - offline policy gradients on scored samples ([`preference::offline_pg`]): CoPG, A-LoL;
+//! - reward filtering and relabelling ([`preference::filtering`]): RAFT's top-k selection,
+//!   SuperHF's SFT + KL loss, reward-augmented DPO's reward-conditioned pairs.
 //!
 //! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
@@ -54,9 +57,11 @@ pub use pairwise::{
     pairwise_accuracy, preference_distillation_loss, reward_centering_penalty,
 };
 pub use preference::{
-    AlignDistilParams, BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput,
-    FDivergence, KtoOutput, KtoParams, RrpoBatch, RrpoOutput, RunningMean, TokenLogps,
-    UnpairedLogps, aligndistil_loss, alphapo_loss, apo_zero_unpaired_loss, bco_loss, cpo_loss,
+    AlignDistilParams, AlolVariant, BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType,
+    DpoOutput, FDivergence, KtoOutput, KtoParams, PreferencePair, RaftKeep, RrpoBatch, RrpoOutput,
+    RunningMean, ScoredPair, ScoredSamples, TokenLogps, UnpairedLogps, aligndistil_loss, alol_loss,
+    alphapo_loss, apo_zero_unpaired_loss, bco_loss, condition_on_score, copg_loss, cpo_loss,
     dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates, dpo_loss, kto_loss, orpo_loss,
-    pro_loss, refresh_reference, rpo_loss, selm_loss, simpo_loss, treg_loss,
+    pro_loss, raft_select, refresh_reference, reward_augment, rpo_loss, selm_loss, simpo_loss,
+    superhf_loss, treg_loss,
 };
