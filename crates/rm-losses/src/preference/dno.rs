@@ -132,7 +132,9 @@ pub fn dno_win_rates(preferences: &[f32], k: usize) -> Result<Vec<f32>, LossErro
 /// oracle score where higher is better) of its `K` samples, `y_w` is the best and `y_l` the worst
 /// (the first of equals for both), kept only when `r(y_w) − r(y_l) ≥ min_gap` (the paper keeps
 /// pairs whose winner beats the loser by a clear margin; `min_gap = 0` keeps every prompt whose
-/// samples are not all tied). `scores` is prompt-major, `K` per prompt; returns per prompt
+/// samples are not all tied). The paper ranks the gold (dataset) response together with the
+/// policy's samples; include it as one of the `K`. `scores` is prompt-major, `K` per prompt;
+/// returns per prompt
 /// `Some((w, l))`, indices within the prompt's samples, or `None` when filtered out.
 ///
 /// Errors: `K < 2`; an empty or ragged `scores`; a non-finite score; `min_gap` negative or not

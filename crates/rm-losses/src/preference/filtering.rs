@@ -160,11 +160,13 @@ pub struct PreferencePair {
     pub rejected: String,
 }
 
-/// The default reward-conditioning of a prompt: a system line naming the target score, then the
-/// prompt.
+/// The default reward-conditioning of a prompt (the paper's scheme, in our words): a preamble
+/// naming the target overall score on a 1–10 scale, a blank line, then the prompt. Integral
+/// scores print without a fraction (`7`, not `7.0`).
 pub fn condition_on_score(prompt: &str, score: f32) -> String {
     format!(
-        "You are an assistant that generates responses with a quality score of {score}.\n{prompt}"
+        "Write a response to the instruction below that would earn this target score \
+         (1 = worst, 10 = best).\nOverall score: {score}\n\n{prompt}"
     )
 }
 
@@ -177,10 +179,12 @@ pub fn condition_on_score(prompt: &str, score: f32) -> String {
 /// where `g(x, r)` is the prompt conditioned on the target score `r` (`condition`, e.g.
 /// [`condition_on_score`]): asked for a response of quality `r_l`, the rejected response is the
 /// better match, so the model learns the whole quality range instead of only unlearning `y_l`
-/// (which is also why the rejected response's own score matters). With `keep_original` the
-/// original, unconditioned pair is kept too (first), as in the paper's ablation mixing both. A
-/// pair whose scores are equal yields no conditioned rows (its two goals coincide, so the two
-/// orderings would contradict each other) but keeps its original row when asked.
+/// (which is also why the rejected response's own score matters). Rows come pair by pair (the
+/// official script concatenates all first orderings, then all second ones; shuffle either way).
+/// With `keep_original` the original, unconditioned pair is kept too (first). Judgement call: a
+/// pair whose scores are equal yields no conditioned rows — its two goals coincide, so the two
+/// orderings would contradict each other (the official script keeps them) — but keeps its
+/// original row when asked.
 ///
 /// Errors: a non-finite score.
 pub fn reward_augment(
@@ -362,7 +366,11 @@ mod tests {
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[0].prompt, "x");
         assert_eq!(rows[3].prompt, "x");
-        assert!(condition_on_score("x", 7.0).contains("quality score of 7"));
+        assert_eq!(
+            condition_on_score("x", 7.0).lines().nth(1),
+            Some("Overall score: 7")
+        );
+        assert!(condition_on_score("x", 7.5).ends_with("Overall score: 7.5\n\nx"));
         assert!(reward_augment(&[pair(f32::NAN, 1.0)], cond, false).is_err());
     }
 }

@@ -5,8 +5,10 @@
 //! Per-token inputs are `[B, L]` (or `[B, L, V]` logits) aligned with a completion mask `m`
 //! (`[B, L]`, non-zero on completion tokens): `log π_θ,t`, `log π_ref,t` are the log-probs of the
 //! `t`-th completion token under the policy and the reference, `Δ_t = log π_θ,t − log π_ref,t`
-//! (so `β·Δ_t` is DPO's implicit token reward). Entries off the mask are ignored, even when not
-//! finite. Every reference quantity is detached.
+//! (so `β·Δ_t` is DPO's implicit token reward). Log-prob and reward entries off the mask are
+//! ignored, even when not finite; logits must be finite everywhere (as a model's outputs are),
+//! since a softmax's backward pass mixes a position's entries. Every reference quantity is
+//! detached.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_softmax, softmax};
