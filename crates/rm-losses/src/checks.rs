@@ -112,3 +112,19 @@ pub(crate) fn finite(
         })
     }
 }
+
+/// Reads a (constant, data-valued) input to the host as `f32`s, for checks and for
+/// index computations that need its values.
+pub(crate) fn host_values<const D: usize>(
+    objective: &'static str,
+    input: &'static str,
+    tensor: &Tensor<D>,
+) -> Result<Vec<f32>, LossError> {
+    tensor
+        .try_to_vec_as::<f32>()
+        .map_err(|e| LossError::InvalidInput {
+            objective,
+            input,
+            reason: format!("could not be read back: {e}"),
+        })
+}

@@ -39,4 +39,13 @@ pub enum LossError {
         value: f32,
         expected: &'static str,
     },
+
+    /// An input's values break the objective's contract (an unsorted ranking, a NaN score, a
+    /// selection asking for more samples than exist).
+    #[error("{objective}: `{input}` is invalid: {reason}")]
+    InvalidInput {
+        objective: &'static str,
+        input: &'static str,
+        reason: String,
+    },
 }

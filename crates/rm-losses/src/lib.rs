@@ -21,7 +21,15 @@
 //!   DiscoPOP, SFT, sigmoid-norm), combinable with weights, with f-divergence scores, LD-DPO and
 //!   WPO, behind [`DpoConfig`] (TRL's field names); the TR-DPO reference refresh;
 //! - unpaired feedback ([`preference::unpaired`]): KTO, APO-zero unpaired, BCO;
-//! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO.
+//! - reference-free ([`preference::reference_free`]): ORPO, CPO, SimPO, AlphaPO; and RPO;
+//! - listwise ([`preference::pro`]): PRO with reward-gap temperatures and its SFT term;
+//! - self-play against a preference oracle ([`preference::dno`]): DNO and DNO-Prct, oracle
+//!   win-rates and best/worst pair selection; optimistic exploration ([`preference::selm`]):
+//!   SELM;
+//! - token-level ([`preference::token_level`]): T-REG, RRPO, AlignDistil;
+//! - offline policy gradients on scored samples ([`preference::offline_pg`]): CoPG, A-LoL;
+//! - reward filtering and relabelling ([`preference::filtering`]): RAFT's top-k selection,
+//!   SuperHF's SFT + KL loss, reward-augmented DPO's reward-conditioned pairs.
 //!
 //! The policy losses and advantage estimators of PPO and GRPO arrive with the
 //! policy-optimisation issues.
@@ -49,7 +57,11 @@ pub use pairwise::{
     pairwise_accuracy, preference_distillation_loss, reward_centering_penalty,
 };
 pub use preference::{
-    BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, KtoOutput,
-    KtoParams, RunningMean, UnpairedLogps, alphapo_loss, apo_zero_unpaired_loss, bco_loss,
-    cpo_loss, dpo_loss, kto_loss, orpo_loss, refresh_reference, rpo_loss, simpo_loss,
+    AlignDistilParams, AlolVariant, BcoOutput, Completions, DpoBatch, DpoConfig, DpoLossType,
+    DpoOutput, FDivergence, KtoOutput, KtoParams, PreferencePair, RaftKeep, RrpoBatch, RrpoOutput,
+    RunningMean, ScoredPair, ScoredSamples, TokenLogps, UnpairedLogps, aligndistil_loss, alol_loss,
+    alphapo_loss, apo_zero_unpaired_loss, bco_loss, condition_on_score, copg_loss, cpo_loss,
+    dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates, dpo_loss, kto_loss, orpo_loss,
+    pro_loss, raft_select, refresh_reference, reward_augment, rpo_loss, selm_loss, simpo_loss,
+    superhf_loss, treg_loss,
 };

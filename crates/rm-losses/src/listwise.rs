@@ -55,7 +55,26 @@ pub fn plackett_luce_loss(
         Some(mask) => mask.float(),
         None => Tensor::<2>::ones([b, k], &device),
     };
+    let logits = rewards.reshape([b, 1, k]).expand([b, k, k]);
+    Ok(sequential_choice_log_probs(logits, real)
+        .sum_dim(1)
+        .neg()
+        .mean())
+}
 
+/// The log-probabilities of a ranking's sequential choices, shared by the Plackett–Luce loss and
+/// PRO ([`crate::preference::pro_loss`]).
+///
+/// `logits[b, pos, j]` (`[B, K, K]`) is the logit of candidate `j` when position `pos` of ranking
+/// `b` is chosen; `real` (`[B, K]`, 1 = a real response, 0 = padding) marks the entries of each
+/// ranking. Returns `[B, K]`: entry `[b, pos]` is
+/// `log( exp(logits[b,pos,pos]) / Σ_{j ≥ pos, j real} exp(logits[b,pos,j]) )` for a real `pos`,
+/// and 0 for a masked one. Candidates before `pos` and masked candidates are excluded from every
+/// normaliser (their logits are replaced by a finite, vanishing [`EXCLUDED_LOGIT`], so no
+/// `−∞ · 0` reaches the backward pass and they receive no gradient).
+pub(crate) fn sequential_choice_log_probs(logits: Tensor<3>, real: Tensor<2>) -> Tensor<2> {
+    let [b, k, _] = logits.dims();
+    let device = logits.device();
     // Row `pos` of the [K, K] grid is the choice at position `pos`: candidates are the entries
     // j ≥ pos that are real. The diagonal stays a candidate even when masked, so that every row
     // has a finite log-normaliser; the terms of masked positions are zeroed below.
@@ -68,16 +87,12 @@ pub fn plackett_luce_loss(
     let candidate = later * real_j.clone() + diagonal * real_j.neg().add_scalar(1.0); // [B, K, K]
     let excluded = candidate.lower_elem(0.5);
 
-    let logits = rewards
-        .reshape([b, 1, k])
-        .expand([b, k, k])
-        .mask_fill(excluded, EXCLUDED_LOGIT);
-    let log_probs = log_softmax(logits, 2);
+    let log_probs = log_softmax(logits.mask_fill(excluded, EXCLUDED_LOGIT), 2);
     let position = Tensor::<1, Int>::arange(0..k as i64, &device)
         .reshape([1, k, 1])
         .expand([b, k, 1]);
-    let chosen_log_prob = log_probs.gather(2, position).reshape([b, k]); // log P(pick r_pos)
-    Ok((chosen_log_prob * real).sum_dim(1).neg().mean())
+    let chosen_log_prob = log_probs.gather(2, position).reshape([b, k]); // log P(pick pos)
+    chosen_log_prob * real
 }
 
 #[cfg(test)]

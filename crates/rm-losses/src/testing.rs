@@ -12,6 +12,10 @@ pub(crate) fn matrix(values: &[f32], shape: [usize; 2], device: &Device) -> Tens
     Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
 }
 
+pub(crate) fn tensor3(values: &[f32], shape: [usize; 3], device: &Device) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}
+
 pub(crate) fn scalar(t: Tensor<1>) -> f32 {
     assert_eq!(t.dims(), [1], "a mean loss is a [1] tensor");
     t.into_scalar::<f32>()

@@ -16,21 +16,47 @@
 //! - [`unpaired`]: objectives on unpaired desirable/undesirable completions (KTO, APO-zero
 //!   unpaired, BCO);
 //! - [`reference_free`]: objectives without a reference model (ORPO, CPO, SimPO, AlphaPO) and
-//!   RPO (DPO plus a likelihood term).
+//!   RPO (DPO plus a likelihood term);
+//! - [`pro`]: PRO, listwise ranking of a policy's responses with reward-gap temperatures and an
+//!   SFT term;
+//! - [`dno`]: Direct Nash Optimization (the regression objective, DNO-Prct, win-rates and the
+//!   best/worst pair selection from an oracle's preferences);
+//! - [`selm`]: SELM, DPO plus an optimism term on the reference's own samples;
+//! - [`token_level`]: token-level credit assignment (T-REG, RRPO, AlignDistil);
+//! - [`offline_pg`]: offline policy gradients on scored samples (CoPG, A-LoL and its variants);
+//! - [`filtering`]: reward-ranked selection and SFT (RAFT, SuperHF) and reward-augmented DPO's
+//!   relabelling of scored pairs.
 //!
 //! Sequence-level inputs are [`Completions`]: summed log-probs with completion lengths, built
 //! from per-token log-probs by [`Completions::from_tokens`].
 
+pub mod dno;
 pub mod dpo;
+pub mod filtering;
+pub mod offline_pg;
+pub mod pro;
 pub mod reference_free;
+pub mod selm;
+pub mod token_level;
 pub mod unpaired;
 
 use burn::tensor::Tensor;
 
+pub use dno::{dno_loss, dno_prct_loss, dno_select_pairs, dno_win_rates};
 pub use dpo::{
     DpoBatch, DpoConfig, DpoLossType, DpoOutput, FDivergence, dpo_loss, refresh_reference,
 };
+pub use filtering::{
+    PreferencePair, RaftKeep, ScoredPair, condition_on_score, raft_select, reward_augment,
+    superhf_loss,
+};
+pub use offline_pg::{AlolVariant, ScoredSamples, alol_loss, copg_loss};
+pub use pro::pro_loss;
 pub use reference_free::{alphapo_loss, cpo_loss, orpo_loss, rpo_loss, simpo_loss};
+pub use selm::selm_loss;
+pub use token_level::{
+    AlignDistilParams, RrpoBatch, RrpoOutput, TokenLogps, aligndistil_loss, rrpo_loss, treg_loss,
+};
 pub use unpaired::{
     BcoOutput, KtoOutput, KtoParams, RunningMean, UnpairedLogps, apo_zero_unpaired_loss, bco_loss,
     kto_loss,
