@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rm_core::data::{generic, hh_rlhf};
 use rm_core::models::reward::RewardModelConfig;
 use rm_core::train::TrainConfig;
-use rm_core::types::PreferencePair;
+use rm_core::types::{PreferencePair, UnpairedExample};
 use rm_losses::PairwiseObjective;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,9 @@ pub enum PairShape {
     /// `{prompt, responses, scores | ranks}`: every (better, worse) pair of a row, with the
     /// score difference as margin and the two scores as `scores` when the row has scores.
     Rankings,
+    /// `{prompt, completion, label}` (label `true` = desirable): unpaired feedback, for the
+    /// objectives that take it (KTO, BCO); [`PairSource::load_unpaired`] reads it.
+    Unpaired,
 }
 
 impl PairSource {
@@ -88,6 +91,10 @@ impl PairSource {
                         .into_iter()
                         .flat_map(|r| ranking_pairs(&r))
                         .collect(),
+                    PairShape::Unpaired => bail!(
+                        "{}: shape \"unpaired\" rows are not preference pairs; only the unpaired objectives (kind = \"kto\", \"apo_zero_unpaired\", \"bco\") read them",
+                        path.display()
+                    ),
                 };
                 (pairs, *limit)
             }
@@ -99,6 +106,44 @@ impl PairSource {
             bail!("{}: no preference pairs", self.describe());
         }
         Ok(pairs)
+    }
+
+    /// Reads unpaired examples: rows of shape `unpaired` as they are; pairs (HH-RLHF, shape
+    /// `pairs` or `rankings`) split into a desirable example (the chosen response) and an
+    /// undesirable one (the rejected response) with the same prompt, as TRL's
+    /// `unpair_preference_dataset` does. `limit` counts rows read (pairs, before splitting).
+    /// An empty result is an error.
+    pub fn load_unpaired(&self, data_dir: &Path) -> Result<Vec<UnpairedExample>> {
+        let examples = match self {
+            PairSource::Jsonl {
+                path,
+                shape: PairShape::Unpaired,
+                limit,
+            } => {
+                let mut rows = generic::load_unpaired(path)?;
+                if *limit > 0 {
+                    rows.truncate(*limit);
+                }
+                rows
+            }
+            _ => self
+                .load(data_dir)?
+                .into_iter()
+                .flat_map(|p| {
+                    [(p.chosen, true), (p.rejected, false)].map(|(completion, desirable)| {
+                        UnpairedExample {
+                            prompt: p.prompt.clone(),
+                            completion,
+                            desirable,
+                        }
+                    })
+                })
+                .collect(),
+        };
+        if examples.is_empty() {
+            bail!("{}: no examples", self.describe());
+        }
+        Ok(examples)
     }
 
     /// A one-line description for messages.
@@ -270,5 +315,54 @@ mod tests {
         assert!(pairs.iter().all(|p| p.chosen == "b"));
         assert_eq!(pairs[0].margin, Some(1.5));
         assert_eq!(pairs[0].scores, Some([2.0, 0.5]));
+    }
+
+    /// Pairs split into a desirable and an undesirable example each; unpaired rows are read as
+    /// they are, and are refused where pairs are expected.
+    #[test]
+    fn unpaired_examples_come_from_pairs_or_unpaired_rows() {
+        let dir = std::env::temp_dir().join(format!("plumb-unpaired-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pairs = dir.join("pairs.jsonl");
+        std::fs::write(
+            &pairs,
+            "{\"prompt\": \"q1\", \"chosen\": \"good\", \"rejected\": \"bad\"}\n\
+             {\"prompt\": \"q2\", \"chosen\": \"fine\", \"rejected\": \"poor\"}\n",
+        )
+        .unwrap();
+        let source = PairSource::Jsonl {
+            path: pairs,
+            shape: PairShape::Pairs,
+            limit: 1,
+        };
+        let examples = source.load_unpaired(&dir).unwrap();
+        let seen: Vec<(&str, bool)> = examples
+            .iter()
+            .map(|e| (e.completion.as_str(), e.desirable))
+            .collect();
+        assert_eq!(seen, [("good", true), ("bad", false)]);
+        assert_eq!(
+            examples[1].prompt,
+            rm_core::types::Prompt::Text("q1".into())
+        );
+
+        let rows = dir.join("unpaired.jsonl");
+        std::fs::write(
+            &rows,
+            "{\"prompt\": \"q\", \"completion\": \"a\", \"label\": false}\n\
+             {\"prompt\": \"q\", \"completion\": \"b\", \"label\": true}\n\
+             {\"prompt\": \"q\", \"completion\": \"c\", \"label\": \"yes\"}\n",
+        )
+        .unwrap();
+        let source = |limit| PairSource::Jsonl {
+            path: rows.clone(),
+            shape: PairShape::Unpaired,
+            limit,
+        };
+        let err = format!("{:#}", source(0).load_unpaired(&dir).unwrap_err());
+        assert!(err.contains("unpaired.jsonl:3: field \"label\""), "{err}");
+        let err = format!("{:#}", source(2).load(&dir).unwrap_err());
+        assert!(err.contains("not preference pairs"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

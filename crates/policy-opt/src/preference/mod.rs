@@ -3,7 +3,8 @@
 //!
 //! The objective ([`PreferenceObjective`], the `[objective]` section) is any combination of
 //! TRL's DPO loss types ([`rm_losses::preference::DpoConfig`], field names as TRL's
-//! `DPOConfig`), or the reference-free ORPO, CPO, SimPO/AlphaPO. The DPO reference is the policy before training: with LoRA the same module with
+//! `DPOConfig`), the reference-free ORPO, CPO, SimPO/AlphaPO, or the unpaired KTO,
+//! APO-zero unpaired and BCO ([`unpaired::UnpairedTask`]). The DPO reference is the policy before training: with LoRA the same module with
 //! its adapters switched off ([`rm_core::policy::reference_policy`], no second copy of the
 //! weights), without LoRA a frozen snapshot.
 
@@ -14,6 +15,7 @@ pub mod objective;
 pub mod recipe;
 pub mod task;
 pub mod train;
+pub mod unpaired;
 
 pub use eval::{ImplicitRewardScorer, PolicyEvalRequest, evaluate_policy};
 pub use judge::{JudgeOutcome, JudgeRequest, judged_win_rate};

@@ -6,14 +6,24 @@
 //! - `cpo`: CPO (Xu et al. 2024, "Contrastive Preference Optimization"), TRL's `CPOTrainer`
 //!   sigmoid loss with `cpo_alpha`·NLL; reference-free;
 //! - `simpo`: SimPO (Meng et al. 2024) with `simpo_gamma`, and AlphaPO (Gupta et al. 2025) when
-//!   `alpha ≠ 0`, as TRL's `CPOTrainer(loss_type="simpo")` plus `cpo_alpha`·NLL; reference-free.
+//!   `alpha ≠ 0`, as TRL's `CPOTrainer(loss_type="simpo")` plus `cpo_alpha`·NLL; reference-free;
+//! - `kto`: KTO (Ethayarajh et al. 2024), TRL's `KTOConfig` (`beta`, `desirable_weight`,
+//!   `undesirable_weight`), on unpaired examples, the KL reference point from mismatched
+//!   prompt/completion rows;
+//! - `apo_zero_unpaired`: TRL's `KTOConfig(loss_type="apo_zero_unpaired")` (D'Oosterlinck et
+//!   al. 2024), KTO with the reference point 0;
+//! - `bco`: BCO (Jung et al. 2024, "Binary Classifier Optimization for Large Language Model
+//!   Alignment"), TRL's `BCOConfig.beta`, the reward shift δ a running mean kept in the run state.
+//!
+//! The last three train on unpaired examples (`[data]` rows of shape `unpaired`, or pairs split
+//! into a desirable and an undesirable example); the others on pairs.
 //!
 //! The formulas are in the doc comments of the `rm_losses::preference` functions each one calls.
 
 use anyhow::{Result, bail};
 use rm_core::burn::tensor::Tensor;
 use rm_losses::preference::{
-    Completions, DpoBatch, DpoConfig, alphapo_loss, cpo_loss, dpo_loss, orpo_loss,
+    Completions, DpoBatch, DpoConfig, KtoParams, alphapo_loss, cpo_loss, dpo_loss, orpo_loss,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -59,6 +69,20 @@ impl Default for CpoConfig {
     }
 }
 
+/// BCO's settings (TRL's `BCOConfig` names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BcoConfig {
+    /// `β > 0` (TRL: 0.1).
+    pub beta: f32,
+}
+
+impl Default for BcoConfig {
+    fn default() -> Self {
+        Self { beta: 0.1 }
+    }
+}
+
 /// The `[objective]` section; see the module docs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PreferenceObjective {
@@ -66,6 +90,9 @@ pub enum PreferenceObjective {
     Orpo(OrpoConfig),
     Cpo(CpoConfig),
     Simpo(CpoConfig),
+    Kto(KtoParams),
+    ApoZeroUnpaired(KtoParams),
+    Bco(BcoConfig),
 }
 
 impl Default for PreferenceObjective {
@@ -74,7 +101,15 @@ impl Default for PreferenceObjective {
     }
 }
 
-const KINDS: [&str; 4] = ["dpo", "orpo", "cpo", "simpo"];
+const KINDS: [&str; 7] = [
+    "dpo",
+    "orpo",
+    "cpo",
+    "simpo",
+    "kto",
+    "apo_zero_unpaired",
+    "bco",
+];
 
 impl<'de> Deserialize<'de> for PreferenceObjective {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -94,6 +129,9 @@ impl<'de> Deserialize<'de> for PreferenceObjective {
             "dpo" => serde_json::from_value(rest).map(Self::Dpo),
             "orpo" => serde_json::from_value(rest).map(Self::Orpo),
             "cpo" => serde_json::from_value(rest).map(Self::Cpo),
+            "kto" => serde_json::from_value(rest).map(Self::Kto),
+            "apo_zero_unpaired" => serde_json::from_value(rest).map(Self::ApoZeroUnpaired),
+            "bco" => serde_json::from_value(rest).map(Self::Bco),
             "simpo" => {
                 let defaults = CpoConfig {
                     cpo_alpha: 0.0,
@@ -134,6 +172,9 @@ impl Serialize for PreferenceObjective {
             Self::Orpo(c) => ("orpo", serde_json::to_value(c)),
             Self::Cpo(c) => ("cpo", serde_json::to_value(c)),
             Self::Simpo(c) => ("simpo", serde_json::to_value(c)),
+            Self::Kto(c) => ("kto", serde_json::to_value(c)),
+            Self::ApoZeroUnpaired(c) => ("apo_zero_unpaired", serde_json::to_value(c)),
+            Self::Bco(c) => ("bco", serde_json::to_value(c)),
         };
         let mut value = value.map_err(S::Error::custom)?;
         if let Some(map) = value.as_object_mut() {
@@ -153,7 +194,16 @@ pub struct ObjectiveOutput {
 impl PreferenceObjective {
     /// Whether the loss needs the reference's log-probs.
     pub fn needs_reference(&self) -> bool {
-        matches!(self, Self::Dpo(_))
+        matches!(
+            self,
+            Self::Dpo(_) | Self::Kto(_) | Self::ApoZeroUnpaired(_) | Self::Bco(_)
+        )
+    }
+
+    /// Whether the objective trains on unpaired examples (KTO, APO-zero unpaired, BCO) rather
+    /// than pairs.
+    pub fn is_unpaired(&self) -> bool {
+        matches!(self, Self::Kto(_) | Self::ApoZeroUnpaired(_) | Self::Bco(_))
     }
 
     /// Whether the policy must also give `log Σ p²` (WPO).
@@ -202,6 +252,24 @@ impl PreferenceObjective {
                     bail!("objective.simpo_gamma and objective.alpha must be finite");
                 }
             }
+            Self::Kto(c) | Self::ApoZeroUnpaired(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+                for (name, w) in [
+                    ("desirable_weight", c.desirable_weight),
+                    ("undesirable_weight", c.undesirable_weight),
+                ] {
+                    if !(w.is_finite() && w >= 0.0) {
+                        bail!("objective.{name} must be finite and ≥ 0, got {w}");
+                    }
+                }
+            }
+            Self::Bco(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+            }
         }
         Ok(())
     }
@@ -220,6 +288,18 @@ impl PreferenceObjective {
                 "simpo, beta {}, gamma {}, alpha {}, cpo_alpha {}",
                 c.beta, c.simpo_gamma, c.alpha, c.cpo_alpha
             ),
+            Self::Kto(c) | Self::ApoZeroUnpaired(c) => format!(
+                "{}, beta {}, desirable_weight {}, undesirable_weight {}",
+                if matches!(self, Self::Kto(_)) {
+                    "kto"
+                } else {
+                    "apo_zero_unpaired"
+                },
+                c.beta,
+                c.desirable_weight,
+                c.undesirable_weight
+            ),
+            Self::Bco(c) => format!("bco, beta {}", c.beta),
         }
     }
 
@@ -248,6 +328,12 @@ impl PreferenceObjective {
                 rejected_rewards: out.rejected_rewards,
             });
         }
+        if self.is_unpaired() {
+            bail!(
+                "objective {} trains on unpaired examples, not pairs",
+                self.describe()
+            );
+        }
         let [rows, width] = policy.dims();
         let b = rows / 2;
         let mask = completion_mask.narrow(1, 1, width);
@@ -255,7 +341,9 @@ impl PreferenceObjective {
         let chosen = Completions::from_tokens(half(&policy, 0), half(&mask, 0))?;
         let rejected = Completions::from_tokens(half(&policy, b), half(&mask, b))?;
         let (loss, beta, averaged) = match self {
-            Self::Dpo(_) => unreachable!("handled above"),
+            Self::Dpo(_) | Self::Kto(_) | Self::ApoZeroUnpaired(_) | Self::Bco(_) => {
+                unreachable!("handled above")
+            }
             Self::Orpo(c) => (
                 orpo_loss(chosen.clone(), rejected.clone(), c.beta)?,
                 c.beta,
@@ -345,6 +433,9 @@ mod tests {
         for text in [
             "[objective]\nkind = \"orpo\"\nbeta = 0.3",
             "[objective]\nkind = \"simpo\"\nalpha = 0.25",
+            "[objective]\nkind = \"kto\"\ndesirable_weight = 1.33",
+            "[objective]\nkind = \"apo_zero_unpaired\"\nbeta = 0.2",
+            "[objective]\nkind = \"bco\"\nbeta = 0.3",
             "[objective]\nloss_type = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0, 0.5]",
         ] {
             let o = parse(text).unwrap();
@@ -358,7 +449,11 @@ mod tests {
             assert_eq!(again, o, "{text}");
         }
         for (bad, says) in [
-            ("[objective]\nkind = \"kto\"", "not one of"),
+            ("[objective]\nkind = \"ktx\"", "not one of"),
+            (
+                "[objective]\nkind = \"bco\"\nlabel_smoothing = 0.1",
+                "label_smoothing",
+            ),
             ("[objective]\nkind = \"orpo\"\ngamma = 1.0", "gamma"),
             (
                 "[objective]\nkind = \"simpo\"\nloss_type = \"ipo\"",

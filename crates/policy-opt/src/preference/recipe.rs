@@ -145,4 +145,25 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("loss_type"), "{err:#}");
     }
+
+    #[test]
+    fn the_shipped_kto_recipe_parses_and_switches_to_bco() {
+        const KTO: &str = include_str!("../../../../recipes/kto-smollm2-hh.toml");
+        let r: PreferenceRecipe = rm_core::recipe::parse(KTO, "kto", &[]).unwrap();
+        r.validate().unwrap();
+        assert!(r.objective.is_unpaired() && r.objective.needs_reference());
+        assert!(matches!(r.objective, PreferenceObjective::Kto(p) if p.beta == 0.1));
+        let r: PreferenceRecipe = rm_core::recipe::parse(
+            KTO,
+            "kto",
+            &["objective={ kind = \"bco\", beta = 0.2 }".into()],
+        )
+        .unwrap();
+        assert!(matches!(&r.objective, PreferenceObjective::Bco(c) if c.beta == 0.2));
+        let r: PreferenceRecipe =
+            rm_core::recipe::parse(KTO, "kto", &["objective.undesirable_weight=-1.0".into()])
+                .unwrap();
+        let err = format!("{:#}", r.validate().unwrap_err());
+        assert!(err.contains("undesirable_weight"), "{err}");
+    }
 }

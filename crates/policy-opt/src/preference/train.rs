@@ -4,16 +4,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rm_core::burn::module::Module;
+use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
-use rm_core::train::{Evaluation, RESUMABLE_TRAIN_FIELDS, RunDir, TrainOutcome, Trainer};
+use rm_core::train::{
+    EpochTask, Evaluation, RESUMABLE_TRAIN_FIELDS, RunDir, TrainOutcome, Trainer,
+};
 use rm_pipeline::train::TrainRequest;
 use serde_json::json;
 
 use super::data::encode_pairs;
 use super::recipe::PreferenceRecipe;
 use super::task::DpoTask;
+use super::unpaired::{UnpairedTask, encode_unpaired};
 
 /// What a preference-optimisation run produced.
 #[derive(Clone, Debug)]
@@ -36,7 +40,29 @@ pub struct PreferenceReport {
     pub plot_error: Option<String>,
 }
 
-/// Trains a policy with the recipe's DPO-family objective; see the module docs.
+/// The reference's own evaluation (where DPO starts; it also fills the evaluation reference
+/// cache), the epochs, and the trained policy's evaluation.
+fn run_task(
+    trainer: &Trainer,
+    run: &RunDir,
+    model: LlamaModel,
+    task: &mut dyn EpochTask<LlamaModel>,
+) -> Result<(Evaluation, TrainOutcome, Evaluation)> {
+    let initial_eval = task.evaluate(&model.valid())?;
+    let (model, outcome) = trainer.run_epochs(run, model, task)?;
+    eprintln!(
+        "trained {} steps in {:.1}s: {:.2} examples/s (train, evaluation excluded)",
+        outcome.steps, outcome.train_seconds, outcome.examples_per_second
+    );
+    let final_eval = match &outcome.final_eval {
+        Some(e) => e.clone(),
+        None => task.evaluate(&model.valid())?,
+    };
+    Ok((initial_eval, outcome, final_eval))
+}
+
+/// Trains a policy with the recipe's objective (pairs or unpaired examples by its kind); see
+/// the module docs.
 pub fn train_preference_policy(
     mut recipe: PreferenceRecipe,
     request: &TrainRequest,
@@ -65,49 +91,68 @@ pub fn train_preference_policy(
         (true, Some(_)) => Some(rm_core::policy::reference_policy(&model)?),
         (true, None) => Some(model.clone().no_grad()),
     };
-    let train_pairs = recipe.data.train.load(&request.data_dir)?;
-    let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
-    let train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
-    let eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
     let max_len = recipe.model.max_len;
-    let truncated = train.iter().filter(|p| p.reaches(max_len)).count();
-    eprintln!(
-        "{} training pairs ({truncated} reach max_len {max_len} and lose prompt tokens on the left), {} evaluation pairs; {} step(s) of {} pairs; objective {}",
-        train.len(),
-        eval.len(),
-        recipe.train.epoch_steps(train.len())?,
-        recipe.train.batch_size,
-        recipe.objective.describe(),
-    );
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("recipe.toml"),
-        toml::to_string_pretty(&recipe)?.as_bytes(),
-    )?;
-
-    let mut task = DpoTask::new(
-        train,
-        eval,
-        recipe.objective.clone(),
-        policy,
-        reference,
-        recipe.eval.batch_size,
-    )?;
-    // The reference's own evaluation: where DPO starts (and the eval reference cache is filled).
-    use rm_core::train::TrainTask;
-    let initial_eval = task.evaluate(&model.valid())?;
+    let write_recipe = || {
+        rm_core::checkpoint::write_bytes_atomically(
+            &out.join("recipe.toml"),
+            toml::to_string_pretty(&recipe)?.as_bytes(),
+        )
+    };
     let trainer = Trainer {
         config: recipe.train.clone(),
         device: device.clone(),
         progress: request.progress,
     };
-    let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
-    eprintln!(
-        "trained {} steps in {:.1}s: {:.2} pairs/s (train, evaluation excluded)",
-        outcome.steps, outcome.train_seconds, outcome.examples_per_second
-    );
-    let final_eval = match &outcome.final_eval {
-        Some(e) => e.clone(),
-        None => task.evaluate(&model.valid())?,
+    let (initial_eval, outcome, final_eval) = if recipe.objective.is_unpaired() {
+        let reference = reference.context("unpaired objectives need a reference")?;
+        let train_rows = recipe.data.train.load_unpaired(&request.data_dir)?;
+        let eval_rows = recipe.data.eval.load_unpaired(&request.data_dir)?;
+        let train = encode_unpaired(&policy, &train_rows, &recipe.data.train.describe())?;
+        let eval = encode_unpaired(&policy, &eval_rows, &recipe.data.eval.describe())?;
+        let desirable = train.iter().filter(|e| e.desirable).count();
+        eprintln!(
+            "{} training examples ({desirable} desirable, {} undesirable), {} evaluation examples; {} step(s) of {} examples; objective {}",
+            train.len(),
+            train.len() - desirable,
+            eval.len(),
+            recipe.train.epoch_steps(train.len())?,
+            recipe.train.batch_size,
+            recipe.objective.describe(),
+        );
+        write_recipe()?;
+        let mut task = UnpairedTask::new(
+            train,
+            eval,
+            recipe.objective.clone(),
+            policy,
+            reference,
+            recipe.eval.batch_size,
+        )?;
+        run_task(&trainer, &run, model, &mut task)?
+    } else {
+        let train_pairs = recipe.data.train.load(&request.data_dir)?;
+        let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+        let train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
+        let eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
+        let truncated = train.iter().filter(|p| p.reaches(max_len)).count();
+        eprintln!(
+            "{} training pairs ({truncated} reach max_len {max_len} and lose prompt tokens on the left), {} evaluation pairs; {} step(s) of {} pairs; objective {}",
+            train.len(),
+            eval.len(),
+            recipe.train.epoch_steps(train.len())?,
+            recipe.train.batch_size,
+            recipe.objective.describe(),
+        );
+        write_recipe()?;
+        let mut task = DpoTask::new(
+            train,
+            eval,
+            recipe.objective.clone(),
+            policy,
+            reference,
+            recipe.eval.batch_size,
+        )?;
+        run_task(&trainer, &run, model, &mut task)?
     };
     let final_dir = out.join("final");
     let threads = rayon::current_num_threads();
@@ -165,6 +210,21 @@ mod tests {
                 })
                 .to_string()
             })
+            .collect();
+        std::fs::write(path, rows.join("\n")).unwrap();
+    }
+
+    /// The pairs of [`write_pairs`] as unpaired rows: chosen responses desirable, rejected ones
+    /// not, in an order where labels alternate unevenly.
+    fn write_unpaired(path: &std::path::Path) {
+        let rows: Vec<String> = (0..8)
+            .flat_map(|i| {
+                let prompt = format!("w{} w{}", 2 + i, 3 + i);
+                let good = json!({"prompt": prompt, "completion": format!("w20 w21 w{}", 22 + i % 3), "label": true});
+                let bad = json!({"prompt": prompt, "completion": format!("w30 w{} w31", 32 + i % 4), "label": false});
+                if i % 3 == 0 { vec![bad, good] } else { vec![good, bad] }
+            })
+            .map(|v| v.to_string())
             .collect();
         std::fs::write(path, rows.join("\n")).unwrap();
     }
@@ -300,6 +360,87 @@ out_dir = "{out}"
             use rm_core::train::TrainTask;
             let again = task.evaluate(&model).unwrap().metrics["loss"];
             assert!((again - after).abs() < 1e-5, "{again} vs {after}");
+        }
+    }
+
+    /// KTO, APO-zero unpaired and BCO learn the same preference from unpaired examples — pairs
+    /// split in two, or rows of shape `unpaired` — with LoRA: the evaluation loss falls, every
+    /// example's implicit reward gets its label's sign; BCO's reward shift moves and is the
+    /// task's checkpointed state; steps log their token throughput.
+    #[test]
+    fn unpaired_objectives_learn_from_split_pairs_and_unpaired_rows() {
+        for extra in [
+            "kind = \"kto\"",
+            "kind = \"apo_zero_unpaired\"",
+            "kind = \"bco\"",
+        ] {
+            let root = temp(&format!("unpaired-{}", extra.len()));
+            rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+            write_pairs(&root.join("pairs.jsonl"));
+            write_unpaired(&root.join("unpaired.jsonl"));
+            let mut recipe = recipe(&root, true, extra);
+            if extra.contains("bco") {
+                recipe.data.train = rm_pipeline::recipe::PairSource::Jsonl {
+                    path: root.join("unpaired.jsonl"),
+                    shape: rm_pipeline::recipe::PairShape::Unpaired,
+                    limit: 0,
+                };
+            }
+            let report = train_preference_policy(recipe, &request(&root)).unwrap();
+            let before = report.initial_eval.metrics["loss"];
+            let after = report.final_eval.metrics["loss"];
+            // At the start the policy is its reference: every reward is 0, KTO's and APO's
+            // losses are (1 − σ(0)) = 0.5 per example, BCO's −log σ(±(0 − δ)) = ln 2 at δ = 0.
+            let start = if extra.contains("bco") {
+                std::f64::consts::LN_2
+            } else {
+                0.5
+            };
+            assert!((before - start).abs() < 1e-6, "{extra}: {before}");
+            assert!(after < 0.5 * before, "{extra}: loss {before} → {after}");
+            assert_eq!(report.final_eval.metrics["reward_accuracy"], 1.0, "{extra}");
+            assert!(
+                report.final_eval.metrics["reward_desirable"]
+                    > report.final_eval.metrics["reward_undesirable"] + 0.5,
+                "{extra}: {:?}",
+                report.final_eval.metrics
+            );
+            // 16 examples, batches of 4, 12 epochs.
+            assert_eq!(report.outcome.steps, 48);
+            let records = rm_core::train::metrics::read_records(
+                &report.out_dir.join("metrics.jsonl"),
+                "train",
+            )
+            .unwrap();
+            assert!(
+                records.iter().all(|r| r["tokens"].as_u64().unwrap() > 0
+                    && r["tokens_per_s"].as_f64().unwrap() > 0.0)
+            );
+            if extra.contains("bco") {
+                let deltas: Vec<f64> = records
+                    .iter()
+                    .map(|r| r["delta"].as_f64().unwrap())
+                    .collect();
+                assert!(
+                    deltas[0].abs() < 1e-6,
+                    "the first batch's δ is its own mean reward, 0 at the start"
+                );
+                assert!(deltas.iter().any(|d| d.abs() > 1e-3), "{deltas:?}");
+                // The checkpoint holds the running mean as the task state.
+                // The checkpoint holds the running mean as the task state: every training
+                // example of every step so far counted once.
+                let state: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(report.out_dir.join("last/train_state.json")).unwrap(),
+                )
+                .unwrap();
+                let step = state["step"].as_u64().unwrap();
+                assert!(step > 0);
+                assert_eq!(state["task_state"]["count"].as_u64(), Some(4 * step));
+                assert!(state["task_state"]["mean"].as_f64().unwrap().abs() > 1e-3);
+            } else if extra.contains("\"kto\"") {
+                assert!(report.final_eval.metrics["kl"] >= 0.0);
+            }
+            std::fs::remove_dir_all(&root).ok();
         }
     }
 }
