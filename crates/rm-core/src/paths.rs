@@ -44,6 +44,27 @@ pub fn golden_dir(explicit: Option<&Path>) -> PathBuf {
     resolve(explicit, GOLDEN_DIR_ENV, DEFAULT_GOLDEN_DIR)
 }
 
+/// Environment variable overriding the cache directory.
+pub const CACHE_DIR_ENV: &str = "PLUMB_CACHE_DIR";
+
+/// The cache directory (precomputed reference log-probs, …): `explicit`, else
+/// `$PLUMB_CACHE_DIR`, else `$XDG_CACHE_HOME/plumbline`, else `$HOME/.cache/plumbline`, else
+/// `.cache/plumbline` in the current directory.
+pub fn cache_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var(CACHE_DIR_ENV)
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("plumbline")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/plumbline")))
+        .unwrap_or_else(|| PathBuf::from(".cache/plumbline"))
+}
+
 /// The repository root, for tests and benches run by cargo (whose working directory is a crate's
 /// folder). Found by walking up from `start` to the first folder holding both `Cargo.toml` and
 /// `crates/`.

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod judge;
 pub mod objective;
 pub mod recipe;
+pub mod reference_cache;
 pub mod task;
 pub mod train;
 pub mod unpaired;

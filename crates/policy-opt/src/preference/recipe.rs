@@ -11,6 +11,7 @@ use rm_pipeline::recipe::DataConfig;
 use serde::{Deserialize, Serialize};
 
 use super::objective::PreferenceObjective;
+use super::reference_cache::ReferenceConfig;
 
 /// The `[eval]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,8 @@ pub struct PreferenceRecipe {
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: PreferenceEvalConfig,
+    #[serde(default)]
+    pub reference: ReferenceConfig,
 }
 
 impl PreferenceRecipe {
@@ -80,6 +83,12 @@ impl PreferenceRecipe {
         self.train.validate()?;
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size must be at least 1");
+        }
+        if self.reference.precompute && !matches!(self.objective, PreferenceObjective::Dpo(_)) {
+            bail!(
+                "reference.precompute applies to DPO objectives (kind = \"dpo\"); objective {} computes its reference log-probs per batch or needs none",
+                self.objective.describe()
+            );
         }
         Ok(())
     }

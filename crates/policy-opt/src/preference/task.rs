@@ -20,6 +20,7 @@ use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
 
 use super::data::EncodedPair;
 use super::objective::{ObjectiveOutput, PreferenceObjective};
+use super::reference_cache::{self, PairReference};
 
 /// DPO-family training of a policy against a frozen reference.
 pub struct DpoTask {
@@ -33,6 +34,8 @@ pub struct DpoTask {
     eval_batch: usize,
     /// Reference per-token log-probs of each evaluation batch, once computed.
     eval_reference: Vec<TensorData>,
+    /// Reference per-token log-probs of every training pair, when precomputed.
+    train_reference: Option<Vec<PairReference>>,
 }
 
 /// Names of the logged values: TRL's `rewards/*` and `logps/*`, and `kl_estimate`, the mean
@@ -113,7 +116,35 @@ impl DpoTask {
             reference,
             eval_batch: eval_batch.max(1),
             eval_reference: Vec::new(),
+            train_reference: None,
         })
+    }
+
+    /// Uses precomputed reference log-probs of the training pairs (in the order they were
+    /// given to [`DpoTask::new`]) instead of a reference forward pass per step.
+    ///
+    /// Errors: not one per training pair, or a row of another length than its sequence.
+    pub fn with_train_reference(mut self, refs: Vec<PairReference>) -> Result<Self> {
+        if !self.objective.needs_reference() {
+            anyhow::bail!(
+                "objective {} takes no reference log-probs",
+                self.objective.describe()
+            );
+        }
+        if refs.len() != self.train.len() {
+            anyhow::bail!(
+                "{} precomputed reference rows for {} training pairs",
+                refs.len(),
+                self.train.len()
+            );
+        }
+        for (i, (r, p)) in refs.iter().zip(&self.train).enumerate() {
+            if r.chosen.len() + 1 != p.chosen.len() || r.rejected.len() + 1 != p.rejected.len() {
+                anyhow::bail!("precomputed reference row {i} does not match its pair's lengths");
+            }
+        }
+        self.train_reference = Some(refs);
+        Ok(self)
     }
 
     /// The policy as built (what [`TrainTask::save_model`] writes with the trained module).
@@ -165,6 +196,11 @@ impl DpoTask {
                     .detach(),
             ),
             RefLogps::Known(data) => Some(Tensor::from_data(data.clone(), &device)),
+            RefLogps::Precomputed(rows) => Some(reference_cache::batch_tensor(
+                &rows,
+                batch.seq_len - 1,
+                &device,
+            )),
         };
         let lssp = match weighting {
             true => Some(
@@ -189,14 +225,16 @@ enum RefLogps<'a> {
     None,
     Model(&'a LlamaModel),
     Known(&'a TensorData),
+    Precomputed(Vec<&'a PairReference>),
 }
 
 impl TrainTask<LlamaModel> for DpoTask {
     fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
         let pairs: Vec<&EncodedPair> = items.iter().map(|&i| &self.train[i]).collect();
-        let reference = match &self.reference {
-            Some(r) => RefLogps::Model(r),
-            None => RefLogps::None,
+        let reference = match (&self.train_reference, &self.reference) {
+            (Some(rows), _) => RefLogps::Precomputed(items.iter().map(|&i| &rows[i]).collect()),
+            (None, Some(r)) => RefLogps::Model(r),
+            (None, None) => RefLogps::None,
         };
         let (out, sums, ref_logps) = self.forward(model, reference, &pairs)?;
         let n = pairs.len() as f64;

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::data::encode_pairs;
 use super::recipe::PreferenceRecipe;
+use super::reference_cache::{CacheStatus, load_or_compute};
 use super::task::DpoTask;
 use super::unpaired::{UnpairedTask, encode_unpaired};
 
@@ -38,6 +39,8 @@ pub struct PreferenceReport {
     pub plot: Option<PathBuf>,
     /// Why the plot is missing, when it is.
     pub plot_error: Option<String>,
+    /// Where the precomputed reference log-probs came from (`[reference] precompute`).
+    pub reference_cache: Option<CacheStatus>,
 }
 
 /// The reference's own evaluation (where DPO starts; it also fills the evaluation reference
@@ -75,7 +78,7 @@ pub fn train_preference_policy(
         &out,
         request.mode,
         &recipe.identity()?,
-        &[RESUMABLE_TRAIN_FIELDS, &["eval"]].concat(),
+        &[RESUMABLE_TRAIN_FIELDS, &["eval", "reference"]].concat(),
     )?;
     let device = request.device.clone().autodiff();
     device.seed(recipe.train.seed);
@@ -103,6 +106,7 @@ pub fn train_preference_policy(
         device: device.clone(),
         progress: request.progress,
     };
+    let mut reference_cache = None;
     let (initial_eval, outcome, final_eval) = if recipe.objective.is_unpaired() {
         let reference = reference.context("unpaired objectives need a reference")?;
         let train_rows = recipe.data.train.load_unpaired(&request.data_dir)?;
@@ -144,6 +148,29 @@ pub fn train_preference_policy(
             recipe.objective.describe(),
         );
         write_recipe()?;
+        let precomputed = match (&reference, recipe.reference.precompute) {
+            (Some(module), true) => {
+                let (rows, status) = load_or_compute(
+                    &recipe.reference,
+                    &recipe.model.policy,
+                    module,
+                    &train,
+                    policy.lm.tokenizer.pad_id(),
+                    recipe.eval.batch_size,
+                )?;
+                match &status {
+                    CacheStatus::Hit(p) => {
+                        eprintln!("reference log-probs read from the cache {}", p.display())
+                    }
+                    CacheStatus::Written(p) => {
+                        eprintln!("reference log-probs computed and cached in {}", p.display())
+                    }
+                }
+                reference_cache = Some(status);
+                Some(rows)
+            }
+            _ => None,
+        };
         let mut task = DpoTask::new(
             train,
             eval,
@@ -152,6 +179,9 @@ pub fn train_preference_policy(
             reference,
             recipe.eval.batch_size,
         )?;
+        if let Some(rows) = precomputed {
+            task = task.with_train_reference(rows)?;
+        }
         run_task(&trainer, &run, model, &mut task)?
     };
     let final_dir = out.join("final");
@@ -182,6 +212,7 @@ pub fn train_preference_policy(
         threads,
         plot,
         plot_error,
+        reference_cache,
     })
 }
 
@@ -442,5 +473,54 @@ out_dir = "{out}"
             }
             std::fs::remove_dir_all(&root).ok();
         }
+    }
+
+    /// `[reference] precompute`: the first run computes and caches the reference log-probs, a
+    /// second run on the same data reads them back, and both train exactly as the run that
+    /// computes the reference every step; a damaged cache file is an error naming it.
+    #[test]
+    fn precomputed_reference_logps_are_cached_and_train_as_the_live_reference() {
+        let root = temp("refcache");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_pairs(&root.join("pairs.jsonl"));
+        let cache = root.join("cache");
+        let run = |precompute: bool, out: &str| {
+            let mut r = recipe(&root, true, "");
+            r.train.epochs = 2;
+            r.train.out_dir = root.join(out);
+            r.reference.precompute = precompute;
+            r.reference.cache_dir = Some(cache.clone());
+            train_preference_policy(r, &request(&root))
+        };
+        let live = run(false, "live").unwrap();
+        assert!(live.reference_cache.is_none());
+        let first = run(true, "first").unwrap();
+        let Some(CacheStatus::Written(path)) = &first.reference_cache else {
+            panic!("{:?}", first.reference_cache);
+        };
+        assert!(path.starts_with(cache.join("reference-logps")) && path.is_file());
+        let second = run(true, "second").unwrap();
+        assert_eq!(second.reference_cache, Some(CacheStatus::Hit(path.clone())));
+        let loss = |r: &PreferenceReport| r.final_eval.metrics["loss"];
+        assert!(loss(&live) < 0.6, "{}", loss(&live));
+        for r in [&first, &second] {
+            assert!(
+                (loss(r) - loss(&live)).abs() < 1e-5,
+                "{} vs {}",
+                loss(r),
+                loss(&live)
+            );
+        }
+        std::fs::write(path, b"not safetensors").unwrap();
+        let err = format!("{:#}", run(true, "third").unwrap_err());
+        assert!(
+            err.contains("reference cache") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        // Reference-free objectives take no precomputed reference.
+        let mut r = recipe(&root, true, "kind = \"simpo\"");
+        r.reference.precompute = true;
+        assert!(format!("{:#}", r.validate().unwrap_err()).contains("reference.precompute"));
+        std::fs::remove_dir_all(&root).ok();
     }
 }
