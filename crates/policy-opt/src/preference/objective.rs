@@ -216,13 +216,6 @@ impl PreferenceObjective {
         match self {
             Self::Dpo(c) => {
                 c.validate()?;
-                if c.sync_ref_model {
-                    bail!(
-                        "objective.sync_ref_model (TR-DPO) is not supported by train-po yet: the reference \
-                         refresh (rm_losses::preference::refresh_reference) exists, the trainer does not \
-                         apply it; set sync_ref_model = false"
-                    );
-                }
             }
             Self::Orpo(c) => {
                 if !(c.beta.is_finite() && c.beta >= 0.0) {

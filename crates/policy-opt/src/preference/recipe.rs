@@ -84,6 +84,20 @@ impl PreferenceRecipe {
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size must be at least 1");
         }
+        if let PreferenceObjective::Dpo(c) = &self.objective
+            && c.sync_ref_model
+        {
+            if self.model.lora.is_some() {
+                bail!(
+                    "objective.sync_ref_model (TR-DPO) needs full fine-tuning: with [model] lora the reference is the base with its adapters switched off, which a refresh cannot change (TRL refuses the same combination); remove lora or set sync_ref_model = false"
+                );
+            }
+            if self.reference.precompute {
+                bail!(
+                    "objective.sync_ref_model (TR-DPO) refreshes the reference during training, so its log-probs cannot be precomputed; set reference.precompute = false"
+                );
+            }
+        }
         if self.reference.precompute && !matches!(self.objective, PreferenceObjective::Dpo(_)) {
             bail!(
                 "reference.precompute applies to DPO objectives (kind = \"dpo\"); objective {} computes its reference log-probs per batch or needs none",
@@ -136,7 +150,7 @@ mod tests {
         assert_eq!(dpo.beta, 0.5);
         for (bad, says) in [
             ("objective.beta=0", "beta"),
-            ("objective.sync_ref_model=true", "sync_ref_model"),
+            ("objective.sync_ref_model=true", "needs full fine-tuning"),
             ("objective.loss_weights=[1.0, 2.0]", "loss_weights"),
             ("objective={ kind = \"simpo\", beta = -1.0 }", "beta"),
             ("eval.batch_size=0", "eval.batch_size"),

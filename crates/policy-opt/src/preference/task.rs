@@ -36,7 +36,12 @@ pub struct DpoTask {
     eval_reference: Vec<TensorData>,
     /// Reference per-token log-probs of every training pair, when precomputed.
     train_reference: Option<Vec<PairReference>>,
+    /// Optimizer steps taken (TR-DPO's refresh schedule; part of the task state).
+    steps: u64,
 }
+
+/// The checkpoint file holding TR-DPO's refreshed reference.
+const REFERENCE_FILE: &str = "reference.safetensors";
 
 /// Names of the logged values: TRL's `rewards/*` and `logps/*`, and `kl_estimate`, the mean
 /// over the batch's completions of `Σ_t log π(y_t|·) − log π_ref(y_t|·)` (a Monte-Carlo estimate
@@ -117,7 +122,16 @@ impl DpoTask {
             eval_batch: eval_batch.max(1),
             eval_reference: Vec::new(),
             train_reference: None,
+            steps: 0,
         })
+    }
+
+    /// The TR-DPO settings when the objective refreshes its reference.
+    fn refreshing(&self) -> Option<&rm_losses::preference::DpoConfig> {
+        match &self.objective {
+            PreferenceObjective::Dpo(c) if c.sync_ref_model => Some(c),
+            _ => None,
+        }
     }
 
     /// Uses precomputed reference log-probs of the training pairs (in the order they were
@@ -311,6 +325,76 @@ impl TrainTask<LlamaModel> for DpoTask {
 
     fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {
         self.template.save(model, dir)
+    }
+
+    /// TR-DPO (Gorbatovski et al. 2024): after step `k` with `k` a multiple of
+    /// `ref_model_sync_steps`, `θ_ref ← α·θ + (1 − α)·θ_ref` for every parameter
+    /// (`α = ref_model_mixup_alpha`; 1 = a hard copy), as TRL's `SyncRefModelCallback`. The
+    /// evaluation reference log-probs are recomputed at the next evaluation.
+    fn after_step(&mut self, model: &LlamaModel, _: &rm_core::train::StepValues) -> Result<()> {
+        self.steps += 1;
+        let Some(alpha) = self
+            .refreshing()
+            .and_then(|c| c.reference_refresh(self.steps as usize))
+        else {
+            return Ok(());
+        };
+        let reference = self
+            .reference
+            .take()
+            .context("TR-DPO needs a reference model")?;
+        self.reference = Some(rm_core::train::combine_params(
+            reference,
+            model,
+            |reference, policy| {
+                Ok(rm_losses::preference::refresh_reference(
+                    reference, policy, alpha,
+                )?)
+            },
+        )?);
+        self.eval_reference.clear();
+        Ok(())
+    }
+
+    /// The step count, when the reference is refreshed (TR-DPO); else nothing.
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(match self.refreshing() {
+            Some(_) => serde_json::json!({ "steps": self.steps }),
+            None => serde_json::Value::Null,
+        })
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            return Ok(());
+        }
+        self.steps = state["steps"]
+            .as_u64()
+            .with_context(|| format!("expected {{\"steps\": n}}, got {state}"))?;
+        Ok(())
+    }
+
+    /// TR-DPO's reference, which the run has changed, in full.
+    fn save_state_files(&self, dir: &Path) -> Result<()> {
+        if let (Some(_), Some(reference)) = (self.refreshing(), &self.reference) {
+            rm_core::train::save_all_params(reference, &dir.join(REFERENCE_FILE))?;
+        }
+        Ok(())
+    }
+
+    fn load_state_files(&mut self, dir: &Path) -> Result<()> {
+        if self.refreshing().is_some() {
+            let reference = self
+                .reference
+                .take()
+                .context("TR-DPO needs a reference model")?;
+            self.reference = Some(rm_core::train::load_all_params(
+                reference,
+                &dir.join(REFERENCE_FILE),
+            )?);
+            self.eval_reference.clear();
+        }
+        Ok(())
     }
 }
 

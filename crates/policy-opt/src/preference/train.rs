@@ -523,4 +523,63 @@ out_dir = "{out}"
         assert!(format!("{:#}", r.validate().unwrap_err()).contains("reference.precompute"));
         std::fs::remove_dir_all(&root).ok();
     }
+
+    /// TR-DPO with full fine-tuning. A hard refresh (α = 1) every 8 steps makes the reference
+    /// the policy itself at each evaluation (after step 8, 16, 24): margin and KL exactly 0,
+    /// the sigmoid loss ln 2. A soft refresh (α = 0.5 every 3 steps) run stopped after 10 steps
+    /// and resumed ends exactly as the uninterrupted run: the refreshed reference is in the
+    /// checkpoint.
+    #[test]
+    fn tr_dpo_refreshes_the_reference_and_resumes_exactly() {
+        let root = temp("trdpo");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_pairs(&root.join("pairs.jsonl"));
+        let hard = "sync_ref_model = true\nref_model_mixup_alpha = 1.0\nref_model_sync_steps = 8";
+        let report = train_preference_policy(recipe(&root, false, hard), &request(&root)).unwrap();
+        let evals =
+            rm_core::train::metrics::read_records(&report.out_dir.join("metrics.jsonl"), "eval")
+                .unwrap();
+        assert_eq!(evals.len(), 3, "{evals:?}");
+        for e in &evals {
+            assert_eq!(e["reward_margin"].as_f64(), Some(0.0), "{e}");
+            assert_eq!(e["kl_estimate"].as_f64(), Some(0.0), "{e}");
+            assert!((e["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6);
+        }
+        // Between refreshes the policy does move away from its reference.
+        let train =
+            rm_core::train::metrics::read_records(&report.out_dir.join("metrics.jsonl"), "train")
+                .unwrap();
+        assert!(
+            train
+                .iter()
+                .any(|r| r["reward_margin"].as_f64().unwrap() > 0.05)
+        );
+
+        let soft = "sync_ref_model = true\nref_model_mixup_alpha = 0.5\nref_model_sync_steps = 3";
+        let with_out = |out: &str, max_steps: Option<u64>| {
+            let mut r = recipe(&root, false, soft);
+            r.train.out_dir = root.join(out);
+            r.train.max_steps = max_steps;
+            r.train.save_every = Some(2);
+            r
+        };
+        let whole = train_preference_policy(with_out("whole", None), &request(&root)).unwrap();
+        train_preference_policy(with_out("split", Some(10)), &request(&root)).unwrap();
+        assert!(
+            root.join("split/last")
+                .join("reference.safetensors")
+                .is_file()
+        );
+        let mut resume = request(&root);
+        resume.mode = RunMode::Resume {
+            allow_changes: false,
+        };
+        let resumed = train_preference_policy(with_out("split", None), &resume).unwrap();
+        assert_eq!(resumed.outcome.steps, whole.outcome.steps);
+        assert_eq!(
+            resumed.final_eval.metrics, whole.final_eval.metrics,
+            "a resumed TR-DPO run ends where the uninterrupted one does"
+        );
+        std::fs::remove_dir_all(&root).ok();
+    }
 }

@@ -45,7 +45,9 @@ pub use rollout::RolloutConfig;
 pub use run_dir::{RunDir, RunMode};
 pub use session::RunState;
 pub use task::{Collected, EpochTask, Evaluation, RolloutTask, TrainTask};
-pub use trainable::{load_trainable, save_trainable};
+pub use trainable::{
+    combine_params, load_all_params, load_trainable, save_all_params, save_trainable,
+};
 
 /// Runs training loops ([`Trainer::run_epochs`], [`Trainer::run_rollouts`]).
 pub struct Trainer {

@@ -149,6 +149,8 @@ impl<'a> Session<'a> {
             let optim = AdamW::load(&last, device)?.with_groups(config.param_group_rules());
             task.restore_state(std::mem::take(&mut state.task_state))
                 .context("restoring the task's state from the checkpoint")?;
+            task.load_state_files(&last)
+                .with_context(|| format!("restoring the task's state from {}", last.display()))?;
             truncate_metrics(&metrics_path, state.step, state.iteration)?;
             state.total_steps = total_steps;
             (optim, state)
@@ -229,7 +231,7 @@ impl<'a> Session<'a> {
             .apply(model, lr, grads, grad_norm)
             .with_context(|| format!("step {}", step + 1))?;
         self.state.step += 1;
-        task.after_step(&values)?;
+        task.after_step(&model, &values)?;
         self.trained_items += items.len();
         let step_seconds = start.elapsed().as_secs_f64();
         self.train_seconds += step_seconds;
@@ -319,6 +321,7 @@ impl<'a> Session<'a> {
         self.run.write_checkpoint(|dir| {
             save_trainable(model, &dir.join(TRAINABLE_FILE))?;
             self.optim.save(dir)?;
+            task.save_state_files(dir)?;
             write_bytes_atomically(
                 &dir.join(STATE_FILE),
                 serde_json::to_string_pretty(&state)?.as_bytes(),

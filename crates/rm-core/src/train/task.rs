@@ -46,10 +46,26 @@ pub trait TrainTask<M: Module> {
         Ok(())
     }
 
-    /// Called after every optimizer step with its values as read on the host (e.g. to adapt a KL
-    /// coefficient); default: nothing.
-    fn after_step(&mut self, values: &StepValues) -> Result<()> {
-        let _ = values;
+    /// Tensors of the task's state too large for [`TrainTask::state`] (a reference model that
+    /// changes during the run): written into the checkpoint folder `dir`, as part of the same
+    /// all-or-nothing checkpoint. Default: none.
+    fn save_state_files(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Reads what [`TrainTask::save_state_files`] wrote, from the checkpoint folder `dir`, when a
+    /// run resumes.
+    fn load_state_files(&mut self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Called after every optimizer step with the updated model and the step's values as read
+    /// on the host (e.g. to adapt a KL coefficient, or refresh a reference from the policy);
+    /// default: nothing.
+    fn after_step(&mut self, model: &M, values: &StepValues) -> Result<()> {
+        let _ = (model, values);
         Ok(())
     }
 }

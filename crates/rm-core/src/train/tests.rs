@@ -635,7 +635,7 @@ impl TrainTask<Linear> for BanditTask {
             .ok_or_else(|| anyhow::anyhow!("no baseline in {state}"))?;
         Ok(())
     }
-    fn after_step(&mut self, values: &StepValues) -> Result<()> {
+    fn after_step(&mut self, _: &Linear, values: &StepValues) -> Result<()> {
         self.baseline = 0.8 * self.baseline + 0.2 * values.metrics["reward"];
         Ok(())
     }

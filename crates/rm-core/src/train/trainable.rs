@@ -12,6 +12,8 @@ use crate::models::safetensors::SafetensorsWeights;
 use crate::models::weights::{HostTensor, WeightSource};
 
 struct TrainableCollector {
+    /// Every float parameter, not only the trainable ones.
+    all: bool,
     stack: PathStack,
     out: Vec<(String, HostTensor)>,
     error: Option<anyhow::Error>,
@@ -26,7 +28,7 @@ impl ModuleVisitor for TrainableCollector {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
-        if !value.is_require_grad() || self.error.is_some() {
+        if !(self.all || value.is_require_grad()) || self.error.is_some() {
             return;
         }
         let shape = value.dims().to_vec();
@@ -41,7 +43,18 @@ impl ModuleVisitor for TrainableCollector {
 
 /// Saves every trainable parameter under its burn path (bit-exact f32).
 pub fn save_trainable<M: Module>(model: &M, path: &Path) -> Result<()> {
+    save_params(model, path, false)
+}
+
+/// Saves every float parameter, trainable or frozen, under its burn path (bit-exact f32): a
+/// frozen module that changes during a run (TR-DPO's reference) in a checkpoint.
+pub fn save_all_params<M: Module>(model: &M, path: &Path) -> Result<()> {
+    save_params(model, path, true)
+}
+
+fn save_params<M: Module>(model: &M, path: &Path, all: bool) -> Result<()> {
     let mut c = TrainableCollector {
+        all,
         stack: PathStack::default(),
         out: Vec::new(),
         error: None,
@@ -57,6 +70,7 @@ pub fn save_trainable<M: Module>(model: &M, path: &Path) -> Result<()> {
 }
 
 struct TrainableLoader<'a> {
+    all: bool,
     stack: PathStack,
     source: &'a SafetensorsWeights,
     origin: String,
@@ -73,7 +87,7 @@ impl ModuleMapper for TrainableLoader<'_> {
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.stack.path();
-        if self.error.is_some() || !param.val().is_require_grad() {
+        if self.error.is_some() || !(self.all || param.val().is_require_grad()) {
             return param;
         }
         let host = match self.source.tensor(&path) {
@@ -96,13 +110,17 @@ impl ModuleMapper for TrainableLoader<'_> {
         }
         let device = tensor.device();
         let was_autodiff = tensor.is_autodiff();
+        let trainable = tensor.is_require_grad();
         let mut value = Tensor::<D>::from_data(
             TensorData::new(host.values, tensor.shape()),
             &device.clone(),
         )
         .inner();
         if was_autodiff {
-            value = Tensor::from_inner(value).require_grad();
+            value = Tensor::from_inner(value);
+            if trainable {
+                value = value.require_grad();
+            }
         }
         self.loaded += 1;
         Param::from_mapped_value(id, value, mapper)
@@ -111,8 +129,19 @@ impl ModuleMapper for TrainableLoader<'_> {
 
 /// Loads what [`save_trainable`] wrote onto the trainable parameters of `model`.
 pub fn load_trainable<M: Module>(model: M, path: &Path) -> Result<M> {
+    load_params(model, path, false)
+}
+
+/// Loads what [`save_all_params`] wrote onto every float parameter of `model` (each keeps
+/// whether it is trainable).
+pub fn load_all_params<M: Module>(model: M, path: &Path) -> Result<M> {
+    load_params(model, path, true)
+}
+
+fn load_params<M: Module>(model: M, path: &Path, all: bool) -> Result<M> {
     let source = SafetensorsWeights::open(path)?;
     let mut loader = TrainableLoader {
+        all,
         stack: PathStack::default(),
         source: &source,
         origin: path.display().to_string(),
@@ -132,4 +161,107 @@ pub fn load_trainable<M: Module>(model: M, path: &Path) -> Result<M> {
         );
     }
     Ok(model)
+}
+
+struct FlatCollector {
+    stack: PathStack,
+    out: std::collections::HashMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for FlatCollector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val().detach();
+        let n = value.shape().num_elements();
+        self.out.insert(self.stack.path(), value.reshape([n]));
+    }
+}
+
+struct PairedMapper<F> {
+    stack: PathStack,
+    source: std::collections::HashMap<String, Tensor<1>>,
+    combine: F,
+    error: Option<anyhow::Error>,
+}
+
+impl<F: FnMut(Tensor<1>, Tensor<1>) -> Result<Tensor<1>>> ModuleMapper for PairedMapper<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let path = self.stack.path();
+        let Some(source) = self.source.remove(&path) else {
+            self.error = Some(anyhow::anyhow!(
+                "{path}: the source module has no such parameter"
+            ));
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let trainable = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        match (self.combine)(tensor.clone().detach().reshape([n]), source) {
+            Ok(mixed) if mixed.dims() == [n] => {
+                let mut value = mixed.detach().reshape(shape);
+                if trainable {
+                    value = value.require_grad();
+                }
+                Param::from_mapped_value(id, value, mapper)
+            }
+            Ok(mixed) => {
+                self.error = Some(anyhow::anyhow!(
+                    "{path}: combined into {:?} values, expected {n}",
+                    mixed.dims()
+                ));
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+            Err(e) => {
+                self.error = Some(e.context(path));
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
+    }
+}
+
+/// `target` with every float parameter replaced by `combine(target's, source's)` (both
+/// flattened and detached), parameters paired by burn path: e.g. TR-DPO's reference refresh
+/// `θ_ref ← α·θ + (1 − α)·θ_ref` from the policy. Each parameter keeps whether it is trainable.
+///
+/// Errors: a parameter of `target` that `source` lacks, or one `combine` fails on (named by
+/// its path); `source` holding parameters `target` lacks.
+pub fn combine_params<M: Module>(
+    target: M,
+    source: &M,
+    combine: impl FnMut(Tensor<1>, Tensor<1>) -> Result<Tensor<1>>,
+) -> Result<M> {
+    let mut collector = FlatCollector {
+        stack: PathStack::default(),
+        out: Default::default(),
+    };
+    source.visit(&mut collector);
+    let mut mapper = PairedMapper {
+        stack: PathStack::default(),
+        source: collector.out,
+        combine,
+        error: None,
+    };
+    let target = target.map(&mut mapper);
+    if let Some(e) = mapper.error {
+        return Err(e);
+    }
+    if let Some(extra) = mapper.source.keys().next() {
+        bail!("{extra}: the target module has no such parameter");
+    }
+    Ok(target)
 }
