@@ -6,6 +6,7 @@
 //! cargo xtask bench          # benchmarks with the PyTorch peer in the same run (see benches/)
 //! cargo xtask fuzz           # cargo fuzz on the hostile-input parsers (GGUF, safetensors, JSONL, ...)
 //! cargo xtask demo           # the main job: train + evaluate a MiniLM reward model on HH-RLHF
+//! cargo xtask hf-export-check # plumb export → transformers / sentence-transformers / PEFT parity
 //! ```
 
 mod models;
@@ -37,6 +38,18 @@ commands:
                                     Bradley-Terry reward model on MiniLM trained on HH-RLHF
                                     harmless (1,800 pairs) and its RewardBench-style dev report;
                                     ARGS go to quickstart (e.g. --set train.epochs=2)
+  hf-export-check [OPTIONS]         `plumb export` parity with the PyTorch peer (not part of `test`):
+                                    exports the demo MiniLM RM (runs/rm-minilm-hh/final), a SmolLM2
+                                    RM (trained for 3 steps into runs/hf-export-check/ unless
+                                    --smollm2-rm DIR) and the DPO policy (runs/dpo-smollm2-hh/final,
+                                    merged and as a PEFT adapter), loads them with transformers,
+                                    sentence-transformers and PEFT and prints the max abs
+                                    differences against plumbline (rewards ≤ 1e-4, per-token
+                                    log-probs ≤ 1e-3). Options: --models-dir DIR, --data-dir DIR,
+                                    --peer-python PATH (a Python with the pinned requirements,
+                                    instead of benches/peer/.venv),
+                                    --minilm-rm DIR, --smollm2-rm DIR, --policy DIR, --only NAME
+                                    (minilm-rm | smollm2-rm | policy)
   fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
                                     N seconds (default 600) per target: gguf_reader,
                                     safetensors_header, jsonl_rows, recipe_toml, rm_spec,
@@ -66,6 +79,7 @@ fn run() -> Result<()> {
         Some("bench") => bench(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("demo") => demo(&root, &args[1..]),
+        Some("hf-export-check") => hf_export_check(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -313,6 +327,110 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     step("plumb quickstart (release)", run)?;
     println!(
         "\nxtask demo: done in {:.1} min (build included)",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// `plumb export` parity: the release `plumb`, the peer venv (sentence-transformers and peft
+/// pinned in requirements.txt), a tiny SmolLM2 reward model when none is given, then
+/// `benches/peer/hf_export_check.py`, which exports, scores and compares.
+fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
+    let start = Instant::now();
+    let path_flag = |flag: &str, default: PathBuf| -> PathBuf {
+        flag_value(args, flag).map(PathBuf::from).unwrap_or(default)
+    };
+    let models_dir = path_flag("--models-dir", root.join("models"));
+    let data_dir = flag_value(args, "--data-dir").map(PathBuf::from);
+    models::fetch_all(&models_dir)?;
+    let python = match flag_value(args, "--peer-python") {
+        Some(p) => PathBuf::from(p),
+        None => peer_python(root)?,
+    };
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .args(["build", "--release", "-p", "plumb"]);
+    step("cargo build --release -p plumb", build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let plumb = target.join("release/plumb");
+    let work = root.join("runs/hf-export-check");
+    let only = flag_value(args, "--only");
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let minilm = path_flag("--minilm-rm", root.join("runs/rm-minilm-hh/final"));
+    let policy = path_flag("--policy", root.join("runs/dpo-smollm2-hh/final"));
+    for (name, dir, how) in [
+        ("minilm-rm", &minilm, "cargo xtask demo"),
+        (
+            "policy",
+            &policy,
+            "plumb train-po --recipe recipes/dpo-smollm2-hh.toml",
+        ),
+    ] {
+        if wanted(name) && !dir.is_dir() {
+            bail!(
+                "{} does not exist: train it first (`{how}`) or pass --{} DIR",
+                dir.display(),
+                if name == "policy" { "policy" } else { name }
+            );
+        }
+    }
+    let smollm2 = match flag_value(args, "--smollm2-rm") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let run = work.join("rm-smollm2-tiny");
+            if wanted("smollm2-rm") && !run.join("final").is_dir() {
+                let mut train = Command::new(&plumb);
+                train.current_dir(root).arg("--models-dir").arg(&models_dir);
+                if let Some(d) = &data_dir {
+                    train.arg("--data-dir").arg(d);
+                }
+                train
+                    .args([
+                        "train-rm",
+                        "--recipe",
+                        "recipes/rm-smollm2-lora-hh.toml",
+                        "--set",
+                        "data.train.limit=24",
+                        "--set",
+                        "data.eval.limit=16",
+                        "--set",
+                        "train.batch_size=8",
+                        "--set",
+                        "train.micro_batch_size=8",
+                        "--set",
+                    ])
+                    .arg(format!("train.out_dir={}", run.display()));
+                step(
+                    "plumb train-rm: a SmolLM2 LoRA reward model, 3 steps of 8 HH-RLHF pairs",
+                    train,
+                )?;
+            }
+            run.join("final")
+        }
+    };
+    let mut check = Command::new(&python);
+    check
+        .current_dir(root)
+        .arg("benches/peer/hf_export_check.py")
+        .arg("--plumb")
+        .arg(&plumb)
+        .arg("--work")
+        .arg(&work)
+        .arg("--minilm-rm")
+        .arg(&minilm)
+        .arg("--smollm2-rm")
+        .arg(&smollm2)
+        .arg("--policy")
+        .arg(&policy);
+    if let Some(o) = &only {
+        check.args(["--only", o]);
+    }
+    step("benches/peer/hf_export_check.py", check)?;
+    println!(
+        "\nxtask hf-export-check: done in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
     );
     Ok(())

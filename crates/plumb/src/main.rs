@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 ///   plumb train-rm --recipe recipes/rm-minilm-hh.toml --set train.lr=5e-5
 ///   plumb eval-rm --rm runs/rm-minilm-hh/final --input hh-rlhf:dev
 ///   plumb score --rm runs/rm-minilm-hh/final --input rows.jsonl
+///   plumb export --model runs/rm-minilm-hh/final --out hf/rm-minilm-hh
 ///
 /// Datasets are read from --data-dir (else $PLUMB_DATA_DIR, else ../shared/datasets); models
 /// from --models-dir (else $PLUMB_MODELS_DIR, else ./models).
@@ -77,6 +78,9 @@ enum Command {
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
     Score(commands::reward::ScoreArgs),
+    /// A reward-model or policy folder out to Hugging Face (transformers, sentence-transformers,
+    /// PEFT), written into --out.
+    Export(commands::export::ExportArgs),
     /// The main job: a MiniLM Bradley–Terry reward model on HH-RLHF, trained and evaluated.
     Quickstart(commands::reward::QuickstartArgs),
 }
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
+        Command::Export(args) => commands::export::run(&cli.global, args),
         Command::Quickstart(args) => commands::reward::quickstart(&cli.global, args),
     };
     match result {

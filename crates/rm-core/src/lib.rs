@@ -18,6 +18,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod fixtures;
 pub mod gguf;
 pub mod logprobs;

@@ -14,6 +14,11 @@
 //! `adapter_model.safetensors` + `adapter_config.json` (PEFT layout) + `score.safetensors`, read
 //! over the base model the spec names.
 //!
+//! Folders written by `plumb export` ([`crate::export`]) hold their own backbone: their spec's
+//! base is [`BASE_IS_THIS_FOLDER`], the weights are the HF layout's (`model.safetensors` without
+//! `score.bias` for `LlamaForSequenceClassification`, whose head bias is 0; the head in
+//! [`ST_DENSE_WEIGHTS`] for sentence-transformers folders).
+//!
 //! # Scoring-time transforms
 //!
 //! - normalization: `(r − μ) / σ` per attribute, with `μ`, `σ` measured on a reference set and
@@ -36,6 +41,7 @@ use super::bert::{self, BertConfig, BertModel};
 use super::llama::{self, CausalLm, LlamaModel};
 use super::pooling::Pooling;
 use super::safetensors::SafetensorsWeights;
+use super::weights::WeightSource;
 use crate::chat::ChatTemplate;
 use crate::checkpoint::{self, ParamSlot, TensorName, write_bytes_atomically};
 use crate::lora::{self, LoraConfig, PEFT_PREFIX};
@@ -48,6 +54,12 @@ pub const SPEC_FILE: &str = "reward_model.json";
 pub const SPEC_VERSION: u32 = 1;
 /// The head's weights in a LoRA reward-model folder.
 const HEAD_FILE: &str = "score.safetensors";
+/// The `base` of a folder that holds its own backbone (written by `plumb export`): the folder
+/// itself, wherever it is moved.
+pub const BASE_IS_THIS_FOLDER: &str = ".";
+/// The head of a sentence-transformers reward-model folder (`plumb export` of an encoder reward
+/// model): a `Dense` module's `linear.weight` `[K, D]` and `linear.bias` `[K]`.
+pub const ST_DENSE_WEIGHTS: &str = "2_Dense/model.safetensors";
 
 /// Which backbone family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -663,10 +675,15 @@ impl RewardModelBundle {
         RewardModelSpec::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
-    /// Loads a folder written by [`RewardModelBundle::save`]. The base backbone the spec names
-    /// gives the architecture (and, for LoRA folders, the frozen weights).
+    /// Loads a folder written by [`RewardModelBundle::save`] (or exported by `plumb export`, see
+    /// the module docs). The base backbone the spec names gives the architecture (and, for LoRA
+    /// folders, the frozen weights); the loaded spec names it by its absolute path.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let spec = Self::read_spec(dir)?;
+        let mut spec = Self::read_spec(dir)?;
+        // A folder exported by `plumb export` carries its own backbone: base "." is the folder.
+        if spec.base == Path::new(BASE_IS_THIS_FOLDER) {
+            spec.base = absolute_base(dir)?;
+        }
         if spec.base.is_relative() && !spec.base.exists() {
             bail!(
                 "{} names the base model by the relative path {}, which does not exist from the current directory; folders written by this build name it by its absolute path (edit \"base\" to the absolute path of the backbone)",
@@ -683,8 +700,41 @@ impl RewardModelBundle {
         })?;
         let head = seeded_head(d, spec.attributes.len(), 0.0, 0, device);
         let model = RewardModel { backbone, head };
+        let dense = dir.join(ST_DENSE_WEIGHTS);
         let model = match &spec.lora {
-            None => checkpoint::load_safetensors(model, &dir.join("model.safetensors"), &hf_names)?,
+            // A sentence-transformers folder (`plumb export` of an encoder reward model): the
+            // backbone was read from the folder itself, the head is its Dense module.
+            None if dense.is_file() => {
+                let source = SafetensorsWeights::open(&dense)?;
+                let dense_names = |slot: &ParamSlot<'_>| {
+                    let rest = slot.path.strip_prefix("head.")?;
+                    Some(TensorName {
+                        name: format!("linear.{rest}"),
+                        transpose: slot.is_linear_weight(),
+                    })
+                };
+                checkpoint::apply_weights(
+                    model,
+                    &source,
+                    &dense_names,
+                    &dense.display().to_string(),
+                )?
+            }
+            None => {
+                // An HF `*ForSequenceClassification` layout has no `score.bias` (a head exported
+                // by `plumb export` has a zero bias): the head's bias then stays 0.
+                let path = dir.join("model.safetensors");
+                let source = SafetensorsWeights::open(&path)?;
+                let has_bias = source.contains("score.bias");
+                let names = |slot: &ParamSlot<'_>| {
+                    if !has_bias && slot.path == "head.bias" {
+                        None
+                    } else {
+                        hf_names(slot)
+                    }
+                };
+                checkpoint::apply_weights(model, &source, &names, &path.display().to_string())?
+            }
             Some(_) => {
                 let (model, _) = lora::load_adapters(model, dir, &hf_names, PEFT_PREFIX)?;
                 let head_file = dir.join(HEAD_FILE);
@@ -742,7 +792,7 @@ pub fn log_sigmoid_transform(reward: f32, reference: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::tests::temp_dir;
     use crate::device::test_device;
@@ -751,7 +801,11 @@ mod tests {
 
     /// A tiny BERT HF folder `root/name` (config.json, model.safetensors, tokenizer.json: the
     /// 10-word tokenizer of the tokenize tests) with `edit` applied to the config first.
-    fn tiny_bert_folder(root: &Path, name: &str, edit: impl Fn(&mut BertConfig)) -> PathBuf {
+    pub(crate) fn tiny_bert_folder(
+        root: &Path,
+        name: &str,
+        edit: impl Fn(&mut BertConfig),
+    ) -> PathBuf {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = tiny_config();
