@@ -5,6 +5,7 @@
 //! LoRA-adapted or fully trained causal LM, `plumb train-po`). On-policy PPO and GRPO with
 //! rollouts sampled from the policy arrive with the online-RL work.
 
+pub mod online;
 pub mod preference;
 
 pub use preference::{PreferenceRecipe, PreferenceReport, train_preference_policy};

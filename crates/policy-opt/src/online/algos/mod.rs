@@ -1,0 +1,1 @@
+//! Advantage estimators, policy losses, KL estimators, value loss and loss aggregation (verl core_algos).

@@ -1,0 +1,11 @@
+//! Online policy optimisation (PPO, GRPO and their variants): rollouts sampled from the policy
+//! being trained, scored by reward functions, turned into advantages by a named estimator and
+//! optimised with a named policy loss.
+//!
+//! - [`algos`]: verl's `core_algos` as a registry of pure functions — advantage estimators,
+//!   policy losses, KL estimators, the clipped value loss and loss aggregation;
+//! - [`rewards`]: reward functions over prompt + completion (model-based, verifiable, rule-based),
+//!   composable with weights; a failing function masks its sample instead of stopping the run.
+
+pub mod algos;
+pub mod rewards;
