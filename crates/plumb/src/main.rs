@@ -72,6 +72,8 @@ enum Command {
     TrainRm(commands::reward::TrainRmArgs),
     /// Align a policy on preference pairs (DPO family) from a TOML recipe.
     TrainPo(commands::policy::TrainPoArgs),
+    /// Train a policy online (GRPO, RLOO, REINFORCE++, DAPO, GSPO, …) against reward functions.
+    TrainRl(commands::rl::TrainRlArgs),
     /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
     EvalPo(commands::policy::EvalPoArgs),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
+        Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),

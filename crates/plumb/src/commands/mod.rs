@@ -6,4 +6,5 @@ pub mod info;
 pub mod models;
 pub mod policy;
 pub mod reward;
+pub mod rl;
 pub mod texts;

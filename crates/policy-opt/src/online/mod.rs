@@ -5,7 +5,17 @@
 //! - [`algos`]: verl's `core_algos` as a registry of pure functions — advantage estimators,
 //!   policy losses, KL estimators, the clipped value loss and loss aggregation;
 //! - [`rewards`]: reward functions over prompt + completion (model-based, verifiable, rule-based),
-//!   composable with weights; a failing function masks its sample instead of stopping the run.
+//!   composable with weights; a failing function masks its sample instead of stopping the run;
+//! - [`prompts`], [`rollout`], [`task`], [`train`]: prompt sources, sampling and log-probs, the
+//!   rollout task of the training engine, and `plumb train-rl` end to end ([`recipe`]).
 
 pub mod algos;
+pub mod prompts;
+pub mod recipe;
 pub mod rewards;
+pub mod rollout;
+pub mod task;
+pub mod train;
+
+pub use recipe::RlRecipe;
+pub use train::{RlReport, train_rl_policy};

@@ -1,0 +1,73 @@
+//! `plumb train-rl`: online RL (GRPO, RLOO, REINFORCE++, ReMax, OPO, DAPO, GSPO, CISPO, …) of a
+//! policy against reward functions, from a TOML recipe.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use policy_opt::online::{RlRecipe, RlReport, train_rl_policy};
+
+use super::reward::{RunFlags, print_plot, train_request};
+use crate::GlobalArgs;
+
+#[derive(Args, Debug)]
+pub struct TrainRlArgs {
+    /// A TOML recipe (see recipes/grpo-*.toml).
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Override a recipe field: --set rollout.group_size=8 --set 'algorithm.estimator={ name = "rloo" }'
+    /// (repeatable).
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `plumb train-rl`.
+pub fn train_rl(global: &GlobalArgs, args: TrainRlArgs) -> Result<()> {
+    let mut recipe = RlRecipe::load(&args.recipe, &args.overrides)?;
+    if let Some(out) = &global.out {
+        recipe.train.out_dir = out.clone();
+    }
+    let report = train_rl_policy(
+        recipe,
+        &train_request(global, args.run.mode(), !args.quiet)?,
+    )?;
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &RlReport) {
+    println!("\n| evaluation | before | after |\n|---|---|---|");
+    for (name, after) in &r.final_eval.metrics {
+        let before = r
+            .initial_eval
+            .metrics
+            .get(name)
+            .copied()
+            .unwrap_or(f64::NAN);
+        println!("| {name} | {before:.4} | {after:.4} |");
+    }
+    println!(
+        "\ntrained {} steps in {:.1}s ({} threads); best eval reward {:.4} at step {}",
+        r.outcome.steps,
+        r.outcome.train_seconds,
+        r.threads,
+        r.outcome.best_score.unwrap_or(f64::NAN),
+        r.outcome.best_step.unwrap_or(0)
+    );
+    println!(
+        "policy: {}  (best: {})",
+        r.final_dir.display(),
+        r.best_dir.display()
+    );
+    println!(
+        "summary: {}  metrics: {}",
+        r.out_dir.join("summary.json").display(),
+        r.out_dir.join("metrics.jsonl").display()
+    );
+    print_plot(r.plot.as_deref(), r.plot_error.as_deref());
+}

@@ -1,0 +1,307 @@
+//! The online-RL recipe (`recipes/grpo-*.toml`, `plumb train-rl`): `[model]` (the policy, its
+//! length limit, LoRA), `[data]` (prompt sources), `[rollout]` (how many prompts, completions
+//! per prompt, sampling), `[algorithm]` (the advantage estimator, the policy loss and its
+//! aggregation, the KL term — each chosen by name from [`super::algos`]), `[[reward]]` (the
+//! reward functions of [`super::rewards`], weighted), `[train]`, `[eval]`.
+//!
+//! The algorithms are configurations of these parts, e.g. GRPO = `estimator = { name = "grpo" }`
+//! with the `vanilla` clip loss and a k3 KL in the loss; Dr. GRPO = `scale = "none"` with
+//! `seq-mean-token-sum-norm`; DAPO = clip-higher + `drop_uniform_groups` + the overlong length
+//! reward; RLOO / REINFORCE++ / ReMax / OPO = their estimator; GSPO / CISPO = their loss.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rm_core::models::policy_folder::PolicyModelConfig;
+use rm_core::sampling::SamplingConfig;
+use rm_core::train::{RolloutConfig, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use super::algos::{
+    AdvantageEstimator, KlControllerConfig, KlEstimator, LossAggregation, PolicyLoss,
+};
+use super::prompts::PromptSource;
+use super::rewards::RewardComponentConfig;
+
+/// The `[data]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlDataConfig {
+    pub train: PromptSource,
+    pub eval: PromptSource,
+    /// Appended to every GSM8K question (after a blank line), e.g. how to state the answer.
+    #[serde(default)]
+    pub instruction: Option<String>,
+}
+
+/// The `[rollout]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlRolloutConfig {
+    /// Collections (each followed by `ppo_epochs` passes over its buffer).
+    pub iterations: u64,
+    /// Passes over each buffer.
+    #[serde(default = "one")]
+    pub ppo_epochs: usize,
+    /// Prompts per collection (taken in a seeded order that visits every prompt once per pass
+    /// over the training prompts).
+    pub prompts_per_iteration: usize,
+    /// Completions per prompt (`G`): the group the estimators compare within.
+    pub group_size: usize,
+    /// Rows per generation batch.
+    #[serde(default = "generation_batch")]
+    pub generation_batch: usize,
+    /// How completions are sampled (stop tokens are added from the tokenizer).
+    pub sampling: SamplingConfig,
+    /// Completions that hit `max_new_tokens` without stopping get no loss (DAPO, TRL's
+    /// `mask_truncated_completions`).
+    #[serde(default)]
+    pub mask_truncated_completions: bool,
+    /// Groups whose rewards are all equal (no learning signal under group-relative estimators)
+    /// get no loss: DAPO's dynamic sampling, by masking instead of re-sampling so every
+    /// iteration's buffer has the same size.
+    #[serde(default)]
+    pub drop_uniform_groups: bool,
+    /// The correction for a sampler whose distribution differs from the policy's.
+    #[serde(default)]
+    pub importance_correction: super::task::ImportanceCorrection,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn generation_batch() -> usize {
+    16
+}
+
+/// Where the KL to the reference enters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlPlacement {
+    /// Added to the loss, `coef · agg(kl)` (GRPO, verl's `use_kl_loss`).
+    #[default]
+    Loss,
+    /// Subtracted from the token rewards before the advantages, `r_t − coef·kl_t` (PPO as in
+    /// Ouyang et al. 2022, verl's `use_kl_in_reward`).
+    Reward,
+}
+
+/// The KL term of `[algorithm]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KlConfig {
+    #[serde(default = "k3")]
+    pub estimator: KlEstimator,
+    #[serde(default)]
+    pub placement: KlPlacement,
+    /// A fixed coefficient (shorthand for `controller = { kind = "fixed", coef = … }`).
+    #[serde(default)]
+    pub coef: Option<f64>,
+    #[serde(default)]
+    pub controller: Option<KlControllerConfig>,
+}
+
+fn k3() -> KlEstimator {
+    KlEstimator::K3
+}
+
+impl Default for KlConfig {
+    fn default() -> Self {
+        Self {
+            estimator: k3(),
+            placement: KlPlacement::Loss,
+            coef: Some(0.0),
+            controller: None,
+        }
+    }
+}
+
+impl KlConfig {
+    /// The controller the coefficient comes from.
+    pub fn controller(&self) -> Result<KlControllerConfig> {
+        match (&self.coef, &self.controller) {
+            (Some(_), Some(_)) => {
+                bail!("algorithm.kl: give either coef or controller, not both")
+            }
+            (Some(coef), None) => {
+                if !(coef.is_finite() && *coef >= 0.0) {
+                    bail!("algorithm.kl.coef must be a finite number ≥ 0, got {coef}");
+                }
+                Ok(KlControllerConfig::Fixed { coef: *coef })
+            }
+            (None, Some(c)) => Ok(c.clone()),
+            (None, None) => Ok(KlControllerConfig::Fixed { coef: 0.0 }),
+        }
+    }
+
+    /// Whether a reference policy is needed (a coefficient that can be non-zero).
+    pub fn active(&self) -> bool {
+        !matches!(self.controller(), Ok(KlControllerConfig::Fixed { coef }) if coef == 0.0)
+    }
+}
+
+/// The `[algorithm]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmConfig {
+    pub estimator: AdvantageEstimator,
+    pub policy_loss: PolicyLoss,
+    #[serde(default = "token_mean")]
+    pub loss_aggregation: LossAggregation,
+    #[serde(default)]
+    pub kl: KlConfig,
+    /// Entropy bonus: the loss gets `− coef · agg(entropy)`.
+    #[serde(default)]
+    pub entropy_coef: f64,
+}
+
+fn token_mean() -> LossAggregation {
+    LossAggregation::TokenMean
+}
+
+/// The `[eval]` section: held-out prompts sampled (greedy by default) and scored by the same
+/// reward functions, every `train.eval_every` iterations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlEvalConfig {
+    /// How evaluation samples; default greedy with the rollout's `max_new_tokens`.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
+    /// Rows per generation / scoring batch.
+    #[serde(default = "generation_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for RlEvalConfig {
+    fn default() -> Self {
+        Self {
+            sampling: None,
+            batch_size: generation_batch(),
+        }
+    }
+}
+
+/// An online-RL training recipe.
+///
+/// ```toml
+/// [model]
+/// policy = "models/smollm2"
+/// max_len = 384
+/// lora = { rank = 16, alpha = 32.0, target_modules = ["q_proj", "v_proj"] }
+///
+/// [data]
+/// train = { source = "gsm8k", split = "train", limit = 512 }
+/// eval = { source = "gsm8k", split = "test", limit = 200 }
+/// instruction = "End your answer with '#### <number>'."
+///
+/// [rollout]
+/// iterations = 30
+/// prompts_per_iteration = 8
+/// group_size = 4
+/// sampling = { max_new_tokens = 128, temperature = 1.0 }
+///
+/// [algorithm]
+/// estimator = { name = "grpo" }
+/// policy_loss = { name = "vanilla", clip_ratio_low = 0.2, clip_ratio_high = 0.28 }
+/// kl = { estimator = "k3", coef = 0.001 }
+///
+/// [[reward]]
+/// kind = "gsm8k"
+///
+/// [train]
+/// batch_size = 32
+/// micro_batch_size = 4
+/// lr = 1e-5
+/// out_dir = "runs/grpo-smollm2-gsm8k"
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlRecipe {
+    pub model: PolicyModelConfig,
+    pub data: RlDataConfig,
+    pub rollout: RlRolloutConfig,
+    pub algorithm: AlgorithmConfig,
+    #[serde(rename = "reward")]
+    pub rewards: Vec<RewardComponentConfig>,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: RlEvalConfig,
+}
+
+impl RlRecipe {
+    /// Reads a recipe file with `--set` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        rm_core::recipe::load(path, overrides)
+    }
+
+    /// The rollout driver's view of `[rollout]`.
+    pub fn rollout_config(&self) -> RolloutConfig {
+        RolloutConfig {
+            iterations: self.rollout.iterations,
+            ppo_epochs: self.rollout.ppo_epochs,
+        }
+    }
+
+    /// Rows in every buffer: prompts × group size.
+    pub fn buffer_size(&self) -> usize {
+        self.rollout.prompts_per_iteration * self.rollout.group_size
+    }
+
+    /// Checks every section and the combinations `train-rl` cannot run.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        self.rollout_config().validate()?;
+        self.rollout.sampling.validate().context("rollout.sampling")?;
+        if let Some(s) = &self.eval.sampling {
+            s.validate().context("eval.sampling")?;
+        }
+        let r = &self.rollout;
+        if r.prompts_per_iteration == 0 || r.group_size == 0 || r.generation_batch == 0 {
+            bail!(
+                "rollout.prompts_per_iteration, rollout.group_size and rollout.generation_batch must be at least 1"
+            );
+        }
+        if r.sampling.max_new_tokens == 0 {
+            bail!("rollout.sampling.max_new_tokens must be at least 1");
+        }
+        if r.sampling.max_new_tokens + 1 >= self.model.max_len {
+            bail!(
+                "rollout.sampling.max_new_tokens {} leaves no room for the prompt in model.max_len {}",
+                r.sampling.max_new_tokens,
+                self.model.max_len
+            );
+        }
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size must be at least 1");
+        }
+        if self.rewards.is_empty() {
+            bail!("the recipe has no [[reward]] tables: online RL needs at least one reward");
+        }
+        if matches!(self.algorithm.estimator, AdvantageEstimator::Gae { .. }) {
+            bail!(
+                "algorithm.estimator \"gae\" needs a value model (PPO with a critic), which train-rl does not build yet; use a critic-free estimator (grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo)"
+            );
+        }
+        if self.buffer_size() < self.train.batch_size {
+            bail!(
+                "train.batch_size {} exceeds the rollout buffer of {} rows (prompts_per_iteration × group_size)",
+                self.train.batch_size,
+                self.buffer_size()
+            );
+        }
+        self.algorithm.kl.controller()?;
+        if !(self.algorithm.entropy_coef.is_finite() && self.algorithm.entropy_coef >= 0.0) {
+            bail!(
+                "algorithm.entropy_coef must be a finite number ≥ 0, got {}",
+                self.algorithm.entropy_coef
+            );
+        }
+        Ok(())
+    }
+
+    /// What defines the run (compared on `--resume`).
+    pub fn identity(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).context("serializing the recipe")
+    }
+}

@@ -1,0 +1,173 @@
+//! Sampling completions from a policy and reading per-token log-probs back: what a collection
+//! and an evaluation of online RL are made of.
+//!
+//! Prompts are rendered with the policy's chat template and cut on the left to leave room for
+//! `max_new_tokens` within `max_len`; completions keep their stop token (the policy learns to
+//! stop). Log-probs are recomputed with one full forward pass per batch (right-padded) rather
+//! than taken from the sampler, as verl does: the loss's ratio starts at exactly 1 on-policy,
+//! and the sampler's own numbers stay available to measure the mismatch and to correct for a
+//! sampling distribution that differs from the policy (temperature, top-k/top-p).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use rm_core::burn::tensor::Device;
+use rm_core::models::llama::LlamaModel;
+use rm_core::models::policy_folder::Policy;
+use rm_core::policy::CausalPolicy;
+use rm_core::sampling::{FinishReason, SamplingConfig, generate};
+use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
+use rm_core::train::rollout::collect_seed;
+
+use super::prompts::RlPrompt;
+
+/// One sampled completion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// Which of the prompts it answers.
+    pub prompt_index: usize,
+    /// The rendered prompt's tokens (after left truncation).
+    pub prompt_ids: Vec<u32>,
+    /// The generated tokens (a stop token included).
+    pub tokens: Vec<u32>,
+    /// Decoded, trimmed text (cut before a stop string).
+    pub text: String,
+    /// Hit `max_new_tokens` without stopping.
+    pub truncated: bool,
+    /// log q(token) under the distribution the sampler drew from (0 for greedy).
+    pub sampling_logprobs: Vec<f32>,
+    /// log π(token) under the unmodified model, as the sampler computed it.
+    pub model_logprobs: Vec<f32>,
+}
+
+impl Completion {
+    /// Prompt + completion as one sequence, the completion flagged.
+    pub fn sequence(&self) -> Sequence {
+        let mut ids = self.prompt_ids.clone();
+        ids.extend_from_slice(&self.tokens);
+        let mut completion = vec![false; self.prompt_ids.len()];
+        completion.resize(ids.len(), true);
+        Sequence { ids, completion }
+    }
+}
+
+/// `config` with the policy's end-of-sequence and ChatML end-of-turn tokens as stop tokens.
+pub fn with_stop_tokens(mut config: SamplingConfig, policy: &Policy) -> SamplingConfig {
+    config.stop_tokens.extend(policy.lm.eos_id);
+    if let Some(end) = policy.lm.tokenizer.token_to_id("<|im_end|>") {
+        config.stop_tokens.push(end);
+    }
+    config.stop_tokens.sort_unstable();
+    config.stop_tokens.dedup();
+    config
+}
+
+/// The device a model's weights live on.
+pub fn device_of(model: &LlamaModel) -> Device {
+    model.embed_tokens.weight.val().device()
+}
+
+/// The tokens of `prompt` rendered for generation, cut on the left to `budget`.
+pub fn prompt_ids(policy: &Policy, prompt: &RlPrompt, budget: usize) -> Result<Vec<u32>> {
+    let text = policy.spec.template.render_prompt(&prompt.prompt)?;
+    let mut ids = policy.lm.tokenizer.encode(&text, true)?;
+    if ids.len() > budget {
+        ids.drain(..ids.len() - budget);
+    }
+    if ids.is_empty() {
+        anyhow::bail!("the prompt renders to no tokens");
+    }
+    Ok(ids)
+}
+
+/// What a sampling pass produced, and how fast.
+pub struct Sampled {
+    pub completions: Vec<Completion>,
+    /// Generated tokens (stop tokens included).
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// Samples `repeats` completions of each prompt of `prompts` (row `r` answers prompt
+/// `r / repeats`) from `model`, `batch` rows per generation batch, batch `b` seeded from
+/// `(seed, b)`.
+pub fn sample(
+    model: &LlamaModel,
+    policy: &Policy,
+    prompts: &[&RlPrompt],
+    repeats: usize,
+    config: &SamplingConfig,
+    seed: u64,
+    batch: usize,
+) -> Result<Sampled> {
+    let started = Instant::now();
+    let budget = policy.spec.max_len - config.max_new_tokens;
+    let encoded = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| prompt_ids(policy, p, budget).with_context(|| format!("prompt {}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: Vec<usize> = (0..prompts.len() * repeats).map(|r| r / repeats).collect();
+    let device = device_of(model);
+    let mut completions = Vec::with_capacity(rows.len());
+    let mut tokens = 0;
+    for (b, chunk) in rows.chunks(batch.max(1)).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|&p| encoded[p].clone()).collect();
+        let config = SamplingConfig {
+            seed: collect_seed(seed, b as u64),
+            ..config.clone()
+        };
+        let generated = generate(model, &policy.lm.tokenizer, &ids, &config, &device)?;
+        for (&p, row) in chunk.iter().zip(generated) {
+            tokens += row.tokens.len();
+            completions.push(Completion {
+                prompt_index: p,
+                prompt_ids: encoded[p].clone(),
+                truncated: row.finish_reason == FinishReason::MaxNewTokens,
+                text: row.text.trim().to_string(),
+                tokens: row.tokens,
+                sampling_logprobs: row.sampling_logprobs,
+                model_logprobs: row.model_logprobs,
+            });
+        }
+    }
+    Ok(Sampled {
+        completions,
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The per-token log-probs of each completion's tokens under `model` (one forward pass per
+/// `batch` rows, right-padded; no graph is kept when `model` is a frozen copy).
+pub fn completion_logprobs(
+    model: &LlamaModel,
+    completions: &[Completion],
+    pad_id: u32,
+    batch: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let device = device_of(model);
+    let mut out = Vec::with_capacity(completions.len());
+    for chunk in completions.chunks(batch.max(1)) {
+        let seqs: Vec<Sequence> = chunk.iter().map(Completion::sequence).collect();
+        let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
+        let logprobs = model.completion_logprobs(
+            padded.ids_tensor(&device),
+            padded.attention_tensor(&device),
+            padded.completion_tensor(&device),
+            false,
+        )?;
+        let width = padded.seq_len - 1;
+        let values: Vec<f32> = logprobs
+            .token_logprobs
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(|e| anyhow!("reading log-probs: {e:?}"))?;
+        for (row, c) in chunk.iter().enumerate() {
+            let start = row * width + c.prompt_ids.len() - 1;
+            out.push(values[start..start + c.tokens.len()].to_vec());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,700 @@
+//! [`RlTask`]: online RL for the rollout driver — collect a buffer of completions from the
+//! current policy, score them, turn rewards into advantages; then the policy loss on
+//! micro-batches of that buffer.
+//!
+//! One collection (iteration `i`):
+//! 1. `prompts_per_iteration` prompts, in a seeded order that visits every training prompt once
+//!    per pass; `group_size` completions each (the group), sampled from the frozen policy;
+//! 2. the rewards of [`super::rewards`] (a sample a reward function fails on is masked: no
+//!    loss, no part in its group's statistics); truncated completions and all-equal groups
+//!    masked when the recipe says so;
+//! 3. the old policy's per-token log-probs (a full forward pass), the reference's when the KL
+//!    term is on (the LoRA-disabled policy, or the frozen snapshot under full fine-tuning);
+//! 4. token rewards (the sequence reward on the last token, minus `coef·kl_t` when the KL is
+//!    in the reward), then the recipe's advantage estimator with groups by prompt;
+//! 5. the truncated importance-sampling correction when the sampler's distribution differs from
+//!    the policy's (temperature, top-k/top-p): each token's advantage times
+//!    `min(π_old/q, cap)` (or the token masked when the ratio exceeds the cap), per token or
+//!    per sequence.
+//!
+//! The loss of a micro-batch: the recipe's policy loss (clip, GSPO, CISPO) aggregated by its
+//! mode with the weight that keeps accumulation exact, plus `coef·agg(kl)` when the KL is in
+//! the loss, minus `entropy_coef·agg(entropy)`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rm_core::burn::module::Module;
+use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::logprobs::sequence_logprobs;
+use rm_core::models::llama::LlamaModel;
+use rm_core::models::policy_folder::Policy;
+use rm_core::policy::{CausalPolicy, reference_policy};
+use rm_core::sampling::SamplingConfig;
+use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
+use rm_core::train::{
+    Collected, Evaluation, LossOutput, Metric, RolloutTask, StepValues, TrainTask, epoch_order,
+};
+use serde::{Deserialize, Serialize};
+
+use super::algos::{
+    AdvantageEstimator, AdvantageInput, KlController, aggregate, compute_advantages,
+    kl_penalty, policy_loss, token_entropy,
+};
+use super::prompts::RlPrompt;
+use super::recipe::{KlPlacement, RlRecipe};
+use super::rewards::{RewardSample, RewardSet, ScoredSample};
+use super::rollout::{Completion, Sampled, completion_logprobs, device_of, sample, with_stop_tokens};
+
+/// How the importance-sampling correction between the sampler and the policy is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionLevel {
+    /// No correction (the sampler draws from the policy itself: temperature 1, no top-k/p).
+    #[default]
+    Off,
+    /// Per-token ratios `π_old(y_t)/q(y_t)`.
+    Token,
+    /// One ratio per sequence, `Π_t π_old(y_t)/q(y_t)`, for all its tokens.
+    Sequence,
+}
+
+/// What happens to a ratio above the cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionMode {
+    /// Truncated importance sampling: the weight is `min(ratio, cap)` (Ionides 2008; as verl's
+    /// and TRL's `vllm_importance_sampling_correction`).
+    #[default]
+    Truncate,
+    /// The token (or sequence) gets no loss.
+    Mask,
+}
+
+/// `[rollout.importance_correction]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportanceCorrection {
+    #[serde(default)]
+    pub level: CorrectionLevel,
+    #[serde(default)]
+    pub mode: CorrectionMode,
+    #[serde(default = "cap")]
+    pub cap: f64,
+}
+
+fn cap() -> f64 {
+    2.0
+}
+
+impl Default for ImportanceCorrection {
+    fn default() -> Self {
+        Self {
+            level: CorrectionLevel::Off,
+            mode: CorrectionMode::Truncate,
+            cap: cap(),
+        }
+    }
+}
+
+/// The importance weights of one completion's tokens (old policy over sampler, both as log-probs)
+/// and whether each was capped.
+pub fn importance_weights(
+    correction: &ImportanceCorrection,
+    old: &[f32],
+    sampler: &[f32],
+) -> (Vec<f32>, usize) {
+    let n = old.len();
+    let log_ratios: Vec<f64> = old
+        .iter()
+        .zip(sampler)
+        .map(|(&o, &q)| o as f64 - q as f64)
+        .collect();
+    let ratios: Vec<f64> = match correction.level {
+        CorrectionLevel::Off => return (vec![1.0; n], 0),
+        CorrectionLevel::Token => log_ratios.iter().map(|l| l.exp()).collect(),
+        CorrectionLevel::Sequence => vec![log_ratios.iter().sum::<f64>().exp(); n],
+    };
+    let mut capped = 0;
+    let weights = ratios
+        .iter()
+        .map(|&r| {
+            if r > correction.cap {
+                capped += 1;
+                match correction.mode {
+                    CorrectionMode::Truncate => correction.cap as f32,
+                    CorrectionMode::Mask => 0.0,
+                }
+            } else {
+                r as f32
+            }
+        })
+        .collect();
+    (weights, capped)
+}
+
+/// One row of the rollout buffer.
+#[derive(Clone, Debug)]
+struct BufferRow {
+    sequence: Sequence,
+    prompt_len: usize,
+    old_logprobs: Vec<f32>,
+    ref_logprobs: Vec<f32>,
+    advantages: Vec<f32>,
+    /// Per completion token: 1 trained, 0 masked.
+    mask: Vec<f32>,
+}
+
+/// The task's resumable state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RlState {
+    kl: KlController,
+}
+
+/// Online RL of a policy (LoRA or full fine-tuning) against reward functions.
+pub struct RlTask {
+    recipe: RlRecipe,
+    policy: Policy,
+    rewards: RewardSet,
+    train_prompts: Vec<RlPrompt>,
+    eval_prompts: Vec<RlPrompt>,
+    /// The frozen snapshot of a fully fine-tuned policy (LoRA policies use their adapters
+    /// switched off instead).
+    snapshot: Option<LlamaModel>,
+    kl: KlController,
+    sampling: SamplingConfig,
+    eval_sampling: SamplingConfig,
+    correction: ImportanceCorrection,
+    buffer: Vec<BufferRow>,
+}
+
+/// Means and standard deviations of the scored samples, per component and total.
+fn reward_metrics(
+    prefix: &str,
+    names: &[String],
+    scored: &[ScoredSample],
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    let totals: Vec<f64> = scored.iter().filter_map(|s| s.total).map(f64::from).collect();
+    let (mean, std) = mean_std(&totals);
+    metrics.insert(format!("{prefix}reward"), mean);
+    metrics.insert(format!("{prefix}reward_std"), std);
+    metrics.insert(
+        format!("{prefix}reward_failures"),
+        (scored.len() - totals.len()) as f64,
+    );
+    for (k, name) in names.iter().enumerate() {
+        let values: Vec<f64> = scored
+            .iter()
+            .filter_map(|s| s.components[k])
+            .map(f64::from)
+            .collect();
+        metrics.insert(format!("{prefix}reward/{name}"), mean_std(&values).0);
+    }
+}
+
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// `[B, W]` from rows of unequal length, zero-filled.
+fn padded(rows: &[Vec<f32>], width: usize) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|r| {
+            let mut v = r.clone();
+            v.resize(width, 0.0);
+            v
+        })
+        .collect()
+}
+
+fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+impl RlTask {
+    /// A task over loaded prompts; `policy` is the built policy (its module the one trained),
+    /// `snapshot` the frozen copy of a fully fine-tuned policy when the KL term is on.
+    pub fn new(
+        recipe: RlRecipe,
+        policy: Policy,
+        rewards: RewardSet,
+        train_prompts: Vec<RlPrompt>,
+        eval_prompts: Vec<RlPrompt>,
+        snapshot: Option<LlamaModel>,
+    ) -> Result<Self> {
+        if train_prompts.len() < recipe.rollout.prompts_per_iteration {
+            bail!(
+                "{} training prompts, fewer than rollout.prompts_per_iteration {}",
+                train_prompts.len(),
+                recipe.rollout.prompts_per_iteration
+            );
+        }
+        let kl = KlController::new(&recipe.algorithm.kl.controller()?)?;
+        let sampling = with_stop_tokens(recipe.rollout.sampling.clone(), &policy);
+        let eval_sampling = with_stop_tokens(
+            recipe
+                .eval
+                .sampling
+                .clone()
+                .unwrap_or_else(|| SamplingConfig::greedy(recipe.rollout.sampling.max_new_tokens)),
+            &policy,
+        );
+        if eval_sampling.max_new_tokens + 1 >= policy.spec.max_len {
+            bail!(
+                "eval.sampling.max_new_tokens {} leaves no room for the prompt in model.max_len {}",
+                eval_sampling.max_new_tokens,
+                policy.spec.max_len
+            );
+        }
+        let correction = recipe.rollout.importance_correction.clone();
+        if !(correction.cap.is_finite() && correction.cap >= 1.0) {
+            bail!(
+                "rollout.importance_correction.cap must be a finite number ≥ 1, got {}",
+                correction.cap
+            );
+        }
+        Ok(Self {
+            recipe,
+            policy,
+            rewards,
+            train_prompts,
+            eval_prompts,
+            snapshot,
+            kl,
+            sampling,
+            eval_sampling,
+            correction,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The reference of the frozen `policy` (same device).
+    fn reference(&self, policy: &LlamaModel) -> Result<LlamaModel> {
+        match &self.snapshot {
+            Some(s) => Ok(s.valid()),
+            None => reference_policy(policy),
+        }
+    }
+
+    fn kl_active(&self) -> bool {
+        self.recipe.algorithm.kl.active()
+    }
+
+    /// The prompts of iteration `iteration`: positions `[i·P, (i+1)·P)` of the concatenated
+    /// seeded passes over the training prompts.
+    fn iteration_prompts(&self, iteration: u64) -> Vec<usize> {
+        let n = self.train_prompts.len();
+        let p = self.recipe.rollout.prompts_per_iteration;
+        let seed = self.recipe.train.seed;
+        let start = iteration as usize * p;
+        let mut out = Vec::with_capacity(p);
+        let mut pass = start / n;
+        let mut order = epoch_order(n, seed ^ 0x5EED_0F_9A55, pass as u64);
+        for pos in start..start + p {
+            if pos / n != pass {
+                pass = pos / n;
+                order = epoch_order(n, seed ^ 0x5EED_0F_9A55, pass as u64);
+            }
+            out.push(order[pos % n]);
+        }
+        out
+    }
+
+    /// Scores completions of `prompts` with every reward function.
+    fn score(&self, prompts: &[&RlPrompt], completions: &[Completion]) -> Vec<ScoredSample> {
+        let samples: Vec<RewardSample<'_>> = completions
+            .iter()
+            .map(|c| {
+                let p = prompts[c.prompt_index];
+                RewardSample {
+                    prompt: &p.prompt,
+                    completion: &c.text,
+                    references: &p.references,
+                    truncated: c.truncated,
+                }
+            })
+            .collect();
+        self.rewards.score(&samples)
+    }
+
+    fn forward_batch(&self) -> usize {
+        self.recipe.train.micro_batch_size.max(1)
+    }
+}
+
+impl TrainTask<LlamaModel> for RlTask {
+    fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
+        let device = device_of(model);
+        let rows: Vec<&BufferRow> = items
+            .iter()
+            .map(|&i| {
+                self.buffer
+                    .get(i)
+                    .ok_or_else(|| anyhow!("buffer item {i} out of range"))
+            })
+            .collect::<Result<_>>()?;
+        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
+        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let tokens: usize = batch.lengths.iter().sum();
+        let (b, width) = (batch.batch_size, batch.seq_len - 1);
+        let mut old = vec![0.0f32; b * width];
+        let mut adv = vec![0.0f32; b * width];
+        let mut reference = vec![0.0f32; b * width];
+        let mut mask = vec![0.0f32; b * width];
+        for (i, row) in rows.iter().enumerate() {
+            let start = i * width + row.prompt_len - 1;
+            let n = row.old_logprobs.len();
+            old[start..start + n].copy_from_slice(&row.old_logprobs);
+            adv[start..start + n].copy_from_slice(&row.advantages);
+            mask[start..start + n].copy_from_slice(&row.mask);
+            if !row.ref_logprobs.is_empty() {
+                reference[start..start + n].copy_from_slice(&row.ref_logprobs);
+            }
+        }
+        let trained: f32 = mask.iter().sum();
+        let algorithm = &self.recipe.algorithm;
+        let norm = Some(self.recipe.rollout.sampling.max_new_tokens);
+        let agg = algorithm.loss_aggregation;
+        let mask_t = tensor2(mask, [b, width], &device);
+        let hidden = model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
+        let logits = model.logits(hidden);
+        let logprobs = sequence_logprobs(
+            logits.clone(),
+            batch.ids_tensor(&device),
+            batch.completion_tensor(&device),
+            false,
+        )?
+        .token_logprobs;
+        let pg = policy_loss(
+            &algorithm.policy_loss,
+            agg,
+            tensor2(old, [b, width], &device),
+            logprobs.clone(),
+            tensor2(adv, [b, width], &device),
+            mask_t.clone(),
+            norm,
+        )?;
+        let mut loss = pg.loss.clone();
+        let token_weight = f64::from(trained);
+        let mut metrics = vec![
+            Metric::device("pg_loss", pg.loss, pg.weight),
+            Metric::device("pg_clipfrac", pg.clipfrac, token_weight),
+            Metric::device("pg_clipfrac_lower", pg.clipfrac_lower, token_weight),
+            Metric::device("ppo_kl", pg.ppo_kl, token_weight),
+        ];
+        if self.kl_active() {
+            let kl = kl_penalty(
+                algorithm.kl.estimator,
+                logprobs.clone(),
+                tensor2(reference, [b, width], &device),
+            );
+            let (kl_mean, _) = aggregate(kl, mask_t.clone(), agg, norm)?;
+            metrics.push(Metric::device("kl", kl_mean.clone(), pg.weight));
+            if algorithm.kl.placement == KlPlacement::Loss {
+                loss = loss + kl_mean.mul_scalar(self.kl.value());
+            }
+        }
+        let entropy = token_entropy(logits.narrow(1, 0, width));
+        let (entropy_mean, _) = aggregate(entropy.clone(), mask_t.clone(), agg, norm)?;
+        if algorithm.entropy_coef > 0.0 {
+            loss = loss - entropy_mean.clone().mul_scalar(algorithm.entropy_coef);
+        }
+        let entropy_tokens = (entropy.detach() * mask_t).sum().div_scalar(trained.max(1.0));
+        metrics.push(Metric::device("entropy", entropy_tokens, token_weight));
+        metrics.push(Metric::host("kl_coef", self.kl.value(), 1.0));
+        let mut out = LossOutput::new(loss, if trained > 0.0 { pg.weight } else { 0.0 })
+            .with_tokens(tokens);
+        for m in metrics {
+            out = out.with(m);
+        }
+        Ok(out)
+    }
+
+    fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
+        let prompts: Vec<&RlPrompt> = self.eval_prompts.iter().collect();
+        let Sampled {
+            completions,
+            tokens,
+            seconds,
+        } = sample(
+            model,
+            &self.policy,
+            &prompts,
+            1,
+            &self.eval_sampling,
+            self.eval_sampling.seed,
+            self.recipe.eval.batch_size,
+        )
+        .context("sampling the evaluation prompts")?;
+        let scored = self.score(&prompts, &completions);
+        let mut metrics = BTreeMap::new();
+        reward_metrics("", &self.rewards.component_names(), &scored, &mut metrics);
+        let lengths: Vec<f64> = completions.iter().map(|c| c.tokens.len() as f64).collect();
+        metrics.insert("response_length".into(), mean_std(&lengths).0);
+        metrics.insert(
+            "truncated_fraction".into(),
+            completions.iter().filter(|c| c.truncated).count() as f64 / completions.len() as f64,
+        );
+        metrics.insert("tokens_per_s".into(), tokens as f64 / seconds.max(1e-9));
+        if self.snapshot.is_some() || self.policy.spec.lora.is_some() {
+            // KL(π ‖ π_ref) per sequence: the mean of Σ_t (log π − log π_ref) over the samples
+            // (unbiased when the evaluation samples at temperature 1).
+            let pad = self.policy.lm.tokenizer.pad_id();
+            let batch = self.recipe.eval.batch_size;
+            let own = completion_logprobs(model, &completions, pad, batch)?;
+            let reference = completion_logprobs(&self.reference(model)?, &completions, pad, batch)?;
+            let kls: Vec<f64> = own
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from(x - y)).sum())
+                .collect();
+            metrics.insert("kl_ref".into(), mean_std(&kls).0);
+        }
+        let score = metrics["reward"];
+        if !score.is_finite() {
+            bail!(
+                "no evaluation sample could be scored ({} failures); first error: {}",
+                scored.len(),
+                scored
+                    .iter()
+                    .find_map(|s| s.errors.first().cloned())
+                    .unwrap_or_default()
+            );
+        }
+        Ok(Evaluation { metrics, score })
+    }
+
+    fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {
+        self.policy.save(model, dir)
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(RlState {
+            kl: self.kl.clone(),
+        })?)
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<()> {
+        let state: RlState =
+            serde_json::from_value(state).context("the checkpoint's online-RL state")?;
+        self.kl = state.kl;
+        Ok(())
+    }
+
+    fn after_step(&mut self, _model: &LlamaModel, values: &StepValues) -> Result<()> {
+        if self.recipe.algorithm.kl.placement == KlPlacement::Loss
+            && let Some(&kl) = values.metrics.get("kl")
+        {
+            self.kl.update(kl, self.recipe.train.batch_size);
+        }
+        Ok(())
+    }
+}
+
+impl RolloutTask<LlamaModel> for RlTask {
+    fn buffer_size(&self) -> usize {
+        self.recipe.buffer_size()
+    }
+
+    fn collect(&mut self, policy: &LlamaModel, iteration: u64, seed: u64) -> Result<Collected> {
+        let g = self.recipe.rollout.group_size;
+        let indices = self.iteration_prompts(iteration);
+        let prompts: Vec<&RlPrompt> = indices.iter().map(|&i| &self.train_prompts[i]).collect();
+        let Sampled {
+            completions,
+            tokens,
+            seconds,
+        } = sample(
+            policy,
+            &self.policy,
+            &prompts,
+            g,
+            &self.sampling,
+            seed,
+            self.recipe.rollout.generation_batch,
+        )
+        .with_context(|| format!("sampling rollouts of iteration {}", iteration + 1))?;
+        let scored = self.score(&prompts, &completions);
+        let pad = self.policy.lm.tokenizer.pad_id();
+        let old = completion_logprobs(policy, &completions, pad, self.forward_batch())?;
+        let reference = if self.kl_active() {
+            completion_logprobs(&self.reference(policy)?, &completions, pad, self.forward_batch())?
+        } else {
+            Vec::new()
+        };
+        // Which rows train.
+        let rollout = &self.recipe.rollout;
+        let n = completions.len();
+        let mut included: Vec<bool> = (0..n)
+            .map(|r| {
+                scored[r].total.is_some() && !(rollout.mask_truncated_completions && completions[r].truncated)
+            })
+            .collect();
+        let mut uniform_groups = 0;
+        if rollout.drop_uniform_groups {
+            for p in 0..prompts.len() {
+                let rewards: Vec<f32> = (p * g..(p + 1) * g)
+                    .filter(|&r| included[r])
+                    .filter_map(|r| scored[r].total)
+                    .collect();
+                if rewards.len() > 1 && rewards.iter().all(|&x| x == rewards[0]) {
+                    uniform_groups += 1;
+                    for flag in &mut included[p * g..(p + 1) * g] {
+                        *flag = false;
+                    }
+                }
+            }
+        }
+        let width = completions.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
+        let lengths: Vec<usize> = completions.iter().map(|c| c.tokens.len()).collect();
+        let response_mask: Vec<Vec<f32>> = (0..n)
+            .map(|r| {
+                let on = if included[r] { 1.0 } else { 0.0 };
+                let mut m = vec![on; lengths[r]];
+                m.resize(width, 0.0);
+                m
+            })
+            .collect();
+        let mut token_rewards: Vec<Vec<f32>> = (0..n)
+            .map(|r| {
+                let mut v = vec![0.0; width];
+                if included[r] && lengths[r] > 0 {
+                    v[lengths[r] - 1] = scored[r].total.unwrap_or(0.0);
+                }
+                v
+            })
+            .collect();
+        let mut metrics = BTreeMap::new();
+        if self.kl_active() {
+            let device = device_of(policy);
+            let flat = |rows: &[Vec<f32>]| padded(rows, width).concat();
+            let kl = kl_penalty(
+                self.recipe.algorithm.kl.estimator,
+                tensor2(flat(&old), [n, width], &device),
+                tensor2(flat(&reference), [n, width], &device),
+            );
+            let kl: Vec<f32> = kl
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .map_err(|e| anyhow!("reading the KL: {e:?}"))?;
+            let mut per_seq = Vec::new();
+            for r in 0..n {
+                let row = &kl[r * width..r * width + lengths[r]];
+                per_seq.push(row.iter().map(|&x| f64::from(x)).sum::<f64>());
+                if self.recipe.algorithm.kl.placement == KlPlacement::Reward && included[r] {
+                    let coef = self.kl.value() as f32;
+                    for (t, x) in row.iter().enumerate() {
+                        token_rewards[r][t] -= coef * x;
+                    }
+                }
+            }
+            let rollout_kl = mean_std(&per_seq).0;
+            metrics.insert("rollout_kl".into(), rollout_kl);
+            if self.recipe.algorithm.kl.placement == KlPlacement::Reward {
+                let token_mean = per_seq.iter().sum::<f64>() / lengths.iter().sum::<usize>().max(1) as f64;
+                self.kl.update(token_mean, n);
+            }
+        }
+        // Masked rows form groups of their own, so they take no part in their prompt's
+        // statistics.
+        let group: Vec<usize> = (0..n)
+            .map(|r| if included[r] { r / g } else { prompts.len() + r })
+            .collect();
+        let baselines = if matches!(self.recipe.algorithm.estimator, AdvantageEstimator::Remax) {
+            let greedy = SamplingConfig {
+                temperature: 0.0,
+                ..self.sampling.clone()
+            };
+            let base = sample(policy, &self.policy, &prompts, 1, &greedy, seed, self.recipe.rollout.generation_batch)
+                .context("sampling ReMax's greedy baselines")?;
+            let scores = self.score(&prompts, &base.completions);
+            let per_prompt: Vec<f32> = scores.iter().map(|s| s.total.unwrap_or(0.0)).collect();
+            metrics.insert("baseline_reward".into(), mean_std(&per_prompt.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).0);
+            Some((0..n).map(|r| per_prompt[r / g]).collect::<Vec<f32>>())
+        } else {
+            None
+        };
+        let advantages = compute_advantages(
+            &self.recipe.algorithm.estimator,
+            &AdvantageInput {
+                token_level_rewards: &token_rewards,
+                response_mask: &response_mask,
+                group: &group,
+                values: None,
+                reward_baselines: baselines.as_deref(),
+            },
+        )?
+        .advantages;
+        // The importance correction and the buffer.
+        let mut capped = 0usize;
+        let mut log_ratio_max = f64::NEG_INFINITY;
+        let mut mismatch = 0.0f64;
+        let mut buffer = Vec::with_capacity(n);
+        for (r, c) in completions.iter().enumerate() {
+            let len = lengths[r];
+            let (weights, k) = importance_weights(&self.correction, &old[r], &c.sampling_logprobs);
+            capped += k;
+            for t in 0..len {
+                log_ratio_max = log_ratio_max.max(f64::from(old[r][t] - c.sampling_logprobs[t]));
+                mismatch += f64::from((old[r][t] - c.model_logprobs[t]).abs());
+            }
+            let mut mask = response_mask[r][..len].to_vec();
+            let mut adv = advantages[r][..len].to_vec();
+            for t in 0..len {
+                if weights[t] == 0.0 {
+                    mask[t] = 0.0;
+                }
+                adv[t] *= weights[t];
+            }
+            buffer.push(BufferRow {
+                sequence: c.sequence(),
+                prompt_len: c.prompt_ids.len(),
+                old_logprobs: old[r].clone(),
+                ref_logprobs: reference.get(r).cloned().unwrap_or_default(),
+                advantages: adv,
+                mask,
+            });
+        }
+        self.buffer = buffer;
+        let total_tokens = lengths.iter().sum::<usize>().max(1) as f64;
+        reward_metrics("", &self.rewards.component_names(), &scored, &mut metrics);
+        let l: Vec<f64> = lengths.iter().map(|&x| x as f64).collect();
+        let (mean_len, _) = mean_std(&l);
+        metrics.insert("response_length".into(), mean_len);
+        metrics.insert("response_length_max".into(), width as f64);
+        metrics.insert(
+            "truncated_fraction".into(),
+            completions.iter().filter(|c| c.truncated).count() as f64 / n as f64,
+        );
+        metrics.insert("masked_rows".into(), included.iter().filter(|&&x| !x).count() as f64);
+        metrics.insert("uniform_groups".into(), uniform_groups as f64);
+        metrics.insert("rollout_tokens".into(), tokens as f64);
+        metrics.insert("rollout_tokens_per_s".into(), tokens as f64 / seconds.max(1e-9));
+        metrics.insert("sampler_logprob_mismatch".into(), mismatch / total_tokens);
+        metrics.insert("is_log_ratio_max".into(), log_ratio_max);
+        metrics.insert("is_capped_fraction".into(), capped as f64 / total_tokens);
+        let adv_tokens: Vec<f64> = (0..n)
+            .flat_map(|r| {
+                let row = &advantages[r];
+                let mask = &response_mask[r];
+                (0..lengths[r]).filter(move |&t| mask[t] > 0.0).map(move |t| f64::from(row[t]))
+            })
+            .collect();
+        let (adv_mean, adv_std) = mean_std(&adv_tokens);
+        metrics.insert("advantage_mean".into(), adv_mean);
+        metrics.insert("advantage_std".into(), adv_std);
+        if let Some(e) = scored.iter().find_map(|s| s.errors.first()) {
+            eprintln!("iteration {}: a reward failed (sample masked): {e}", iteration + 1);
+        }
+        Ok(Collected { items: n, metrics })
+    }
+}
