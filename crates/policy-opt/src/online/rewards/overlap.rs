@@ -3,9 +3,17 @@
 //! an error (masked); an empty completion scores 0.
 //!
 //! **BLEU** (Papineni et al. 2002), used as an RL reward by BLEUBERI (Chang et al. 2025,
-//! "BLEUBERI: BLEU is a surprisingly effective reward for instruction following"), computed as
-//! sacrebleu's `sentence_bleu` on a 0–1 scale:
-//! `BLEU = BP · exp( (1/N') Σ_{n=1..N'} ln p_n )`, with
+//! "BLEUBERI: BLEU is a surprisingly effective reward for instruction following", arXiv
+//! 2505.11080), on a 0–1 scale:
+//! `BLEU = BP · exp( (1/N') Σ_{n=1..N'} ln p_n )`.
+//!
+//! `smoothing = "bleuberi"` (default) is what BLEUBERI's code computes (Hugging Face
+//! `evaluate`'s `bleu` with `smooth=True`, i.e. tensorflow/nmt's `compute_bleu`):
+//! `p_n = (m_n + 1) / (t_n + 1)` for every order `n = 1..N` (`N' = N` even when the hypothesis
+//! is shorter than `N`), with `m_n` the clipped matches and `t_n` the hypothesis's n-grams, and
+//! `BP = 1` if `c > r`, else `exp(1 − r/c)`, with `r` the length of the *shortest* reference.
+//!
+//! The other settings compute sacrebleu's `sentence_bleu`:
 //! - `p_n = Σ_g min(c_hyp(g), max_ref c_ref(g)) / Σ_g c_hyp(g)` over the hypothesis's n-grams `g`
 //!   (counts clipped by the maximum count in any one reference);
 //! - `N'` the effective order: `N = max_order` (default 4), less the orders for which the
@@ -32,13 +40,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{RewardError, RewardFunction, RewardSample, per_sample};
 
-/// BLEU smoothing for orders without matches.
+/// BLEU smoothing for orders without matches (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BleuSmoothing {
-    None,
+    /// BLEUBERI's: add one to every order's matches and n-grams, shortest reference.
     #[default]
+    Bleuberi,
+    /// sacrebleu, no smoothing.
+    None,
+    /// sacrebleu's default for sentences (NIST geometric smoothing).
     Exp,
+    /// sacrebleu's add-k with k = 1 (orders ≥ 2).
     AddOne,
 }
 
@@ -62,7 +75,7 @@ impl Default for BleuSpec {
     fn default() -> Self {
         Self {
             max_order: 4,
-            smoothing: BleuSmoothing::Exp,
+            smoothing: BleuSmoothing::Bleuberi,
             lowercase: false,
         }
     }
@@ -139,13 +152,14 @@ pub fn bleu(
     if hyp.is_empty() || refs.is_empty() || max_order == 0 {
         return 0.0;
     }
+    let bleuberi = smoothing == BleuSmoothing::Bleuberi;
     let mut log_sum = 0.0;
     let mut order = 0usize;
     let mut mteval = 1.0;
     for n in 1..=max_order {
         let hyp_counts = ngram_counts(hyp, n);
         let mut total: f64 = hyp_counts.values().sum::<usize>() as f64;
-        if total == 0.0 {
+        if total == 0.0 && !bleuberi {
             break;
         }
         let ref_counts: Vec<_> = refs.iter().map(|r| ngram_counts(r, n)).collect();
@@ -160,7 +174,7 @@ pub fn bleu(
                 c.min(max_ref)
             })
             .sum::<usize>() as f64;
-        if smoothing == BleuSmoothing::AddOne && n > 1 {
+        if bleuberi || (smoothing == BleuSmoothing::AddOne && n > 1) {
             matches += 1.0;
             total += 1.0;
         }
@@ -172,18 +186,22 @@ pub fn bleu(
                     mteval *= 2.0;
                     1.0 / (mteval * total)
                 }
-                BleuSmoothing::None | BleuSmoothing::AddOne => return 0.0,
+                BleuSmoothing::None | BleuSmoothing::AddOne | BleuSmoothing::Bleuberi => {
+                    return 0.0;
+                }
             }
         };
         log_sum += p.ln();
         order = n;
     }
     let c = hyp.len() as f64;
-    let r = refs
-        .iter()
-        .map(|r| r.len())
-        .min_by_key(|&len| (len.abs_diff(hyp.len()), len))
-        .unwrap_or(0) as f64;
+    let lengths = refs.iter().map(|r| r.len());
+    let r = if bleuberi {
+        lengths.min()
+    } else {
+        lengths.min_by_key(|&len| (len.abs_diff(hyp.len()), len))
+    }
+    .unwrap_or(0) as f64;
     let bp = if c >= r { 1.0 } else { (1.0 - r / c).exp() };
     bp * (log_sum / order as f64).exp()
 }
@@ -333,9 +351,42 @@ mod tests {
             (1.0f64 / 18.0).powf(0.25),
         );
         // Identical: 1.
-        close(bleu(&hyp, &[hyp.clone()], 4, BleuSmoothing::None), 1.0);
+        close(
+            bleu(&hyp, std::slice::from_ref(&hyp), 4, BleuSmoothing::None),
+            1.0,
+        );
         // Bigram BLEU: (5/6 · 3/5)^(1/2) = 0.5^(1/2).
         close(bleu(&hyp, &refs, 2, BleuSmoothing::None), 0.5f64.sqrt());
+        // BLEUBERI: ((5+1)/(6+1) · (3+1)/(5+1) · (1+1)/(4+1) · (0+1)/(3+1))^(1/4) = (2/35)^(1/4).
+        close(
+            bleu(&hyp, &refs, 4, BleuSmoothing::Bleuberi),
+            (2.0f64 / 35.0).powf(0.25),
+        );
+    }
+
+    #[test]
+    fn bleuberi_smooths_every_order_and_measures_brevity_against_the_shortest_reference() {
+        // 2 tokens vs 6: p1 = 3/3, p2 = 2/2, p3 = p4 = (0+1)/(0+1) = 1; BP = e^(1 − 6/2).
+        close(
+            bleu(
+                &t("the cat"),
+                &[t("the cat sat on the mat")],
+                4,
+                BleuSmoothing::Bleuberi,
+            ),
+            (-2.0f64).exp(),
+        );
+        // "the dog" vs "the cat": p1 = 2/3, p2 = 1/2, p3 = p4 = 1 → (1/3)^(1/4), BP 1.
+        close(
+            bleu(&t("the dog"), &[t("the cat")], 4, BleuSmoothing::Bleuberi),
+            (1.0f64 / 3.0).powf(0.25),
+        );
+        // 5 tokens, references of 2 and 6: sacrebleu takes the closest (6): BP = e^(1 − 6/5);
+        // BLEUBERI the shortest (2): BP = 1.
+        let hyp = t("a b c d e");
+        let refs = [t("a b"), t("a b c d e f")];
+        close(bleu(&hyp, &refs, 1, BleuSmoothing::None), (-0.2f64).exp());
+        close(bleu(&hyp, &refs, 1, BleuSmoothing::Bleuberi), 1.0);
     }
 
     #[test]

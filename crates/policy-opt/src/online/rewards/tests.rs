@@ -302,8 +302,16 @@ fn unknown_kinds_and_fields_are_rejected() {
         "[[reward]]\nweight = 1.0\n",
         "[[reward]]\nkind = \"reward_model\"\npath = \"x\"\ntransform = \"sigmoid\"\n",
     ];
-    for text in bad {
-        assert!(toml::from_str::<Recipe>(text).is_err(), "{text}");
+    let reasons = [
+        "unknown field `strictness`",
+        "unknown variant `sentiment`",
+        "unknown field `patern`",
+        "kind",
+        "sigmoid",
+    ];
+    for (text, reason) in bad.iter().zip(reasons) {
+        let e = toml::from_str::<Recipe>(text).unwrap_err().to_string();
+        assert!(e.contains(reason), "{text}: {e}");
     }
 }
 
@@ -501,6 +509,12 @@ weight = 0.2
     let gold = vec!["12".to_string()];
     let completions = ["so #### 12", "w3 w4 w5 w6 w7 w8 #### 13"];
     let out = set.score(&samples(&prompt, &completions, &gold));
+    // The clip range matters: the tiny model's raw rewards lie outside it.
+    assert!(
+        completions
+            .iter()
+            .all(|c| raw_reward(&bundle, &prompt, c).abs() > 0.1)
+    );
     for (i, c) in completions.iter().enumerate() {
         let rm = raw_reward(&bundle, &prompt, c).clamp(-0.1, 0.1);
         assert_eq!(out[i].components[0], Some(rm));
