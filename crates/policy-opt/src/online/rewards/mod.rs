@@ -4,7 +4,7 @@
 //! One concern per file:
 //! - [`model`]: a trained reward model (`plumb train-rm` folder), transforms as `plumb score`;
 //! - [`math`]: GSM8K-style verifiable answers (verl's `gsm8k` reward);
-//! - [`format`]: a regex and/or required `<tag>…</tag>` sections;
+//! - [`format`](mod@format): a regex and/or required `<tag>…</tag>` sections;
 //! - [`length`]: a target length (L1 / LCPO) or DAPO's soft overlong punishment;
 //! - [`keywords`]: required / forbidden keywords;
 //! - [`overlap`]: BLEU (BLEUBERI) and ROUGE-L against reference texts;
@@ -20,7 +20,7 @@
 //! # Hybrid rewards
 //!
 //! "Beyond Monolithic Rewards: A Hybrid and Multi-Aspect Reward Optimization for MLLM Alignment"
-//! (Gulhane et al., 2025) combines a learned reward model with rule-based (verifiable) rewards
+//! (Gulhane & Indurthi 2025, arXiv 2510.05283) combines a learned reward model with rule-based (verifiable) rewards
 //! and a length penalty. Here that is a [`RewardSet`] with a `reward_model`, a rule component
 //! (`gsm8k`, `format`, `keywords`) and a `length` component:
 //! `r = w_model·r_model + w_rule·r_rule + w_len·r_len`, each term clipped to its own range first.
@@ -119,7 +119,7 @@ pub enum RewardSpec {
     },
     /// GSM8K final-answer correctness ([`math`]).
     Gsm8k(Gsm8kSpec),
-    /// Regex / required sections ([`format`]).
+    /// Regex / required sections ([`format`](mod@format)).
     Format(FormatSpec),
     /// Target length or overlong penalty ([`length`]).
     Length(LengthSpec),
