@@ -26,6 +26,12 @@ mod rows;
 pub mod value_loss;
 
 #[cfg(test)]
+mod advantage_tests;
+#[cfg(test)]
+mod loss_tests;
+#[cfg(test)]
+mod misc_tests;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;

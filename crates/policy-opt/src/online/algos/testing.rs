@@ -32,7 +32,7 @@ pub(crate) fn rows<const D: usize>(t: Tensor<D>) -> Vec<Vec<f32>> {
 }
 
 /// The autodiff gradient of `loss` with respect to `x` (`[B, T]`).
-pub(crate) fn gradient(x: &[Vec<f32>], loss: impl Fn(Tensor<2>) -> Tensor<1>) -> Vec<Vec<f32>> {
+pub(crate) fn gradient(x: &[Vec<f32>], loss: &dyn Fn(Tensor<2>) -> Tensor<1>) -> Vec<Vec<f32>> {
     let device = device().autodiff();
     let t = matrix(x, &device).require_grad();
     let grads = loss(t.clone()).backward();
@@ -44,7 +44,7 @@ pub(crate) fn gradient(x: &[Vec<f32>], loss: impl Fn(Tensor<2>) -> Tensor<1>) ->
 pub(crate) fn finite_difference(
     x: &[Vec<f32>],
     step: f32,
-    loss: impl Fn(Tensor<2>) -> Tensor<1>,
+    loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
 ) -> Vec<Vec<f32>> {
     let device = device();
     let eval = |x: &[Vec<f32>]| scalar(loss(matrix(x, &device)));
@@ -66,7 +66,7 @@ pub(crate) fn finite_difference(
 pub(crate) fn check_gradient(
     x: &[Vec<f32>],
     tolerance: f32,
-    loss: impl Fn(Tensor<2>) -> Tensor<1> + Copy,
+    loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
 ) -> f32 {
     let analytic = gradient(x, loss);
     let numeric = finite_difference(x, 1e-3, loss);
