@@ -18,7 +18,11 @@
 //! (Dr. GRPO's constant normaliser, e.g. the recipe's maximum response length); when it is `None`
 //! the mask's width `T` is used, as verl does — then micro-batches trimmed to different widths
 //! do not compose exactly, so a trainer that splits should pass `norm_length`. A micro-batch with
-//! nothing on its mask returns `(0, 0.0)`.
+//! nothing on its mask returns `(0, 0.0)`, the 0 still attached to the graph (zero gradient).
+//!
+//! seq-mean-token-sum-norm is a mean over sequences, as in the golden snapshot of verl
+//! (2026-08-22) and Dr. GRPO; verl releases before it summed the sequences' normalised sums
+//! without dividing by their count.
 
 use rm_core::burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -103,7 +107,6 @@ pub fn aggregate(
             "a positive length",
         ));
     }
-    let device = values.device();
     let lengths: Vec<f32> = mask.clone().sum_dim(1).into_data().iter::<f32>().collect();
     let tokens: f64 = lengths.iter().map(|&l| f64::from(l)).sum();
     let sequences = lengths.iter().filter(|&&l| l != 0.0).count();
@@ -111,10 +114,11 @@ pub fn aggregate(
         LossAggregation::TokenMean => tokens,
         _ => sequences as f64,
     };
-    if weight == 0.0 {
-        return Ok((Tensor::zeros([1], &device), 0.0));
-    }
     let per_token = masked(values, &mask);
+    if weight == 0.0 {
+        // 0, still attached to `values`' graph (a zero gradient, not a detached constant).
+        return Ok((per_token.sum().mul_scalar(0.0), 0.0));
+    }
     let loss = match mode {
         LossAggregation::TokenMean => per_token.sum().div_scalar(tokens),
         LossAggregation::SeqMeanTokenSum => per_token.sum().div_scalar(sequences as f64),

@@ -135,6 +135,16 @@ fn weights_count_tokens_or_non_empty_sequences() {
             aggregate(matrix(&empty, &dev), matrix(&empty, &dev), mode, None).unwrap();
         assert_eq!((scalar(loss), weight), (0.0, 0.0));
     }
+    // ... and a fully masked micro-batch of a policy loss backpropagates a zero gradient.
+    let [old, new, adv, _] = rollout();
+    let f = loss_fn(
+        vanilla(),
+        LossAggregation::TokenMean,
+        old,
+        adv,
+        vec![vec![0.0; 4]; 3],
+    );
+    assert!(gradient(&new, &f).iter().flatten().all(|&g| g == 0.0));
     // Entries off the mask are ignored even when not finite.
     let mut poisoned = values.clone();
     poisoned[3][0] = f32::NAN;
@@ -397,12 +407,12 @@ fn policy_losses_combine_over_micro_batches() {
                     Some(4),
                 )
                 .unwrap();
-                (scalar(out.loss), out.weight)
+                (scalar(out.loss), out.weight, scalar(out.ppo_kl), out.tokens)
             };
-            let (whole, _) = run(0..3, 4);
+            let (whole, _, whole_kl, _) = run(0..3, 4);
             // Rows 0..2 at full width, row 2 trimmed to its 2 tokens.
-            let (a, wa) = run(0..2, 4);
-            let (b, wb) = run(2..3, 2);
+            let (a, wa, kl_a, ta) = run(0..2, 4);
+            let (b, wb, kl_b, tb) = run(2..3, 2);
             let combined = (a * wa + b * wb) / (wa + wb);
             assert!(
                 (combined - whole).abs() < 1e-6,
@@ -410,6 +420,10 @@ fn policy_losses_combine_over_micro_batches() {
                 loss.name(),
                 mode.name()
             );
+            // The metrics are token means, combined by token counts.
+            assert_eq!((ta, tb), (7.0, 2.0));
+            let kl = (kl_a * ta + kl_b * tb) / (ta + tb);
+            assert!((kl - whole_kl).abs() < 1e-7, "ppo_kl {kl} vs {whole_kl}");
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct PolicyLossOutput {
     pub loss: Tensor<1>,
     /// how many units `loss` is a mean over (tokens for token-mean, sequences for seq-mean-*)
     pub weight: f64,
+    /// Response tokens of the micro-batch (`Σ mask`): the weight that combines the metrics below,
+    /// which are token means, across micro-batches (`Σ tokensᵢ·clipfracᵢ / Σ tokensᵢ`).
+    pub tokens: f64,
     /// verl's `actor/pg_clipfrac`, shape `[1]`.
     pub clipfrac: Tensor<1>,
     /// verl's `actor/pg_clipfrac_lower`, shape `[1]`.
@@ -224,10 +227,12 @@ pub fn policy_loss(
             ((weight * adv).neg() * log_prob, clipfrac, zero(), ppo_kl)
         }
     };
+    let tokens = f64::from(mask.clone().sum().into_scalar::<f32>());
     let (loss, weight) = aggregate(per_token, mask, aggregation, norm_length)?;
     Ok(PolicyLossOutput {
         loss,
         weight,
+        tokens,
         clipfrac: clipfrac.detach(),
         clipfrac_lower: clipfrac_lower.detach(),
         ppo_kl: ppo_kl.detach(),

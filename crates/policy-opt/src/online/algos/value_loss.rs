@@ -13,6 +13,8 @@ pub struct ValueLossOutput {
     pub loss: Tensor<1>,
     /// How many units `loss` is a mean over (see [`aggregate`]).
     pub weight: f64,
+    /// Response tokens of the micro-batch (`Σ mask`), the weight that combines `clipfrac`.
+    pub tokens: f64,
     /// verl's `critic/vf_clipfrac`: the fraction of tokens where the clipped term is the larger,
     /// shape `[1]`.
     pub clipfrac: Tensor<1>,
@@ -55,10 +57,12 @@ pub fn clipped_value_loss(
     let l1 = (vpreds - returns.clone()).square();
     let l2 = (clipped - returns).square();
     let clipfrac = masked_mean(l2.clone().greater(l1.clone()).float(), &mask).detach();
+    let tokens = f64::from(mask.clone().sum().into_scalar::<f32>());
     let (loss, weight) = aggregate(l1.max_pair(l2), mask, aggregation, norm_length)?;
     Ok(ValueLossOutput {
         loss: loss.mul_scalar(0.5),
         weight,
+        tokens,
         clipfrac,
     })
 }
