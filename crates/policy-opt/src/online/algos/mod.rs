@@ -1,1 +1,50 @@
 //! Advantage estimators, policy losses, KL estimators, value loss and loss aggregation (verl core_algos).
+//!
+//! verl's `core_algos` as a registry of pure functions, selected by name from recipes (serde
+//! data with tagged enums):
+//! - [`advantage`]: [`AdvantageEstimator`] (GAE, GRPO / Dr. GRPO, RLOO, REINFORCE++ and its
+//!   baseline form, ReMax, OPO) and [`compute_advantages`], host-side on `[B][T]` rows;
+//! - [`policy_loss`](mod@policy_loss): [`PolicyLoss`] (PPO clip with clip-higher and dual clip,
+//!   GSPO, CISPO) on burn tensors, with verl's metrics;
+//! - [`aggregation`]: [`LossAggregation`] and [`aggregate`], whose `(mean, weight)` compose
+//!   exactly over micro-batches;
+//! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3) and the fixed / adaptive [`KlController`];
+//! - [`value_loss`]: the clipped value loss; [`entropy`]: per-token entropy from logits;
+//! - [`reward_shaping`]: multi-component rewards (sum-then-normalise, GDPO), RTO's DPO token
+//!   rewards and MA-RLHF's macro-action advantages.
+//!
+//! Every function checks its inputs and returns an [`AlgoError`]; none panics on bad input.
+
+pub mod advantage;
+pub mod aggregation;
+pub mod entropy;
+mod error;
+pub mod kl;
+pub mod policy_loss;
+pub mod reward_shaping;
+mod rows;
+pub mod value_loss;
+
+#[cfg(test)]
+mod advantage_tests;
+#[cfg(test)]
+mod loss_tests;
+#[cfg(test)]
+mod misc_tests;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use advantage::{
+    AdvantageEstimator, AdvantageInput, Advantages, GrpoScale, compute_advantages,
+};
+pub use aggregation::{LossAggregation, aggregate};
+pub use entropy::token_entropy;
+pub use error::AlgoError;
+pub use kl::{KlController, KlControllerConfig, KlEstimator, kl_penalty, kl_penalty_checked};
+pub use policy_loss::{PolicyLoss, PolicyLossOutput, policy_loss};
+pub use reward_shaping::{
+    ComponentAggregation, aggregate_reward_components, dpo_token_rewards, macro_action_advantages,
+};
+pub use value_loss::{ValueLossOutput, clipped_value_loss};
