@@ -122,12 +122,8 @@ fn load_jsonl(path: &Path) -> Result<Vec<RlPrompt>, DataError> {
         let (loc, value) = item?;
         let row = Row::new(&loc, &value);
         let prompt_value = row.require("prompt")?;
-        let prompt: Prompt = serde_json::from_value(prompt_value.clone()).map_err(|e| {
-            loc.field(
-                "prompt",
-                format!("expected a text or a conversation ({e})"),
-            )
-        })?;
+        let prompt: Prompt = serde_json::from_value(prompt_value.clone())
+            .map_err(|e| loc.field("prompt", format!("expected a text or a conversation ({e})")))?;
         if matches!(&prompt, Prompt::Text(t) if t.trim().is_empty()) {
             return Err(loc.field("prompt", "is empty"));
         }

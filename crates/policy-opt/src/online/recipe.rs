@@ -252,7 +252,10 @@ impl RlRecipe {
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
         self.rollout_config().validate()?;
-        self.rollout.sampling.validate().context("rollout.sampling")?;
+        self.rollout
+            .sampling
+            .validate()
+            .context("rollout.sampling")?;
         if let Some(s) = &self.eval.sampling {
             s.validate().context("eval.sampling")?;
         }

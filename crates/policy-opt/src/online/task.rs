@@ -39,13 +39,15 @@ use rm_core::train::{
 use serde::{Deserialize, Serialize};
 
 use super::algos::{
-    AdvantageEstimator, AdvantageInput, KlController, aggregate, compute_advantages,
-    kl_penalty, policy_loss, token_entropy,
+    AdvantageEstimator, AdvantageInput, KlController, aggregate, compute_advantages, kl_penalty,
+    policy_loss, token_entropy,
 };
 use super::prompts::RlPrompt;
 use super::recipe::{KlPlacement, RlRecipe};
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
-use super::rollout::{Completion, Sampled, completion_logprobs, device_of, sample, with_stop_tokens};
+use super::rollout::{
+    Completion, Sampled, completion_logprobs, device_of, sample, with_stop_tokens,
+};
 
 /// How the importance-sampling correction between the sampler and the policy is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +178,11 @@ fn reward_metrics(
     scored: &[ScoredSample],
     metrics: &mut BTreeMap<String, f64>,
 ) {
-    let totals: Vec<f64> = scored.iter().filter_map(|s| s.total).map(f64::from).collect();
+    let totals: Vec<f64> = scored
+        .iter()
+        .filter_map(|s| s.total)
+        .map(f64::from)
+        .collect();
     let (mean, std) = mean_std(&totals);
     metrics.insert(format!("{prefix}reward"), mean);
     metrics.insert(format!("{prefix}reward_std"), std);
@@ -237,16 +243,15 @@ impl RlTask {
                 recipe.rollout.prompts_per_iteration
             );
         }
-        let kl = KlController::new(&recipe.algorithm.kl.controller()?)?;
+        let kl = KlController::new(recipe.algorithm.kl.controller()?)?;
         let sampling = with_stop_tokens(recipe.rollout.sampling.clone(), &policy);
-        let eval_sampling = with_stop_tokens(
-            recipe
-                .eval
-                .sampling
-                .clone()
-                .unwrap_or_else(|| SamplingConfig::greedy(recipe.rollout.sampling.max_new_tokens)),
-            &policy,
-        );
+        let eval_sampling =
+            with_stop_tokens(
+                recipe.eval.sampling.clone().unwrap_or_else(|| {
+                    SamplingConfig::greedy(recipe.rollout.sampling.max_new_tokens)
+                }),
+                &policy,
+            );
         if eval_sampling.max_new_tokens + 1 >= policy.spec.max_len {
             bail!(
                 "eval.sampling.max_new_tokens {} leaves no room for the prompt in model.max_len {}",
@@ -326,7 +331,11 @@ impl RlTask {
     }
 
     fn forward_batch(&self) -> usize {
-        self.recipe.train.micro_batch_size.max(1)
+        self.recipe
+            .train
+            .micro_batch_size
+            .unwrap_or(self.recipe.train.batch_size)
+            .max(1)
     }
 }
 
@@ -364,7 +373,8 @@ impl TrainTask<LlamaModel> for RlTask {
         let norm = Some(self.recipe.rollout.sampling.max_new_tokens);
         let agg = algorithm.loss_aggregation;
         let mask_t = tensor2(mask, [b, width], &device);
-        let hidden = model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
+        let hidden =
+            model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
         let logits = model.logits(hidden);
         let logprobs = sequence_logprobs(
             logits.clone(),
@@ -407,11 +417,13 @@ impl TrainTask<LlamaModel> for RlTask {
         if algorithm.entropy_coef > 0.0 {
             loss = loss - entropy_mean.clone().mul_scalar(algorithm.entropy_coef);
         }
-        let entropy_tokens = (entropy.detach() * mask_t).sum().div_scalar(trained.max(1.0));
+        let entropy_tokens = (entropy.detach() * mask_t)
+            .sum()
+            .div_scalar(trained.max(1.0));
         metrics.push(Metric::device("entropy", entropy_tokens, token_weight));
         metrics.push(Metric::host("kl_coef", self.kl.value(), 1.0));
-        let mut out = LossOutput::new(loss, if trained > 0.0 { pg.weight } else { 0.0 })
-            .with_tokens(tokens);
+        let mut out =
+            LossOutput::new(loss, if trained > 0.0 { pg.weight } else { 0.0 }).with_tokens(tokens);
         for m in metrics {
             out = out.with(m);
         }
@@ -526,7 +538,12 @@ impl RolloutTask<LlamaModel> for RlTask {
         let pad = self.policy.lm.tokenizer.pad_id();
         let old = completion_logprobs(policy, &completions, pad, self.forward_batch())?;
         let reference = if self.kl_active() {
-            completion_logprobs(&self.reference(policy)?, &completions, pad, self.forward_batch())?
+            completion_logprobs(
+                &self.reference(policy)?,
+                &completions,
+                pad,
+                self.forward_batch(),
+            )?
         } else {
             Vec::new()
         };
@@ -535,7 +552,8 @@ impl RolloutTask<LlamaModel> for RlTask {
         let n = completions.len();
         let mut included: Vec<bool> = (0..n)
             .map(|r| {
-                scored[r].total.is_some() && !(rollout.mask_truncated_completions && completions[r].truncated)
+                scored[r].total.is_some()
+                    && !(rollout.mask_truncated_completions && completions[r].truncated)
             })
             .collect();
         let mut uniform_groups = 0;
@@ -553,7 +571,11 @@ impl RolloutTask<LlamaModel> for RlTask {
                 }
             }
         }
-        let width = completions.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
+        let width = completions
+            .iter()
+            .map(|c| c.tokens.len())
+            .max()
+            .unwrap_or(0);
         let lengths: Vec<usize> = completions.iter().map(|c| c.tokens.len()).collect();
         let response_mask: Vec<Vec<f32>> = (0..n)
             .map(|r| {
@@ -600,25 +622,43 @@ impl RolloutTask<LlamaModel> for RlTask {
             let rollout_kl = mean_std(&per_seq).0;
             metrics.insert("rollout_kl".into(), rollout_kl);
             if self.recipe.algorithm.kl.placement == KlPlacement::Reward {
-                let token_mean = per_seq.iter().sum::<f64>() / lengths.iter().sum::<usize>().max(1) as f64;
+                let token_mean =
+                    per_seq.iter().sum::<f64>() / lengths.iter().sum::<usize>().max(1) as f64;
                 self.kl.update(token_mean, n);
             }
         }
         // Masked rows form groups of their own, so they take no part in their prompt's
         // statistics.
         let group: Vec<usize> = (0..n)
-            .map(|r| if included[r] { r / g } else { prompts.len() + r })
+            .map(|r| {
+                if included[r] {
+                    r / g
+                } else {
+                    prompts.len() + r
+                }
+            })
             .collect();
         let baselines = if matches!(self.recipe.algorithm.estimator, AdvantageEstimator::Remax) {
             let greedy = SamplingConfig {
                 temperature: 0.0,
                 ..self.sampling.clone()
             };
-            let base = sample(policy, &self.policy, &prompts, 1, &greedy, seed, self.recipe.rollout.generation_batch)
-                .context("sampling ReMax's greedy baselines")?;
+            let base = sample(
+                policy,
+                &self.policy,
+                &prompts,
+                1,
+                &greedy,
+                seed,
+                self.recipe.rollout.generation_batch,
+            )
+            .context("sampling ReMax's greedy baselines")?;
             let scores = self.score(&prompts, &base.completions);
             let per_prompt: Vec<f32> = scores.iter().map(|s| s.total.unwrap_or(0.0)).collect();
-            metrics.insert("baseline_reward".into(), mean_std(&per_prompt.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).0);
+            metrics.insert(
+                "baseline_reward".into(),
+                mean_std(&per_prompt.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).0,
+            );
             Some((0..n).map(|r| per_prompt[r / g]).collect::<Vec<f32>>())
         } else {
             None
@@ -675,10 +715,16 @@ impl RolloutTask<LlamaModel> for RlTask {
             "truncated_fraction".into(),
             completions.iter().filter(|c| c.truncated).count() as f64 / n as f64,
         );
-        metrics.insert("masked_rows".into(), included.iter().filter(|&&x| !x).count() as f64);
+        metrics.insert(
+            "masked_rows".into(),
+            included.iter().filter(|&&x| !x).count() as f64,
+        );
         metrics.insert("uniform_groups".into(), uniform_groups as f64);
         metrics.insert("rollout_tokens".into(), tokens as f64);
-        metrics.insert("rollout_tokens_per_s".into(), tokens as f64 / seconds.max(1e-9));
+        metrics.insert(
+            "rollout_tokens_per_s".into(),
+            tokens as f64 / seconds.max(1e-9),
+        );
         metrics.insert("sampler_logprob_mismatch".into(), mismatch / total_tokens);
         metrics.insert("is_log_ratio_max".into(), log_ratio_max);
         metrics.insert("is_capped_fraction".into(), capped as f64 / total_tokens);
@@ -686,14 +732,19 @@ impl RolloutTask<LlamaModel> for RlTask {
             .flat_map(|r| {
                 let row = &advantages[r];
                 let mask = &response_mask[r];
-                (0..lengths[r]).filter(move |&t| mask[t] > 0.0).map(move |t| f64::from(row[t]))
+                (0..lengths[r])
+                    .filter(move |&t| mask[t] > 0.0)
+                    .map(move |t| f64::from(row[t]))
             })
             .collect();
         let (adv_mean, adv_std) = mean_std(&adv_tokens);
         metrics.insert("advantage_mean".into(), adv_mean);
         metrics.insert("advantage_std".into(), adv_std);
         if let Some(e) = scored.iter().find_map(|s| s.errors.first()) {
-            eprintln!("iteration {}: a reward failed (sample masked): {e}", iteration + 1);
+            eprintln!(
+                "iteration {}: a reward failed (sample masked): {e}",
+                iteration + 1
+            );
         }
         Ok(Collected { items: n, metrics })
     }

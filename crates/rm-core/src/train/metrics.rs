@@ -62,7 +62,13 @@ impl Metric {
 
 /// The keys of a train record that measure wall time (they differ between two runs of the same
 /// computation: a resumed run matches an uninterrupted one in everything else).
-pub const WALL_TIME_KEYS: [&str; 4] = ["elapsed_s", "step_s", "examples_per_s", "tokens_per_s"];
+pub const WALL_TIME_KEYS: [&str; 5] = [
+    "elapsed_s",
+    "step_s",
+    "examples_per_s",
+    "tokens_per_s",
+    "rollout_tokens_per_s",
+];
 
 /// `record` without its [`WALL_TIME_KEYS`].
 pub fn without_wall_time(mut record: serde_json::Value) -> serde_json::Value {
