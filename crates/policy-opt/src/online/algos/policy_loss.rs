@@ -71,7 +71,7 @@ pub enum PolicyLoss {
 /// A policy loss over one micro-batch, with verl's metrics.
 #[derive(Clone, Debug)]
 pub struct PolicyLossOutput {
-    /// the aggregate over this micro-batch's units, shape [1]
+    /// the aggregate over this micro-batch's units, shape `[1]`
     pub loss: Tensor<1>,
     /// how many units `loss` is a mean over (tokens for token-mean, sequences for seq-mean-*)
     pub weight: f64,
