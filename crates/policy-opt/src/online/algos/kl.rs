@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AlgoError;
 use super::error::invalid;
+use super::rows::check_rows;
 
 /// A per-token estimator of `KL(π_θ ‖ π_ref)` from the sampled tokens' log-probs
 /// (J. Schulman 2020, "Approximating KL Divergence", <http://joschu.net/blog/kl-approx.html>),
@@ -53,6 +54,50 @@ pub fn kl_penalty_checked(
 ) -> Result<Tensor<2>, AlgoError> {
     super::aggregation::same_shape("kl_penalty", "ref_log_prob", log_prob.dims(), &ref_log_prob)?;
     Ok(kl_penalty(estimator, log_prob, ref_log_prob))
+}
+
+/// The KL penalty in the reward (verl's `apply_kl_penalty`, host-side on `[B][T]` rows):
+/// `r_t = s_t − β·kl_t·m_t` for token-level scores `s` and a per-token KL estimate `kl` (e.g.
+/// [`kl_penalty`] of the rollout's and the reference's log-probs). Also returns the batch's KL,
+/// `mean_i (Σ_t m_t·kl_t / (Σ_t m_t + 1e-8))` (a row with an empty mask counts as 0, as verl),
+/// the value to feed [`KlController::update`]. Errors: mismatched shapes, `β` negative or not
+/// finite.
+pub fn apply_kl_penalty(
+    token_level_scores: &[Vec<f32>],
+    kl: &[Vec<f32>],
+    response_mask: &[Vec<f32>],
+    beta: f64,
+) -> Result<(Vec<Vec<f32>>, f64), AlgoError> {
+    const WHAT: &str = "apply_kl_penalty";
+    if !(beta.is_finite() && beta >= 0.0) {
+        return Err(invalid(WHAT, "beta", beta, "a finite value >= 0"));
+    }
+    let b = token_level_scores.len();
+    let t = check_rows(WHAT, "token_level_scores", token_level_scores, b, None)?;
+    check_rows(WHAT, "kl", kl, b, Some(t))?;
+    check_rows(WHAT, "response_mask", response_mask, b, Some(t))?;
+    let mut total = 0.0;
+    let rewards = (0..b)
+        .map(|i| {
+            let (mut sum, mut count) = (0.0, 0.0);
+            let row = (0..t)
+                .map(|k| {
+                    let m = f64::from(response_mask[i][k]);
+                    if m == 0.0 {
+                        return token_level_scores[i][k];
+                    }
+                    let d = f64::from(kl[i][k]);
+                    sum += d * m;
+                    count += m;
+                    (f64::from(token_level_scores[i][k]) - beta * d * m) as f32
+                })
+                .collect();
+            total += sum / (count + 1e-8);
+            row
+        })
+        .collect();
+    let current = if b == 0 { 0.0 } else { total / b as f64 };
+    Ok((rewards, current))
 }
 
 /// How the KL coefficient β evolves (verl's `algorithm.kl_ctrl`, a recipe's `[kl_ctrl]` table

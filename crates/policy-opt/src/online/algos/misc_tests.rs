@@ -273,3 +273,29 @@ fn policy_losses_and_aggregations_read_from_toml() {
         assert_eq!(r.agg, mode);
     }
 }
+
+#[test]
+fn kl_penalty_in_the_reward_and_the_batch_kl() {
+    let scores = vec![
+        vec![0.0f32, 0.0, 1.0],
+        vec![0.0, 2.0, 0.0],
+        vec![0.5, 0.0, 0.0],
+    ];
+    let kl = vec![
+        vec![0.1f32, 0.2, 0.3],
+        vec![0.4, -0.2, 9.0],
+        vec![1.0, 1.0, 1.0],
+    ];
+    let mask = vec![vec![1.0f32, 1.0, 1.0], vec![1.0, 1.0, 0.0], vec![0.0; 3]];
+    let (r, current) = apply_kl_penalty(&scores, &kl, &mask, 0.5).unwrap();
+    let expect = [[-0.05f32, -0.1, 0.85], [-0.2, 2.1, 0.0], [0.5, 0.0, 0.0]];
+    for (row, e) in r.iter().zip(expect) {
+        for (a, b) in row.iter().zip(e) {
+            assert!((a - b).abs() < 1e-6, "{row:?} vs {e:?}");
+        }
+    }
+    // Row means 0.2 and 0.1, the empty row 0: (0.2 + 0.1 + 0) / 3.
+    assert!((current - 0.1).abs() < 1e-7, "{current}");
+    assert!(apply_kl_penalty(&scores, &kl[..2], &mask, 0.5).is_err());
+    assert!(apply_kl_penalty(&scores, &kl, &mask, f64::NAN).is_err());
+}

@@ -8,7 +8,8 @@
 //!   GSPO, CISPO) on burn tensors, with verl's metrics;
 //! - [`aggregation`]: [`LossAggregation`] and [`aggregate`], whose `(mean, weight)` compose
 //!   exactly over micro-batches;
-//! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3) and the fixed / adaptive [`KlController`];
+//! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3), the in-reward penalty [`apply_kl_penalty`] and
+//!   the fixed / adaptive [`KlController`];
 //! - [`value_loss`]: the clipped value loss; [`entropy`]: per-token entropy from logits;
 //! - [`reward_shaping`]: multi-component rewards (sum-then-normalise, GDPO), RTO's DPO token
 //!   rewards and MA-RLHF's macro-action advantages.
@@ -42,7 +43,9 @@ pub use advantage::{
 pub use aggregation::{LossAggregation, aggregate};
 pub use entropy::token_entropy;
 pub use error::AlgoError;
-pub use kl::{KlController, KlControllerConfig, KlEstimator, kl_penalty, kl_penalty_checked};
+pub use kl::{
+    KlController, KlControllerConfig, KlEstimator, apply_kl_penalty, kl_penalty, kl_penalty_checked,
+};
 pub use policy_loss::{PolicyLoss, PolicyLossOutput, policy_loss};
 pub use reward_shaping::{
     ComponentAggregation, aggregate_reward_components, dpo_token_rewards, macro_action_advantages,

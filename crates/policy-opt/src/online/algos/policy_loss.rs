@@ -3,7 +3,9 @@
 //!
 //! Notation: `ℓ_t = log π_θ(y_t)` (`log_prob`), `ℓ⁰_t = log π_old(y_t)` (`old_log_prob`), `A_t`
 //! the advantages, `m_t` the response mask, `r_t = exp(clamp(ℓ_t − ℓ⁰_t, −20, 20))` the token
-//! importance ratio. `old_log_prob` and `advantages` are constants (detached).
+//! importance ratio. `old_log_prob` and `advantages` are constants (detached). Entries off the
+//! mask are ignored in the values, even when not finite, but must be finite for the backward
+//! pass (their zero gradient would otherwise meet a NaN partial).
 //!
 //! The metrics are verl's, token means over the micro-batch's mask:
 //! - `clipfrac`: the fraction of tokens whose clipped surrogate is the larger loss
@@ -69,7 +71,7 @@ pub enum PolicyLoss {
 /// A policy loss over one micro-batch, with verl's metrics.
 #[derive(Clone, Debug)]
 pub struct PolicyLossOutput {
-    /// the aggregate over this micro-batch's units, shape [1]
+    /// the aggregate over this micro-batch's units, shape `[1]`
     pub loss: Tensor<1>,
     /// how many units `loss` is a mean over (tokens for token-mean, sequences for seq-mean-*)
     pub weight: f64,
