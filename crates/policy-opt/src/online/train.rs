@@ -286,4 +286,73 @@ out_dir = "{out}"
         assert!(whole.final_eval.metrics["kl_ref"].abs() > 0.0);
         std::fs::remove_dir_all(&root).ok();
     }
+
+    /// The bug class of TRL #3021/#5619 and verl #2776: one optimizer step cut into uneven
+    /// micro-batches (rows of different lengths, so each pads to its own width) must combine —
+    /// `Σ wᵢ·lossᵢ / Σ wᵢ` with the weights the task reports — to exactly the loss of the whole
+    /// batch, for every aggregation mode, with the clip loss, a KL term and the entropy bonus
+    /// all live (the buffer is collected by another model, which is also the reference, so
+    /// ratios and KL differ from 1 and 0).
+    #[test]
+    fn uneven_micro_batches_combine_to_the_whole_batch_loss_in_every_aggregation() {
+        use rm_core::train::{RolloutTask, TrainTask};
+        let root = temp("accumulate");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        rm_core::fixtures::write_tiny_llama(&root.join("other"), 10).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let device = test_device().autodiff();
+        let read = |t: rm_core::burn::tensor::Tensor<1>| -> f64 {
+            t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
+        };
+        for agg in [
+            "token-mean",
+            "seq-mean-token-sum",
+            "seq-mean-token-mean",
+            "seq-mean-token-sum-norm",
+        ] {
+            let mut r = recipe(
+                &root,
+                "{ name = \"grpo\" }",
+                &format!(
+                    "loss_aggregation = \"{agg}\"\nkl = {{ estimator = \"k3\", coef = 0.1 }}\nentropy_coef = 0.01"
+                ),
+            );
+            r.model.lora = None;
+            r.rollout.sampling.max_new_tokens = 6;
+            let policy = Policy::build(&r.model, &device).unwrap();
+            let model = policy.lm.model.clone();
+            let mut other_config = r.model.clone();
+            other_config.policy = root.join("other");
+            let other = Policy::build(&other_config, &device).unwrap().lm.model;
+            let prompts = r.data.train.load(&root, None).unwrap();
+            let rewards = RewardSet::build(&r.rewards, &test_device()).unwrap();
+            let mut task = RlTask::new(
+                r,
+                policy,
+                rewards,
+                prompts.clone(),
+                prompts,
+                Some(other.clone().no_grad()),
+            )
+            .unwrap();
+            let collected = task.collect(&other.valid(), 0, 11).unwrap();
+            assert_eq!(collected.items, 16);
+            let all: Vec<usize> = (0..16).collect();
+            let whole = task.loss(&model, &all).unwrap();
+            let expected = read(whole.loss);
+            let (mut sum, mut weight) = (0.0, 0.0);
+            for part in [&all[0..3], &all[3..4], &all[4..11], &all[11..16]] {
+                let out = task.loss(&model, part).unwrap();
+                sum += out.weight * read(out.loss);
+                weight += out.weight;
+            }
+            assert!(expected.abs() > 1e-3, "{agg}: a trivial loss {expected}");
+            let combined = sum / weight;
+            assert!(
+                (combined - expected).abs() < 1e-5 * expected.abs().max(1.0),
+                "{agg}: micro-batches give {combined}, the whole batch {expected}"
+            );
+        }
+        std::fs::remove_dir_all(&root).ok();
+    }
 }
