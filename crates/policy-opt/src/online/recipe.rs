@@ -294,6 +294,8 @@ impl RlRecipe {
             );
         }
         self.algorithm.kl.controller()?;
+        self.algorithm.estimator.validate()?;
+        self.algorithm.policy_loss.validate()?;
         if !(self.algorithm.entropy_coef.is_finite() && self.algorithm.entropy_coef >= 0.0) {
             bail!(
                 "algorithm.entropy_coef must be a finite number ≥ 0, got {}",
@@ -306,5 +308,105 @@ impl RlRecipe {
     /// What defines the run (compared on `--resume`).
     pub fn identity(&self) -> Result<serde_json::Value> {
         serde_json::to_value(self).context("serializing the recipe")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped online-RL recipe (those with a `[rollout]` section) parses and validates,
+    /// and its algorithm is the one its file name says.
+    #[test]
+    fn every_shipped_rl_recipe_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.contains("[rollout]") {
+                continue;
+            }
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let recipe: RlRecipe = rm_core::recipe::parse(&text, &name, &[]).unwrap();
+            recipe
+                .validate()
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let algorithm = name.split("-smollm2").next().unwrap().to_string();
+            let estimator = recipe.algorithm.estimator.name();
+            let loss = recipe.algorithm.policy_loss.name();
+            match algorithm.as_str() {
+                "grpo" | "dapo" | "gspo" | "cispo" | "dr-grpo" => assert_eq!(estimator, "grpo"),
+                "rloo" => assert_eq!(estimator, "rloo"),
+                "reinforce-pp" => assert_eq!(estimator, "reinforce_plus_plus"),
+                "remax" => assert_eq!(estimator, "remax"),
+                "opo" => assert_eq!(estimator, "opo"),
+                other => panic!("{name}: no expectation for algorithm {other}"),
+            }
+            match algorithm.as_str() {
+                "gspo" => assert_eq!(loss, "gspo"),
+                "cispo" => assert_eq!(loss, "cispo"),
+                _ => assert_eq!(loss, "vanilla"),
+            }
+            if algorithm == "dapo" {
+                assert!(recipe.rollout.drop_uniform_groups);
+            }
+            if algorithm == "dr-grpo" {
+                assert_eq!(
+                    recipe.algorithm.loss_aggregation,
+                    LossAggregation::SeqMeanTokenSumNorm
+                );
+            }
+            seen.push(algorithm);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "cispo",
+                "dapo",
+                "dr-grpo",
+                "grpo",
+                "grpo",
+                "gspo",
+                "opo",
+                "reinforce-pp",
+                "remax",
+                "rloo"
+            ]
+        );
+    }
+
+    /// Combinations train-rl refuses, each with a message naming the field.
+    #[test]
+    fn bad_rl_recipes_are_refused_naming_the_field() {
+        let text = include_str!("../../../../recipes/grpo-smollm2-gsm8k.toml");
+        for (bad, says) in [
+            ("rollout.group_size=0", "group_size"),
+            ("rollout.sampling.max_new_tokens=400", "max_new_tokens"),
+            ("train.batch_size=64", "exceeds the rollout buffer"),
+            (
+                "algorithm.estimator={ name = \"gae\", gamma = 1.0, lam = 0.95 }",
+                "value model",
+            ),
+            (
+                "algorithm.kl={ coef = 0.1, controller = { kind = \"fixed\", coef = 0.1 } }",
+                "either coef or controller",
+            ),
+            ("algorithm.kl.coef=-1.0", "coef"),
+            ("algorithm.entropy_coef=-0.1", "entropy_coef"),
+            (
+                "algorithm.policy_loss={ name = \"vanilla\", clip_ratio_low = 1.5, clip_ratio_high = 0.2 }",
+                "clip_ratio_low",
+            ),
+            ("reward=[]", "no [[reward]]"),
+        ] {
+            let r: Result<RlRecipe> = rm_core::recipe::parse(text, "grpo", &[bad.into()]);
+            let err = match r {
+                Ok(r) => format!("{:#}", r.validate().unwrap_err()),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }
