@@ -51,8 +51,14 @@ pub struct RlRolloutConfig {
     /// Rows per generation batch.
     #[serde(default = "generation_batch")]
     pub generation_batch: usize,
-    /// How completions are sampled (stop tokens are added from the tokenizer).
+    /// How completions are sampled (stop tokens are added from the tokenizer unless
+    /// `stop_at_eos = false`).
     pub sampling: SamplingConfig,
+    /// End completions at the tokenizer's end-of-sequence / end-of-turn tokens (default). Off,
+    /// every completion runs to `max_new_tokens` (benchmarks use it for equal work on both
+    /// sides).
+    #[serde(default = "yes")]
+    pub stop_at_eos: bool,
     /// Completions that hit `max_new_tokens` without stopping get no loss (DAPO, TRL's
     /// `mask_truncated_completions`).
     #[serde(default)]
@@ -69,6 +75,10 @@ pub struct RlRolloutConfig {
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn generation_batch() -> usize {

@@ -244,7 +244,10 @@ impl RlTask {
             );
         }
         let kl = KlController::new(recipe.algorithm.kl.controller()?)?;
-        let sampling = with_stop_tokens(recipe.rollout.sampling.clone(), &policy);
+        let sampling = match recipe.rollout.stop_at_eos {
+            true => with_stop_tokens(recipe.rollout.sampling.clone(), &policy),
+            false => recipe.rollout.sampling.clone(),
+        };
         let eval_sampling =
             with_stop_tokens(
                 recipe.eval.sampling.clone().unwrap_or_else(|| {
