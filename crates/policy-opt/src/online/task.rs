@@ -415,14 +415,18 @@ impl TrainTask<LlamaModel> for RlTask {
                 loss = loss + kl_mean.mul_scalar(self.kl.value());
             }
         }
-        let entropy = token_entropy(logits.narrow(1, 0, width));
-        let (entropy_mean, _) = aggregate(entropy.clone(), mask_t.clone(), agg, norm)?;
-        if algorithm.entropy_coef > 0.0 {
-            loss = loss - entropy_mean.clone().mul_scalar(algorithm.entropy_coef);
-        }
-        let entropy_tokens = (entropy.detach() * mask_t)
-            .sum()
-            .div_scalar(trained.max(1.0));
+        // The entropy bonus differentiates through the logits; logged alone, it is computed
+        // off the graph.
+        let predicting = logits.narrow(1, 0, width);
+        let entropy = if algorithm.entropy_coef > 0.0 {
+            let entropy = token_entropy(predicting);
+            let (entropy_mean, _) = aggregate(entropy.clone(), mask_t.clone(), agg, norm)?;
+            loss = loss - entropy_mean.mul_scalar(algorithm.entropy_coef);
+            entropy.detach()
+        } else {
+            token_entropy(predicting.detach())
+        };
+        let entropy_tokens = (entropy * mask_t).sum().div_scalar(trained.max(1.0));
         metrics.push(Metric::device("entropy", entropy_tokens, token_weight));
         metrics.push(Metric::host("kl_coef", self.kl.value(), 1.0));
         let mut out =
