@@ -164,6 +164,30 @@ pub struct AlgorithmConfig {
     /// Entropy bonus: the loss gets `− coef · agg(entropy)`.
     #[serde(default)]
     pub entropy_coef: f64,
+    /// PPO's critic: a value head on the policy's hidden states (shared backbone), trained with
+    /// the clipped value loss; needed by (and only used by) `estimator = { name = "gae" }`.
+    #[serde(default)]
+    pub critic: Option<CriticConfig>,
+}
+
+/// `[algorithm.critic]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriticConfig {
+    /// The value loss's weight in the total loss.
+    #[serde(default = "vf_coef")]
+    pub vf_coef: f64,
+    /// How far a new value may move from the collection's before the clipped term takes over.
+    #[serde(default = "cliprange_value")]
+    pub cliprange_value: f64,
+}
+
+fn vf_coef() -> f64 {
+    0.1
+}
+
+fn cliprange_value() -> f64 {
+    0.2
 }
 
 fn token_mean() -> LossAggregation {
@@ -291,10 +315,30 @@ impl RlRecipe {
         if self.rewards.is_empty() {
             bail!("the recipe has no [[reward]] tables: online RL needs at least one reward");
         }
-        if matches!(self.algorithm.estimator, AdvantageEstimator::Gae { .. }) {
-            bail!(
-                "algorithm.estimator \"gae\" needs a value model (PPO with a critic), which train-rl does not build yet; use a critic-free estimator (grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo)"
-            );
+        let gae = matches!(self.algorithm.estimator, AdvantageEstimator::Gae { .. });
+        match (&self.algorithm.critic, gae) {
+            (None, true) => bail!(
+                "algorithm.estimator \"gae\" needs a value model: add [algorithm.critic] (vf_coef, cliprange_value), or use a critic-free estimator (grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo)"
+            ),
+            (Some(_), false) => bail!(
+                "[algorithm.critic] is only used by estimator \"gae\"; {} needs no value model — remove the critic",
+                self.algorithm.estimator.name()
+            ),
+            (Some(c), true) => {
+                if !(c.vf_coef.is_finite() && c.vf_coef > 0.0) {
+                    bail!(
+                        "algorithm.critic.vf_coef must be a finite number > 0, got {}",
+                        c.vf_coef
+                    );
+                }
+                if !(c.cliprange_value.is_finite() && c.cliprange_value > 0.0) {
+                    bail!(
+                        "algorithm.critic.cliprange_value must be a finite number > 0, got {}",
+                        c.cliprange_value
+                    );
+                }
+            }
+            (None, false) => {}
         }
         if self.buffer_size() < self.train.batch_size {
             bail!(
@@ -351,6 +395,10 @@ mod tests {
                 "reinforce-pp" => assert_eq!(estimator, "reinforce_plus_plus"),
                 "remax" => assert_eq!(estimator, "remax"),
                 "opo" => assert_eq!(estimator, "opo"),
+                "ppo" => {
+                    assert_eq!(estimator, "gae");
+                    assert!(recipe.algorithm.critic.is_some());
+                }
                 other => panic!("{name}: no expectation for algorithm {other}"),
             }
             match algorithm.as_str() {
@@ -380,6 +428,7 @@ mod tests {
                 "grpo",
                 "gspo",
                 "opo",
+                "ppo",
                 "reinforce-pp",
                 "remax",
                 "rloo"
@@ -397,7 +446,11 @@ mod tests {
             ("train.batch_size=64", "exceeds the rollout buffer"),
             (
                 "algorithm.estimator={ name = \"gae\", gamma = 1.0, lam = 0.95 }",
-                "value model",
+                "needs a value model",
+            ),
+            (
+                "algorithm.critic={ vf_coef = 0.1 }",
+                "only used by estimator",
             ),
             (
                 "algorithm.kl={ coef = 0.1, controller = { kind = \"fixed\", coef = 0.1 } }",

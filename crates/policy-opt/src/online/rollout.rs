@@ -11,7 +11,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use rm_core::burn::tensor::Device;
+use rm_core::burn::tensor::{Device, Tensor};
+use rm_core::logprobs::sequence_logprobs;
+use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
 use rm_core::policy::CausalPolicy;
@@ -138,36 +140,68 @@ pub fn sample(
     })
 }
 
-/// The per-token log-probs of each completion's tokens under `model` (one forward pass per
-/// `batch` rows, right-padded; no graph is kept when `model` is a frozen copy).
+/// Per completion: the log-probs of its tokens and, with a value head, the values of the
+/// states that choose them (`values[k]` = V of the prefix before token `k`).
+pub struct CompletionScores {
+    pub logprobs: Vec<Vec<f32>>,
+    pub values: Option<Vec<Vec<f32>>>,
+}
+
+fn host(t: Tensor<2>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(|e| anyhow!("reading {what}: {e:?}"))
+}
+
+/// The per-token log-probs of each completion's tokens under `model`, and the values of
+/// `value_head` on its hidden states when given (one forward pass per `batch` rows,
+/// right-padded; no graph is kept when `model` is a frozen copy).
+pub fn score_completions(
+    model: &LlamaModel,
+    value_head: Option<&ValueHead>,
+    completions: &[Completion],
+    pad_id: u32,
+    batch: usize,
+) -> Result<CompletionScores> {
+    let device = device_of(model);
+    let mut logprobs = Vec::with_capacity(completions.len());
+    let mut values = value_head.map(|_| Vec::with_capacity(completions.len()));
+    for chunk in completions.chunks(batch.max(1)) {
+        let seqs: Vec<Sequence> = chunk.iter().map(Completion::sequence).collect();
+        let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
+        let width = padded.seq_len - 1;
+        let hidden =
+            model.hidden_states(padded.ids_tensor(&device), padded.attention_tensor(&device))?;
+        let lp = sequence_logprobs(
+            model.logits(hidden.clone()),
+            padded.ids_tensor(&device),
+            padded.completion_tensor(&device),
+            false,
+        )?;
+        let lp = host(lp.token_logprobs, "log-probs")?;
+        let v = match value_head {
+            Some(head) => Some(host(head.forward(hidden.narrow(1, 0, width))?, "values")?),
+            None => None,
+        };
+        for (row, c) in chunk.iter().enumerate() {
+            let start = row * width + c.prompt_ids.len() - 1;
+            let range = start..start + c.tokens.len();
+            logprobs.push(lp[range.clone()].to_vec());
+            if let (Some(out), Some(v)) = (values.as_mut(), v.as_ref()) {
+                out.push(v[range].to_vec());
+            }
+        }
+    }
+    Ok(CompletionScores { logprobs, values })
+}
+
+/// [`score_completions`] without values.
 pub fn completion_logprobs(
     model: &LlamaModel,
     completions: &[Completion],
     pad_id: u32,
     batch: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let device = device_of(model);
-    let mut out = Vec::with_capacity(completions.len());
-    for chunk in completions.chunks(batch.max(1)) {
-        let seqs: Vec<Sequence> = chunk.iter().map(Completion::sequence).collect();
-        let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
-        let logprobs = model.completion_logprobs(
-            padded.ids_tensor(&device),
-            padded.attention_tensor(&device),
-            padded.completion_tensor(&device),
-            false,
-        )?;
-        let width = padded.seq_len - 1;
-        let values: Vec<f32> = logprobs
-            .token_logprobs
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(|e| anyhow!("reading log-probs: {e:?}"))?;
-        for (row, c) in chunk.iter().enumerate() {
-            let start = row * width + c.prompt_ids.len() - 1;
-            out.push(values[start..start + c.tokens.len()].to_vec());
-        }
-    }
-    Ok(out)
+    Ok(score_completions(model, None, completions, pad_id, batch)?.logprobs)
 }

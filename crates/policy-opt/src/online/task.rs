@@ -28,9 +28,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
 use rm_core::logprobs::sequence_logprobs;
+use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
-use rm_core::policy::{CausalPolicy, reference_policy};
+use rm_core::policy::{CausalPolicy, PolicyWithValue, reference_policy};
 use rm_core::sampling::SamplingConfig;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{
@@ -39,14 +40,15 @@ use rm_core::train::{
 use serde::{Deserialize, Serialize};
 
 use super::algos::{
-    AdvantageEstimator, AdvantageInput, KlController, aggregate, compute_advantages, kl_penalty,
-    policy_loss, token_entropy,
+    AdvantageEstimator, AdvantageInput, KlController, aggregate, clipped_value_loss,
+    compute_advantages, kl_penalty, policy_loss, token_entropy,
 };
 use super::prompts::RlPrompt;
 use super::recipe::{KlPlacement, RlRecipe};
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
-    Completion, Sampled, completion_logprobs, device_of, sample, with_stop_tokens,
+    Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
+    score_completions, with_stop_tokens,
 };
 
 /// How the importance-sampling correction between the sampler and the policy is applied.
@@ -136,6 +138,35 @@ pub fn importance_weights(
     (weights, capped)
 }
 
+/// What online RL trains: a causal LM, with or without PPO's value head.
+pub trait RlModel: Module + Sized {
+    /// The causal LM.
+    fn policy(&self) -> &LlamaModel;
+    /// The critic, when the model has one.
+    fn value_head(&self) -> Option<&ValueHead> {
+        None
+    }
+}
+
+impl RlModel for LlamaModel {
+    fn policy(&self) -> &LlamaModel {
+        self
+    }
+}
+
+impl RlModel for PolicyWithValue<LlamaModel> {
+    fn policy(&self) -> &LlamaModel {
+        &self.policy
+    }
+
+    fn value_head(&self) -> Option<&ValueHead> {
+        Some(&self.value_head)
+    }
+}
+
+/// The file a PPO policy folder keeps its value head in.
+pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+
 /// One row of the rollout buffer.
 #[derive(Clone, Debug)]
 struct BufferRow {
@@ -146,6 +177,10 @@ struct BufferRow {
     advantages: Vec<f32>,
     /// Per completion token: 1 trained, 0 masked.
     mask: Vec<f32>,
+    /// The collection's values and GAE's returns per completion token (empty without a
+    /// critic).
+    values: Vec<f32>,
+    returns: Vec<f32>,
 }
 
 /// The task's resumable state.
@@ -342,8 +377,10 @@ impl RlTask {
     }
 }
 
-impl TrainTask<LlamaModel> for RlTask {
-    fn loss(&mut self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
+impl<M: RlModel> TrainTask<M> for RlTask {
+    fn loss(&mut self, model: &M, items: &[usize]) -> Result<LossOutput> {
+        let head = model.value_head();
+        let model = model.policy();
         let device = device_of(model);
         let rows: Vec<&BufferRow> = items
             .iter()
@@ -361,6 +398,9 @@ impl TrainTask<LlamaModel> for RlTask {
         let mut adv = vec![0.0f32; b * width];
         let mut reference = vec![0.0f32; b * width];
         let mut mask = vec![0.0f32; b * width];
+        let critic = head.is_some();
+        let mut old_values = vec![0.0f32; if critic { b * width } else { 0 }];
+        let mut returns = old_values.clone();
         for (i, row) in rows.iter().enumerate() {
             let start = i * width + row.prompt_len - 1;
             let n = row.old_logprobs.len();
@@ -370,6 +410,10 @@ impl TrainTask<LlamaModel> for RlTask {
             if !row.ref_logprobs.is_empty() {
                 reference[start..start + n].copy_from_slice(&row.ref_logprobs);
             }
+            if critic {
+                old_values[start..start + n].copy_from_slice(&row.values);
+                returns[start..start + n].copy_from_slice(&row.returns);
+            }
         }
         let trained: f32 = mask.iter().sum();
         let algorithm = &self.recipe.algorithm;
@@ -378,7 +422,7 @@ impl TrainTask<LlamaModel> for RlTask {
         let mask_t = tensor2(mask, [b, width], &device);
         let hidden =
             model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
-        let logits = model.logits(hidden);
+        let logits = model.logits(hidden.clone());
         let logprobs = sequence_logprobs(
             logits.clone(),
             batch.ids_tensor(&device),
@@ -403,6 +447,21 @@ impl TrainTask<LlamaModel> for RlTask {
             Metric::device("pg_clipfrac_lower", pg.clipfrac_lower, token_weight),
             Metric::device("ppo_kl", pg.ppo_kl, token_weight),
         ];
+        if let (Some(head), Some(c)) = (head, &algorithm.critic) {
+            let vpreds = head.forward(hidden.narrow(1, 0, width))?;
+            let value = clipped_value_loss(
+                vpreds,
+                tensor2(old_values, [b, width], &device),
+                tensor2(returns, [b, width], &device),
+                mask_t.clone(),
+                c.cliprange_value,
+                agg,
+                norm,
+            )?;
+            loss = loss + value.loss.clone().mul_scalar(c.vf_coef);
+            metrics.push(Metric::device("vf_loss", value.loss, value.weight));
+            metrics.push(Metric::device("vf_clipfrac", value.clipfrac, token_weight));
+        }
         if self.kl_active() {
             let kl = kl_penalty(
                 algorithm.kl.estimator,
@@ -437,7 +496,8 @@ impl TrainTask<LlamaModel> for RlTask {
         Ok(out)
     }
 
-    fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
+    fn evaluate(&mut self, model: &M) -> Result<Evaluation> {
+        let model = model.policy();
         let prompts: Vec<&RlPrompt> = self.eval_prompts.iter().collect();
         let Sampled {
             completions,
@@ -491,8 +551,12 @@ impl TrainTask<LlamaModel> for RlTask {
         Ok(Evaluation { metrics, score })
     }
 
-    fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {
-        self.policy.save(model, dir)
+    fn save_model(&self, model: &M, dir: &Path) -> Result<()> {
+        self.policy.save(model.policy(), dir)?;
+        if let Some(head) = model.value_head() {
+            rm_core::train::save_all_params(head, &dir.join(VALUE_HEAD_FILE))?;
+        }
+        Ok(())
     }
 
     fn state(&self) -> Result<serde_json::Value> {
@@ -508,7 +572,7 @@ impl TrainTask<LlamaModel> for RlTask {
         Ok(())
     }
 
-    fn after_step(&mut self, _model: &LlamaModel, values: &StepValues) -> Result<()> {
+    fn after_step(&mut self, _model: &M, values: &StepValues) -> Result<()> {
         if self.recipe.algorithm.kl.placement == KlPlacement::Loss
             && let Some(&kl) = values.metrics.get("kl")
         {
@@ -518,12 +582,13 @@ impl TrainTask<LlamaModel> for RlTask {
     }
 }
 
-impl RolloutTask<LlamaModel> for RlTask {
+impl<M: RlModel> RolloutTask<M> for RlTask {
     fn buffer_size(&self) -> usize {
         self.recipe.buffer_size()
     }
 
-    fn collect(&mut self, policy: &LlamaModel, iteration: u64, seed: u64) -> Result<Collected> {
+    fn collect(&mut self, model: &M, iteration: u64, seed: u64) -> Result<Collected> {
+        let policy = model.policy();
         let g = self.recipe.rollout.group_size;
         let indices = self.iteration_prompts(iteration);
         let prompts: Vec<&RlPrompt> = indices.iter().map(|&i| &self.train_prompts[i]).collect();
@@ -543,7 +608,16 @@ impl RolloutTask<LlamaModel> for RlTask {
         .with_context(|| format!("sampling rollouts of iteration {}", iteration + 1))?;
         let scored = self.score(&prompts, &completions);
         let pad = self.policy.lm.tokenizer.pad_id();
-        let old = completion_logprobs(policy, &completions, pad, self.forward_batch())?;
+        let CompletionScores {
+            logprobs: old,
+            values,
+        } = score_completions(
+            policy,
+            model.value_head(),
+            &completions,
+            pad,
+            self.forward_batch(),
+        )?;
         let reference = if self.kl_active() {
             completion_logprobs(
                 &self.reference(policy)?,
@@ -670,17 +744,18 @@ impl RolloutTask<LlamaModel> for RlTask {
         } else {
             None
         };
+        let values_padded = values.as_ref().map(|v| padded(v, width));
         let advantages = compute_advantages(
             &self.recipe.algorithm.estimator,
             &AdvantageInput {
                 token_level_rewards: &token_rewards,
                 response_mask: &response_mask,
                 group: &group,
-                values: None,
+                values: values_padded.as_deref(),
                 reward_baselines: baselines.as_deref(),
             },
-        )?
-        .advantages;
+        )?;
+        let (advantages, returns) = (advantages.advantages, advantages.returns);
         // The importance correction and the buffer.
         let mut capped = 0usize;
         let mut log_ratio_max = f64::NEG_INFINITY;
@@ -709,6 +784,11 @@ impl RolloutTask<LlamaModel> for RlTask {
                 ref_logprobs: reference.get(r).cloned().unwrap_or_default(),
                 advantages: adv,
                 mask,
+                values: values.as_ref().map_or(Vec::new(), |v| v[r].clone()),
+                returns: match &values {
+                    Some(_) => returns[r][..len].to_vec(),
+                    None => Vec::new(),
+                },
             });
         }
         self.buffer = buffer;
