@@ -527,7 +527,8 @@ impl<M: RlModel> TrainTask<M> for RlTask {
             // KL(π ‖ π_ref) per sequence: the mean of Σ_t (log π − log π_ref) over the samples
             // (unbiased when the evaluation samples at temperature 1).
             let pad = self.policy.lm.tokenizer.pad_id();
-            let batch = self.recipe.eval.batch_size;
+            // Full-vocabulary logits: the training micro-batch bounds the memory.
+            let batch = self.forward_batch();
             let own = completion_logprobs(model, &completions, pad, batch)?;
             let reference = completion_logprobs(&self.reference(model)?, &completions, pad, batch)?;
             let kls: Vec<f64> = own
@@ -834,5 +835,50 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             );
         }
         Ok(Collected { items: n, metrics })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    /// Truncated importance sampling by hand: ratios e^(old − q) per token, or their product per
+    /// sequence, capped at 2 (truncate) or zeroed (mask); off gives ones.
+    #[test]
+    fn importance_weights_truncate_or_mask_per_token_or_per_sequence() {
+        let old = [-1.0f32, -2.0, -0.5];
+        let q = [-1.5f32, -1.0, -0.5];
+        let token = ImportanceCorrection {
+            level: CorrectionLevel::Token,
+            mode: CorrectionMode::Truncate,
+            cap: 1.5,
+        };
+        let (w, capped) = importance_weights(&token, &old, &q);
+        // e^0.5 = 1.6487 > 1.5 is capped; e^-1 = 0.3679; e^0 = 1.
+        assert!(close(&w, &[1.5, (-1.0f32).exp(), 1.0]), "{w:?}");
+        assert_eq!(capped, 1);
+        let mask = ImportanceCorrection {
+            mode: CorrectionMode::Mask,
+            ..token.clone()
+        };
+        let (w, capped) = importance_weights(&mask, &old, &q);
+        assert!(close(&w, &[0.0, (-1.0f32).exp(), 1.0]), "{w:?}");
+        assert_eq!(capped, 1);
+        // Per sequence: e^(0.5 − 1 + 0) = e^-0.5 for every token, below the cap.
+        let sequence = ImportanceCorrection {
+            level: CorrectionLevel::Sequence,
+            ..token.clone()
+        };
+        let (w, capped) = importance_weights(&sequence, &old, &q);
+        assert!(close(&w, &[(-0.5f32).exp(); 3]), "{w:?}");
+        assert_eq!(capped, 0);
+        let (w, _) = importance_weights(&sequence, &[0.0, 0.0], &[-1.0, -1.0]);
+        assert!(close(&w, &[1.5, 1.5]), "e^2 is capped: {w:?}");
+        let (w, capped) = importance_weights(&ImportanceCorrection::default(), &old, &q);
+        assert!(close(&w, &[1.0; 3]) && capped == 0);
     }
 }
