@@ -38,6 +38,7 @@
 //! weight = 0.2
 //! ```
 
+pub mod follow_up;
 pub mod format;
 pub mod keywords;
 pub mod length;
@@ -54,6 +55,7 @@ use rm_core::burn::tensor::Device;
 use rm_core::types::Prompt;
 use serde::{Deserialize, Serialize};
 
+pub use follow_up::{FollowUpReward, FollowUpSpec};
 pub use format::{FormatReward, FormatSpec};
 pub use keywords::{KeywordsReward, KeywordsSpec};
 pub use length::{LengthReward, LengthSpec, LengthUnit};
@@ -129,6 +131,8 @@ pub enum RewardSpec {
     Bleu(BleuSpec),
     /// ROUGE-L F-measure against the references ([`overlap`]).
     RougeL(RougeLSpec),
+    /// A judge LM's likelihood of a positive vs a negative user follow-up ([`follow_up`]).
+    FollowUp(FollowUpSpec),
 }
 
 impl RewardSpec {
@@ -142,6 +146,7 @@ impl RewardSpec {
             RewardSpec::Keywords(_) => "keywords",
             RewardSpec::Bleu(_) => "bleu",
             RewardSpec::RougeL(_) => "rouge_l",
+            RewardSpec::FollowUp(_) => "follow_up",
         }
     }
 
@@ -170,6 +175,7 @@ impl RewardSpec {
             RewardSpec::Keywords(spec) => Box::new(KeywordsReward::new(name, spec)?),
             RewardSpec::Bleu(spec) => Box::new(BleuReward::new(name, spec.clone())?),
             RewardSpec::RougeL(spec) => Box::new(RougeLReward::new(name, spec.clone())?),
+            RewardSpec::FollowUp(spec) => Box::new(FollowUpReward::load(name, spec, device)?),
         })
     }
 }
