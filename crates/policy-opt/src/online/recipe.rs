@@ -18,7 +18,8 @@ use rm_core::train::{RolloutConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use super::algos::{
-    AdvantageEstimator, KlControllerConfig, KlEstimator, LossAggregation, PolicyLoss,
+    AdvantageEstimator, ComponentAggregation, KlControllerConfig, KlEstimator, LossAggregation,
+    PolicyLoss,
 };
 use super::prompts::PromptSource;
 use super::rewards::RewardComponentConfig;
@@ -164,6 +165,11 @@ pub struct AlgorithmConfig {
     /// Entropy bonus: the loss gets `− coef · agg(entropy)`.
     #[serde(default)]
     pub entropy_coef: f64,
+    /// How several `[[reward]]` components become one sequence reward: their weighted sum
+    /// (default), or each normalised within its group first and then weighted and summed
+    /// (`normalize_then_sum`: GDPO's multi-objective GRPO).
+    #[serde(default)]
+    pub reward_aggregation: ComponentAggregation,
     /// PPO's critic: a value head on the policy's hidden states (shared backbone), trained with
     /// the clipped value loss; needed by (and only used by) `estimator = { name = "gae" }`.
     #[serde(default)]

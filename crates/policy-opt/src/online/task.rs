@@ -40,8 +40,9 @@ use rm_core::train::{
 use serde::{Deserialize, Serialize};
 
 use super::algos::{
-    AdvantageEstimator, AdvantageInput, KlController, aggregate, clipped_value_loss,
-    compute_advantages, kl_penalty, policy_loss, token_entropy,
+    AdvantageEstimator, AdvantageInput, ComponentAggregation, KlController, aggregate,
+    aggregate_reward_components, clipped_value_loss, compute_advantages, kl_penalty, policy_loss,
+    token_entropy,
 };
 use super::prompts::RlPrompt;
 use super::recipe::{KlPlacement, RlRecipe};
@@ -667,11 +668,43 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 m
             })
             .collect();
+        // Masked rows form groups of their own, so they take no part in their prompt's
+        // statistics.
+        let group: Vec<usize> = (0..n)
+            .map(|r| {
+                if included[r] {
+                    r / g
+                } else {
+                    prompts.len() + r
+                }
+            })
+            .collect();
+        // The sequence rewards: the set's weighted total, or GDPO's sum of group-normalised
+        // components.
+        let sequence_rewards: Vec<f32> = match self.recipe.algorithm.reward_aggregation {
+            ComponentAggregation::SumThenNormalize => {
+                scored.iter().map(|s| s.total.unwrap_or(0.0)).collect()
+            }
+            mode => {
+                let k = self.rewards.component_names().len();
+                let components: Vec<Vec<f32>> = (0..k)
+                    .map(|c| {
+                        (0..n)
+                            .map(|r| match included[r] {
+                                true => scored[r].components[c].unwrap_or(0.0),
+                                false => 0.0,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                aggregate_reward_components(&components, &self.rewards.weights(), &group, mode)?
+            }
+        };
         let mut token_rewards: Vec<Vec<f32>> = (0..n)
             .map(|r| {
                 let mut v = vec![0.0; width];
                 if included[r] && lengths[r] > 0 {
-                    v[lengths[r] - 1] = scored[r].total.unwrap_or(0.0);
+                    v[lengths[r] - 1] = sequence_rewards[r];
                 }
                 v
             })
@@ -709,17 +742,6 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 self.kl.update(token_mean, n);
             }
         }
-        // Masked rows form groups of their own, so they take no part in their prompt's
-        // statistics.
-        let group: Vec<usize> = (0..n)
-            .map(|r| {
-                if included[r] {
-                    r / g
-                } else {
-                    prompts.len() + r
-                }
-            })
-            .collect();
         let baselines = if matches!(self.recipe.algorithm.estimator, AdvantageEstimator::Remax) {
             let greedy = SamplingConfig {
                 temperature: 0.0,

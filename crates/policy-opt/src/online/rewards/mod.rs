@@ -295,6 +295,11 @@ impl RewardSet {
         self.components.iter().map(|c| c.name.clone()).collect()
     }
 
+    /// The components' weights, in order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.components.iter().map(|c| c.weight).collect()
+    }
+
     /// Scores every sample with every component. A component's non-finite value is an error
     /// for that sample; a component returning the wrong number of results fails every sample.
     pub fn score(&self, samples: &[RewardSample<'_>]) -> Vec<ScoredSample> {
