@@ -401,6 +401,7 @@ mod tests {
                 "reinforce-pp" => assert_eq!(estimator, "reinforce_plus_plus"),
                 "remax" => assert_eq!(estimator, "remax"),
                 "opo" => assert_eq!(estimator, "opo"),
+                "raft" => assert_eq!(estimator, "raft"),
                 "ppo" => {
                     assert_eq!(estimator, "gae");
                     assert!(recipe.algorithm.critic.is_some());
@@ -435,6 +436,7 @@ mod tests {
                 "gspo",
                 "opo",
                 "ppo",
+                "raft",
                 "reinforce-pp",
                 "remax",
                 "rloo"

@@ -236,7 +236,7 @@ out_dir = "{out}"
         }
     }
 
-    /// GRPO, RLOO, REINFORCE++ and PPO (GAE with a value head) teach a tiny policy to say `w7`: the held-out (greedy)
+    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head) and online RAFT teach a tiny policy to say `w7`: the held-out (greedy)
     /// reward rises from below 0.5 to at least 0.75 within 24 steps (PPO: 32; GDPO's two-objective total rises by 0.4 of its 1.5); the run logs collect
     /// records with the reward and the rollout throughput, and train records with the clip
     /// fraction and entropy.
@@ -250,6 +250,7 @@ out_dir = "{out}"
                 "{ name = \"gae\", gamma = 1.0, lam = 0.95 }",
                 "critic = { vf_coef = 0.5, cliprange_value = 0.5 }",
             ),
+            ("{ name = \"raft\", top_k = 1 }", ""),
             // Multi-objective GRPO (GDPO): a second objective, each normalised in its group.
             (
                 "{ name = \"grpo\" }",

@@ -87,6 +87,20 @@ pub enum AdvantageEstimator {
     /// group baseline `b_g = Σ_{j∈g} |y_j|·s_j / Σ_{j∈g} |y_j|`, `a_i = s_i − b_g` (a group of
     /// one, or one whose responses are all empty, has `b_g = 0`).
     Opo,
+    /// Online RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation
+    /// Model Alignment"): the `top_k` best-rewarded responses of each group get `a_i = 1`, the
+    /// others 0 (ties to the earlier row). With the on-policy ratio 1 the policy gradient is
+    /// then exactly the fine-tuning gradient on the selected responses, `∇ Σ_{i∈top} log π(y_i)`
+    /// under the chosen aggregation.
+    Raft {
+        /// Responses kept per group (≥ 1).
+        #[serde(default = "one")]
+        top_k: usize,
+    },
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The inputs of [`compute_advantages`]: `[B][T]` rows.
@@ -125,6 +139,7 @@ impl AdvantageEstimator {
             Self::ReinforcePlusPlusBaseline => "reinforce_plus_plus_baseline",
             Self::Remax => "remax",
             Self::Opo => "opo",
+            Self::Raft { .. } => "raft",
         }
     }
 
@@ -132,7 +147,11 @@ impl AdvantageEstimator {
     pub fn uses_groups(&self) -> bool {
         matches!(
             self,
-            Self::Grpo { .. } | Self::Rloo | Self::ReinforcePlusPlusBaseline | Self::Opo
+            Self::Grpo { .. }
+                | Self::Rloo
+                | Self::ReinforcePlusPlusBaseline
+                | Self::Opo
+                | Self::Raft { .. }
         )
     }
 
@@ -152,6 +171,7 @@ impl AdvantageEstimator {
                 unit("lam", lam)
             }
             Self::ReinforcePlusPlus { gamma } => unit("gamma", gamma),
+            Self::Raft { top_k: 0 } => Err(invalid(what, "top_k", 0.0, "at least 1")),
             Self::Grpo { epsilon, .. } if !(epsilon.is_finite() && epsilon >= 0.0) => {
                 Err(invalid(what, "epsilon", epsilon, "a finite value >= 0"))
             }
@@ -232,6 +252,19 @@ pub fn compute_advantages(
                 };
                 for &i in &members {
                     a[i] -= baseline;
+                }
+            }
+            Ok(outcome(&a, mask))
+        }
+        AdvantageEstimator::Raft { top_k } => {
+            let s = scores(rewards);
+            let mut a = vec![0.0; b];
+            for members in groups(input.group) {
+                let mut ranked = members.clone();
+                // Best first; the stable sort keeps the earlier row first on ties.
+                ranked.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+                for &i in ranked.iter().take(top_k) {
+                    a[i] = 1.0;
                 }
             }
             Ok(outcome(&a, mask))

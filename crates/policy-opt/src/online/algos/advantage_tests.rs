@@ -365,3 +365,70 @@ fn estimators_read_from_toml_recipes() {
     );
     assert!(parse("name = \"ppo\"").is_err(), "unknown estimator");
 }
+
+/// Online RAFT keeps the best `top_k` of each group (ties to the earlier row), broadcast on the
+/// response mask; other rows and padding get 0; `top_k = 0` is refused.
+#[test]
+fn raft_selects_the_best_of_each_group() {
+    let rewards = vec![
+        vec![0.0, 0.2],
+        vec![0.0, 0.9],
+        vec![0.9, 0.0],
+        vec![0.0, 0.1],
+        vec![0.5, 0.0],
+    ];
+    let mask = vec![
+        vec![1.0, 1.0],
+        vec![1.0, 1.0],
+        vec![1.0, 0.0],
+        vec![1.0, 1.0],
+        vec![1.0, 1.0],
+    ];
+    let group = [0, 0, 0, 1, 1];
+    let top1 = run(
+        &AdvantageEstimator::Raft { top_k: 1 },
+        &rewards,
+        &mask,
+        &group,
+    )
+    .unwrap();
+    // Group 0: rows 1 and 2 tie at 0.9, row 1 is earlier; group 1: row 4 (0.5 > 0.1).
+    assert_eq!(
+        top1.advantages,
+        vec![
+            vec![0.0, 0.0],
+            vec![1.0, 1.0],
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+            vec![1.0, 1.0]
+        ]
+    );
+    let top2 = run(
+        &AdvantageEstimator::Raft { top_k: 2 },
+        &rewards,
+        &mask,
+        &group,
+    )
+    .unwrap();
+    assert_eq!(
+        top2.advantages[2],
+        vec![1.0, 0.0],
+        "row 2 joins, masked at t = 1"
+    );
+    assert_eq!(
+        top2.advantages[3],
+        vec![1.0, 1.0],
+        "a group of two keeps both"
+    );
+    assert_eq!(top2.advantages[0], vec![0.0, 0.0]);
+    let err = run(
+        &AdvantageEstimator::Raft { top_k: 0 },
+        &rewards,
+        &mask,
+        &group,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("top_k"), "{err}");
+    let parsed: AdvantageEstimator = toml::from_str("name = \"raft\"").unwrap();
+    assert_eq!(parsed, AdvantageEstimator::Raft { top_k: 1 });
+}
