@@ -170,10 +170,51 @@ pub struct AlgorithmConfig {
     /// (`normalize_then_sum`: GDPO's multi-objective GRPO).
     #[serde(default)]
     pub reward_aggregation: ComponentAggregation,
+    /// Constrained RLHF: reward components held to a threshold by a Lagrange multiplier each
+    /// (see [`ConstraintConfig`]).
+    #[serde(default)]
+    pub constraints: Vec<ConstraintConfig>,
     /// PPO's critic: a value head on the policy's hidden states (shared backbone), trained with
     /// the clipped value loss; needed by (and only used by) `estimator = { name = "gae" }`.
     #[serde(default)]
     pub critic: Option<CriticConfig>,
+}
+
+/// Which side of its threshold a constrained component must stay on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintBound {
+    /// `E[c] ≥ threshold`.
+    AtLeast,
+    /// `E[c] ≤ threshold` (e.g. a component reward past the point where it stops tracking
+    /// quality: Moskovitz et al. 2024's proxy points).
+    AtMost,
+}
+
+/// `[[algorithm.constraints]]`: constrained RLHF by the Lagrangian (Moskovitz et al. 2024,
+/// "Confronting Reward Model Overoptimization with Constrained RLHF"; the primal-dual form of
+/// Dai et al. 2024, "Safe RLHF"). The policy maximises `r + s·λ·c` with `s = +1` for
+/// `at_least`, `−1` for `at_most`, where `r` is the weighted reward and `c` the constrained
+/// component; after each collection the multiplier takes a projected dual step on the
+/// violation, `λ ← max(0, λ + η·s·(threshold − mean c))`, so it grows while the constraint is
+/// broken and decays to 0 once it holds. The multipliers are part of the checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintConfig {
+    /// A `[[reward]]` component's name.
+    pub component: String,
+    pub bound: ConstraintBound,
+    pub threshold: f64,
+    /// The dual step size `η`.
+    #[serde(default = "multiplier_lr")]
+    pub multiplier_lr: f64,
+    /// `λ` before the first collection.
+    #[serde(default)]
+    pub initial_multiplier: f64,
+}
+
+fn multiplier_lr() -> f64 {
+    0.1
 }
 
 /// `[algorithm.critic]`.
@@ -354,6 +395,41 @@ impl RlRecipe {
             );
         }
         self.algorithm.kl.controller()?;
+        for (i, c) in self.algorithm.constraints.iter().enumerate() {
+            let what = format!("algorithm.constraints[{i}] ({})", c.component);
+            let component_names: Vec<String> = self
+                .rewards
+                .iter()
+                .map(|r| {
+                    r.name
+                        .clone()
+                        .unwrap_or_else(|| r.spec.kind_name().to_string())
+                })
+                .collect();
+            if !component_names.contains(&c.component) {
+                bail!(
+                    "{what}: no [[reward]] component of that name (components: {})",
+                    component_names.join(", ")
+                );
+            }
+            for (field, v, ok) in [
+                ("threshold", c.threshold, c.threshold.is_finite()),
+                (
+                    "multiplier_lr",
+                    c.multiplier_lr,
+                    c.multiplier_lr.is_finite() && c.multiplier_lr > 0.0,
+                ),
+                (
+                    "initial_multiplier",
+                    c.initial_multiplier,
+                    c.initial_multiplier.is_finite() && c.initial_multiplier >= 0.0,
+                ),
+            ] {
+                if !ok {
+                    bail!("{what}: {field} {v} is out of range");
+                }
+            }
+        }
         self.algorithm.estimator.validate()?;
         self.algorithm.policy_loss.validate()?;
         if !(self.algorithm.entropy_coef.is_finite() && self.algorithm.entropy_coef >= 0.0) {

@@ -45,7 +45,7 @@ use super::algos::{
     token_entropy,
 };
 use super::prompts::RlPrompt;
-use super::recipe::{KlPlacement, RlRecipe};
+use super::recipe::{ConstraintBound, KlPlacement, RlRecipe};
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
     Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
@@ -188,6 +188,9 @@ struct BufferRow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RlState {
     kl: KlController,
+    /// Constrained RLHF's Lagrange multipliers, one per constraint.
+    #[serde(default)]
+    multipliers: Vec<f64>,
 }
 
 /// Online RL of a policy (LoRA or full fine-tuning) against reward functions.
@@ -201,6 +204,7 @@ pub struct RlTask {
     /// switched off instead).
     snapshot: Option<LlamaModel>,
     kl: KlController,
+    multipliers: Vec<f64>,
     sampling: SamplingConfig,
     eval_sampling: SamplingConfig,
     correction: ImportanceCorrection,
@@ -280,6 +284,12 @@ impl RlTask {
             );
         }
         let kl = KlController::new(recipe.algorithm.kl.controller()?)?;
+        let multipliers = recipe
+            .algorithm
+            .constraints
+            .iter()
+            .map(|c| c.initial_multiplier)
+            .collect();
         let sampling = match recipe.rollout.stop_at_eos {
             true => with_stop_tokens(recipe.rollout.sampling.clone(), &policy),
             false => recipe.rollout.sampling.clone(),
@@ -313,6 +323,7 @@ impl RlTask {
             eval_prompts,
             snapshot,
             kl,
+            multipliers,
             sampling,
             eval_sampling,
             correction,
@@ -367,6 +378,46 @@ impl RlTask {
             })
             .collect();
         self.rewards.score(&samples)
+    }
+
+    /// Constrained RLHF (see [`super::recipe::ConstraintConfig`]): adds `s·λ·c` to each
+    /// included row's reward with the current multipliers, then takes the dual step on this
+    /// collection's mean of each constrained component (returns the new multipliers); logs
+    /// `lambda/<component>` (the value used) and `constraint/<component>` (the mean).
+    fn apply_constraints(
+        &self,
+        scored: &[ScoredSample],
+        included: &[bool],
+        rewards: &mut [f32],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Vec<f64> {
+        let mut multipliers = self.multipliers.clone();
+        let names = self.rewards.component_names();
+        for (i, c) in self.recipe.algorithm.constraints.iter().enumerate() {
+            let Some(k) = names.iter().position(|n| *n == c.component) else {
+                continue; // checked by the recipe's validation
+            };
+            let sign = match c.bound {
+                ConstraintBound::AtLeast => 1.0,
+                ConstraintBound::AtMost => -1.0,
+            };
+            let lambda = multipliers[i];
+            let mut values = Vec::new();
+            for (r, s) in scored.iter().enumerate() {
+                if let (true, Some(v)) = (included[r], s.components[k]) {
+                    rewards[r] += (sign * lambda * f64::from(v)) as f32;
+                    values.push(f64::from(v));
+                }
+            }
+            metrics.insert(format!("lambda/{}", c.component), lambda);
+            if values.is_empty() {
+                continue;
+            }
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            metrics.insert(format!("constraint/{}", c.component), mean);
+            multipliers[i] = (lambda + c.multiplier_lr * sign * (c.threshold - mean)).max(0.0);
+        }
+        multipliers
     }
 
     fn forward_batch(&self) -> usize {
@@ -564,6 +615,7 @@ impl<M: RlModel> TrainTask<M> for RlTask {
     fn state(&self) -> Result<serde_json::Value> {
         Ok(serde_json::to_value(RlState {
             kl: self.kl.clone(),
+            multipliers: self.multipliers.clone(),
         })?)
     }
 
@@ -571,6 +623,14 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         let state: RlState =
             serde_json::from_value(state).context("the checkpoint's online-RL state")?;
         self.kl = state.kl;
+        if state.multipliers.len() != self.multipliers.len() {
+            bail!(
+                "the checkpoint holds {} constraint multiplier(s), the recipe has {} constraint(s)",
+                state.multipliers.len(),
+                self.multipliers.len()
+            );
+        }
+        self.multipliers = state.multipliers;
         Ok(())
     }
 
@@ -700,6 +760,10 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 aggregate_reward_components(&components, &self.rewards.weights(), &group, mode)?
             }
         };
+        let mut sequence_rewards = sequence_rewards;
+        let mut metrics = BTreeMap::new();
+        let multipliers =
+            self.apply_constraints(&scored, &included, &mut sequence_rewards, &mut metrics);
         let mut token_rewards: Vec<Vec<f32>> = (0..n)
             .map(|r| {
                 let mut v = vec![0.0; width];
@@ -709,7 +773,6 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 v
             })
             .collect();
-        let mut metrics = BTreeMap::new();
         if self.kl_active() {
             let device = device_of(policy);
             let flat = |rows: &[Vec<f32>]| padded(rows, width).concat();
@@ -815,6 +878,7 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             });
         }
         self.buffer = buffer;
+        self.multipliers = multipliers;
         let total_tokens = lengths.iter().sum::<usize>().max(1) as f64;
         reward_metrics("", &self.rewards.component_names(), &scored, &mut metrics);
         let l: Vec<f64> = lengths.iter().map(|&x| x as f64).collect();

@@ -431,4 +431,71 @@ out_dir = "{out}"
         }
         std::fs::remove_dir_all(&root).ok();
     }
+
+    /// Constrained RLHF: a second keyword (`w9`) with weight 0 carries no reward by itself; held
+    /// `at_least` 0.6 by a Lagrange multiplier it is learned too. The multiplier starts at 0,
+    /// grows while the constraint is broken (logged per collection), and the held-out rate of
+    /// `w9` ends well above the unconstrained run's.
+    #[test]
+    fn a_lagrange_multiplier_holds_a_constrained_component_to_its_threshold() {
+        let root = temp("constrained");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let run = |constrained: bool| {
+            let extra = if constrained {
+                "constraints = [{ component = \"w9\", bound = \"at_least\", threshold = 0.6, multiplier_lr = 2.0 }]"
+            } else {
+                ""
+            };
+            let mut r = recipe(&root, "{ name = \"grpo\" }", extra);
+            r.rewards.push(
+                toml::from_str(
+                    "name = \"w9\"\nkind = \"keywords\"\nrequired = [\"w9\"]\nweight = 0.0",
+                )
+                .unwrap(),
+            );
+            r.rollout.iterations = 16;
+            r.train.out_dir = root.join(if constrained { "with" } else { "without" });
+            train_rl_policy(r, &request(&root)).unwrap()
+        };
+        let free = run(false);
+        let held = run(true);
+        let w9 = |r: &RlReport| r.final_eval.metrics["reward/w9"];
+        eprintln!(
+            "w9 held-out rate: unconstrained {} → constrained {}",
+            w9(&free),
+            w9(&held)
+        );
+        assert!(w9(&held) >= 0.5, "constrained: {}", w9(&held));
+        assert!(
+            w9(&held) >= w9(&free) + 0.25,
+            "{} vs {}",
+            w9(&held),
+            w9(&free)
+        );
+        let collects = read_records(&held.out_dir.join("metrics.jsonl"), "collect").unwrap();
+        let lambdas: Vec<f64> = collects
+            .iter()
+            .map(|c| c["lambda/w9"].as_f64().unwrap())
+            .collect();
+        assert_eq!(lambdas[0], 0.0);
+        assert!(lambdas.iter().any(|&l| l > 0.5), "{lambdas:?}");
+        // The multiplier follows the dual step: λ₁ = max(0, 0 + 2·(0.6 − mean c₀)).
+        let c0 = collects[0]["constraint/w9"].as_f64().unwrap();
+        assert!((lambdas[1] - (2.0 * (0.6 - c0)).max(0.0)).abs() < 1e-9);
+        let err = {
+            let mut r = recipe(
+                &root,
+                "{ name = \"grpo\" }",
+                "constraints = [{ component = \"nope\", bound = \"at_most\", threshold = 0.1 }]",
+            );
+            r.train.out_dir = root.join("bad");
+            format!("{:#}", train_rl_policy(r, &request(&root)).unwrap_err())
+        };
+        assert!(
+            err.contains("no [[reward]] component") && err.contains("keywords"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).ok();
+    }
 }
