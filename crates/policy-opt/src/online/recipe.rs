@@ -69,6 +69,10 @@ pub struct RlRolloutConfig {
     /// iteration's buffer has the same size.
     #[serde(default)]
     pub drop_uniform_groups: bool,
+    /// PF-PPO's policy filtration: only the best and the worst (or a random other) completion
+    /// of each group keep their loss (see [`super::task::policy_filtration`]).
+    #[serde(default)]
+    pub policy_filtration: PolicyFiltration,
     /// The correction for a sampler whose distribution differs from the policy's.
     #[serde(default)]
     pub importance_correction: super::task::ImportanceCorrection,
@@ -84,6 +88,19 @@ fn yes() -> bool {
 
 fn generation_batch() -> usize {
     16
+}
+
+/// `rollout.policy_filtration`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyFiltration {
+    /// Every completion trains.
+    #[default]
+    None,
+    /// The best- and the worst-rewarded completion of each group.
+    BestWorst,
+    /// The best-rewarded one and a random other one.
+    BestRandom,
 }
 
 /// Where the KL to the reference enters.
@@ -478,9 +495,13 @@ mod tests {
                 "remax" => assert_eq!(estimator, "remax"),
                 "opo" => assert_eq!(estimator, "opo"),
                 "raft" => assert_eq!(estimator, "raft"),
-                "ppo" => {
+                "ppo" | "pf-ppo" => {
                     assert_eq!(estimator, "gae");
                     assert!(recipe.algorithm.critic.is_some());
+                    assert_eq!(
+                        recipe.rollout.policy_filtration == PolicyFiltration::BestWorst,
+                        algorithm == "pf-ppo"
+                    );
                 }
                 other => panic!("{name}: no expectation for algorithm {other}"),
             }
@@ -511,6 +532,7 @@ mod tests {
                 "grpo",
                 "gspo",
                 "opo",
+                "pf-ppo",
                 "ppo",
                 "raft",
                 "reinforce-pp",
