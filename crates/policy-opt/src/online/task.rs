@@ -185,7 +185,7 @@ pub fn policy_filtration(
     if filter == PolicyFiltration::None {
         return 0;
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9F_F1_17E2);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9FF1_17E2);
     let mut masked = 0;
     for start in (0..included.len()).step_by(group_size.max(1)) {
         let end = (start + group_size).min(included.len());
@@ -404,11 +404,11 @@ impl RlTask {
         let start = iteration as usize * p;
         let mut out = Vec::with_capacity(p);
         let mut pass = start / n;
-        let mut order = epoch_order(n, seed ^ 0x5EED_0F_9A55, pass as u64);
+        let mut order = epoch_order(n, seed ^ 0x005E_ED0F_9A55, pass as u64);
         for pos in start..start + p {
             if pos / n != pass {
                 pass = pos / n;
-                order = epoch_order(n, seed ^ 0x5EED_0F_9A55, pass as u64);
+                order = epoch_order(n, seed ^ 0x005E_ED0F_9A55, pass as u64);
             }
             out.push(order[pos % n]);
         }
@@ -905,17 +905,21 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             let len = lengths[r];
             let (weights, k) = importance_weights(&self.correction, &old[r], &c.sampling_logprobs);
             capped += k;
-            for t in 0..len {
-                log_ratio_max = log_ratio_max.max(f64::from(old[r][t] - c.sampling_logprobs[t]));
-                mismatch += f64::from((old[r][t] - c.model_logprobs[t]).abs());
+            for ((&o, &q), &m) in old[r]
+                .iter()
+                .zip(&c.sampling_logprobs)
+                .zip(&c.model_logprobs)
+            {
+                log_ratio_max = log_ratio_max.max(f64::from(o - q));
+                mismatch += f64::from((o - m).abs());
             }
             let mut mask = response_mask[r][..len].to_vec();
             let mut adv = advantages[r][..len].to_vec();
-            for t in 0..len {
-                if weights[t] == 0.0 {
-                    mask[t] = 0.0;
+            for ((m, a), &w) in mask.iter_mut().zip(&mut adv).zip(&weights) {
+                if w == 0.0 {
+                    *m = 0.0;
                 }
-                adv[t] *= weights[t];
+                *a *= w;
             }
             buffer.push(BufferRow {
                 sequence: c.sequence(),
@@ -955,7 +959,14 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             tokens as f64 / seconds.max(1e-9),
         );
         metrics.insert("sampler_logprob_mismatch".into(), mismatch / total_tokens);
-        metrics.insert("is_log_ratio_max".into(), log_ratio_max);
+        metrics.insert(
+            "is_log_ratio_max".into(),
+            if log_ratio_max.is_finite() {
+                log_ratio_max
+            } else {
+                0.0
+            },
+        );
         metrics.insert("is_capped_fraction".into(), capped as f64 / total_tokens);
         let adv_tokens: Vec<f64> = (0..n)
             .flat_map(|r| {
