@@ -264,6 +264,7 @@ pub struct DecodeRequest {
 }
 
 /// What a `plumb decode` run produced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DecodeOutcome {
     pub summary: Summary,
     pub curve: Vec<CurvePoint>,

@@ -148,7 +148,7 @@ impl DecodeConfig {
                 top_p: p,
             } => {
                 positive("n", *n)?;
-                if !(*lambda >= 0.0) || lambda.is_nan() {
+                if lambda.is_nan() || *lambda < 0.0 {
                     return Err(DecodeError::config(
                         "lambda",
                         format!("must be ≥ 0, got {lambda}"),
@@ -296,8 +296,8 @@ pub(crate) fn decode_one(
         seed,
         ..SamplingConfig::default()
     };
-    let (tokens, reward, generated, detail) = match &config.strategy {
-        &Strategy::BestOfN {
+    let (tokens, reward, generated, detail) = match config.strategy {
+        Strategy::BestOfN {
             n,
             temperature,
             top_p,
@@ -313,7 +313,7 @@ pub(crate) fn decode_one(
             };
             (samples[chosen].clone(), rewards[chosen], generated, detail)
         }
-        &Strategy::SoftBestOfN {
+        Strategy::SoftBestOfN {
             n,
             lambda,
             temperature,
@@ -331,7 +331,7 @@ pub(crate) fn decode_one(
             };
             (samples[chosen].clone(), rewards[chosen], generated, detail)
         }
-        &Strategy::Rejection {
+        Strategy::Rejection {
             threshold,
             budget,
             batch,
@@ -347,7 +347,7 @@ pub(crate) fn decode_one(
             &sampling(temperature, top_p, seed),
             scorer,
         )?,
-        &Strategy::Args {
+        Strategy::Args {
             top_k,
             weight,
             temperature,
@@ -360,7 +360,7 @@ pub(crate) fn decode_one(
             &sampling(temperature, 1.0, seed),
             scorer,
         )?,
-        &Strategy::Controlled {
+        Strategy::Controlled {
             candidates,
             block_size,
             temperature,

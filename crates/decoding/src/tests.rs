@@ -697,3 +697,121 @@ fn strategies_read_from_toml_tables() {
         DecodeConfig::from_toml("[strategy]\ntype = \"best-of-n\"\nn = 0\n", &path).unwrap_err();
     assert!(matches!(e, DecodeError::InvalidConfig { field: "n", .. }));
 }
+
+/// `run_decode` end to end on folders: a tiny policy folder (`plumb train-po` layout) and a
+/// tiny reward model (`plumb train-rm` layout); one JSON line per prompt whose reward is the
+/// reward model's score of its text.
+#[test]
+fn run_decode_writes_one_scored_line_per_prompt() {
+    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
+    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
+    use rm_core::tokenize::TruncationSide;
+    let root = temp_dir("run");
+    let device = test_device();
+    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
+    rm_core::fixtures::write_tiny_llama(&root.join("other"), 6).unwrap();
+    let policy = Policy::build(
+        &PolicyModelConfig {
+            policy: root.join("base"),
+            max_len: 32,
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+        },
+        &device,
+    )
+    .unwrap();
+    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    let rm = RewardModelBundle::build(
+        &RewardModelConfig {
+            backbone: root.join("other"),
+            pooling: None,
+            max_len: 32,
+            truncation: TruncationSide::Left,
+            attributes: vec!["reward".into()],
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.5,
+        },
+        3,
+        &device,
+    )
+    .unwrap();
+    rm.save(&root.join("rm")).unwrap();
+    let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"]
+        .map(|p| format!("{{\"prompt\": \"{p}\", \"chosen\": \"w1\"}}"));
+    std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
+    let request = |strategy, curve: Vec<usize>, rm: PathBuf| DecodeRequest {
+        policy: root.join("policy"),
+        rm,
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        data_dir: root.clone(),
+        config: DecodeConfig {
+            max_new_tokens: 6,
+            strategy,
+        },
+        seed: 3,
+        curve,
+        out: root.join("out/decoded.jsonl"),
+        device: device.clone(),
+    };
+    let mut seen = Vec::new();
+    let bon = Strategy::BestOfN {
+        n: 2,
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    let outcome = run_decode(
+        &request(bon.clone(), vec![1, 2, 4], root.join("rm")),
+        &mut |p| seen.push(p.done),
+    )
+    .unwrap();
+    assert_eq!(
+        seen,
+        [1, 2, 3],
+        "progress after each of the 3 distinct prompts"
+    );
+    assert_eq!(outcome.summary.prompts, 3);
+    // --curve raises n to max(curve) = 4.
+    assert_eq!(outcome.summary.kl_bound, Some(kl_bound(4).unwrap()));
+    assert_eq!(
+        outcome.curve.iter().map(|p| p.n).collect::<Vec<_>>(),
+        [1, 2, 4]
+    );
+    assert!((outcome.curve[2].mean_reward - outcome.summary.mean_reward).abs() < 1e-6);
+    let text = std::fs::read_to_string(&outcome.out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let mut scorer = RewardModelBundle::load(&root.join("rm"), &device).unwrap();
+    for line in &lines {
+        let prompt: Prompt = serde_json::from_value(line["prompt"].clone()).unwrap();
+        let response = line["text"].as_str().unwrap();
+        let expected = scorer.score(&[(&prompt, response)]).unwrap()[0];
+        assert!(
+            (line["reward"].as_f64().unwrap() as f32 - expected).abs() < 1e-4,
+            "{line}"
+        );
+        assert_eq!(line["detail"]["strategy"], "best-of-n");
+        assert_eq!(line["stats"]["texts_scored"], 4);
+    }
+    // A curve needs best-of-n; a missing reward model is named.
+    let args = Strategy::Args {
+        top_k: 2,
+        weight: 1.0,
+        temperature: 0.0,
+    };
+    let e = run_decode(
+        &request(args.clone(), vec![2], root.join("rm")),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--curve needs"), "{e}");
+    let e = run_decode(&request(args, vec![], root.join("nope")), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope") && e.contains("reward model"), "{e}");
+}
