@@ -6,6 +6,7 @@
 //!   sampling pass ([`best_of_n_curve`]);
 //! - soft best-of-n (choice ∝ exp(r/λ)) and rejection sampling against a threshold;
 //! - ARGS (token-level: top-k tokens rescored `logit + w·r`);
+//! - GenARM (logits `log π + α · log π_arm` of the policy and a guide causal LM);
 //! - blockwise controlled decoding (best of K blocks of B tokens).
 //!
 //! Every strategy returns, per prompt, the chosen text, its reward and its cost

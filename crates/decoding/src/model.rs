@@ -16,6 +16,8 @@ pub struct DecodeModel {
     pub lm: CausalLm,
     pub template: ChatTemplate,
     pub max_len: usize,
+    /// GenARM's guide: an autoregressive reward model with the same vocabulary.
+    pub guide: Option<CausalLm>,
 }
 
 impl DecodeModel {
@@ -25,7 +27,14 @@ impl DecodeModel {
             lm,
             template,
             max_len,
+            guide: None,
         }
+    }
+
+    /// The model with GenARM's guide (a causal LM over the same vocabulary).
+    pub fn with_guide(mut self, guide: CausalLm) -> Self {
+        self.guide = Some(guide);
+        self
     }
 
     /// Loads a policy folder written by `plumb train-po` (its template and `max_len`, LoRA

@@ -251,6 +251,8 @@ pub struct DecodeRequest {
     pub policy: PathBuf,
     /// A reward-model folder (`plumb train-rm`).
     pub rm: PathBuf,
+    /// GenARM's guide: a causal-LM folder (an autoregressive reward model).
+    pub arm: Option<PathBuf>,
     pub input: PromptSource,
     pub prompts: usize,
     pub data_dir: PathBuf,
@@ -303,7 +305,19 @@ pub fn run_decode(
         }
     }
     let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
-    let model = DecodeModel::load(&request.policy, &request.device)?;
+    let mut model = DecodeModel::load(&request.policy, &request.device)?;
+    if let Some(arm) = &request.arm {
+        if !arm.exists() {
+            return Err(DecodeError::File {
+                path: arm.clone(),
+                reason: "no such guide model folder".into(),
+            });
+        }
+        model = model.with_guide(
+            rm_core::models::llama::CausalLm::load(arm, &request.device)
+                .map_err(DecodeError::model)?,
+        );
+    }
     let mut rm =
         RewardModelBundle::load(&request.rm, &request.device).map_err(DecodeError::model)?;
     let run = decode(&model, &prompts, &config, request.seed, &mut rm, progress)?;

@@ -28,7 +28,7 @@ fn default_max_new_tokens() -> usize {
 }
 
 /// A reward-guided decoding method and its parameters. In TOML, the `[strategy]` table with
-/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "controlled"`.
+/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "genarm" | "controlled"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Strategy {
@@ -65,6 +65,13 @@ pub enum Strategy {
     Args {
         top_k: usize,
         weight: f32,
+        #[serde(default)]
+        temperature: f32,
+    },
+    /// GenARM: next-token logits `log π_base + alpha · log π_arm` of the policy and a guide
+    /// causal LM ([`DecodeModel::with_guide`]), greedy at temperature 0.
+    GenArm {
+        alpha: f32,
         #[serde(default)]
         temperature: f32,
     },
@@ -189,6 +196,18 @@ impl DecodeConfig {
                 }
                 temperature(*t)
             }
+            Strategy::GenArm {
+                alpha,
+                temperature: t,
+            } => {
+                if !alpha.is_finite() {
+                    return Err(DecodeError::config(
+                        "alpha",
+                        format!("must be finite, got {alpha}"),
+                    ));
+                }
+                temperature(*t)
+            }
             Strategy::Controlled {
                 candidates,
                 block_size,
@@ -212,6 +231,7 @@ impl Strategy {
             Strategy::SoftBestOfN { .. } => "soft-best-of-n",
             Strategy::Rejection { .. } => "rejection",
             Strategy::Args { .. } => "args",
+            Strategy::GenArm { .. } => "genarm",
             Strategy::Controlled { .. } => "controlled",
         }
     }
@@ -255,6 +275,10 @@ pub enum Detail {
     },
     Args {
         /// Final response tokens chosen against the policy's own argmax.
+        steered_tokens: usize,
+    },
+    GenArm {
+        /// Tokens where the guided choice differs from the policy's own argmax.
         steered_tokens: usize,
     },
     Controlled {
@@ -357,6 +381,14 @@ pub(crate) fn decode_one(
             ids,
             top_k,
             weight,
+            &sampling(temperature, 1.0, seed),
+            scorer,
+        )?,
+        Strategy::GenArm { alpha, temperature } => genarm(
+            model,
+            prompt,
+            ids,
+            alpha,
             &sampling(temperature, 1.0, seed),
             scorer,
         )?,
@@ -579,6 +611,87 @@ fn args(
         reward,
         generated,
         Detail::Args {
+            steered_tokens: steered,
+        },
+    ))
+}
+
+/// GenARM (Xu et al. 2025, "GenARM: Reward Guided Generation with Autoregressive Reward
+/// Model for Test-time Alignment"): decode from
+/// `π(y_t | x, y_<t) ∝ π_base(y_t | ·) · π_arm(y_t | ·)^α`, i.e. next-token logits
+/// `log π_base + α · log π_arm` (log-softmax of each model's logits; α = 1/β of the paper), the
+/// guide an autoregressive reward model (any causal LM with the policy's vocabulary) stepped in
+/// lockstep with the policy, each with its own KV cache. α = 0 is plain decoding of the policy
+/// (token for token, same seed); a large α follows the guide. The scorer only scores the result.
+fn genarm(
+    model: &DecodeModel,
+    prompt: &Prompt,
+    ids: &[u32],
+    alpha: f32,
+    config: &SamplingConfig,
+    scorer: &mut Counted<'_>,
+) -> Result<Outcome> {
+    let guide = model.guide.as_ref().ok_or_else(|| {
+        DecodeError::config(
+            "genarm",
+            "needs a guide model (DecodeModel::with_guide, --arm DIR)",
+        )
+    })?;
+    let (mut base, mut base_logits) = Batch::prefill(&model.lm, &[ids.to_vec()])?;
+    let (mut arm, mut arm_logits) = Batch::prefill(guide, &[ids.to_vec()])?;
+    if arm_logits[0].len() != base_logits[0].len() {
+        return Err(DecodeError::config(
+            "genarm",
+            format!(
+                "the guide's vocabulary ({}) is not the policy's ({})",
+                arm_logits[0].len(),
+                base_logits[0].len()
+            ),
+        ));
+    }
+    let mut rng = row_rng(config.seed, 0);
+    let mut seen = ids.to_vec();
+    let mut tokens = Vec::new();
+    let mut steered = 0;
+    for step in 0..config.max_new_tokens {
+        let raw = &base_logits[0];
+        check_logits(raw)
+            .map_err(|e| DecodeError::Model(format!("generation step {step}: {e}")))?;
+        let u: f32 = if config.temperature == 0.0 {
+            0.0
+        } else {
+            rng.random()
+        };
+        let combined: Vec<f32> = if alpha == 0.0 {
+            raw.clone()
+        } else {
+            check_logits(&arm_logits[0])
+                .map_err(|e| DecodeError::Model(format!("guide, generation step {step}: {e}")))?;
+            let lb = rm_core::sampling::log_softmax(raw);
+            let la = rm_core::sampling::log_softmax(&arm_logits[0]);
+            lb.iter().zip(&la).map(|(b, a)| b + alpha * a).collect()
+        };
+        let (token, _, _) = choose_token(&combined, &seen, config, u)
+            .map_err(|e| DecodeError::Model(format!("generation step {step}: {e:#}")))?;
+        if token as usize != argmax(raw) {
+            steered += 1;
+        }
+        tokens.push(token);
+        seen.push(token);
+        if config.stop_tokens.contains(&token) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        base_logits = base.step(&[Some(token)])?;
+        arm_logits = arm.step(&[Some(token)])?;
+    }
+    let text = model.text(&tokens)?;
+    let reward = scorer.score(prompt, &[text.as_str()])?[0];
+    let generated = tokens.len();
+    Ok((
+        tokens,
+        reward,
+        generated,
+        Detail::GenArm {
             steered_tokens: steered,
         },
     ))

@@ -743,6 +743,7 @@ fn run_decode_writes_one_scored_line_per_prompt() {
     let request = |strategy, curve: Vec<usize>, rm: PathBuf| DecodeRequest {
         policy: root.join("policy"),
         rm,
+        arm: None,
         input: PromptSource::File(root.join("prompts.jsonl")),
         prompts: 10,
         data_dir: root.clone(),
@@ -814,4 +815,64 @@ fn run_decode_writes_one_scored_line_per_prompt() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope") && e.contains("reward model"), "{e}");
+}
+
+#[test]
+fn genarm_with_zero_alpha_is_the_policy_and_with_a_large_alpha_the_guide() {
+    let dir = temp_dir("guide");
+    rm_core::fixtures::write_tiny_llama(&dir, 9).unwrap();
+    let guide = || CausalLm::load(&dir, &test_device()).unwrap();
+    let model = tiny_model().with_guide(guide());
+    let guide_alone = DecodeModel::new(guide(), ChatTemplate::Plain, 64);
+    let genarm = |alpha, temperature| config(Strategy::GenArm { alpha, temperature }, 10);
+    for p in ["w3 w4 w5", "w9 w10"] {
+        let policy_greedy = plain(&model, p, SamplingConfig::greedy(10));
+        let guide_greedy = plain(&guide_alone, p, SamplingConfig::greedy(10));
+        assert_ne!(
+            policy_greedy, guide_greedy,
+            "the two tiny models should disagree"
+        );
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(0.0, 0.0), 0, sevens).rows[0].tokens,
+            policy_greedy
+        );
+        // log π_base + 1000 · log π_arm: the guide's argmax wins unless the base gives it ~0.
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(1000.0, 0.0), 0, sevens).rows[0].tokens,
+            guide_greedy
+        );
+        // α = 0 at T = 1 is plain sampling of the policy with the same seed.
+        let sampled = plain(
+            &model,
+            p,
+            SamplingConfig {
+                max_new_tokens: 10,
+                seed: 4,
+                ..SamplingConfig::default()
+            },
+        );
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(0.0, 1.0), 4, sevens).rows[0].tokens,
+            sampled
+        );
+    }
+    let e = decode(
+        &tiny_model(),
+        &[text("w3")],
+        &genarm(1.0, 0.0),
+        0,
+        &mut FnScorer(|_: &Prompt, r: &str| sevens(r)),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::InvalidConfig {
+                field: "genarm",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -20,6 +20,8 @@ pub enum StrategyArg {
     Rejection,
     /// ARGS: --top-k tokens rescored logit + --weight · r at every step.
     Args,
+    /// GenARM: logits log π + --alpha · log π_arm of the policy and the --arm model.
+    Genarm,
     /// Best of --candidates blocks of --block-size tokens, block after block.
     Controlled,
 }
@@ -31,7 +33,7 @@ pub struct DecodeArgs {
     pub strategy: Option<StrategyArg>,
     /// A TOML file: `max_new_tokens = 32` and a `[strategy]` table with `type = "best-of-n"`
     /// and its parameters (instead of --strategy and its flags).
-    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "max_new_tokens"])]
+    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "max_new_tokens"])]
     pub config: Option<PathBuf>,
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
@@ -78,6 +80,13 @@ pub struct DecodeArgs {
     /// controlled: candidate blocks per step [default: 4].
     #[arg(long)]
     pub candidates: Option<usize>,
+    /// genarm: weight α of the guide's log-probs [default: 1].
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// genarm: the guide, a causal-LM folder with the policy's vocabulary (an autoregressive
+    /// reward model).
+    #[arg(long)]
+    pub arm: Option<PathBuf>,
     /// Most new tokens per response [default: 64].
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -144,6 +153,15 @@ impl DecodeArgs {
                     temperature: self.temperature.unwrap_or(0.0),
                 }
             }
+            StrategyArg::Genarm => {
+                if self.arm.is_none() {
+                    bail!("--strategy genarm needs --arm DIR (the guide model)");
+                }
+                Strategy::GenArm {
+                    alpha: self.alpha.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
             StrategyArg::Controlled => Strategy::Controlled {
                 candidates: self.candidates.unwrap_or(4),
                 block_size: self.block_size.unwrap_or(8),
@@ -167,6 +185,7 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
     let request = DecodeRequest {
         policy: args.policy.clone(),
         rm: args.rm.clone(),
+        arm: args.arm.clone(),
         input: args.input.clone(),
         prompts: args.prompts,
         data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
@@ -299,5 +318,17 @@ mod tests {
             "--config excludes the strategy flags"
         );
         assert!(parse("").is_err(), "a strategy is required");
+        let e = parse("--strategy genarm --alpha 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--arm"), "{e}");
+        let c = parse("--strategy genarm --alpha 2 --arm g").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::GenArm {
+                alpha: 2.0,
+                temperature: 0.0
+            }
+        );
     }
 }
