@@ -74,7 +74,7 @@ enum Command {
     TrainPo(commands::policy::TrainPoArgs),
     /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
     EvalPo(commands::policy::EvalPoArgs),
-    /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, controlled) of a
+    /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a
     /// policy with a reward model: one JSON line per prompt, a summary.
     Decode(commands::decode::DecodeArgs),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
