@@ -6,6 +6,8 @@
 //!   sampling pass ([`best_of_n_curve`]);
 //! - soft best-of-n (choice ∝ exp(r/λ)) and rejection sampling against a threshold;
 //! - ARGS (token-level: top-k tokens rescored `logit + w·r`);
+//! - DeAL-style lookahead (ARGS with each candidate scored after a greedy continuation), with
+//!   keyword and length scorers;
 //! - GenARM (logits `log π + α · log π_arm` of the policy and a guide causal LM);
 //! - blockwise controlled decoding (best of K blocks of B tokens).
 //!
@@ -25,10 +27,10 @@ pub use bon::{CurvePoint, best_index, best_of_n_curve, kl_bound, soft_best_index
 pub use error::{DecodeError, Result};
 pub use model::DecodeModel;
 pub use run::{
-    DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, Summary, decode, load_prompts,
-    run_decode,
+    DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, Summary, decode,
+    load_prompts, run_decode,
 };
-pub use scorer::{FnScorer, Scorer};
+pub use scorer::{FnScorer, KeywordScorer, LengthScorer, Scorer};
 pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
 
 #[cfg(test)]

@@ -245,12 +245,22 @@ pub fn decode(
     Ok(DecodeRun { rows, summary })
 }
 
+/// What scores the responses of a `plumb decode` run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScorerSpec {
+    /// A reward-model folder (`plumb train-rm`).
+    RewardModel(PathBuf),
+    /// [`KeywordScorer`](crate::KeywordScorer) over these keywords.
+    Keywords(Vec<String>),
+    /// [`LengthScorer`](crate::LengthScorer) with this target word count.
+    Length(usize),
+}
+
 /// A `plumb decode` run.
 pub struct DecodeRequest {
     /// A policy folder (`plumb train-po`) or a model folder.
     pub policy: PathBuf,
-    /// A reward-model folder (`plumb train-rm`).
-    pub rm: PathBuf,
+    pub scorer: ScorerSpec,
     /// GenARM's guide: a causal-LM folder (an autoregressive reward model).
     pub arm: Option<PathBuf>,
     pub input: PromptSource,
@@ -296,13 +306,19 @@ pub fn run_decode(
         }
     }
     config.validate()?;
-    for (what, path) in [("reward model", &request.rm), ("policy", &request.policy)] {
-        if !path.exists() {
-            return Err(DecodeError::File {
-                path: path.clone(),
-                reason: format!("no such {what} folder"),
-            });
-        }
+    if let ScorerSpec::RewardModel(rm) = &request.scorer
+        && !rm.exists()
+    {
+        return Err(DecodeError::File {
+            path: rm.clone(),
+            reason: "no such reward model folder".into(),
+        });
+    }
+    if !request.policy.exists() {
+        return Err(DecodeError::File {
+            path: request.policy.clone(),
+            reason: "no such policy folder".into(),
+        });
     }
     let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
     let mut model = DecodeModel::load(&request.policy, &request.device)?;
@@ -318,9 +334,23 @@ pub fn run_decode(
                 .map_err(DecodeError::model)?,
         );
     }
-    let mut rm =
-        RewardModelBundle::load(&request.rm, &request.device).map_err(DecodeError::model)?;
-    let run = decode(&model, &prompts, &config, request.seed, &mut rm, progress)?;
+    let mut scorer: Box<dyn Scorer> = match &request.scorer {
+        ScorerSpec::RewardModel(dir) => {
+            Box::new(RewardModelBundle::load(dir, &request.device).map_err(DecodeError::model)?)
+        }
+        ScorerSpec::Keywords(k) => Box::new(crate::KeywordScorer {
+            keywords: k.clone(),
+        }),
+        ScorerSpec::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+    };
+    let run = decode(
+        &model,
+        &prompts,
+        &config,
+        request.seed,
+        scorer.as_mut(),
+        progress,
+    )?;
     let curve = if request.curve.is_empty() {
         Vec::new()
     } else {

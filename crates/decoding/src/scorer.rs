@@ -75,3 +75,40 @@ impl<'a> Counted<'a> {
         Ok(out)
     }
 }
+
+/// A keyword reward (DeAL's keyword constraints): `r = |{k ∈ K : k occurs in the response}| / |K|`,
+/// matched case-insensitively as substrings; 0 for an empty keyword list.
+pub struct KeywordScorer {
+    pub keywords: Vec<String>,
+}
+
+impl Scorer for KeywordScorer {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        let keys: Vec<String> = self.keywords.iter().map(|k| k.to_lowercase()).collect();
+        Ok(pairs
+            .iter()
+            .map(|(_, r)| {
+                if keys.is_empty() {
+                    return 0.0;
+                }
+                let r = r.to_lowercase();
+                keys.iter().filter(|k| r.contains(k.as_str())).count() as f32 / keys.len() as f32
+            })
+            .collect())
+    }
+}
+
+/// A length reward (DeAL's length constraint): `r = −|words(response) − target|`, words split
+/// on whitespace; 0 exactly at the target.
+pub struct LengthScorer {
+    pub target_words: usize,
+}
+
+impl Scorer for LengthScorer {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Ok(pairs
+            .iter()
+            .map(|(_, r)| -(r.split_whitespace().count() as f32 - self.target_words as f32).abs())
+            .collect())
+    }
+}

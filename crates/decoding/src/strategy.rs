@@ -68,6 +68,15 @@ pub enum Strategy {
         #[serde(default)]
         temperature: f32,
     },
+    /// DeAL-style lookahead: ARGS whose candidates are scored after a greedy continuation of
+    /// `depth` more tokens.
+    Lookahead {
+        top_k: usize,
+        depth: usize,
+        weight: f32,
+        #[serde(default)]
+        temperature: f32,
+    },
     /// GenARM: next-token logits `log π_base + alpha · log π_arm` of the policy and a guide
     /// causal LM ([`DecodeModel::with_guide`]), greedy at temperature 0.
     GenArm {
@@ -196,6 +205,21 @@ impl DecodeConfig {
                 }
                 temperature(*t)
             }
+            Strategy::Lookahead {
+                top_k,
+                depth: _,
+                weight,
+                temperature: t,
+            } => {
+                positive("top_k", *top_k)?;
+                if !weight.is_finite() {
+                    return Err(DecodeError::config(
+                        "weight",
+                        format!("must be finite, got {weight}"),
+                    ));
+                }
+                temperature(*t)
+            }
             Strategy::GenArm {
                 alpha,
                 temperature: t,
@@ -231,6 +255,7 @@ impl Strategy {
             Strategy::SoftBestOfN { .. } => "soft-best-of-n",
             Strategy::Rejection { .. } => "rejection",
             Strategy::Args { .. } => "args",
+            Strategy::Lookahead { .. } => "lookahead",
             Strategy::GenArm { .. } => "genarm",
             Strategy::Controlled { .. } => "controlled",
         }
@@ -275,6 +300,10 @@ pub enum Detail {
     },
     Args {
         /// Final response tokens chosen against the policy's own argmax.
+        steered_tokens: usize,
+    },
+    Lookahead {
+        /// Tokens chosen against the policy's own argmax.
         steered_tokens: usize,
     },
     GenArm {
@@ -379,11 +408,36 @@ pub(crate) fn decode_one(
             model,
             prompt,
             ids,
-            top_k,
+            (top_k, 0),
             weight,
             &sampling(temperature, 1.0, seed),
             scorer,
         )?,
+        Strategy::Lookahead {
+            top_k,
+            depth,
+            weight,
+            temperature,
+        } => {
+            let (tokens, reward, generated, detail) = args(
+                model,
+                prompt,
+                ids,
+                (top_k, depth),
+                weight,
+                &sampling(temperature, 1.0, seed),
+                scorer,
+            )?;
+            let Detail::Args { steered_tokens } = detail else {
+                unreachable!("args() reports Detail::Args")
+            };
+            (
+                tokens,
+                reward,
+                generated,
+                Detail::Lookahead { steered_tokens },
+            )
+        }
         Strategy::GenArm { alpha, temperature } => genarm(
             model,
             prompt,
@@ -539,11 +593,18 @@ fn top_k_ids(logits: &[f32], k: usize) -> Vec<u32> {
 /// `softmax(s / T)` over the k candidates (the logit differs from log π by a per-step constant,
 /// so either gives the same choice). `w = 0` skips the scorer and is exactly greedy / top-k
 /// sampling. One scorer call of k texts per token.
+///
+/// With `depth > 0` this is DeAL-style lookahead (Huang et al. 2024, "DeAL: Decoding-time
+/// Alignment for Large Language Models"): each candidate v is first continued greedily by up
+/// to `depth` tokens ℓ(v) (one batched prefill of the k candidates, then `depth − 1` steps) and
+/// scored as `s(v) = logit(v) + w · r(x, y_<t ⊕ v ⊕ ℓ(v))`, so rewards that only show further
+/// on (keywords, length) are seen. Only v is kept; the lookahead is recomputed next step.
+/// Generated-token counts include the lookahead tokens.
 fn args(
     model: &DecodeModel,
     prompt: &Prompt,
     ids: &[u32],
-    top_k: usize,
+    (top_k, depth): (usize, usize),
     weight: f32,
     config: &SamplingConfig,
     scorer: &mut Counted<'_>,
@@ -554,6 +615,7 @@ fn args(
     let mut seen = ids.to_vec();
     let mut tokens: Vec<u32> = Vec::new();
     let mut steered = 0;
+    let mut lookahead_tokens = 0;
     let choose = SamplingConfig {
         top_k: 0,
         top_p: 1.0,
@@ -577,13 +639,20 @@ fn args(
                 adjusted[c as usize] = raw[c as usize];
             }
         } else {
-            let texts: Vec<String> = candidates
+            let mut continued: Vec<Vec<u32>> = candidates
                 .iter()
-                .map(|&c| {
-                    let mut t = tokens.clone();
-                    t.push(c);
-                    model.text(&t)
-                })
+                .map(|&c| [tokens.as_slice(), &[c]].concat())
+                .collect();
+            if depth > 0 {
+                let looked = greedy_lookahead(model, ids, &continued, depth, &config.stop_tokens)?;
+                for (row, extra) in continued.iter_mut().zip(looked) {
+                    lookahead_tokens += extra.len();
+                    row.extend(extra);
+                }
+            }
+            let texts: Vec<String> = continued
+                .iter()
+                .map(|t| model.text(t))
                 .collect::<Result<_>>()?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let rewards = scorer.score(prompt, &refs)?;
@@ -605,7 +674,7 @@ fn args(
     }
     let text = model.text(&tokens)?;
     let reward = scorer.score(prompt, &[text.as_str()])?[0];
-    let generated = tokens.len();
+    let generated = tokens.len() + lookahead_tokens;
     Ok((
         tokens,
         reward,
@@ -614,6 +683,55 @@ fn args(
             steered_tokens: steered,
         },
     ))
+}
+
+/// Greedy continuations of up to `depth` tokens of each `rows[i]` (the response so far, after
+/// the prompt `ids`); a row whose last token is a stop token is not continued.
+fn greedy_lookahead(
+    model: &DecodeModel,
+    ids: &[u32],
+    rows: &[Vec<u32>],
+    depth: usize,
+    stop: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let full: Vec<Vec<u32>> = rows.iter().map(|r| [ids, r.as_slice()].concat()).collect();
+    let (mut batch, mut logits) = Batch::prefill(&model.lm, &full)?;
+    let mut out = vec![Vec::new(); rows.len()];
+    let mut done: Vec<bool> = rows
+        .iter()
+        .map(|r| r.last().is_some_and(|t| stop.contains(t)))
+        .collect();
+    for step in 0..depth {
+        let mut next = vec![None; rows.len()];
+        for (i, row) in logits.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let token = argmax(row) as u32;
+            out[i].push(token);
+            if stop.contains(&token) {
+                done[i] = true;
+            } else {
+                next[i] = Some(token);
+            }
+        }
+        if done.iter().all(|&d| d) || step + 1 == depth {
+            break;
+        }
+        logits = batch.step(&next)?;
+    }
+    Ok(out)
+}
+
+/// [`greedy_lookahead`] with the model's stop tokens, for the tests.
+#[cfg(test)]
+pub(crate) fn greedy_lookahead_for_tests(
+    model: &DecodeModel,
+    ids: &[u32],
+    rows: &[Vec<u32>],
+    depth: usize,
+) -> Result<Vec<Vec<u32>>> {
+    greedy_lookahead(model, ids, rows, depth, &model.stop_tokens())
 }
 
 /// GenARM (Xu et al. 2025, "GenARM: Reward Guided Generation with Autoregressive Reward

@@ -742,7 +742,7 @@ fn run_decode_writes_one_scored_line_per_prompt() {
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
     let request = |strategy, curve: Vec<usize>, rm: PathBuf| DecodeRequest {
         policy: root.join("policy"),
-        rm,
+        scorer: ScorerSpec::RewardModel(rm),
         arm: None,
         input: PromptSource::File(root.join("prompts.jsonl")),
         prompts: 10,
@@ -815,6 +815,19 @@ fn run_decode_writes_one_scored_line_per_prompt() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope") && e.contains("reward model"), "{e}");
+    // A keyword scorer instead of the reward model: rewards are the closed form.
+    let keywords = DecodeRequest {
+        scorer: ScorerSpec::Keywords(vec!["w7".into(), "w9".into()]),
+        ..request(bon, vec![], root.join("rm"))
+    };
+    run_decode(&keywords, &mut |_| {}).unwrap();
+    for line in std::fs::read_to_string(&keywords.out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap();
+        // No word of w0 … w47 holds "w7" or "w9" but itself.
+        let expected = ["w7", "w9"].iter().filter(|k| t.contains(*k)).count() as f64 / 2.0;
+        assert_eq!(v["reward"].as_f64().unwrap(), expected, "{t}");
+    }
 }
 
 #[test]
@@ -875,4 +888,110 @@ fn genarm_with_zero_alpha_is_the_policy_and_with_a_large_alpha_the_guide() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn keyword_and_length_scorers_match_their_closed_forms() {
+    let p = text("w3");
+    let mut k = KeywordScorer {
+        keywords: vec!["Safe".into(), "help".into(), "w9".into(), "zz".into()],
+    };
+    let r = k
+        .score(&[
+            (&p, "I am SAFE to help"),
+            (&p, "nothing"),
+            (&p, "w9 help safe zz"),
+        ])
+        .unwrap();
+    assert_eq!(r, [0.5, 0.0, 1.0]);
+    let mut l = LengthScorer { target_words: 3 };
+    let r = l
+        .score(&[(&p, "a b c"), (&p, "a"), (&p, "a b c d e f"), (&p, "")])
+        .unwrap();
+    assert_eq!(r, [0.0, -2.0, -3.0, -3.0]);
+}
+
+#[test]
+fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
+    let model = tiny_model();
+    let prompt = [text("w3 w4 w5")];
+    let args = config(
+        Strategy::Args {
+            top_k: 4,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let look0 = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 0,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let a = run(&model, &prompt, &args, 0, id_sum);
+    let l = run(&model, &prompt, &look0, 0, id_sum);
+    assert_eq!(a.rows[0].tokens, l.rows[0].tokens);
+    assert_eq!(a.rows[0].stats.texts_scored, l.rows[0].stats.texts_scored);
+    // w = 0 is greedy whatever the depth.
+    let look = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 3,
+            weight: 0.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    assert_eq!(
+        run(&model, &prompt, &look, 0, id_sum).rows[0].tokens,
+        plain(&model, "w3 w4 w5", SamplingConfig::greedy(8))
+    );
+    // Each lookahead is the greedy continuation generate() gives the candidate's prefix.
+    let ids = model.prompt_ids(&prompt[0], 8).unwrap();
+    let rows = vec![vec![9u32], vec![20, 21], vec![30]];
+    let looked = crate::strategy::greedy_lookahead_for_tests(&model, &ids, &rows, 4).unwrap();
+    for (row, got) in rows.iter().zip(&looked) {
+        let prefix = [ids.as_slice(), row].concat();
+        let c = SamplingConfig {
+            stop_tokens: model.stop_tokens(),
+            ..SamplingConfig::greedy(4)
+        };
+        let expected = generate(
+            &model.lm,
+            &model.lm.tokenizer,
+            &[prefix],
+            &c,
+            &model.lm.device,
+        )
+        .unwrap();
+        assert_eq!(got, &expected[0].tokens, "row {row:?}");
+    }
+    // With lookahead the scorer sees 8 steps × 4 candidates, each continued by ≤ 3 tokens.
+    let look = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 3,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let mut lengths = Vec::new();
+    let mut scorer = FnScorer(|_: &Prompt, r: &str| {
+        lengths.push(r.split_whitespace().count());
+        id_sum(r)
+    });
+    let out = decode(&model, &prompt, &look, 0, &mut scorer, &mut |_| {}).unwrap();
+    let steps = out.rows[0].tokens.len();
+    assert_eq!(out.rows[0].stats.scorer_calls, steps + 1);
+    // At step t a candidate text has t + 1 tokens plus its lookahead (3 unless it stopped).
+    for (i, &n) in lengths[..steps * 4].iter().enumerate() {
+        let t = i / 4;
+        assert!(n > t && n <= t + 4, "step {t}: {n} words");
+    }
+    assert!(out.rows[0].stats.tokens_generated > steps);
 }

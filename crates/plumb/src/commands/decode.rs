@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use decoding::{DecodeConfig, DecodeRequest, PromptSource, Strategy, run_decode};
+use decoding::{DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, Strategy, run_decode};
 
 use crate::GlobalArgs;
 
@@ -20,6 +20,8 @@ pub enum StrategyArg {
     Rejection,
     /// ARGS: --top-k tokens rescored logit + --weight · r at every step.
     Args,
+    /// DeAL-style lookahead: ARGS with each candidate scored after --depth greedy tokens.
+    Lookahead,
     /// GenARM: logits log π + --alpha · log π_arm of the policy and the --arm model.
     Genarm,
     /// Best of --candidates blocks of --block-size tokens, block after block.
@@ -27,20 +29,28 @@ pub enum StrategyArg {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("scorer").required(true).args(["rm", "keywords", "target_words"])))]
 pub struct DecodeArgs {
     /// The decoding method (or --config).
     #[arg(long, value_enum, required_unless_present = "config")]
     pub strategy: Option<StrategyArg>,
     /// A TOML file: `max_new_tokens = 32` and a `[strategy]` table with `type = "best-of-n"`
     /// and its parameters (instead of --strategy and its flags).
-    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "max_new_tokens"])]
+    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens"])]
     pub config: Option<PathBuf>,
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
     pub policy: PathBuf,
-    /// A reward-model folder (`plumb train-rm`).
+    /// A reward-model folder (`plumb train-rm`): the scorer.
     #[arg(long)]
-    pub rm: PathBuf,
+    pub rm: Option<PathBuf>,
+    /// Instead of --rm: reward = the fraction of these keywords (comma-separated) in the
+    /// response, case-insensitive.
+    #[arg(long, value_delimiter = ',')]
+    pub keywords: Vec<String>,
+    /// Instead of --rm: reward = −|words in the response − this target|.
+    #[arg(long)]
+    pub target_words: Option<usize>,
     /// A JSONL file of {"prompt": …} rows, or hh-rlhf:dev / hh-rlhf:train.
     #[arg(long)]
     pub input: PromptSource,
@@ -80,6 +90,9 @@ pub struct DecodeArgs {
     /// controlled: candidate blocks per step [default: 4].
     #[arg(long)]
     pub candidates: Option<usize>,
+    /// lookahead: greedy tokens after each candidate before it is scored [default: 4].
+    #[arg(long)]
+    pub depth: Option<usize>,
     /// genarm: weight α of the guide's log-probs [default: 1].
     #[arg(long)]
     pub alpha: Option<f32>,
@@ -153,6 +166,15 @@ impl DecodeArgs {
                     temperature: self.temperature.unwrap_or(0.0),
                 }
             }
+            StrategyArg::Lookahead => {
+                unused(&[("n", self.n.is_some()), ("top-p", self.top_p.is_some())])?;
+                Strategy::Lookahead {
+                    top_k: self.top_k.unwrap_or(5),
+                    depth: self.depth.unwrap_or(4),
+                    weight: self.weight.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
             StrategyArg::Genarm => {
                 if self.arm.is_none() {
                     bail!("--strategy genarm needs --arm DIR (the guide model)");
@@ -184,7 +206,11 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
     let config = args.decode_config()?;
     let request = DecodeRequest {
         policy: args.policy.clone(),
-        rm: args.rm.clone(),
+        scorer: match (&args.rm, args.target_words) {
+            (Some(rm), _) => ScorerSpec::RewardModel(rm.clone()),
+            (None, Some(n)) => ScorerSpec::Length(n),
+            (None, None) => ScorerSpec::Keywords(args.keywords.clone()),
+        },
         arm: args.arm.clone(),
         input: args.input.clone(),
         prompts: args.prompts,
@@ -259,6 +285,10 @@ mod tests {
 
     fn parse(flags: &str) -> Result<DecodeConfig> {
         let base = "plumb --policy p --rm r --input hh-rlhf:dev";
+        parse_with(base, flags)
+    }
+
+    fn parse_with(base: &str, flags: &str) -> Result<DecodeConfig> {
         let cli = Cli::try_parse_from(format!("{base} {flags}").split_whitespace())?;
         cli.args.decode_config()
     }
