@@ -76,7 +76,7 @@ enum Command {
     EvalPo(commands::policy::EvalPoArgs),
     /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a
     /// policy with a reward model: one JSON line per prompt, a summary.
-    Decode(commands::decode::DecodeArgs),
+    Decode(Box<commands::decode::DecodeArgs>),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
-        Command::Decode(args) => commands::decode::run(&cli.global, args),
+        Command::Decode(args) => commands::decode::run(&cli.global, *args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Export(args) => commands::export::run(&cli.global, args),
