@@ -1,6 +1,37 @@
 //! # decoding
 //!
-//! Reward-guided decoding: best-of-n and rejection sampling with a reward model, and token-level
-//! steering of a policy's next-token distribution by a reward or value model at generation time.
+//! Reward-guided decoding: each method is a [`Strategy`] over the one KV-cache generation
+//! engine of [`rm_core::sampling`] and any [`Scorer`] (a reward model, a closed form):
+//! - best-of-n, with its KL bound `log n − (n − 1)/n` and the reward curve over n from one
+//!   sampling pass ([`best_of_n_curve`]);
+//! - soft best-of-n (choice ∝ exp(r/λ)) and rejection sampling against a threshold;
+//! - ARGS (token-level: top-k tokens rescored `logit + w·r`);
+//! - DeAL-style lookahead (ARGS with each candidate scored after a greedy continuation), with
+//!   keyword and length scorers;
+//! - GenARM (logits `log π + α · log π_arm` of the policy and a guide causal LM);
+//! - blockwise controlled decoding (best of K blocks of B tokens).
 //!
-//! Nothing is implemented here yet.
+//! Every strategy returns, per prompt, the chosen text, its reward and its cost
+//! ([`DecodeStats`]: tokens generated, tokens/s, scorer calls). [`decode`] runs a list of
+//! prompts; [`run_decode`] is `plumb decode` (load, decode, write JSONL).
+
+mod bon;
+mod engine;
+mod error;
+mod model;
+mod run;
+mod scorer;
+mod strategy;
+
+pub use bon::{CurvePoint, best_index, best_of_n_curve, kl_bound, soft_best_index};
+pub use error::{DecodeError, Result};
+pub use model::DecodeModel;
+pub use run::{
+    DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, Summary, decode,
+    load_prompts, run_decode,
+};
+pub use scorer::{FnScorer, KeywordScorer, LengthScorer, Scorer};
+pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
+
+#[cfg(test)]
+mod tests;

@@ -76,6 +76,9 @@ enum Command {
     TrainRl(commands::rl::TrainRlArgs),
     /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
     EvalPo(commands::policy::EvalPoArgs),
+    /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a
+    /// policy with a reward model: one JSON line per prompt, a summary.
+    Decode(Box<commands::decode::DecodeArgs>),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
+        Command::Decode(args) => commands::decode::run(&cli.global, *args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Export(args) => commands::export::run(&cli.global, args),

@@ -1,6 +1,7 @@
 //! One module per `plumb` subcommand.
 
 pub mod data;
+pub mod decode;
 pub mod export;
 pub mod info;
 pub mod models;

@@ -1,0 +1,377 @@
+//! A whole decoding run: prompts in, one JSON line per prompt out, a summary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rm_core::burn::tensor::Device;
+use rm_core::data::hh_rlhf;
+use rm_core::models::reward::RewardModelBundle;
+use rm_core::types::Prompt;
+use serde::Serialize;
+
+use crate::bon::{CurvePoint, best_of_n_curve, kl_bound};
+use crate::error::{DecodeError, Result};
+use crate::model::DecodeModel;
+use crate::scorer::{Counted, Scorer};
+use crate::strategy::{DecodeConfig, Decoded, Detail, Strategy, decode_one};
+
+/// Where prompts come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptSource {
+    /// HH-RLHF harmless-base in the data dir (`hh-rlhf:dev`, `hh-rlhf:train`).
+    HhRlhf(hh_rlhf::Split),
+    /// A JSONL file, one `{"prompt": "…"}` (or a conversation `{"turns": […]}`) per line; other
+    /// fields are ignored.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for PromptSource {
+    type Err = DecodeError;
+    /// `hh-rlhf:dev`, `hh-rlhf:train`, or a path.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix("hh-rlhf:") {
+            Some("dev") => Ok(Self::HhRlhf(hh_rlhf::Split::Dev)),
+            Some("train") => Ok(Self::HhRlhf(hh_rlhf::Split::Train)),
+            Some(other) => Err(DecodeError::config(
+                "input",
+                format!("hh-rlhf:{other}: the splits are train and dev"),
+            )),
+            None if s.is_empty() => Err(DecodeError::config(
+                "input",
+                "empty: give a JSONL file or hh-rlhf:dev",
+            )),
+            None => Ok(Self::File(PathBuf::from(s))),
+        }
+    }
+}
+
+/// The first `n` distinct prompts of `source` (`data_dir` holds the datasets).
+pub fn load_prompts(source: &PromptSource, data_dir: &Path, n: usize) -> Result<Vec<Prompt>> {
+    if n == 0 {
+        return Err(DecodeError::config("prompts", "must be at least 1, got 0"));
+    }
+    let all: Vec<Prompt> = match source {
+        PromptSource::HhRlhf(split) => hh_rlhf::load(data_dir, *split)
+            .map_err(|e| DecodeError::File {
+                path: data_dir.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .0
+            .into_iter()
+            .map(|p| p.prompt)
+            .collect(),
+        PromptSource::File(path) => read_prompt_file(path)?,
+    };
+    let mut out: Vec<Prompt> = Vec::new();
+    for p in all {
+        if out.len() == n {
+            break;
+        }
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        let from = match source {
+            PromptSource::HhRlhf(_) => "the dataset".to_string(),
+            PromptSource::File(p) => p.display().to_string(),
+        };
+        return Err(DecodeError::EmptyInput(format!("{from} holds no prompt")));
+    }
+    Ok(out)
+}
+
+fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path).map_err(|e| DecodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let bad = |line: usize, reason: String| DecodeError::BadRow {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(i + 1, format!("not JSON: {e}")))?;
+        let field = value
+            .get("prompt")
+            .ok_or_else(|| bad(i + 1, "no field `prompt`".into()))?;
+        let prompt: Prompt = serde_json::from_value(field.clone()).map_err(|e| {
+            bad(
+                i + 1,
+                format!("field `prompt` is neither text nor a conversation: {e}"),
+            )
+        })?;
+        if matches!(&prompt, Prompt::Text(t) if t.trim().is_empty()) {
+            return Err(bad(i + 1, "field `prompt` is empty".into()));
+        }
+        out.push(prompt);
+    }
+    Ok(out)
+}
+
+/// Progress of a run, reported after each prompt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    /// Mean reward of the prompts done so far.
+    pub mean_reward: f64,
+}
+
+/// Totals of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub strategy: String,
+    pub prompts: usize,
+    pub mean_reward: f64,
+    pub tokens_generated: usize,
+    pub seconds: f64,
+    /// All tokens generated / wall time (scoring included).
+    pub tokens_per_second: f64,
+    pub scorer_calls: usize,
+    pub texts_scored: usize,
+    /// Best-of-n: `log n − (n − 1)/n`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_bound: Option<f64>,
+    /// Rejection: prompts with an accepted sample / prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate: Option<f64>,
+    /// Rejection: samples ≥ threshold / samples drawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_acceptance_rate: Option<f64>,
+}
+
+/// Every prompt's outcome and the totals.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DecodeRun {
+    pub rows: Vec<Decoded>,
+    pub summary: Summary,
+}
+
+impl DecodeRun {
+    /// The best-of-n curve of a best-of-n or soft best-of-n run (see [`best_of_n_curve`]).
+    pub fn curve(&self, ns: &[usize]) -> Result<Vec<CurvePoint>> {
+        let rewards: Vec<Vec<f32>> = self
+            .rows
+            .iter()
+            .map(|r| match &r.detail {
+                Detail::BestOfN { rewards, .. } | Detail::SoftBestOfN { rewards, .. } => {
+                    Ok(rewards.clone())
+                }
+                _ => Err(DecodeError::config(
+                    "curve",
+                    "only best-of-n runs have a curve",
+                )),
+            })
+            .collect::<Result<_>>()?;
+        best_of_n_curve(&rewards, ns)
+    }
+}
+
+/// Decodes every prompt with `config` and `scorer`; prompt p's rows are seeded `seed + p`.
+pub fn decode(
+    model: &DecodeModel,
+    prompts: &[Prompt],
+    config: &DecodeConfig,
+    seed: u64,
+    scorer: &mut dyn Scorer,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DecodeRun> {
+    config.validate()?;
+    if prompts.is_empty() {
+        return Err(DecodeError::EmptyInput("the prompt list is empty".into()));
+    }
+    let start = Instant::now();
+    let mut scorer = Counted::new(scorer);
+    let mut rows = Vec::with_capacity(prompts.len());
+    let mut reward_sum = 0.0;
+    for (i, prompt) in prompts.iter().enumerate() {
+        let ids = model.prompt_ids(prompt, config.max_new_tokens)?;
+        let row = decode_one(
+            model,
+            prompt,
+            &ids,
+            config,
+            seed.wrapping_add(i as u64),
+            &mut scorer,
+        )?;
+        reward_sum += f64::from(row.reward);
+        rows.push(row);
+        progress(Progress {
+            done: i + 1,
+            total: prompts.len(),
+            mean_reward: reward_sum / (i + 1) as f64,
+        });
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens: usize = rows.iter().map(|r| r.stats.tokens_generated).sum();
+    let (mut accepted, mut samples, mut passed) = (0, 0, 0);
+    for r in &rows {
+        if let Detail::Rejection {
+            accepted: a,
+            samples: s,
+            accepted_samples: p,
+        } = r.detail
+        {
+            accepted += usize::from(a);
+            samples += s;
+            passed += p;
+        }
+    }
+    let rejection = matches!(config.strategy, Strategy::Rejection { .. });
+    let summary = Summary {
+        strategy: config.strategy.name().into(),
+        prompts: rows.len(),
+        mean_reward: reward_sum / rows.len() as f64,
+        tokens_generated: tokens,
+        seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        scorer_calls: scorer.calls,
+        texts_scored: scorer.texts,
+        kl_bound: match config.strategy {
+            Strategy::BestOfN { n, .. } => Some(kl_bound(n)?),
+            _ => None,
+        },
+        acceptance_rate: rejection.then(|| accepted as f64 / rows.len() as f64),
+        sample_acceptance_rate: rejection.then(|| passed as f64 / samples.max(1) as f64),
+    };
+    Ok(DecodeRun { rows, summary })
+}
+
+/// What scores the responses of a `plumb decode` run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScorerSpec {
+    /// A reward-model folder (`plumb train-rm`).
+    RewardModel(PathBuf),
+    /// [`KeywordScorer`](crate::KeywordScorer) over these keywords.
+    Keywords(Vec<String>),
+    /// [`LengthScorer`](crate::LengthScorer) with this target word count.
+    Length(usize),
+}
+
+/// A `plumb decode` run.
+pub struct DecodeRequest {
+    /// A policy folder (`plumb train-po`) or a model folder.
+    pub policy: PathBuf,
+    pub scorer: ScorerSpec,
+    /// GenARM's guide: a causal-LM folder (an autoregressive reward model).
+    pub arm: Option<PathBuf>,
+    pub input: PromptSource,
+    pub prompts: usize,
+    pub data_dir: PathBuf,
+    pub config: DecodeConfig,
+    pub seed: u64,
+    /// Best-of-n: the values of n of the curve (from one pass of `max(curve)` samples).
+    pub curve: Vec<usize>,
+    /// One JSON line per prompt.
+    pub out: PathBuf,
+    pub device: Device,
+}
+
+/// What a `plumb decode` run produced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DecodeOutcome {
+    pub summary: Summary,
+    pub curve: Vec<CurvePoint>,
+    pub out: PathBuf,
+}
+
+/// Loads the policy, the reward model and the prompts, decodes, writes `out` (one JSON line per
+/// prompt: prompt, text, reward, stats, detail), returns the summary and the curve. With a
+/// non-empty `curve` the strategy must be best-of-n; its n becomes `max(curve)`.
+pub fn run_decode(
+    request: &DecodeRequest,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DecodeOutcome> {
+    let mut config = request.config.clone();
+    if !request.curve.is_empty() {
+        match &mut config.strategy {
+            Strategy::BestOfN { n, .. } => *n = *request.curve.iter().max().expect("non-empty"),
+            _ => {
+                return Err(DecodeError::config(
+                    "curve",
+                    "--curve needs --strategy best-of-n",
+                ));
+            }
+        }
+        if request.curve.contains(&0) {
+            return Err(DecodeError::config("curve", "n = 0 in the curve"));
+        }
+    }
+    config.validate()?;
+    if let ScorerSpec::RewardModel(rm) = &request.scorer
+        && !rm.exists()
+    {
+        return Err(DecodeError::File {
+            path: rm.clone(),
+            reason: "no such reward model folder".into(),
+        });
+    }
+    if !request.policy.exists() {
+        return Err(DecodeError::File {
+            path: request.policy.clone(),
+            reason: "no such policy folder".into(),
+        });
+    }
+    let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
+    let mut model = DecodeModel::load(&request.policy, &request.device)?;
+    if let Some(arm) = &request.arm {
+        if !arm.exists() {
+            return Err(DecodeError::File {
+                path: arm.clone(),
+                reason: "no such guide model folder".into(),
+            });
+        }
+        model = model.with_guide(
+            rm_core::models::llama::CausalLm::load(arm, &request.device)
+                .map_err(DecodeError::model)?,
+        );
+    }
+    let mut scorer: Box<dyn Scorer> = match &request.scorer {
+        ScorerSpec::RewardModel(dir) => {
+            Box::new(RewardModelBundle::load(dir, &request.device).map_err(DecodeError::model)?)
+        }
+        ScorerSpec::Keywords(k) => Box::new(crate::KeywordScorer {
+            keywords: k.clone(),
+        }),
+        ScorerSpec::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+    };
+    let run = decode(
+        &model,
+        &prompts,
+        &config,
+        request.seed,
+        scorer.as_mut(),
+        progress,
+    )?;
+    let curve = if request.curve.is_empty() {
+        Vec::new()
+    } else {
+        run.curve(&request.curve)?
+    };
+    let io = |e: std::io::Error| DecodeError::File {
+        path: request.out.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&request.out).map_err(io)?);
+    for row in &run.rows {
+        let line = serde_json::to_string(row).map_err(|e| DecodeError::Model(e.to_string()))?;
+        writeln!(file, "{line}").map_err(io)?;
+    }
+    file.flush().map_err(io)?;
+    Ok(DecodeOutcome {
+        summary: run.summary,
+        curve,
+        out: request.out.clone(),
+    })
+}

@@ -1,0 +1,114 @@
+//! What the strategies steer by: anything that turns (prompt, response) pairs into rewards.
+
+use rm_core::models::reward::RewardModelBundle;
+use rm_core::types::Prompt;
+
+use crate::error::{DecodeError, Result};
+
+/// A reward for (prompt, response) pairs: a reward model, a heuristic, a closed form in a test.
+pub trait Scorer {
+    /// One reward per pair, in order; higher is better.
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>>;
+}
+
+/// A trained reward model (`plumb train-rm`) scores with its first attribute, the raw head
+/// output r(x, y), texts rendered with the model's own template, 16 texts per forward pass.
+impl Scorer for RewardModelBundle {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        let texts: Vec<String> = pairs
+            .iter()
+            .map(|(p, r)| self.text(p, r))
+            .collect::<anyhow::Result<_>>()
+            .map_err(|e| DecodeError::Scorer(format!("{e:#}")))?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let rewards = self
+            .score_texts(&refs, 16)
+            .map_err(|e| DecodeError::Scorer(format!("{e:#}")))?;
+        Ok(rewards.into_iter().map(|r| r[0]).collect())
+    }
+}
+
+/// A scorer from a closure `f(prompt, response) → reward` (keyword or length rewards, tests).
+pub struct FnScorer<F>(pub F);
+
+impl<F: FnMut(&Prompt, &str) -> f32> Scorer for FnScorer<F> {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Ok(pairs.iter().map(|(p, r)| (self.0)(p, r)).collect())
+    }
+}
+
+/// Wraps a scorer: counts calls and texts, checks the answer's length and finiteness.
+pub(crate) struct Counted<'a> {
+    inner: &'a mut dyn Scorer,
+    pub calls: usize,
+    pub texts: usize,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(inner: &'a mut dyn Scorer) -> Self {
+        Self {
+            inner,
+            calls: 0,
+            texts: 0,
+        }
+    }
+
+    /// Rewards of `responses` to `prompt` (one scorer call).
+    pub fn score(&mut self, prompt: &Prompt, responses: &[&str]) -> Result<Vec<f32>> {
+        let pairs: Vec<(&Prompt, &str)> = responses.iter().map(|r| (prompt, *r)).collect();
+        let out = self.inner.score(&pairs)?;
+        self.calls += 1;
+        self.texts += pairs.len();
+        if out.len() != pairs.len() {
+            return Err(DecodeError::Scorer(format!(
+                "returned {} rewards for {} texts",
+                out.len(),
+                pairs.len()
+            )));
+        }
+        if let Some(i) = out.iter().position(|r| !r.is_finite()) {
+            return Err(DecodeError::Scorer(format!(
+                "reward {} of text {i} is not finite",
+                out[i]
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// A keyword reward (DeAL's keyword constraints): `r = |{k ∈ K : k occurs in the response}| / |K|`,
+/// matched case-insensitively as substrings; 0 for an empty keyword list.
+pub struct KeywordScorer {
+    pub keywords: Vec<String>,
+}
+
+impl Scorer for KeywordScorer {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        let keys: Vec<String> = self.keywords.iter().map(|k| k.to_lowercase()).collect();
+        Ok(pairs
+            .iter()
+            .map(|(_, r)| {
+                if keys.is_empty() {
+                    return 0.0;
+                }
+                let r = r.to_lowercase();
+                keys.iter().filter(|k| r.contains(k.as_str())).count() as f32 / keys.len() as f32
+            })
+            .collect())
+    }
+}
+
+/// A length reward (DeAL's length constraint): `r = −|words(response) − target|`, words split
+/// on whitespace; 0 exactly at the target.
+pub struct LengthScorer {
+    pub target_words: usize,
+}
+
+impl Scorer for LengthScorer {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Ok(pairs
+            .iter()
+            .map(|(_, r)| -(r.split_whitespace().count() as f32 - self.target_words as f32).abs())
+            .collect())
+    }
+}

@@ -1,0 +1,997 @@
+//! Tests on a tiny Llama built in code and closed-form scorers.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rm_core::chat::ChatTemplate;
+use rm_core::device::test_device;
+use rm_core::models::llama::CausalLm;
+use rm_core::sampling::{SamplingConfig, generate};
+use rm_core::types::Prompt;
+
+use super::*;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("decoding-{tag}-{}-{n}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The tiny Llama of `rm_core::fixtures` (vocabulary `w0 … w47`, eos `w1`), plain template.
+fn tiny_model() -> DecodeModel {
+    let dir = temp_dir("model");
+    rm_core::fixtures::write_tiny_llama(&dir, 5).unwrap();
+    let lm = CausalLm::load(&dir, &test_device()).unwrap();
+    DecodeModel::new(lm, ChatTemplate::Plain, 64)
+}
+
+fn text(s: &str) -> Prompt {
+    Prompt::Text(s.into())
+}
+
+/// Words `w7` in the response: rewards one token id.
+fn sevens(response: &str) -> f32 {
+    response.split_whitespace().filter(|w| *w == "w7").count() as f32
+}
+
+/// Σ (id mod 7) over the response's words: a reward that varies across samples.
+fn id_sum(response: &str) -> f32 {
+    response
+        .split_whitespace()
+        .map(|w| (w[1..].parse::<u32>().unwrap() % 7) as f32)
+        .sum()
+}
+
+fn config(strategy: Strategy, max_new_tokens: usize) -> DecodeConfig {
+    DecodeConfig {
+        max_new_tokens,
+        strategy,
+    }
+}
+
+fn run(
+    model: &DecodeModel,
+    prompts: &[Prompt],
+    c: &DecodeConfig,
+    seed: u64,
+    f: fn(&str) -> f32,
+) -> DecodeRun {
+    decode(
+        model,
+        prompts,
+        c,
+        seed,
+        &mut FnScorer(|_: &Prompt, r: &str| f(r)),
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+/// The generate() rows a strategy must reproduce: one prompt, seed `seed`, the model's stops.
+fn plain(model: &DecodeModel, prompt: &str, c: SamplingConfig) -> Vec<u32> {
+    let ids = model.prompt_ids(&text(prompt), c.max_new_tokens).unwrap();
+    let c = SamplingConfig {
+        stop_tokens: model.stop_tokens(),
+        ..c
+    };
+    generate(&model.lm, &model.lm.tokenizer, &[ids], &c, &model.lm.device).unwrap()[0]
+        .tokens
+        .clone()
+}
+
+#[test]
+fn kl_bound_matches_its_closed_form() {
+    assert_eq!(kl_bound(1).unwrap(), 0.0);
+    assert!((kl_bound(2).unwrap() - (2f64.ln() - 0.5)).abs() < 1e-12);
+    // log 16 − 15/16 = 2.7725887 − 0.9375
+    assert!((kl_bound(16).unwrap() - 1.835_088_722_239_781).abs() < 1e-12);
+    assert!((kl_bound(4).unwrap() - 0.636_294_361_119_890_6).abs() < 1e-12);
+    let e = kl_bound(0).unwrap_err().to_string();
+    assert!(e.contains("n") && e.contains("≥ 1"), "{e}");
+}
+
+#[test]
+fn the_curve_takes_the_best_of_the_first_n() {
+    let rewards = vec![vec![1.0, 3.0, 2.0, 5.0], vec![4.0, 0.0, 0.0, 6.0]];
+    let curve = best_of_n_curve(&rewards, &[1, 2, 4]).unwrap();
+    let means: Vec<f64> = curve.iter().map(|p| p.mean_reward).collect();
+    assert_eq!(means, [2.5, 3.5, 5.5]);
+    assert_eq!(curve[0].kl_bound, 0.0);
+    assert!(
+        best_of_n_curve(&rewards, &[8])
+            .unwrap_err()
+            .to_string()
+            .contains("4 samples")
+    );
+    assert!(best_of_n_curve(&rewards, &[0]).is_err());
+    assert!(best_of_n_curve(&[], &[1]).is_err());
+}
+
+#[test]
+fn best_of_n_keeps_the_highest_reward_and_its_curve_is_monotone() {
+    let model = tiny_model();
+    let prompts = [text("w3 w4 w5"), text("w9 w10"), text("w20")];
+    let bon = |n| {
+        config(
+            Strategy::BestOfN {
+                n,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            8,
+        )
+    };
+    let big = run(&model, &prompts, &bon(16), 3, id_sum);
+    for row in &big.rows {
+        let Detail::BestOfN {
+            rewards,
+            chosen,
+            kl_bound: kl,
+        } = &row.detail
+        else {
+            panic!()
+        };
+        assert_eq!(rewards.len(), 16);
+        let max = rewards.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(row.reward, max);
+        assert_eq!(rewards[*chosen], max);
+        // The reward is the closed form of the returned text.
+        assert_eq!(id_sum(&row.text), row.reward);
+        assert!((kl - 1.835_088_722).abs() < 1e-6);
+        assert!(
+            rewards.iter().any(|&r| r != max),
+            "samples should differ: {rewards:?}"
+        );
+        assert_eq!(row.stats.scorer_calls, 1);
+        assert_eq!(row.stats.texts_scored, 16);
+        assert!(row.stats.tokens_generated >= 16 && row.stats.tokens_per_second > 0.0);
+    }
+    let curve = big.curve(&[1, 2, 4, 8, 16]).unwrap();
+    for w in curve.windows(2) {
+        assert!(w[1].mean_reward >= w[0].mean_reward, "{curve:?}");
+    }
+    assert!(curve[4].mean_reward > curve[0].mean_reward, "{curve:?}");
+    assert!((curve[4].mean_reward - big.summary.mean_reward).abs() < 1e-6);
+    // The first n samples of the 16 are exactly an n-sample run: the curve is best-of-n.
+    let small = run(&model, &prompts, &bon(4), 3, id_sum);
+    for (s, b) in small.rows.iter().zip(&big.rows) {
+        let (Detail::BestOfN { rewards: rs, .. }, Detail::BestOfN { rewards: rb, .. }) =
+            (&s.detail, &b.detail)
+        else {
+            panic!()
+        };
+        assert_eq!(rs[..], rb[..4]);
+    }
+    assert!((small.summary.mean_reward - curve[2].mean_reward).abs() < 1e-6);
+    assert_eq!(big.summary.kl_bound, Some(kl_bound(16).unwrap()));
+}
+
+#[test]
+fn soft_best_of_n_is_best_of_n_as_lambda_vanishes() {
+    let model = tiny_model();
+    let prompts = [text("w3 w4 w5"), text("w9 w10")];
+    let hard = run(
+        &model,
+        &prompts,
+        &config(
+            Strategy::BestOfN {
+                n: 8,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            6,
+        ),
+        1,
+        id_sum,
+    );
+    for lambda in [0.0, 1e-6] {
+        let soft = config(
+            Strategy::SoftBestOfN {
+                n: 8,
+                lambda,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            6,
+        );
+        let soft = run(&model, &prompts, &soft, 1, id_sum);
+        for (s, h) in soft.rows.iter().zip(&hard.rows) {
+            assert_eq!((&s.text, s.reward), (&h.text, h.reward), "λ {lambda}");
+        }
+    }
+    // Hand-worked: rewards [0, 5], λ = 1e-6 → argmax for every u; ties go to the first.
+    for u in [0.0, 0.5, 0.999_999] {
+        assert_eq!(soft_best_index(&[0.0, 5.0], 1e-6, u), 1);
+        assert_eq!(soft_best_index(&[2.0, 2.0, 1.0], 0.0, u), 0);
+    }
+}
+
+/// Counts of `soft_best_index` over `draws` uniform numbers of seed 7, against
+/// `expected` probabilities: each count within 4.5 binomial standard deviations
+/// √(M p (1 − p)) of M p (a false alarm about once in 10⁵ per count).
+fn check_frequencies(rewards: &[f32], lambda: f64, expected: &[f64]) {
+    let draws = 8000;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut counts = vec![0usize; rewards.len()];
+    for _ in 0..draws {
+        counts[soft_best_index(rewards, lambda, rng.random())] += 1;
+    }
+    for (i, (&c, &p)) in counts.iter().zip(expected).enumerate() {
+        let mean = draws as f64 * p;
+        let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (c as f64 - mean).abs() <= 4.5 * sd,
+            "λ {lambda} index {i}: {c} vs {mean:.1} ± {sd:.1} ({counts:?})"
+        );
+    }
+}
+
+#[test]
+fn soft_best_of_n_is_uniform_as_lambda_grows_and_softmax_between() {
+    let rewards = [0.0f32, 1.0, 2.0, 3.0];
+    check_frequencies(&rewards, 1e9, &[0.25; 4]);
+    let z: f64 = (0..4).map(|i| (i as f64).exp()).sum();
+    let softmax: Vec<f64> = (0..4).map(|i| (i as f64).exp() / z).collect();
+    check_frequencies(&rewards, 1.0, &softmax);
+    // λ = 2 halves the exponents: p ∝ e^{r/2}.
+    let z2: f64 = (0..4).map(|i| (i as f64 / 2.0).exp()).sum();
+    let half: Vec<f64> = (0..4).map(|i| (i as f64 / 2.0).exp() / z2).collect();
+    check_frequencies(&rewards, 2.0, &half);
+}
+
+/// A scorer whose k-th scored text gets reward k (0, 1, 2, …).
+struct Counter(f32);
+
+impl Scorer for Counter {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Ok(pairs
+            .iter()
+            .map(|_| {
+                self.0 += 1.0;
+                self.0 - 1.0
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn rejection_sampling_stops_at_the_threshold() {
+    let model = tiny_model();
+    let prompts = [text("w3 w4")];
+    let go = |threshold, budget, batch| {
+        let c = config(
+            Strategy::Rejection {
+                threshold,
+                budget,
+                batch,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            4,
+        );
+        let run = decode(&model, &prompts, &c, 0, &mut Counter(0.0), &mut |_| {}).unwrap();
+        let Detail::Rejection {
+            accepted,
+            samples,
+            accepted_samples,
+        } = run.rows[0].detail
+        else {
+            panic!()
+        };
+        (
+            run.rows[0].reward,
+            accepted,
+            samples,
+            accepted_samples,
+            run.rows[0].stats.scorer_calls,
+            run.summary,
+        )
+    };
+    // One sample per round: rewards 0, 1, 2, 3 → the 4th is accepted after 4 calls.
+    let (r, acc, samples, passed, calls, summary) = go(3.0, 10, 1);
+    assert_eq!((r, acc, samples, passed, calls), (3.0, true, 4, 1, 4));
+    assert_eq!(summary.acceptance_rate, Some(1.0));
+    assert_eq!(summary.sample_acceptance_rate, Some(0.25));
+    // Rounds of 3: [0 1 2], [3 4 5] → reward 4 is the 5th sample; 4 and 5 passed.
+    let (r, acc, samples, passed, calls, _) = go(4.0, 10, 3);
+    assert_eq!((r, acc, samples, passed, calls), (4.0, true, 5, 2, 2));
+    // Unreachable: rounds 2, 2, 1 spend the budget of 5; the best (4) is returned.
+    let (r, acc, samples, passed, calls, summary) = go(100.0, 5, 2);
+    assert_eq!((r, acc, samples, passed, calls), (4.0, false, 5, 0, 3));
+    assert_eq!(summary.acceptance_rate, Some(0.0));
+}
+
+#[test]
+fn args_with_zero_weight_is_greedy_decoding_token_for_token() {
+    let model = tiny_model();
+    for (p, k) in [("w3 w4 w5", 5), ("w9 w10", 1), ("w20 w21 w22 w23", 48)] {
+        let expected = plain(&model, p, SamplingConfig::greedy(12));
+        let c = config(
+            Strategy::Args {
+                top_k: k,
+                weight: 0.0,
+                temperature: 0.0,
+            },
+            12,
+        );
+        let got = run(&model, &[text(p)], &c, 9, sevens);
+        assert_eq!(got.rows[0].tokens, expected, "prompt {p} k {k}");
+        // w = 0 never asks the scorer about candidates: one call, for the final reward.
+        assert_eq!(got.rows[0].stats.scorer_calls, 1);
+        assert_eq!(got.rows[0].detail, Detail::Args { steered_tokens: 0 });
+    }
+}
+
+#[test]
+fn args_with_zero_weight_samples_as_top_k_sampling_of_the_same_seed() {
+    let model = tiny_model();
+    for seed in [0u64, 1, 2, 3] {
+        let expected = plain(
+            &model,
+            "w3 w4 w5",
+            SamplingConfig {
+                max_new_tokens: 10,
+                temperature: 1.0,
+                top_k: 5,
+                seed,
+                ..SamplingConfig::default()
+            },
+        );
+        let c = config(
+            Strategy::Args {
+                top_k: 5,
+                weight: 0.0,
+                temperature: 1.0,
+            },
+            10,
+        );
+        let got = run(&model, &[text("w3 w4 w5")], &c, seed, sevens);
+        assert_eq!(got.rows[0].tokens, expected, "seed {seed}");
+    }
+}
+
+#[test]
+fn args_follows_a_reward_on_one_token() {
+    let model = tiny_model();
+    let prompt = [text("w3 w4 w5")];
+    let greedy = plain(&model, "w3 w4 w5", SamplingConfig::greedy(6));
+    // A token greedy decoding never picks: w13 (checked), rewarded once per occurrence.
+    assert!(
+        !greedy.contains(&13),
+        "pick another rewarded token: {greedy:?}"
+    );
+    let thirteens =
+        |_: &Prompt, r: &str| r.split_whitespace().filter(|w| *w == "w13").count() as f32;
+    let go = |temperature| {
+        let c = config(
+            Strategy::Args {
+                top_k: 48,
+                weight: 100.0,
+                temperature,
+            },
+            6,
+        );
+        decode(
+            &model,
+            &prompt,
+            &c,
+            0,
+            &mut FnScorer(thirteens),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let got = go(0.0);
+    assert_eq!(got.rows[0].tokens, [13; 6]);
+    assert_eq!(got.rows[0].reward, 6.0);
+    assert_eq!(got.rows[0].detail, Detail::Args { steered_tokens: 6 });
+    // 6 steps × one call of 48 candidates, plus the final score.
+    let stats = &got.rows[0].stats;
+    assert_eq!((stats.scorer_calls, stats.texts_scored), (7, 6 * 48 + 1));
+    // Sampling at T = 1: the reward gap of 100 swamps the logits.
+    assert_eq!(go(1.0).rows[0].tokens, [13; 6]);
+    // With k = 1 the reward has nothing to choose between.
+    let c = config(
+        Strategy::Args {
+            top_k: 1,
+            weight: 100.0,
+            temperature: 0.0,
+        },
+        6,
+    );
+    let top1 = decode(
+        &model,
+        &prompt,
+        &c,
+        0,
+        &mut FnScorer(thirteens),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        top1.rows[0].tokens, greedy,
+        "k = 1 leaves no choice: greedy"
+    );
+}
+
+#[test]
+fn controlled_decoding_with_one_candidate_is_plain_sampling() {
+    let model = tiny_model();
+    for (seed, block) in [(0u64, 5), (4, 1), (11, 3), (12, 12)] {
+        let expected = plain(
+            &model,
+            "w3 w4 w5",
+            SamplingConfig {
+                max_new_tokens: 12,
+                seed,
+                ..SamplingConfig::default()
+            },
+        );
+        let c = config(
+            Strategy::Controlled {
+                candidates: 1,
+                block_size: block,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            12,
+        );
+        let got = run(&model, &[text("w3 w4 w5")], &c, seed, sevens);
+        assert_eq!(got.rows[0].tokens, expected, "seed {seed} block {block}");
+        let Detail::Controlled { blocks } = got.rows[0].detail else {
+            panic!()
+        };
+        assert_eq!(blocks, expected.len().div_ceil(block), "seed {seed}");
+    }
+}
+
+#[test]
+fn controlled_decoding_keeps_the_best_block() {
+    let model = tiny_model();
+    let prompts = [text("w3 w4 w5"), text("w30 w31")];
+    let one = config(
+        Strategy::Controlled {
+            candidates: 1,
+            block_size: 4,
+            temperature: 1.0,
+            top_p: 1.0,
+        },
+        12,
+    );
+    let many = config(
+        Strategy::Controlled {
+            candidates: 8,
+            block_size: 4,
+            temperature: 1.0,
+            top_p: 1.0,
+        },
+        12,
+    );
+    let base = run(&model, &prompts, &one, 5, id_sum);
+    let steered = run(&model, &prompts, &many, 5, id_sum);
+    for (b, s) in base.rows.iter().zip(&steered.rows) {
+        assert_eq!(id_sum(&s.text), s.reward);
+        // Candidate 0 of each block is the K = 1 path's block while the prefixes agree, so the
+        // first block's best is at least the K = 1 run's first block.
+        let first = |r: &Decoded| id_sum(&model.text(&r.tokens[..4.min(r.tokens.len())]).unwrap());
+        assert!(first(s) >= first(b), "{} vs {}", s.text, b.text);
+        assert_eq!(s.stats.scorer_calls, s.tokens.len().div_ceil(4));
+    }
+    assert!(steered.summary.mean_reward > base.summary.mean_reward);
+}
+
+#[test]
+fn bad_parameters_and_inputs_are_errors_not_panics() {
+    let model = tiny_model();
+    let scorer = &mut FnScorer(|_: &Prompt, r: &str| sevens(r));
+    let e = decode(
+        &model,
+        &[text("w3")],
+        &config(
+            Strategy::BestOfN {
+                n: 0,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            4,
+        ),
+        0,
+        scorer,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, DecodeError::InvalidConfig { field: "n", .. }),
+        "{e}"
+    );
+    for (strategy, field) in [
+        (
+            Strategy::Args {
+                top_k: 0,
+                weight: 1.0,
+                temperature: 0.0,
+            },
+            "top_k",
+        ),
+        (
+            Strategy::Controlled {
+                candidates: 0,
+                block_size: 4,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            "candidates",
+        ),
+        (
+            Strategy::Controlled {
+                candidates: 2,
+                block_size: 0,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            "block_size",
+        ),
+        (
+            Strategy::SoftBestOfN {
+                n: 2,
+                lambda: -1.0,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            "lambda",
+        ),
+        (
+            Strategy::Rejection {
+                threshold: 0.0,
+                budget: 0,
+                batch: 1,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            "budget",
+        ),
+    ] {
+        let e = config(strategy, 4).validate().unwrap_err();
+        assert!(
+            matches!(e, DecodeError::InvalidConfig { field: f, .. } if f == field),
+            "{e}"
+        );
+    }
+    let e = decode(
+        &model,
+        &[],
+        &config(
+            Strategy::BestOfN {
+                n: 2,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            4,
+        ),
+        0,
+        scorer,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, DecodeError::EmptyInput(_)), "{e}");
+    // A scorer that answers with the wrong count or NaN.
+    let e = decode(
+        &model,
+        &[text("w3")],
+        &config(
+            Strategy::BestOfN {
+                n: 2,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            4,
+        ),
+        0,
+        &mut FnScorer(|_: &Prompt, _: &str| f32::NAN),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not finite"), "{e}");
+}
+
+#[test]
+fn prompt_files_and_folders_are_checked() {
+    let dir = temp_dir("inputs");
+    let Err(e) = DecodeModel::load(&dir.join("missing"), &test_device()) else {
+        panic!("a missing folder loaded")
+    };
+    let e = e.to_string();
+    assert!(e.contains("missing") && e.contains("no such"), "{e}");
+    let e = load_prompts(&PromptSource::File(dir.join("none.jsonl")), &dir, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none.jsonl"), "{e}");
+    let file = dir.join("p.jsonl");
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"w3 w4\"}\n\n{\"prompt\": \"w3 w4\"}\n{\"prompt\": \"w5\", \"x\": 1}\n",
+    )
+    .unwrap();
+    let p = load_prompts(&PromptSource::File(file.clone()), &dir, 10).unwrap();
+    assert_eq!(p, [text("w3 w4"), text("w5")]);
+    assert_eq!(
+        load_prompts(&PromptSource::File(file.clone()), &dir, 1).unwrap(),
+        [text("w3 w4")]
+    );
+    assert!(matches!(
+        load_prompts(&PromptSource::File(file.clone()), &dir, 0),
+        Err(DecodeError::InvalidConfig {
+            field: "prompts",
+            ..
+        })
+    ));
+    std::fs::write(&file, "{\"prompt\": \"w3\"}\n{\"text\": \"w4\"}\n").unwrap();
+    let e = load_prompts(&PromptSource::File(file.clone()), &dir, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("p.jsonl:2:") && e.contains("prompt"), "{e}");
+    std::fs::write(&file, "not json\n").unwrap();
+    assert!(
+        load_prompts(&PromptSource::File(file.clone()), &dir, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("p.jsonl:1:")
+    );
+    std::fs::write(&file, "\n\n").unwrap();
+    assert!(matches!(
+        load_prompts(&PromptSource::File(file.clone()), &dir, 3),
+        Err(DecodeError::EmptyInput(_))
+    ));
+    assert!("hh-rlhf:test".parse::<PromptSource>().is_err());
+    assert_eq!(
+        "hh-rlhf:dev".parse::<PromptSource>().unwrap(),
+        PromptSource::HhRlhf(rm_core::data::hh_rlhf::Split::Dev)
+    );
+}
+
+#[test]
+fn strategies_read_from_toml_tables() {
+    let path = PathBuf::from("strategy.toml");
+    let c = DecodeConfig::from_toml(
+        "max_new_tokens = 16\n[strategy]\ntype = \"controlled\"\ncandidates = 4\nblock_size = 8\n",
+        &path,
+    )
+    .unwrap();
+    assert_eq!(
+        c,
+        config(
+            Strategy::Controlled {
+                candidates: 4,
+                block_size: 8,
+                temperature: 1.0,
+                top_p: 1.0
+            },
+            16
+        )
+    );
+    let c = DecodeConfig::from_toml(
+        "[strategy]\ntype = \"soft-best-of-n\"\nn = 8\nlambda = 0.5\n",
+        &path,
+    )
+    .unwrap();
+    assert_eq!(c.max_new_tokens, 64);
+    assert_eq!(
+        c.strategy,
+        Strategy::SoftBestOfN {
+            n: 8,
+            lambda: 0.5,
+            temperature: 1.0,
+            top_p: 1.0
+        }
+    );
+    let e = DecodeConfig::from_toml("[strategy]\ntype = \"best-of-n\"\nn = 4\nbeam = 2\n", &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("strategy.toml") && e.contains("beam"), "{e}");
+    let e =
+        DecodeConfig::from_toml("[strategy]\ntype = \"best-of-n\"\nn = 0\n", &path).unwrap_err();
+    assert!(matches!(e, DecodeError::InvalidConfig { field: "n", .. }));
+}
+
+/// `run_decode` end to end on folders: a tiny policy folder (`plumb train-po` layout) and a
+/// tiny reward model (`plumb train-rm` layout); one JSON line per prompt whose reward is the
+/// reward model's score of its text.
+#[test]
+fn run_decode_writes_one_scored_line_per_prompt() {
+    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
+    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
+    use rm_core::tokenize::TruncationSide;
+    let root = temp_dir("run");
+    let device = test_device();
+    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
+    rm_core::fixtures::write_tiny_llama(&root.join("other"), 6).unwrap();
+    let policy = Policy::build(
+        &PolicyModelConfig {
+            policy: root.join("base"),
+            max_len: 32,
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+        },
+        &device,
+    )
+    .unwrap();
+    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    let rm = RewardModelBundle::build(
+        &RewardModelConfig {
+            backbone: root.join("other"),
+            pooling: None,
+            max_len: 32,
+            truncation: TruncationSide::Left,
+            attributes: vec!["reward".into()],
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.5,
+        },
+        3,
+        &device,
+    )
+    .unwrap();
+    rm.save(&root.join("rm")).unwrap();
+    let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"]
+        .map(|p| format!("{{\"prompt\": \"{p}\", \"chosen\": \"w1\"}}"));
+    std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
+    let request = |strategy, curve: Vec<usize>, rm: PathBuf| DecodeRequest {
+        policy: root.join("policy"),
+        scorer: ScorerSpec::RewardModel(rm),
+        arm: None,
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        data_dir: root.clone(),
+        config: DecodeConfig {
+            max_new_tokens: 6,
+            strategy,
+        },
+        seed: 3,
+        curve,
+        out: root.join("out/decoded.jsonl"),
+        device: device.clone(),
+    };
+    let mut seen = Vec::new();
+    let bon = Strategy::BestOfN {
+        n: 2,
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    let outcome = run_decode(
+        &request(bon.clone(), vec![1, 2, 4], root.join("rm")),
+        &mut |p| seen.push(p.done),
+    )
+    .unwrap();
+    assert_eq!(
+        seen,
+        [1, 2, 3],
+        "progress after each of the 3 distinct prompts"
+    );
+    assert_eq!(outcome.summary.prompts, 3);
+    // --curve raises n to max(curve) = 4.
+    assert_eq!(outcome.summary.kl_bound, Some(kl_bound(4).unwrap()));
+    assert_eq!(
+        outcome.curve.iter().map(|p| p.n).collect::<Vec<_>>(),
+        [1, 2, 4]
+    );
+    assert!((outcome.curve[2].mean_reward - outcome.summary.mean_reward).abs() < 1e-6);
+    let text = std::fs::read_to_string(&outcome.out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let mut scorer = RewardModelBundle::load(&root.join("rm"), &device).unwrap();
+    for line in &lines {
+        let prompt: Prompt = serde_json::from_value(line["prompt"].clone()).unwrap();
+        let response = line["text"].as_str().unwrap();
+        let expected = scorer.score(&[(&prompt, response)]).unwrap()[0];
+        assert!(
+            (line["reward"].as_f64().unwrap() as f32 - expected).abs() < 1e-4,
+            "{line}"
+        );
+        assert_eq!(line["detail"]["strategy"], "best-of-n");
+        assert_eq!(line["stats"]["texts_scored"], 4);
+    }
+    // A curve needs best-of-n; a missing reward model is named.
+    let args = Strategy::Args {
+        top_k: 2,
+        weight: 1.0,
+        temperature: 0.0,
+    };
+    let e = run_decode(
+        &request(args.clone(), vec![2], root.join("rm")),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--curve needs"), "{e}");
+    let e = run_decode(&request(args, vec![], root.join("nope")), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope") && e.contains("reward model"), "{e}");
+    // A keyword scorer instead of the reward model: rewards are the closed form.
+    let keywords = DecodeRequest {
+        scorer: ScorerSpec::Keywords(vec!["w7".into(), "w9".into()]),
+        ..request(bon, vec![], root.join("rm"))
+    };
+    run_decode(&keywords, &mut |_| {}).unwrap();
+    for line in std::fs::read_to_string(&keywords.out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap();
+        // No word of w0 … w47 holds "w7" or "w9" but itself.
+        let expected = ["w7", "w9"].iter().filter(|k| t.contains(*k)).count() as f64 / 2.0;
+        assert_eq!(v["reward"].as_f64().unwrap(), expected, "{t}");
+    }
+}
+
+#[test]
+fn genarm_with_zero_alpha_is_the_policy_and_with_a_large_alpha_the_guide() {
+    let dir = temp_dir("guide");
+    rm_core::fixtures::write_tiny_llama(&dir, 9).unwrap();
+    let guide = || CausalLm::load(&dir, &test_device()).unwrap();
+    let model = tiny_model().with_guide(guide());
+    let guide_alone = DecodeModel::new(guide(), ChatTemplate::Plain, 64);
+    let genarm = |alpha, temperature| config(Strategy::GenArm { alpha, temperature }, 10);
+    for p in ["w3 w4 w5", "w9 w10"] {
+        let policy_greedy = plain(&model, p, SamplingConfig::greedy(10));
+        let guide_greedy = plain(&guide_alone, p, SamplingConfig::greedy(10));
+        assert_ne!(
+            policy_greedy, guide_greedy,
+            "the two tiny models should disagree"
+        );
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(0.0, 0.0), 0, sevens).rows[0].tokens,
+            policy_greedy
+        );
+        // log π_base + 1000 · log π_arm: the guide's argmax wins unless the base gives it ~0.
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(1000.0, 0.0), 0, sevens).rows[0].tokens,
+            guide_greedy
+        );
+        // α = 0 at T = 1 is plain sampling of the policy with the same seed.
+        let sampled = plain(
+            &model,
+            p,
+            SamplingConfig {
+                max_new_tokens: 10,
+                seed: 4,
+                ..SamplingConfig::default()
+            },
+        );
+        assert_eq!(
+            run(&model, &[text(p)], &genarm(0.0, 1.0), 4, sevens).rows[0].tokens,
+            sampled
+        );
+    }
+    let e = decode(
+        &tiny_model(),
+        &[text("w3")],
+        &genarm(1.0, 0.0),
+        0,
+        &mut FnScorer(|_: &Prompt, r: &str| sevens(r)),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::InvalidConfig {
+                field: "genarm",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn keyword_and_length_scorers_match_their_closed_forms() {
+    let p = text("w3");
+    let mut k = KeywordScorer {
+        keywords: vec!["Safe".into(), "help".into(), "w9".into(), "zz".into()],
+    };
+    let r = k
+        .score(&[
+            (&p, "I am SAFE to help"),
+            (&p, "nothing"),
+            (&p, "w9 help safe zz"),
+        ])
+        .unwrap();
+    assert_eq!(r, [0.5, 0.0, 1.0]);
+    let mut l = LengthScorer { target_words: 3 };
+    let r = l
+        .score(&[(&p, "a b c"), (&p, "a"), (&p, "a b c d e f"), (&p, "")])
+        .unwrap();
+    assert_eq!(r, [0.0, -2.0, -3.0, -3.0]);
+}
+
+#[test]
+fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
+    let model = tiny_model();
+    let prompt = [text("w3 w4 w5")];
+    let args = config(
+        Strategy::Args {
+            top_k: 4,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let look0 = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 0,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let a = run(&model, &prompt, &args, 0, id_sum);
+    let l = run(&model, &prompt, &look0, 0, id_sum);
+    assert_eq!(a.rows[0].tokens, l.rows[0].tokens);
+    assert_eq!(a.rows[0].stats.texts_scored, l.rows[0].stats.texts_scored);
+    // w = 0 is greedy whatever the depth.
+    let look = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 3,
+            weight: 0.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    assert_eq!(
+        run(&model, &prompt, &look, 0, id_sum).rows[0].tokens,
+        plain(&model, "w3 w4 w5", SamplingConfig::greedy(8))
+    );
+    // Each lookahead is the greedy continuation generate() gives the candidate's prefix.
+    let ids = model.prompt_ids(&prompt[0], 8).unwrap();
+    let rows = vec![vec![9u32], vec![20, 21], vec![30]];
+    let looked = crate::strategy::greedy_lookahead_for_tests(&model, &ids, &rows, 4).unwrap();
+    for (row, got) in rows.iter().zip(&looked) {
+        let prefix = [ids.as_slice(), row].concat();
+        let c = SamplingConfig {
+            stop_tokens: model.stop_tokens(),
+            ..SamplingConfig::greedy(4)
+        };
+        let expected = generate(
+            &model.lm,
+            &model.lm.tokenizer,
+            &[prefix],
+            &c,
+            &model.lm.device,
+        )
+        .unwrap();
+        assert_eq!(got, &expected[0].tokens, "row {row:?}");
+    }
+    // With lookahead the scorer sees 8 steps × 4 candidates, each continued by ≤ 3 tokens.
+    let look = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 3,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    let mut lengths = Vec::new();
+    let mut scorer = FnScorer(|_: &Prompt, r: &str| {
+        lengths.push(r.split_whitespace().count());
+        id_sum(r)
+    });
+    let out = decode(&model, &prompt, &look, 0, &mut scorer, &mut |_| {}).unwrap();
+    let steps = out.rows[0].tokens.len();
+    assert_eq!(out.rows[0].stats.scorer_calls, steps + 1);
+    // At step t a candidate text has t + 1 tokens plus its lookahead (3 unless it stopped).
+    for (i, &n) in lengths[..steps * 4].iter().enumerate() {
+        let t = i / 4;
+        assert!(n > t && n <= t + 4, "step {t}: {n} words");
+    }
+    assert!(out.rows[0].stats.tokens_generated > steps);
+}

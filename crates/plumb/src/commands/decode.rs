@@ -1,0 +1,364 @@
+//! `plumb decode`: reward-guided decoding of a policy with a reward model — parses the flags
+//! (or a `--config` TOML), makes one `decoding::run_decode` call, prints the summary.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use decoding::{DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, Strategy, run_decode};
+
+use crate::GlobalArgs;
+
+/// `--strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Sample --n, keep the highest reward.
+    BestOfN,
+    /// Sample --n, pick one with probability ∝ exp(r / --lambda).
+    SoftBestOfN,
+    /// Sample until reward ≥ --threshold or --budget samples.
+    Rejection,
+    /// ARGS: --top-k tokens rescored logit + --weight · r at every step.
+    Args,
+    /// DeAL-style lookahead: ARGS with each candidate scored after --depth greedy tokens.
+    Lookahead,
+    /// GenARM: logits log π + --alpha · log π_arm of the policy and the --arm model.
+    Genarm,
+    /// Best of --candidates blocks of --block-size tokens, block after block.
+    Controlled,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("scorer").required(true).args(["rm", "keywords", "target_words"])))]
+pub struct DecodeArgs {
+    /// The decoding method (or --config).
+    #[arg(long, value_enum, required_unless_present = "config")]
+    pub strategy: Option<StrategyArg>,
+    /// A TOML file: `max_new_tokens = 32` and a `[strategy]` table with `type = "best-of-n"`
+    /// and its parameters (instead of --strategy and its flags).
+    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens"])]
+    pub config: Option<PathBuf>,
+    /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// A reward-model folder (`plumb train-rm`): the scorer.
+    #[arg(long)]
+    pub rm: Option<PathBuf>,
+    /// Instead of --rm: reward = the fraction of these keywords (comma-separated) in the
+    /// response, case-insensitive.
+    #[arg(long, value_delimiter = ',')]
+    pub keywords: Vec<String>,
+    /// Instead of --rm: reward = −|words in the response − this target|.
+    #[arg(long)]
+    pub target_words: Option<usize>,
+    /// A JSONL file of {"prompt": …} rows, or hh-rlhf:dev / hh-rlhf:train.
+    #[arg(long)]
+    pub input: PromptSource,
+    /// How many distinct prompts of --input (the first ones).
+    #[arg(long, default_value_t = 20)]
+    pub prompts: usize,
+    /// best-of-n, soft-best-of-n: samples per prompt [default: 8].
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Sampling temperature [default: 1; args: 0 = greedy].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus threshold of the sampling strategies [default: 1 = off].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// soft-best-of-n: λ of exp(r/λ) [default: 1].
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// rejection: accept a sample with reward ≥ this (required).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// rejection: most samples per prompt [default: 16].
+    #[arg(long)]
+    pub budget: Option<usize>,
+    /// rejection: samples per round [default: 4].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// args: candidate tokens per step [default: 5].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// args: weight w of the reward [default: 1].
+    #[arg(long)]
+    pub weight: Option<f32>,
+    /// controlled: tokens per block [default: 8].
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// controlled: candidate blocks per step [default: 4].
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// lookahead: greedy tokens after each candidate before it is scored [default: 4].
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// genarm: weight α of the guide's log-probs [default: 1].
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// genarm: the guide, a causal-LM folder with the policy's vocabulary (an autoregressive
+    /// reward model).
+    #[arg(long)]
+    pub arm: Option<PathBuf>,
+    /// Most new tokens per response [default: 64].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// best-of-n: mean reward for each of these n (comma-separated) from one pass of max(n)
+    /// samples, e.g. --curve 1,2,4,8,16.
+    #[arg(long, value_delimiter = ',')]
+    pub curve: Vec<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl DecodeArgs {
+    /// The strategy the flags (or the --config file) describe.
+    fn decode_config(&self) -> Result<DecodeConfig> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(DecodeConfig::from_toml(&text, path)?);
+        }
+        let strategy = self.strategy.context("give --strategy or --config")?;
+        let temperature = self.temperature.unwrap_or(1.0);
+        let top_p = self.top_p.unwrap_or(1.0);
+        let n = self.n.unwrap_or(8);
+        let unused = |flags: &[(&str, bool)]| -> Result<()> {
+            if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
+                bail!("--{flag} does not apply to --strategy {strategy:?}");
+            }
+            Ok(())
+        };
+        let strategy = match strategy {
+            StrategyArg::BestOfN => {
+                unused(&[
+                    ("lambda", self.lambda.is_some()),
+                    ("threshold", self.threshold.is_some()),
+                    ("weight", self.weight.is_some()),
+                ])?;
+                Strategy::BestOfN {
+                    n,
+                    temperature,
+                    top_p,
+                }
+            }
+            StrategyArg::SoftBestOfN => Strategy::SoftBestOfN {
+                n,
+                lambda: self.lambda.unwrap_or(1.0),
+                temperature,
+                top_p,
+            },
+            StrategyArg::Rejection => Strategy::Rejection {
+                threshold: self
+                    .threshold
+                    .context("--strategy rejection needs --threshold")?,
+                budget: self.budget.unwrap_or(16),
+                batch: self.batch.unwrap_or(4),
+                temperature,
+                top_p,
+            },
+            StrategyArg::Args => {
+                unused(&[("n", self.n.is_some()), ("top-p", self.top_p.is_some())])?;
+                Strategy::Args {
+                    top_k: self.top_k.unwrap_or(5),
+                    weight: self.weight.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
+            StrategyArg::Lookahead => {
+                unused(&[("n", self.n.is_some()), ("top-p", self.top_p.is_some())])?;
+                Strategy::Lookahead {
+                    top_k: self.top_k.unwrap_or(5),
+                    depth: self.depth.unwrap_or(4),
+                    weight: self.weight.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
+            StrategyArg::Genarm => {
+                if self.arm.is_none() {
+                    bail!("--strategy genarm needs --arm DIR (the guide model)");
+                }
+                Strategy::GenArm {
+                    alpha: self.alpha.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
+            StrategyArg::Controlled => Strategy::Controlled {
+                candidates: self.candidates.unwrap_or(4),
+                block_size: self.block_size.unwrap_or(8),
+                temperature,
+                top_p,
+            },
+        };
+        let config = DecodeConfig {
+            max_new_tokens: self.max_new_tokens.unwrap_or(64),
+            strategy,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `plumb decode ... --out FILE.jsonl` (default decode.jsonl): one JSON line per prompt, a
+/// summary on stdout.
+pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
+    let config = args.decode_config()?;
+    let request = DecodeRequest {
+        policy: args.policy.clone(),
+        scorer: match (&args.rm, args.target_words) {
+            (Some(rm), _) => ScorerSpec::RewardModel(rm.clone()),
+            (None, Some(n)) => ScorerSpec::Length(n),
+            (None, None) => ScorerSpec::Keywords(args.keywords.clone()),
+        },
+        arm: args.arm.clone(),
+        input: args.input.clone(),
+        prompts: args.prompts,
+        data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+        config,
+        seed: global.seed,
+        curve: args.curve.clone(),
+        out: global
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("decode.jsonl")),
+        device: global.device.device()?,
+    };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} prompts, {elapsed} {msg}")
+            .expect("a valid template"),
+    );
+    let outcome = run_decode(&request, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(format!("mean reward {:.4}", p.mean_reward));
+    });
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let s = &outcome.summary;
+    println!(
+        "{}: {} prompts, mean reward {:.4}; {} tokens in {:.1}s ({:.1} tokens/s); {} scorer calls ({} texts)",
+        s.strategy,
+        s.prompts,
+        s.mean_reward,
+        s.tokens_generated,
+        s.seconds,
+        s.tokens_per_second,
+        s.scorer_calls,
+        s.texts_scored
+    );
+    if let Some(kl) = s.kl_bound {
+        println!("KL(best-of-n ‖ policy) ≤ log n − (n−1)/n = {kl:.4}");
+    }
+    if let (Some(a), Some(sa)) = (s.acceptance_rate, s.sample_acceptance_rate) {
+        println!(
+            "acceptance: {:.1}% of prompts, {:.1}% of samples",
+            100.0 * a,
+            100.0 * sa
+        );
+    }
+    if !outcome.curve.is_empty() {
+        println!("\n| n | mean reward | KL bound |\n|---|---|---|");
+        for p in &outcome.curve {
+            println!("| {} | {:.4} | {:.4} |", p.n, p.mean_reward, p.kl_bound);
+        }
+    }
+    println!("responses: {}", outcome.out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DecodeArgs,
+    }
+
+    fn parse(flags: &str) -> Result<DecodeConfig> {
+        let base = "plumb --policy p --rm r --input hh-rlhf:dev";
+        parse_with(base, flags)
+    }
+
+    fn parse_with(base: &str, flags: &str) -> Result<DecodeConfig> {
+        let cli = Cli::try_parse_from(format!("{base} {flags}").split_whitespace())?;
+        cli.args.decode_config()
+    }
+
+    #[test]
+    fn flags_become_strategies() {
+        let c = parse("--strategy best-of-n --n 16 --max-new-tokens 32").unwrap();
+        assert_eq!(
+            c,
+            DecodeConfig {
+                max_new_tokens: 32,
+                strategy: Strategy::BestOfN {
+                    n: 16,
+                    temperature: 1.0,
+                    top_p: 1.0
+                }
+            }
+        );
+        let c = parse("--strategy args --top-k 5 --weight 1.5").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::Args {
+                top_k: 5,
+                weight: 1.5,
+                temperature: 0.0
+            }
+        );
+        let c =
+            parse("--strategy controlled --candidates 4 --block-size 8 --temperature 0.7").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::Controlled {
+                candidates: 4,
+                block_size: 8,
+                temperature: 0.7,
+                top_p: 1.0
+            }
+        );
+        let c = parse("--strategy soft-best-of-n --n 4 --lambda 0.1").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::SoftBestOfN {
+                n: 4,
+                lambda: 0.1,
+                temperature: 1.0,
+                top_p: 1.0
+            }
+        );
+        let e = parse("--strategy rejection").unwrap_err().to_string();
+        assert!(e.contains("--threshold"), "{e}");
+        let e = parse("--strategy best-of-n --n 0").unwrap_err().to_string();
+        assert!(e.starts_with("n:"), "{e}");
+        let e = parse("--strategy args --n 3").unwrap_err().to_string();
+        assert!(e.contains("--n does not apply"), "{e}");
+        assert!(
+            parse("--config s.toml --n 3").is_err(),
+            "--config excludes the strategy flags"
+        );
+        assert!(parse("").is_err(), "a strategy is required");
+        let e = parse("--strategy genarm --alpha 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--arm"), "{e}");
+        let c = parse("--strategy genarm --alpha 2 --arm g").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::GenArm {
+                alpha: 2.0,
+                temperature: 0.0
+            }
+        );
+    }
+}
