@@ -20,6 +20,7 @@ mod engine;
 mod error;
 mod model;
 mod run;
+mod sample;
 mod scorer;
 mod strategy;
 
@@ -30,6 +31,7 @@ pub use run::{
     DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, Summary, decode,
     load_prompts, run_decode,
 };
+pub use sample::{SampleOutcome, SampleRequest, sample_prompts};
 pub use scorer::{FnScorer, KeywordScorer, LengthScorer, Scorer};
 pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
 

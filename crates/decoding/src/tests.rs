@@ -995,3 +995,76 @@ fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
     }
     assert!(out.rows[0].stats.tokens_generated > steps);
 }
+
+/// `plumb generate --input --out`: one line per (distinct prompt, sample) from a policy folder;
+/// greedy samples are the model's greedy `generate` of the rendered prompt; bad settings are
+/// errors.
+#[test]
+fn sample_prompts_writes_every_sample_of_every_prompt() {
+    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
+    let root = temp_dir("sample");
+    let device = test_device();
+    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
+    let policy = Policy::build(
+        &PolicyModelConfig {
+            policy: root.join("base"),
+            max_len: 32,
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+        },
+        &device,
+    )
+    .unwrap();
+    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"].map(|p| format!("{{\"prompt\": \"{p}\"}}"));
+    std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
+    let request = |samples: usize, temperature: f32| crate::SampleRequest {
+        model: root.join("policy"),
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        samples,
+        data_dir: root.clone(),
+        sampling: SamplingConfig {
+            max_new_tokens: 5,
+            temperature,
+            ..SamplingConfig::default()
+        },
+        batch_size: 4,
+        out: root.join("samples.jsonl"),
+        device: device.clone(),
+    };
+    let outcome = crate::sample_prompts(&request(2, 0.0)).unwrap();
+    assert_eq!((outcome.prompts, outcome.samples), (3, 6));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let model = crate::DecodeModel::load(&root.join("policy"), &device).unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        let prompt = ["w3 w4", "w5 w6 w7", "w9"][i / 2];
+        assert_eq!(line["prompt"], serde_json::json!(prompt));
+        let ids = model.prompt_ids(&Prompt::Text(prompt.into()), 5).unwrap();
+        let mut config = SamplingConfig::greedy(5);
+        config.stop_tokens = model.stop_tokens();
+        let greedy = generate(&model.lm, &model.lm.tokenizer, &[ids], &config, &device).unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(line["tokens"].clone()).unwrap();
+        assert_eq!(tokens, greedy[0].tokens, "line {i}");
+    }
+    assert_eq!(
+        outcome.tokens,
+        lines
+            .iter()
+            .map(|l| l["tokens"].as_array().unwrap().len())
+            .sum::<usize>()
+    );
+    let err = crate::sample_prompts(&request(0, 1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("samples"), "{err}");
+    let err = crate::sample_prompts(&request(1, -1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("temperature"), "{err}");
+}

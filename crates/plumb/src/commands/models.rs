@@ -85,12 +85,33 @@ pub fn logprobs(global: &GlobalArgs, args: LogprobsArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A .gguf file, a folder holding one, or an HF Llama-family folder.
+    /// A .gguf file, a folder holding one, or an HF Llama-family folder; with --input also a
+    /// policy folder (`plumb train-po`, `plumb train-rl`).
     #[arg(long, default_value = "models/smollm2")]
     pub model: PathBuf,
     /// The user message (repeat for a batch).
-    #[arg(long = "prompt", required = true)]
+    #[arg(
+        long = "prompt",
+        required_unless_present = "input",
+        conflicts_with = "input"
+    )]
     pub prompts: Vec<String>,
+    /// Sample from every prompt of a JSONL file (`{"prompt": …}` rows) or `hh-rlhf:dev|train`,
+    /// writing one JSON line per sample to --out.
+    #[arg(long, requires = "out")]
+    pub input: Option<String>,
+    /// Where --input's samples go (JSONL).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// With --input: the first N distinct prompts.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub limit: usize,
+    /// With --input: samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// With --input: rows per generation batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
     /// An optional system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -118,6 +139,38 @@ pub struct GenerateArgs {
 /// Renders each prompt with ChatML and samples continuations in one batch with the KV cache.
 pub fn generate_cmd(global: &GlobalArgs, args: GenerateArgs) -> Result<()> {
     let device = device(global)?;
+    if let (Some(input), Some(out)) = (&args.input, &args.out) {
+        let outcome = decoding::sample_prompts(&decoding::SampleRequest {
+            model: args.model.clone(),
+            input: input.parse()?,
+            prompts: args.limit,
+            samples: args.samples,
+            data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+            sampling: SamplingConfig {
+                max_new_tokens: args.max_new_tokens,
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+                min_p: args.min_p,
+                repetition_penalty: args.repetition_penalty,
+                stop_tokens: Vec::new(),
+                stop_strings: args.stop.clone(),
+                seed: global.seed,
+            },
+            batch_size: args.batch_size,
+            out: out.clone(),
+            device,
+        })?;
+        println!(
+            "{} samples of {} prompts ({} tokens, {:.1} tokens/s) written to {}",
+            outcome.samples,
+            outcome.prompts,
+            outcome.tokens,
+            outcome.tokens_per_second,
+            outcome.out.display()
+        );
+        return Ok(());
+    }
     let lm = CausalLm::load(&args.model, &device)?;
     let prompts = args
         .prompts
