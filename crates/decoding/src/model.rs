@@ -88,11 +88,7 @@ impl DecodeModel {
 
     /// The ids that end a response: the tokenizer's end-of-sequence and ChatML's `<|im_end|>`.
     pub fn stop_tokens(&self) -> Vec<u32> {
-        let mut stop: Vec<u32> = self.lm.eos_id.into_iter().collect();
-        stop.extend(self.lm.tokenizer.token_to_id("<|im_end|>"));
-        stop.sort_unstable();
-        stop.dedup();
-        stop
+        self.lm.stop_tokens()
     }
 
     /// Decoded response text (special tokens skipped, whitespace trimmed): what is scored.

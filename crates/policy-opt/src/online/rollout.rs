@@ -55,10 +55,7 @@ impl Completion {
 
 /// `config` with the policy's end-of-sequence and ChatML end-of-turn tokens as stop tokens.
 pub fn with_stop_tokens(mut config: SamplingConfig, policy: &Policy) -> SamplingConfig {
-    config.stop_tokens.extend(policy.lm.eos_id);
-    if let Some(end) = policy.lm.tokenizer.token_to_id("<|im_end|>") {
-        config.stop_tokens.push(end);
-    }
+    config.stop_tokens.extend(policy.lm.stop_tokens());
     config.stop_tokens.sort_unstable();
     config.stop_tokens.dedup();
     config

@@ -152,10 +152,7 @@ pub fn judged_win_rate(request: &JudgeRequest) -> Result<JudgeOutcome> {
     let judge = RewardModelBundle::load(&request.judge, &request.device)?;
     let prompts = prompts(&request.input, &request.data_dir, request.prompts)?;
     let mut config = request.sampling.clone();
-    config.stop_tokens.extend(policy.lm.eos_id);
-    if let Some(end) = policy.lm.tokenizer.token_to_id("<|im_end|>") {
-        config.stop_tokens.push(end);
-    }
+    config.stop_tokens.extend(policy.lm.stop_tokens());
     config.stop_tokens.sort_unstable();
     config.stop_tokens.dedup();
     eprintln!(

@@ -957,6 +957,16 @@ fn hf_token_id(config: &serde_json::Value, key: &str) -> Option<u32> {
 }
 
 impl CausalLm {
+    /// The tokens that end a chat response: the end-of-sequence id (when declared) and ChatML's
+    /// `<|im_end|>` (when the vocabulary has it), sorted, without duplicates.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop: Vec<u32> = self.eos_id.into_iter().collect();
+        stop.extend(self.tokenizer.token_to_id("<|im_end|>"));
+        stop.sort_unstable();
+        stop.dedup();
+        stop
+    }
+
     /// Loads a `.gguf` file, a folder holding exactly one, or an HF folder (`config.json`,
     /// `*.safetensors`, `tokenizer.json`).
     ///
