@@ -322,44 +322,72 @@ out_dir = "{out}"
         }
     }
 
-    /// A GRPO run with a KL term (k3 in the loss), stopped after 6 steps and resumed, ends with
-    /// the uninterrupted run's metrics, record for record (wall time aside).
+    /// Runs stopped after 6 steps and resumed end with the uninterrupted runs' metrics, record
+    /// for record (wall time aside): GRPO with a k3 KL in the loss; PPO (the value head in the
+    /// checkpoint) with an adaptive KL controller in the reward and a constraint multiplier
+    /// (the task's state).
     #[test]
-    fn a_stopped_grpo_run_resumes_exactly() {
+    fn stopped_runs_resume_exactly() {
         let root = temp("resume");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_prompts(&root.join("prompts.jsonl"));
-        let with_out = |out: &str, max_steps: Option<u64>| {
-            let mut r = recipe(
-                &root,
+        let ppo = "kl = { estimator = \"k1\", placement = \"reward\", controller = { kind = \"adaptive\", init_coef = 0.05, target = 0.001, horizon = 10.0 } }\ncritic = { vf_coef = 0.5 }\nconstraints = [{ component = \"keywords\", bound = \"at_least\", threshold = 0.9 }]";
+        for (tag, estimator, extra) in [
+            (
+                "grpo",
                 "{ name = \"grpo\" }",
                 "kl = { estimator = \"k3\", coef = 0.05 }",
-            );
-            r.rollout.iterations = 5;
-            r.train.out_dir = root.join(out);
-            r.train.max_steps = max_steps;
-            r.train.save_every = Some(1);
-            r
-        };
-        let whole = train_rl_policy(with_out("whole", None), &request(&root)).unwrap();
-        train_rl_policy(with_out("split", Some(6)), &request(&root)).unwrap();
-        let mut resume = request(&root);
-        resume.mode = RunMode::Resume {
-            allow_changes: false,
-        };
-        let resumed = train_rl_policy(with_out("split", None), &resume).unwrap();
-        assert_eq!(resumed.outcome.steps, whole.outcome.steps);
-        let eval = |r: &RlReport| without_wall_time(json!(r.final_eval.metrics));
-        assert_eq!(eval(&resumed), eval(&whole));
-        let records = |dir: &str| -> Vec<serde_json::Value> {
-            ["collect", "train"]
-                .iter()
-                .flat_map(|k| read_records(&root.join(dir).join("metrics.jsonl"), k).unwrap())
-                .map(without_wall_time)
-                .collect()
-        };
-        assert_eq!(records("split"), records("whole"));
-        assert!(whole.final_eval.metrics["kl_ref"].abs() > 0.0);
+            ),
+            ("ppo", "{ name = \"gae\", gamma = 1.0, lam = 0.95 }", ppo),
+        ] {
+            let with_out = |out: &str, max_steps: Option<u64>| {
+                let mut r = recipe(&root, estimator, extra);
+                r.rollout.iterations = 5;
+                r.train.out_dir = root.join(format!("{tag}-{out}"));
+                r.train.max_steps = max_steps;
+                r.train.save_every = Some(1);
+                r
+            };
+            let whole = train_rl_policy(with_out("whole", None), &request(&root)).unwrap();
+            train_rl_policy(with_out("split", Some(6)), &request(&root)).unwrap();
+            let mut resume = request(&root);
+            resume.mode = RunMode::Resume {
+                allow_changes: false,
+            };
+            let resumed = train_rl_policy(with_out("split", None), &resume).unwrap();
+            assert_eq!(resumed.outcome.steps, whole.outcome.steps);
+            let eval = |r: &RlReport| without_wall_time(json!(r.final_eval.metrics));
+            assert_eq!(eval(&resumed), eval(&whole), "{tag}");
+            let records = |out: &str| -> Vec<serde_json::Value> {
+                let path = root.join(format!("{tag}-{out}")).join("metrics.jsonl");
+                ["collect", "train"]
+                    .iter()
+                    .flat_map(|k| read_records(&path, k).unwrap())
+                    .map(without_wall_time)
+                    .collect()
+            };
+            let (split, all) = (records("split"), records("whole"));
+            assert_eq!(split, all, "{tag}");
+            assert!(whole.final_eval.metrics["kl_ref"].abs() > 0.0);
+            if tag == "ppo" {
+                // The controller and the multiplier moved, so the resume had state to restore.
+                let collects: Vec<&serde_json::Value> =
+                    all.iter().filter(|r| r["kind"] == "collect").collect();
+                assert!(
+                    collects
+                        .iter()
+                        .any(|c| c["lambda/keywords"].as_f64().unwrap() > 0.0)
+                );
+                let train: Vec<&serde_json::Value> =
+                    all.iter().filter(|r| r["kind"] == "train").collect();
+                let coefs: Vec<f64> = train
+                    .iter()
+                    .map(|t| t["kl_coef"].as_f64().unwrap())
+                    .collect();
+                assert!(coefs.iter().any(|&c| (c - 0.05).abs() > 1e-6), "{coefs:?}");
+                assert!(train.iter().all(|t| t.get("vf_loss").is_some()));
+            }
+        }
         std::fs::remove_dir_all(&root).ok();
     }
 
