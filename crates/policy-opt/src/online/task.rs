@@ -288,7 +288,9 @@ fn reward_metrics(
             .filter_map(|s| s.components[k])
             .map(f64::from)
             .collect();
-        metrics.insert(format!("{prefix}reward/{name}"), mean_std(&values).0);
+        let (mean, std) = mean_std(&values);
+        metrics.insert(format!("{prefix}reward/{name}"), mean);
+        metrics.insert(format!("{prefix}reward_std/{name}"), std);
     }
 }
 
