@@ -157,6 +157,15 @@ pub fn test_device() -> Device {
     parse_device(&spec).unwrap_or_else(|e| panic!("{TEST_DEVICE_ENV}={spec}: {e}"))
 }
 
+/// Serializes the tests of one process that seed the backend's RNG and rely on what it draws
+/// (parameter initialization, dropout): burn's seed is process-wide, so two such tests running
+/// on parallel threads (`cargo test`; `cargo nextest` runs each test in its own process) would
+/// draw from each other's stream. Hold the guard for the whole test.
+pub fn seeded_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Parses and builds a device in one call: `parse_device("cuda:1")`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     Ok(s.parse::<DeviceSpec>()?.device()?)

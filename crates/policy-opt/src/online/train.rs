@@ -242,6 +242,7 @@ out_dir = "{out}"
     /// fraction and entropy.
     #[test]
     fn every_estimator_family_learns_a_verifiable_toy_task() {
+        let _seeded = rm_core::device::seeded_test_lock();
         for (i, (estimator, extra)) in [
             ("{ name = \"grpo\" }", ""),
             ("{ name = \"rloo\" }", ""),
@@ -328,6 +329,7 @@ out_dir = "{out}"
     /// (the task's state).
     #[test]
     fn stopped_runs_resume_exactly() {
+        let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("resume");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_prompts(&root.join("prompts.jsonl"));
@@ -399,6 +401,7 @@ out_dir = "{out}"
     /// ratios and KL differ from 1 and 0).
     #[test]
     fn uneven_micro_batches_combine_to_the_whole_batch_loss_in_every_aggregation() {
+        let _seeded = rm_core::device::seeded_test_lock();
         use rm_core::train::{RolloutTask, TrainTask};
         let root = temp("accumulate");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
@@ -466,6 +469,7 @@ out_dir = "{out}"
     /// `w9` ends well above the unconstrained run's.
     #[test]
     fn a_lagrange_multiplier_holds_a_constrained_component_to_its_threshold() {
+        let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("constrained");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_prompts(&root.join("prompts.jsonl"));

@@ -318,6 +318,7 @@ out_dir = "{out}"
     /// SFT term.
     #[test]
     fn dpo_learns_a_preference_and_the_saved_policy_loads_back() {
+        let _seeded = rm_core::device::seeded_test_lock();
         for (lora, extra) in [
             (true, ""),
             (false, ""),
@@ -400,6 +401,7 @@ out_dir = "{out}"
     /// task's checkpointed state; steps log their token throughput.
     #[test]
     fn unpaired_objectives_learn_from_split_pairs_and_unpaired_rows() {
+        let _seeded = rm_core::device::seeded_test_lock();
         for extra in [
             "kind = \"kto\"",
             "kind = \"apo_zero_unpaired\"",
@@ -480,6 +482,7 @@ out_dir = "{out}"
     /// computes the reference every step; a damaged cache file is an error naming it.
     #[test]
     fn precomputed_reference_logps_are_cached_and_train_as_the_live_reference() {
+        let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("refcache");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_pairs(&root.join("pairs.jsonl"));
@@ -531,6 +534,7 @@ out_dir = "{out}"
     /// checkpoint.
     #[test]
     fn tr_dpo_refreshes_the_reference_and_resumes_exactly() {
+        let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("trdpo");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_pairs(&root.join("pairs.jsonl"));
