@@ -173,7 +173,11 @@ impl KlConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmConfig {
+    /// Default GRPO (group std scaling).
+    #[serde(default = "grpo")]
     pub estimator: AdvantageEstimator,
+    /// Default the PPO clip loss with ε 0.2 on both sides.
+    #[serde(default = "ppo_clip")]
     pub policy_loss: PolicyLoss,
     #[serde(default = "token_mean")]
     pub loss_aggregation: LossAggregation,
@@ -195,6 +199,38 @@ pub struct AlgorithmConfig {
     /// the clipped value loss; needed by (and only used by) `estimator = { name = "gae" }`.
     #[serde(default)]
     pub critic: Option<CriticConfig>,
+    /// Online (iterative) DPO instead of a policy gradient: see [`OnlineDpoConfig`].
+    #[serde(default)]
+    pub online_dpo: Option<OnlineDpoConfig>,
+}
+
+/// How online DPO picks each prompt's pair among its completions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairLabel {
+    /// By the `[[reward]]` total: the best as chosen, the worst as rejected (online DPO with a
+    /// reward model as the labeller: Guo et al. 2024, "Direct Language Model Alignment from
+    /// Online AI Feedback"; iterative DPO: Xiong et al. 2024).
+    #[default]
+    Reward,
+    /// By the policy's own implicit reward `β·Σ_t (log π_old − log π_ref)` (self-rewarding,
+    /// Yuan et al. 2024, with the implicit reward as the judge as in CREAM, Wang et al. 2025 —
+    /// without CREAM's cross-iteration consistency regulariser).
+    Implicit,
+}
+
+/// `[algorithm.online_dpo]`: each collection samples `group_size` completions per prompt,
+/// labels one (chosen, rejected) pair per prompt, and trains the DPO objective of
+/// [`rm_losses::preference::DpoConfig`] (any of TRL's loss types, `beta`, …) on those pairs
+/// against the reference; `estimator`, `policy_loss` and `loss_aggregation` are unused. A
+/// prompt whose completions all tie gives no pair (no loss). Batches count pairs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineDpoConfig {
+    #[serde(default)]
+    pub label: PairLabel,
+    #[serde(default)]
+    pub dpo: rm_losses::preference::DpoConfig,
 }
 
 /// Which side of its threshold a constrained component must stay on.
@@ -252,6 +288,21 @@ fn vf_coef() -> f64 {
 
 fn cliprange_value() -> f64 {
     0.2
+}
+
+fn grpo() -> AdvantageEstimator {
+    AdvantageEstimator::Grpo {
+        scale: Default::default(),
+        epsilon: 1e-6,
+    }
+}
+
+fn ppo_clip() -> PolicyLoss {
+    PolicyLoss::Vanilla {
+        clip_ratio_low: 0.2,
+        clip_ratio_high: 0.2,
+        clip_ratio_c: None,
+    }
 }
 
 fn token_mean() -> LossAggregation {
@@ -341,9 +392,12 @@ impl RlRecipe {
         }
     }
 
-    /// Rows in every buffer: prompts × group size.
+    /// Items in every buffer: prompts × group size rows, or one pair per prompt for online DPO.
     pub fn buffer_size(&self) -> usize {
-        self.rollout.prompts_per_iteration * self.rollout.group_size
+        match self.algorithm.online_dpo {
+            Some(_) => self.rollout.prompts_per_iteration,
+            None => self.rollout.prompts_per_iteration * self.rollout.group_size,
+        }
     }
 
     /// Checks every section and the combinations `train-rl` cannot run.
@@ -406,10 +460,28 @@ impl RlRecipe {
         }
         if self.buffer_size() < self.train.batch_size {
             bail!(
-                "train.batch_size {} exceeds the rollout buffer of {} rows (prompts_per_iteration × group_size)",
+                "train.batch_size {} exceeds the rollout buffer of {} {}",
                 self.train.batch_size,
-                self.buffer_size()
+                self.buffer_size(),
+                match self.algorithm.online_dpo {
+                    Some(_) => "pairs (one per prompt: prompts_per_iteration)",
+                    None => "rows (prompts_per_iteration × group_size)",
+                }
             );
+        }
+        if let Some(o) = &self.algorithm.online_dpo {
+            o.dpo.validate().context("algorithm.online_dpo.dpo")?;
+            if self.rollout.group_size < 2 {
+                bail!("algorithm.online_dpo needs rollout.group_size ≥ 2 to form pairs");
+            }
+            if self.algorithm.critic.is_some() || self.algorithm.entropy_coef > 0.0 {
+                bail!(
+                    "algorithm.online_dpo trains the DPO objective: remove [algorithm.critic] and entropy_coef"
+                );
+            }
+            if o.dpo.sync_ref_model {
+                bail!("algorithm.online_dpo: sync_ref_model (TR-DPO) is not supported online");
+            }
         }
         self.algorithm.kl.controller()?;
         for (i, c) in self.algorithm.constraints.iter().enumerate() {
@@ -486,6 +558,11 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             let algorithm = name.split("-smollm2").next().unwrap().to_string();
+            if algorithm == "online-dpo" {
+                assert!(recipe.algorithm.online_dpo.is_some());
+                seen.push(algorithm);
+                continue;
+            }
             let estimator = recipe.algorithm.estimator.name();
             let loss = recipe.algorithm.policy_loss.name();
             match algorithm.as_str() {
@@ -531,6 +608,7 @@ mod tests {
                 "grpo",
                 "grpo",
                 "gspo",
+                "online-dpo",
                 "opo",
                 "pf-ppo",
                 "ppo",

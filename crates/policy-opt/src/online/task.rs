@@ -45,7 +45,7 @@ use super::algos::{
     token_entropy,
 };
 use super::prompts::RlPrompt;
-use super::recipe::{ConstraintBound, KlPlacement, PolicyFiltration, RlRecipe};
+use super::recipe::{ConstraintBound, KlPlacement, PairLabel, PolicyFiltration, RlRecipe};
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
     Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
@@ -261,6 +261,8 @@ pub struct RlTask {
     eval_sampling: SamplingConfig,
     correction: ImportanceCorrection,
     buffer: Vec<BufferRow>,
+    /// Online DPO: each prompt's (chosen, rejected) rows of the buffer, when it has a pair.
+    pairs: Vec<Option<(usize, usize)>>,
 }
 
 /// Means and standard deviations of the scored samples, per component and total.
@@ -382,6 +384,7 @@ impl RlTask {
             eval_sampling,
             correction,
             buffer: Vec::new(),
+            pairs: Vec::new(),
         })
     }
 
@@ -395,6 +398,105 @@ impl RlTask {
 
     fn kl_active(&self) -> bool {
         self.recipe.algorithm.kl.active()
+    }
+
+    /// Whether collections compute the reference's log-probs.
+    fn needs_reference(&self) -> bool {
+        self.kl_active() || self.recipe.algorithm.online_dpo.is_some()
+    }
+
+    /// Online DPO's pair of each prompt: among its included rows, the best and the worst by
+    /// `score` (a strict gap, else no pair).
+    fn label_pairs(&self, included: &[bool], score: &[f64]) -> Vec<Option<(usize, usize)>> {
+        let g = self.recipe.rollout.group_size;
+        (0..included.len() / g)
+            .map(|p| {
+                let rows: Vec<usize> = (p * g..(p + 1) * g).filter(|&r| included[r]).collect();
+                let best = rows
+                    .iter()
+                    .copied()
+                    .reduce(|a, b| if score[b] > score[a] { b } else { a })?;
+                let worst = rows
+                    .iter()
+                    .copied()
+                    .reduce(|a, b| if score[b] < score[a] { b } else { a })?;
+                (score[best] > score[worst]).then_some((best, worst))
+            })
+            .collect()
+    }
+
+    /// The DPO objective of `[algorithm.online_dpo]` on the pairs of prompts `items`, weighted
+    /// by the number of pairs.
+    fn online_dpo_loss(&self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
+        let config = self
+            .recipe
+            .algorithm
+            .online_dpo
+            .as_ref()
+            .context("online DPO is not configured")?;
+        let device = device_of(model);
+        let pairs: Vec<(usize, usize)> = items
+            .iter()
+            .map(|&i| {
+                self.pairs
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| anyhow!("pair item {i} out of range"))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        if pairs.is_empty() {
+            return Ok(LossOutput::new(Tensor::zeros([1], &device), 0.0));
+        }
+        let rows: Vec<&BufferRow> = pairs
+            .iter()
+            .map(|p| &self.buffer[p.0])
+            .chain(pairs.iter().map(|p| &self.buffer[p.1]))
+            .collect();
+        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
+        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let (b2, width) = (batch.batch_size, batch.seq_len - 1);
+        let mut reference = vec![0.0f32; b2 * width];
+        for (i, row) in rows.iter().enumerate() {
+            let start = i * width + row.prompt_len - 1;
+            reference[start..start + row.ref_logprobs.len()].copy_from_slice(&row.ref_logprobs);
+        }
+        let completion = batch.completion_tensor(&device);
+        let policy = model
+            .completion_logprobs(
+                batch.ids_tensor(&device),
+                batch.attention_tensor(&device),
+                completion.clone(),
+                false,
+            )?
+            .token_logprobs;
+        let out = config
+            .dpo
+            .loss(rm_losses::preference::DpoBatch::new(
+                policy,
+                tensor2(reference, [b2, width], &device),
+                completion.float(),
+            ))
+            .map_err(|e| anyhow!("online DPO: {e}"))?;
+        let n = pairs.len() as f64;
+        let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
+        let accuracy = margin.clone().greater_elem(0.0).float().mean();
+        Ok(LossOutput::new(out.loss, n)
+            .with_tokens(batch.lengths.iter().sum())
+            .with(Metric::device(
+                "reward_chosen",
+                out.chosen_rewards.mean(),
+                n,
+            ))
+            .with(Metric::device(
+                "reward_rejected",
+                out.rejected_rewards.mean(),
+                n,
+            ))
+            .with(Metric::device("reward_margin", margin.mean(), n))
+            .with(Metric::device("reward_accuracy", accuracy, n)))
     }
 
     /// The prompts of iteration `iteration`: positions `[i·P, (i+1)·P)` of the concatenated
@@ -487,6 +589,9 @@ impl<M: RlModel> TrainTask<M> for RlTask {
     fn loss(&mut self, model: &M, items: &[usize]) -> Result<LossOutput> {
         let head = model.value_head();
         let model = model.policy();
+        if self.recipe.algorithm.online_dpo.is_some() {
+            return self.online_dpo_loss(model, items);
+        }
         let device = device_of(model);
         let rows: Vec<&BufferRow> = items
             .iter()
@@ -688,6 +793,11 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         Ok(())
     }
 
+    /// Masks (failed rewards, truncation, tied groups, filtration) can empty a whole step.
+    fn allows_empty_steps(&self) -> bool {
+        true
+    }
+
     fn after_step(&mut self, _model: &M, values: &StepValues) -> Result<()> {
         if self.recipe.algorithm.kl.placement == KlPlacement::Loss
             && let Some(&kl) = values.metrics.get("kl")
@@ -734,7 +844,7 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             pad,
             self.forward_batch(),
         )?;
-        let reference = if self.kl_active() {
+        let reference = if self.needs_reference() {
             completion_logprobs(
                 &self.reference(policy)?,
                 &completions,
@@ -937,6 +1047,33 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 },
             });
         }
+        if let Some(config) = &self.recipe.algorithm.online_dpo {
+            let score: Vec<f64> = match config.label {
+                PairLabel::Reward => scored
+                    .iter()
+                    .map(|s| f64::from(s.total.unwrap_or(0.0)))
+                    .collect(),
+                PairLabel::Implicit => old
+                    .iter()
+                    .zip(&reference)
+                    .map(|(o, r)| {
+                        let sum: f64 = o.iter().zip(r).map(|(a, b)| f64::from(a - b)).sum();
+                        f64::from(config.dpo.beta) * sum
+                    })
+                    .collect(),
+            };
+            self.pairs = self.label_pairs(&included, &score);
+            let gaps: Vec<f64> = self
+                .pairs
+                .iter()
+                .flatten()
+                .map(|&(c, r)| {
+                    f64::from(scored[c].total.unwrap_or(0.0) - scored[r].total.unwrap_or(0.0))
+                })
+                .collect();
+            metrics.insert("pairs".into(), gaps.len() as f64);
+            metrics.insert("pair_reward_gap".into(), mean_std(&gaps).0);
+        }
         self.buffer = buffer;
         self.multipliers = multipliers;
         let total_tokens = lengths.iter().sum::<usize>().max(1) as f64;
@@ -988,7 +1125,10 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 iteration + 1
             );
         }
-        Ok(Collected { items: n, metrics })
+        Ok(Collected {
+            items: self.recipe.buffer_size(),
+            metrics,
+        })
     }
 }
 

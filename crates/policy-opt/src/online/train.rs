@@ -78,7 +78,8 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     );
     let policy = Policy::build(&recipe.model, &device)?;
     let model = policy.lm.model.clone();
-    let snapshot = match (&recipe.model.lora, recipe.algorithm.kl.active()) {
+    let needs_reference = recipe.algorithm.kl.active() || recipe.algorithm.online_dpo.is_some();
+    let snapshot = match (&recipe.model.lora, needs_reference) {
         (None, true) => Some(model.clone().no_grad()),
         _ => None,
     };
@@ -236,7 +237,7 @@ out_dir = "{out}"
         }
     }
 
-    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head) and online RAFT teach a tiny policy to say `w7`: the held-out (greedy)
+    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head), online RAFT and online DPO teach a tiny policy to say `w7`: the held-out (greedy)
     /// reward rises from below 0.5 to at least 0.75 within 24 steps (PPO: 32; GDPO's two-objective total rises by 0.4 of its 1.5); the run logs collect
     /// records with the reward and the rollout throughput, and train records with the clip
     /// fraction and entropy.
@@ -252,6 +253,11 @@ out_dir = "{out}"
                 "critic = { vf_coef = 0.5, cliprange_value = 0.5 }",
             ),
             ("{ name = \"raft\", top_k = 1 }", ""),
+            // Online DPO: one (best, worst) pair per prompt, labelled by the reward.
+            (
+                "{ name = \"grpo\" }",
+                "online_dpo = { dpo = { beta = 0.5 } }",
+            ),
             // Multi-objective GRPO (GDPO): a second objective, each normalised in its group.
             (
                 "{ name = \"grpo\" }",
@@ -275,6 +281,13 @@ out_dir = "{out}"
             }
             // The critic starts untrained: PPO gets a few more iterations.
             let critic = extra.contains("critic");
+            let online_dpo = extra.contains("online_dpo");
+            if online_dpo {
+                // Four pairs per collection, one step each: twice the collections for the
+                // same 24 steps.
+                r.train.batch_size = 4;
+                r.rollout.iterations = 24;
+            }
             if critic {
                 r.rollout.iterations = 16;
             }
@@ -297,15 +310,36 @@ out_dir = "{out}"
             } else {
                 assert!(after >= 0.75, "{estimator}: reward {before} → {after}");
             }
-            let iterations = if critic { 16 } else { 12 };
-            assert_eq!(report.outcome.steps, 2 * iterations);
+            let iterations = match (critic, online_dpo) {
+                (true, _) => 16,
+                (_, true) => 24,
+                _ => 12,
+            };
+            let steps_per_iteration = if online_dpo { 1 } else { 2 };
+            assert_eq!(report.outcome.steps, steps_per_iteration * iterations);
             let metrics = report.out_dir.join("metrics.jsonl");
             let collects = read_records(&metrics, "collect").unwrap();
             assert_eq!(collects.len(), iterations as usize);
             assert!(collects[0]["rollout_tokens_per_s"].as_f64().unwrap() > 0.0);
-            let train = read_records(&metrics, "train").unwrap();
-            assert!(train.iter().all(|r| r["entropy"].as_f64().unwrap() > 0.0));
-            assert!(train.iter().all(|r| r.get("pg_clipfrac").is_some()));
+            // Steps with nothing to learn from (every pair tied) pass without an update.
+            let train: Vec<serde_json::Value> = read_records(&metrics, "train")
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.get("skipped").is_none())
+                .collect();
+            assert!(!train.is_empty());
+            if online_dpo {
+                assert!(collects.iter().any(|c| c["pairs"].as_f64().unwrap() > 0.0));
+                assert!(
+                    train
+                        .iter()
+                        .any(|t| t["reward_margin"].as_f64().unwrap() > 0.0)
+                );
+            }
+            if !online_dpo {
+                assert!(train.iter().all(|r| r["entropy"].as_f64().unwrap() > 0.0));
+                assert!(train.iter().all(|r| r.get("pg_clipfrac").is_some()));
+            }
             // The saved policy is the trained one: it loads and says w7 greedily.
             let loaded = Policy::load(&report.final_dir, &test_device()).unwrap();
             assert!(loaded.spec.lora.is_some());

@@ -69,6 +69,25 @@ pub fn accumulate<M: Module>(
     device: &Device,
     seeds: impl Fn(usize) -> u64,
 ) -> Result<(GradAccumulator, StepMetrics)> {
+    let (grads, metrics) = accumulate_any(model, task, items, micro_batch, device, seeds)?;
+    if metrics.weight() <= 0.0 {
+        bail!("{NO_WEIGHT}");
+    }
+    Ok((grads, metrics))
+}
+
+const NO_WEIGHT: &str =
+    "the step's micro-batches carry no weight (nothing to train on: empty completions?)";
+
+/// [`accumulate`] that returns a step of zero weight (no gradient) instead of an error.
+fn accumulate_any<M: Module>(
+    model: &M,
+    task: &mut dyn TrainTask<M>,
+    items: &[usize],
+    micro_batch: usize,
+    device: &Device,
+    seeds: impl Fn(usize) -> u64,
+) -> Result<(GradAccumulator, StepMetrics)> {
     let mut grads = GradAccumulator::default();
     let mut metrics = StepMetrics::default();
     for (i, chunk) in items.chunks(micro_batch.max(1)).enumerate() {
@@ -88,10 +107,9 @@ pub fn accumulate<M: Module>(
             grads.add(model, loss.mul_scalar(weight).backward());
         }
     }
-    if metrics.weight() <= 0.0 {
-        bail!("the step's micro-batches carry no weight (nothing to train on: empty completions?)");
+    if metrics.weight() > 0.0 {
+        grads.scale(1.0 / metrics.weight());
     }
-    grads.scale(1.0 / metrics.weight());
     Ok((grads, metrics))
 }
 
@@ -207,7 +225,7 @@ impl<'a> Session<'a> {
         let start = Instant::now();
         let step = self.state.step;
         let seed = self.config.seed;
-        let (grads, metrics) = accumulate(
+        let (grads, metrics) = accumulate_any(
             &model,
             task,
             items,
@@ -216,6 +234,23 @@ impl<'a> Session<'a> {
             |i| micro_seed(seed, step, i),
         )
         .with_context(|| format!("step {}", step + 1))?;
+        if metrics.weight() <= 0.0 {
+            if !task.allows_empty_steps() {
+                bail!("step {}: {NO_WEIGHT}", step + 1);
+            }
+            // Nothing to learn from (every item masked): the step passes without an update, so
+            // the schedule and the iteration structure stay as planned.
+            self.state.step += 1;
+            let mut record = serde_json::json!({
+                "kind": "train", "step": self.state.step, "skipped": true,
+                "examples": items.len(), "weight": 0.0,
+            });
+            for (k, v) in extra {
+                record[k] = v;
+            }
+            self.metrics.write(&record)?;
+            return Ok(model);
+        }
         let values: StepValues = metrics.read(grads.squared_norm())?;
         if !values.loss.is_finite() {
             bail!(

@@ -61,6 +61,13 @@ pub trait TrainTask<M: Module> {
         Ok(())
     }
 
+    /// Whether a step whose micro-batches all carry zero weight is skipped (logged as
+    /// `"skipped": true`, no update) rather than an error: online tasks whose masks can empty a
+    /// whole step (every group tied, every completion truncated). Default: an error.
+    fn allows_empty_steps(&self) -> bool {
+        false
+    }
+
     /// Called after every optimizer step with the updated model and the step's values as read
     /// on the host (e.g. to adapt a KL coefficient, or refresh a reference from the policy);
     /// default: nothing.

@@ -756,3 +756,80 @@ fn a_rollout_run_killed_at_step_k_and_resumed_reproduces_the_uninterrupted_metri
     assert!(last > 0.6, "expected reward {last}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A step whose micro-batches all carry zero weight: skipped (logged, no update) for a task
+/// that allows it — the run keeps its planned steps — and an error naming the step otherwise.
+#[test]
+fn a_step_with_nothing_to_learn_is_skipped_only_where_the_task_allows_it() {
+    struct Silent {
+        inner: BanditTask,
+        allow: bool,
+    }
+    impl TrainTask<Linear> for Silent {
+        fn loss(&mut self, model: &Linear, items: &[usize]) -> Result<LossOutput> {
+            let out = self.inner.loss(model, items)?;
+            // The first step (loss calls 1 and 2) has nothing to learn from.
+            Ok(match self.inner.calls <= 2 {
+                true => LossOutput::new(out.loss.mul_scalar(0.0), 0.0),
+                false => out,
+            })
+        }
+        fn evaluate(&mut self, model: &Linear) -> Result<Evaluation> {
+            self.inner.evaluate(model)
+        }
+        fn save_model(&self, model: &Linear, dir: &Path) -> Result<()> {
+            self.inner.save_model(model, dir)
+        }
+        fn allows_empty_steps(&self) -> bool {
+            self.allow
+        }
+    }
+    impl RolloutTask<Linear> for Silent {
+        fn buffer_size(&self) -> usize {
+            self.inner.buffer_size()
+        }
+        fn collect(&mut self, policy: &Linear, iteration: u64, seed: u64) -> Result<Collected> {
+            self.inner.collect(policy, iteration, seed)
+        }
+    }
+    let device = test_device().autodiff();
+    let root = tmp("empty-step");
+    let rollout = RolloutConfig {
+        iterations: 2,
+        ppo_epochs: 1,
+    };
+    let id = serde_json::json!({"bandit": "silent"});
+    for allow in [true, false] {
+        let out = root.join(format!("{allow}"));
+        let trainer = Trainer {
+            config: TrainConfig {
+                micro_batch_size: Some(3),
+                lr: 0.3,
+                ..plain_config(11, 6, out.clone())
+            },
+            device: device.clone(),
+            progress: false,
+        };
+        let run = RunDir::open(&out, RunMode::Fresh, &id, &[]).unwrap();
+        let mut task = Silent {
+            inner: BanditTask::new(&device, None),
+            allow,
+        };
+        let result = trainer.run_rollouts(&run, bandit_policy(&device), &mut task, &rollout);
+        if allow {
+            let (model, outcome) = result.unwrap();
+            assert_eq!(outcome.steps, 4);
+            let train = read_records(&out.join("metrics.jsonl"), "train").unwrap();
+            assert_eq!(train.len(), 4);
+            assert_eq!(train[0]["skipped"], serde_json::json!(true));
+            assert!(train[1..].iter().all(|r| r.get("skipped").is_none()));
+            // The skipped step changed nothing; the others trained.
+            let bias: Vec<f32> = model.bias.unwrap().val().into_data().try_to_vec().unwrap();
+            assert!(bias.iter().any(|&b| b != 0.0));
+        } else {
+            let err = format!("{:#}", result.unwrap_err());
+            assert!(err.contains("step 1") && err.contains("no weight"), "{err}");
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
