@@ -12,7 +12,13 @@
 //!   and reference forward, backward, global-norm clipping and AdamW on the LoRA factors, against
 //!   TRL's `DPOTrainer` (`benches/peer/dpo.py`) on the same token ids → real (non-pad) tokens of
 //!   the chosen + rejected sequences per second, over `--iters` steps after one warm-up step
-//!   (each step on the next pairs of HH-RLHF harmless-base train).
+//!   (each step on the next pairs of HH-RLHF harmless-base train);
+//! - `grpo-step-lora`: GRPO steps of `recipes/grpo-smollm2-gsm8k.toml` at bench sizes (2 GSM8K
+//!   prompts × a group of 4, exactly 64 new tokens per completion, micro-batches of 4), one
+//!   collection — sampling with the KV cache, the rewards, the old and the LoRA-disabled
+//!   reference log-probs, the group advantages — and one optimizer step over the whole buffer,
+//!   against TRL's `GRPOTrainer` (`benches/peer/grpo.py`) on the same prompt token ids → seconds
+//!   per GRPO step, over `--iters` steps after one warm-up step.
 //!
 //! Run with `cargo xtask bench` (it fetches the models and makes the peer's venv), or
 //! `cargo bench --bench backbones -- [--peer-python PATH] [--threads N] [--iters N] [--only NAME]`.
@@ -24,10 +30,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use policy_opt::online::RlRecipe;
+use policy_opt::online::rewards::RewardSet;
+use policy_opt::online::task::RlTask;
 use policy_opt::preference::PreferenceRecipe;
 use policy_opt::preference::data::encode_pairs;
 use policy_opt::preference::objective::PreferenceObjective;
 use policy_opt::preference::task::DpoTask;
+use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
 use rm_core::logprobs::model_sequence_logprobs;
 use rm_core::models::bert::BertEmbedder;
@@ -37,8 +47,10 @@ use rm_core::models::pooling::Pooling;
 use rm_core::paths::for_tests;
 use rm_core::sampling::{SamplingConfig, generate};
 use rm_core::train::optimizer::AdamW;
+use rm_core::train::rollout::collect_seed;
 use rm_core::train::schedule::LrSchedule;
 use rm_core::train::session::accumulate;
+use rm_core::train::{RolloutTask, TrainTask, epoch_order};
 use rm_core::types::Prompt;
 use serde_json::{Value, json};
 
@@ -78,13 +90,34 @@ fn options() -> Result<Options> {
 struct Workload {
     name: &'static str,
     unit: &'static str,
-    /// Units of work per iteration (tokens, new tokens or sequences).
+    /// Units of work per iteration (tokens, new tokens or sequences; 1 for `per_step`).
     work: f64,
     spec: Value,
+    /// Tokens over the timed iterations that the peer must have processed too, when it reports
+    /// its own count (the DPO steps' real tokens, the GRPO steps' completion tokens).
+    tokens: Option<f64>,
+    /// Reported as seconds per iteration (the ratio: peer seconds / plumbline seconds) instead
+    /// of a rate.
+    per_step: bool,
 }
 
 /// The DPO recipe the `dpo-step-lora` workload mirrors.
 const DPO_RECIPE: &str = "recipes/dpo-smollm2-hh.toml";
+
+/// The GRPO recipe the `grpo-step-lora` workload mirrors, and the bench's overrides: 2 prompts ×
+/// a group of 4 (one generation batch of 8 rows), every completion exactly 64 new tokens (no
+/// stop at end-of-sequence, so both sides do the same work), one optimizer step over the
+/// buffer of 8 in micro-batches of 4.
+const GRPO_RECIPE: &str = "recipes/grpo-smollm2-gsm8k.toml";
+const GRPO_OVERRIDES: [&str; 7] = [
+    "rollout.prompts_per_iteration=2",
+    "rollout.group_size=4",
+    "rollout.generation_batch=8",
+    "rollout.sampling.max_new_tokens=64",
+    "rollout.stop_at_eos=false",
+    "train.batch_size=8",
+    "train.micro_batch_size=4",
+];
 
 /// A token stream from HH-RLHF harmless train transcripts (chosen side), cut into `rows` rows of
 /// `len` ids each.
@@ -177,6 +210,8 @@ fn main() -> Result<()> {
             unit: "tokens/s",
             work: 8.0 * 256.0,
             spec: json!({"kind": "lm-fwd-bwd", "model": smollm2, "ids": rows}),
+            tokens: None,
+            per_step: false,
         });
         ours.push(secs);
     }
@@ -201,6 +236,8 @@ fn main() -> Result<()> {
                 unit: "new tokens/s",
                 work: 128.0 * batch as f64,
                 spec: json!({"kind": "lm-sample", "model": smollm2, "ids": prompts, "new_tokens": 128}),
+                tokens: None,
+                per_step: false,
             });
             ours.push(secs);
         }
@@ -225,6 +262,8 @@ fn main() -> Result<()> {
                 unit: "sequences/s",
                 work: 32.0,
                 spec: json!({"kind": "bert-encode", "model": minilm, "ids": rows}),
+                tokens: None,
+                per_step: false,
             });
             ours.push(secs);
         }
@@ -237,7 +276,18 @@ fn main() -> Result<()> {
         ours.push(secs);
     }
 
+    // GRPO steps (one collection + one optimizer step), as `plumb train-rl` runs them.
+    if wanted("grpo-step-lora") {
+        let (workload, secs) = grpo_step_lora(&device, &models, opts.iters)?;
+        workloads.push(workload);
+        ours.push(secs);
+    }
+
     for (w, secs) in workloads.iter().zip(&ours) {
+        if w.per_step {
+            eprintln!("plumbline: {}: {secs:.3} {}", w.name, w.unit);
+            continue;
+        }
         eprintln!(
             "plumbline: {}: {:.3} s/iteration ({:.1} {})",
             w.name,
@@ -408,6 +458,209 @@ fn dpo_step_lora(device: &Device, models: &Path, iters: usize) -> Result<(Worklo
             unit: "tokens/s",
             work: tokens as f64 / iters as f64,
             spec,
+            tokens: Some(tokens as f64),
+            per_step: false,
+        },
+        timed / iters as f64,
+    ))
+}
+
+/// `grpo-step-lora`: `iters` GRPO steps after one warm-up step, each as `plumb train-rl` runs an
+/// iteration of [`GRPO_RECIPE`] with [`GRPO_OVERRIDES`]: [`RlTask::collect`] on the frozen
+/// policy (sampling `P × G` completions with the KV cache, the rewards, the old policy's and the
+/// LoRA-disabled reference's per-token log-probs, the group advantages), then one optimizer step
+/// over the whole buffer — [`accumulate`] over the recipe's micro-batches (clip loss + k3 KL +
+/// entropy, backward), the step's metrics and gradient norm in one transfer, [`AdamW::apply`]
+/// (with global-norm clipping) and the task's `after_step`. Step `k` collects iteration `k`
+/// (its prompts, its seed). Returns the workload (work 1: seconds per step) and the mean
+/// seconds per timed step.
+fn grpo_step_lora(device: &Device, models: &Path, iters: usize) -> Result<(Workload, f64)> {
+    use policy_opt::online::algos::{AdvantageEstimator, LossAggregation, PolicyLoss};
+    use policy_opt::online::recipe::KlPlacement;
+
+    let root = rm_core::paths::repo_root_from(&std::env::current_dir()?)
+        .context("finding the repository root")?;
+    let overrides: Vec<String> = GRPO_OVERRIDES.iter().map(|s| s.to_string()).collect();
+    let mut recipe = RlRecipe::load(&root.join(GRPO_RECIPE), &overrides)?;
+    recipe.model.policy = rm_core::paths::resolve_model_path(&recipe.model.policy, models);
+    let steps = iters + 1;
+    recipe.rollout.iterations = steps as u64;
+    recipe.validate()?;
+    let Some(lora) = recipe.model.lora.clone() else {
+        bail!("{GRPO_RECIPE} has no [model] lora: grpo-step-lora times a LoRA policy");
+    };
+    // What the peer's GRPOConfig is made of: refuse what TRL's GRPOTrainer would not match.
+    let algorithm = &recipe.algorithm;
+    if !matches!(algorithm.estimator, AdvantageEstimator::Grpo { .. }) {
+        bail!("{GRPO_RECIPE}: algorithm.estimator is not grpo");
+    }
+    let PolicyLoss::Vanilla {
+        clip_ratio_low,
+        clip_ratio_high,
+        clip_ratio_c: None,
+    } = algorithm.policy_loss
+    else {
+        bail!("{GRPO_RECIPE}: grpo-step-lora needs the vanilla clip loss without dual clip");
+    };
+    if algorithm.loss_aggregation != LossAggregation::TokenMean {
+        bail!("{GRPO_RECIPE}: grpo-step-lora needs loss_aggregation = \"token-mean\" (TRL's dapo)");
+    }
+    let beta = match (algorithm.kl.coef, algorithm.kl.placement) {
+        (Some(c), KlPlacement::Loss) if c > 0.0 && algorithm.kl.controller.is_none() => c,
+        _ => bail!(
+            "{GRPO_RECIPE}: grpo-step-lora needs a fixed KL coef > 0 in the loss (TRL's beta)"
+        ),
+    };
+    if algorithm.entropy_coef != 0.0 || recipe.rollout.ppo_epochs != 1 {
+        bail!("{GRPO_RECIPE}: grpo-step-lora needs entropy_coef 0 and ppo_epochs 1");
+    }
+    let n = recipe.buffer_size();
+    if recipe.train.batch_size != n {
+        bail!(
+            "grpo-step-lora: train.batch_size must be the buffer size {n} (one step per collection)"
+        );
+    }
+    let data = for_tests::data_dir();
+    let instruction = recipe.data.instruction.as_deref();
+    let train_prompts = recipe.data.train.load(&data, instruction)?;
+    // The task evaluates nothing here; one prompt stands in for the evaluation set.
+    let eval_prompts = train_prompts[..1].to_vec();
+    let rewards = RewardSet::build(&recipe.rewards, device)?;
+
+    let ad = device.clone().autodiff();
+    ad.seed(recipe.train.seed);
+    let policy = Policy::build(&recipe.model, &ad)?;
+    let pad_id = policy.lm.tokenizer.pad_id();
+    let sampling = recipe.rollout.sampling.clone();
+    let new_tokens = sampling.max_new_tokens;
+    // The prompts as the task renders them (chat template, left cut to max_len − new tokens).
+    let budget = recipe.model.max_len - new_tokens;
+    let rendered: Vec<(String, Vec<u32>)> = train_prompts
+        .iter()
+        .map(|p| {
+            let text = policy.spec.template.render_prompt(&p.prompt)?;
+            let ids = policy_opt::online::rollout::prompt_ids(&policy, p, budget)?;
+            Ok((text, ids))
+        })
+        .collect::<Result<_>>()?;
+    let mut model = policy.lm.model.clone();
+    let mut task = RlTask::new(
+        recipe.clone(),
+        policy,
+        rewards,
+        train_prompts.clone(),
+        eval_prompts,
+        None,
+    )?;
+    let step_prompts: Vec<Value> = (0..steps as u64)
+        .map(|k| {
+            Value::Array(
+                task.iteration_prompts(k)
+                    .into_iter()
+                    .map(|i| {
+                        let (text, ids) = &rendered[i];
+                        json!({
+                            "ids": ids, "text": text,
+                            "answer": train_prompts[i].references.first(),
+                        })
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+
+    let train = &recipe.train;
+    let micro = train.micro_batch();
+    let mut optim = AdamW::new(train.adamw()).with_groups(train.param_group_rules());
+    let schedule =
+        LrSchedule::with_warmup_ratio(train.lr, train.warmup_ratio, steps as u64, train.schedule);
+    let mut timed = 0.0;
+    let mut step_tokens = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let start = Instant::now();
+        let iteration = step as u64;
+        let seed = collect_seed(train.seed, iteration);
+        let collected = task.collect(&model.valid(), iteration, seed)?;
+        if collected.items != n {
+            bail!(
+                "grpo-step-lora: {} rows collected, expected {n}",
+                collected.items
+            );
+        }
+        let collect_secs = start.elapsed().as_secs_f64();
+        let items = epoch_order(n, seed, 0);
+        let (grads, metrics) = accumulate(&model, &mut task, &items, micro, &ad, |i| {
+            train.seed ^ (iteration << 8) ^ i as u64
+        })?;
+        let values = metrics.read(grads.squared_norm())?;
+        if !values.loss.is_finite() {
+            bail!("grpo-step-lora: step {}: loss {}", step + 1, values.loss);
+        }
+        let grad_norm = values.grad_norm.unwrap_or(0.0);
+        let (updated, stats) = optim.apply(model, schedule.lr_at(iteration), grads, grad_norm)?;
+        model = updated;
+        task.after_step(&model, &values)?;
+        let secs = start.elapsed().as_secs_f64();
+        let metric = |k: &str| collected.metrics.get(k).copied().unwrap_or(f64::NAN);
+        let tokens = metric("rollout_tokens");
+        if tokens != (n * new_tokens) as f64 {
+            bail!(
+                "grpo-step-lora: step {}: {tokens} completion tokens, expected {n} × {new_tokens} (rollout.stop_at_eos = false)",
+                step + 1
+            );
+        }
+        eprintln!(
+            "plumbline: grpo-step-lora: step {}{}: {tokens} completion tokens, {secs:.3} s (collection {collect_secs:.3} s), reward {:.3}, loss {:.4}, kl {:.5}, grad norm {grad_norm:.4}, {} tensors updated",
+            step + 1,
+            if step == 0 { " (warm-up)" } else { "" },
+            metric("reward"),
+            values.loss,
+            values.metrics.get("kl").copied().unwrap_or(f64::NAN),
+            stats.params
+        );
+        step_tokens.push(tokens as usize);
+        if step > 0 {
+            timed += secs;
+        }
+    }
+    let tokens: usize = step_tokens[1..].iter().sum();
+    let spec = json!({
+        "kind": "grpo-step",
+        "model": recipe.model.policy,
+        "recipe": GRPO_RECIPE,
+        "overrides": GRPO_OVERRIDES,
+        "steps": step_prompts,
+        "step_tokens": step_tokens,
+        "pad_id": pad_id,
+        "group_size": recipe.rollout.group_size,
+        "max_new_tokens": new_tokens,
+        "max_length": recipe.model.max_len,
+        "micro_batch": micro,
+        "batch_size": n,
+        "sampling": {
+            "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
+        },
+        "lora": lora,
+        "algorithm": {
+            "beta": beta, "epsilon": clip_ratio_low, "epsilon_high": clip_ratio_high,
+            "loss_type": "dapo", "scale_rewards": "group",
+        },
+        "rewards": recipe.rewards,
+        "train": {
+            "lr": train.lr, "weight_decay": train.weight_decay, "warmup_ratio": train.warmup_ratio,
+            "schedule": train.schedule, "max_grad_norm": train.max_grad_norm,
+            "beta1": train.beta1, "beta2": train.beta2, "eps": train.eps, "seed": train.seed,
+        },
+    });
+    Ok((
+        Workload {
+            name: "grpo-step-lora",
+            unit: "s/step",
+            work: 1.0,
+            spec,
+            tokens: Some(tokens as f64),
+            per_step: true,
         },
         timed / iters as f64,
     ))
@@ -443,16 +696,15 @@ fn run_peer(python: &Path, workloads: &[Workload], opts: &Options) -> Result<Vec
     workloads
         .iter()
         .map(|w| {
-            // Workloads whose work the peer counts itself (the DPO steps' real tokens) must have
-            // done the same work as plumbline.
-            if let Some(tokens) = result["tokens"][w.name].as_f64() {
-                let ours = w.work * opts.iters as f64;
-                if (tokens - ours).abs() > 0.5 {
-                    bail!(
-                        "{}: the peer trained on {tokens} tokens, plumbline on {ours}",
-                        w.name
-                    );
-                }
+            // Workloads whose work the peer counts itself (the DPO steps' real tokens, the GRPO
+            // steps' completion tokens) must have done the same work as plumbline.
+            if let (Some(tokens), Some(ours)) = (result["tokens"][w.name].as_f64(), w.tokens)
+                && (tokens - ours).abs() > 0.5
+            {
+                bail!(
+                    "{}: the peer processed {tokens} tokens, plumbline {ours}",
+                    w.name
+                );
             }
             result["seconds"][w.name]
                 .as_f64()
@@ -478,6 +730,23 @@ fn report(
     );
     let mut rows = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
+        if w.per_step {
+            let peer_secs = peer.map(|p| p[i]);
+            let ratio = peer_secs.map(|p| p / ours[i]);
+            md.push_str(&format!(
+                "| {} | {:.2} {} | {} | {} |\n",
+                w.name,
+                ours[i],
+                w.unit,
+                peer_secs.map_or("-".into(), |p| format!("{p:.2} {}", w.unit)),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            ));
+            rows.push(json!({
+                "workload": w.name, "unit": w.unit, "plumbline": ours[i],
+                "peer": peer_secs, "ratio": ratio,
+            }));
+            continue;
+        }
         let ours_rate = w.work / ours[i];
         let peer_rate = peer.map(|p| w.work / p[i]);
         let ratio = peer_rate.map(|p| ours_rate / p);
@@ -498,6 +767,13 @@ fn report(
         md.push_str(&format!(
             "\ndpo-step-lora: {} DPO optimizer steps ({DPO_RECIPE}: one micro-batch of pairs per step) after one warm-up step, each on the next pairs; total real tokens / total time; peer = TRL DPOTrainer + PEFT on the same token ids\n",
             opts.iters
+        ));
+    }
+    if workloads.iter().any(|w| w.name == "grpo-step-lora") {
+        md.push_str(&format!(
+            "\ngrpo-step-lora: {} GRPO steps ({GRPO_RECIPE} with {}) after one warm-up step, each one collection (sampling, rewards, log-probs, advantages) + one optimizer step over the buffer; mean seconds per step, ratio = peer s / plumbline s; peer = TRL GRPOTrainer + PEFT on the same prompt token ids\n",
+            opts.iters,
+            GRPO_OVERRIDES.join(", ")
         ));
     }
     println!("\n{md}");

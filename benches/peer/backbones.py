@@ -9,10 +9,12 @@ Workload kinds:
 - lm-sample: greedy generate() with the KV cache, exactly `new_tokens` new tokens (no early stop);
 - bert-encode: BertModel forward + attention-mask mean pooling under inference_mode;
 - dpo-step: TRL's DPOTrainer with a peft LoRA adapter on the same pairs' token ids (dpo.py, which
-  also counts the real tokens it trained on: "tokens" in the output).
+  also counts the real tokens it trained on: "tokens" in the output);
+- grpo-step: TRL's GRPOTrainer with a peft LoRA adapter on the same prompts' token ids (grpo.py,
+  which also counts the completion tokens it generated: "tokens" in the output).
 
-Timing matches the Rust side: one warm-up, then the median of `iters` iterations (dpo-step: one
-warm-up step, then the mean of `iters` steps).
+Timing matches the Rust side: one warm-up, then the median of `iters` iterations (dpo-step, grpo-step:
+one warm-up step, then the mean of `iters` steps).
 """
 import json
 import os
@@ -63,6 +65,12 @@ def main() -> None:
             from dpo import dpo_step
 
             seconds[name], tokens[name] = dpo_step(w, iters)
+            log(f"peer: {name}: {seconds[name]:.3f} s/step")
+            continue
+        if kind == "grpo-step":
+            from grpo import grpo_step
+
+            seconds[name], tokens[name] = grpo_step(w, iters)
             log(f"peer: {name}: {seconds[name]:.3f} s/step")
             continue
         ids = torch.tensor(w["ids"], dtype=torch.long)

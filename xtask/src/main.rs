@@ -31,9 +31,10 @@ commands:
                                     Mesa lavapipe); part of `test` when a Vulkan driver is found
   bench [-- ARGS]                   fetch-models, make the PyTorch peer's venv (benches/peer/.venv)
                                     if absent, run `cargo bench` with the peer in the same run and
-                                    print plumbline/peer ratios (the DPO row against TRL's
-                                    DPOTrainer); ARGS go to the bench (--threads N, --iters N,
-                                    --only PREFIX, e.g. --only dpo-step-lora, --no-peer)
+                                    print plumbline/peer ratios (the DPO and GRPO rows against
+                                    TRL's DPOTrainer and GRPOTrainer); ARGS go to the bench
+                                    (--threads N, --iters N, --only PREFIX, e.g. --only
+                                    dpo-step-lora, --only grpo-step-lora, --no-peer)
   demo [-- ARGS]                    fetch-models, then `plumb quickstart` (release build): a
                                     Bradley-Terry reward model on MiniLM trained on HH-RLHF
                                     harmless (1,800 pairs) and its RewardBench-style dev report;

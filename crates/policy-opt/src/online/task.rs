@@ -499,9 +499,10 @@ impl RlTask {
             .with(Metric::device("reward_accuracy", accuracy, n)))
     }
 
-    /// The prompts of iteration `iteration`: positions `[i·P, (i+1)·P)` of the concatenated
-    /// seeded passes over the training prompts.
-    fn iteration_prompts(&self, iteration: u64) -> Vec<usize> {
+    /// The prompts of iteration `iteration` (indices into the training prompts): positions
+    /// `[i·P, (i+1)·P)` of the concatenated seeded passes over the training prompts. Public for
+    /// the `grpo-step-lora` bench, which hands the same prompts to its peer.
+    pub fn iteration_prompts(&self, iteration: u64) -> Vec<usize> {
         let n = self.train_prompts.len();
         let p = self.recipe.rollout.prompts_per_iteration;
         let seed = self.recipe.train.seed;
