@@ -10,7 +10,8 @@ use policy_opt::{PreferenceRecipe, PreferenceReport, train_preference_policy};
 use rm_pipeline::eval::{EvalInput, ReportTarget};
 
 use super::reward::{
-    FormatArg, RunFlags, print_eval_outcome, print_plot, train_request, with_progress,
+    FormatArg, RunFlags, print_before_after, print_eval_outcome, print_policy_run, train_request,
+    with_progress,
 };
 use crate::GlobalArgs;
 
@@ -45,16 +46,7 @@ pub fn train_po(global: &GlobalArgs, args: TrainPoArgs) -> Result<()> {
 }
 
 fn print_report(r: &PreferenceReport) {
-    println!("\n| evaluation | before (reference) | after |\n|---|---|---|");
-    for (name, after) in &r.final_eval.metrics {
-        let before = r
-            .initial_eval
-            .metrics
-            .get(name)
-            .copied()
-            .unwrap_or(f64::NAN);
-        println!("| {name} | {before:.4} | {after:.4} |");
-    }
+    print_before_after("before (reference)", &r.initial_eval, &r.final_eval);
     println!(
         "\ntrained {} steps, {:.2} pairs/s ({} threads); best eval loss {:.4} at step {}",
         r.outcome.steps,
@@ -63,17 +55,13 @@ fn print_report(r: &PreferenceReport) {
         r.outcome.best_score.map_or(f64::NAN, |s| -s),
         r.outcome.best_step.unwrap_or(0)
     );
-    println!(
-        "policy: {}  (best: {})",
-        r.final_dir.display(),
-        r.best_dir.display()
+    print_policy_run(
+        &r.out_dir,
+        &r.final_dir,
+        &r.best_dir,
+        r.plot.as_deref(),
+        r.plot_error.as_deref(),
     );
-    println!(
-        "summary: {}  metrics: {}",
-        r.out_dir.join("summary.json").display(),
-        r.out_dir.join("metrics.jsonl").display()
-    );
-    print_plot(r.plot.as_deref(), r.plot_error.as_deref());
 }
 
 /// `--mode` of `eval-po` (reward-bench's DPO modes).

@@ -136,6 +136,40 @@ fn print_train_report(r: &TrainReport) {
     print_plot(r.plot.as_deref(), r.plot_error.as_deref());
 }
 
+/// The table of a policy run's evaluations before and after training.
+pub(crate) fn print_before_after(
+    before_label: &str,
+    initial: &rm_core::train::Evaluation,
+    last: &rm_core::train::Evaluation,
+) {
+    println!("\n| evaluation | {before_label} | after |\n|---|---|---|");
+    for (name, after) in &last.metrics {
+        let before = initial.metrics.get(name).copied().unwrap_or(f64::NAN);
+        println!("| {name} | {before:.4} | {after:.4} |");
+    }
+}
+
+/// Where a policy run put its folders, summary, metrics and curves.
+pub(crate) fn print_policy_run(
+    out_dir: &std::path::Path,
+    final_dir: &std::path::Path,
+    best_dir: &std::path::Path,
+    plot: Option<&std::path::Path>,
+    plot_error: Option<&str>,
+) {
+    println!(
+        "policy: {}  (best: {})",
+        final_dir.display(),
+        best_dir.display()
+    );
+    println!(
+        "summary: {}  metrics: {}",
+        out_dir.join("summary.json").display(),
+        out_dir.join("metrics.jsonl").display()
+    );
+    print_plot(plot, plot_error);
+}
+
 /// Where a run's curves went, or why they did not.
 pub(crate) fn print_plot(plot: Option<&std::path::Path>, error: Option<&str>) {
     match (plot, error) {

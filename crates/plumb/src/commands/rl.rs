@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use policy_opt::online::{RlRecipe, RlReport, train_rl_policy};
 
-use super::reward::{RunFlags, print_plot, train_request};
+use super::reward::{RunFlags, print_before_after, print_policy_run, train_request};
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -41,16 +41,7 @@ pub fn train_rl(global: &GlobalArgs, args: TrainRlArgs) -> Result<()> {
 }
 
 fn print_report(r: &RlReport) {
-    println!("\n| evaluation | before | after |\n|---|---|---|");
-    for (name, after) in &r.final_eval.metrics {
-        let before = r
-            .initial_eval
-            .metrics
-            .get(name)
-            .copied()
-            .unwrap_or(f64::NAN);
-        println!("| {name} | {before:.4} | {after:.4} |");
-    }
+    print_before_after("before", &r.initial_eval, &r.final_eval);
     println!(
         "\ntrained {} steps in {:.1}s ({} threads); best eval reward {:.4} at step {}",
         r.outcome.steps,
@@ -59,15 +50,11 @@ fn print_report(r: &RlReport) {
         r.outcome.best_score.unwrap_or(f64::NAN),
         r.outcome.best_step.unwrap_or(0)
     );
-    println!(
-        "policy: {}  (best: {})",
-        r.final_dir.display(),
-        r.best_dir.display()
+    print_policy_run(
+        &r.out_dir,
+        &r.final_dir,
+        &r.best_dir,
+        r.plot.as_deref(),
+        r.plot_error.as_deref(),
     );
-    println!(
-        "summary: {}  metrics: {}",
-        r.out_dir.join("summary.json").display(),
-        r.out_dir.join("metrics.jsonl").display()
-    );
-    print_plot(r.plot.as_deref(), r.plot_error.as_deref());
 }
