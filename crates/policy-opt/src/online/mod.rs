@@ -7,9 +7,12 @@
 //! - [`rewards`]: reward functions over prompt + completion (model-based, verifiable, rule-based),
 //!   composable with weights; a failing function masks its sample instead of stopping the run;
 //! - [`prompts`], [`rollout`], [`task`], [`train`]: prompt sources, sampling and log-probs, the
-//!   rollout task of the training engine, and `plumb train-rl` end to end ([`recipe`]).
+//!   rollout task of the training engine, and `plumb train-rl` end to end ([`recipe`]);
+//!   [`importance`] and [`filtration`]: the sampler correction and PF-PPO's row selection.
 
 pub mod algos;
+pub mod filtration;
+pub mod importance;
 pub mod prompts;
 pub mod recipe;
 pub mod rewards;

@@ -70,12 +70,12 @@ pub struct RlRolloutConfig {
     #[serde(default)]
     pub drop_uniform_groups: bool,
     /// PF-PPO's policy filtration: only the best and the worst (or a random other) completion
-    /// of each group keep their loss (see [`super::task::policy_filtration`]).
+    /// of each group keep their loss (see [`super::filtration::policy_filtration`]).
     #[serde(default)]
     pub policy_filtration: PolicyFiltration,
     /// The correction for a sampler whose distribution differs from the policy's.
     #[serde(default)]
-    pub importance_correction: super::task::ImportanceCorrection,
+    pub importance_correction: super::importance::ImportanceCorrection,
 }
 
 fn one() -> usize {

@@ -44,100 +44,15 @@ use super::algos::{
     aggregate_reward_components, clipped_value_loss, compute_advantages, kl_penalty, policy_loss,
     token_entropy,
 };
+use super::filtration::policy_filtration;
+use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
-use super::recipe::{ConstraintBound, KlPlacement, PairLabel, PolicyFiltration, RlRecipe};
+use super::recipe::{ConstraintBound, KlPlacement, PairLabel, RlRecipe};
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
     Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
     score_completions, with_stop_tokens,
 };
-
-/// How the importance-sampling correction between the sampler and the policy is applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CorrectionLevel {
-    /// No correction (the sampler draws from the policy itself: temperature 1, no top-k/p).
-    #[default]
-    Off,
-    /// Per-token ratios `π_old(y_t)/q(y_t)`.
-    Token,
-    /// One ratio per sequence, `Π_t π_old(y_t)/q(y_t)`, for all its tokens.
-    Sequence,
-}
-
-/// What happens to a ratio above the cap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CorrectionMode {
-    /// Truncated importance sampling: the weight is `min(ratio, cap)` (Ionides 2008; as verl's
-    /// and TRL's `vllm_importance_sampling_correction`).
-    #[default]
-    Truncate,
-    /// The token (or sequence) gets no loss.
-    Mask,
-}
-
-/// `[rollout.importance_correction]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportanceCorrection {
-    #[serde(default)]
-    pub level: CorrectionLevel,
-    #[serde(default)]
-    pub mode: CorrectionMode,
-    #[serde(default = "cap")]
-    pub cap: f64,
-}
-
-fn cap() -> f64 {
-    2.0
-}
-
-impl Default for ImportanceCorrection {
-    fn default() -> Self {
-        Self {
-            level: CorrectionLevel::Off,
-            mode: CorrectionMode::Truncate,
-            cap: cap(),
-        }
-    }
-}
-
-/// The importance weights of one completion's tokens (old policy over sampler, both as log-probs)
-/// and whether each was capped.
-pub fn importance_weights(
-    correction: &ImportanceCorrection,
-    old: &[f32],
-    sampler: &[f32],
-) -> (Vec<f32>, usize) {
-    let n = old.len();
-    let log_ratios: Vec<f64> = old
-        .iter()
-        .zip(sampler)
-        .map(|(&o, &q)| o as f64 - q as f64)
-        .collect();
-    let ratios: Vec<f64> = match correction.level {
-        CorrectionLevel::Off => return (vec![1.0; n], 0),
-        CorrectionLevel::Token => log_ratios.iter().map(|l| l.exp()).collect(),
-        CorrectionLevel::Sequence => vec![log_ratios.iter().sum::<f64>().exp(); n],
-    };
-    let mut capped = 0;
-    let weights = ratios
-        .iter()
-        .map(|&r| {
-            if r > correction.cap {
-                capped += 1;
-                match correction.mode {
-                    CorrectionMode::Truncate => correction.cap as f32,
-                    CorrectionMode::Mask => 0.0,
-                }
-            } else {
-                r as f32
-            }
-        })
-        .collect();
-    (weights, capped)
-}
 
 /// What online RL trains: a causal LM, with or without PPO's value head.
 pub trait RlModel: Module + Sized {
@@ -167,58 +82,6 @@ impl RlModel for PolicyWithValue<LlamaModel> {
 
 /// The file a PPO policy folder keeps its value head in.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
-
-/// PF-PPO's policy filtration (Shen et al. 2024, "Policy Filtration in RLHF to Fine-Tune LLM
-/// for Code Generation"): a reward model is most reliable at the extremes of its scores, so
-/// within each group only the best-rewarded row and the worst (`best_worst`) or a random other
-/// row (`best_random`, drawn from `seed`) keep their loss; the rest are masked. Rows already
-/// masked take no part; groups with fewer than three included rows are left as they are.
-/// Returns how many rows it masked.
-pub fn policy_filtration(
-    filter: PolicyFiltration,
-    scored: &[ScoredSample],
-    included: &mut [bool],
-    group_size: usize,
-    seed: u64,
-) -> usize {
-    use rand::{Rng, SeedableRng};
-    if filter == PolicyFiltration::None {
-        return 0;
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9FF1_17E2);
-    let mut masked = 0;
-    for start in (0..included.len()).step_by(group_size.max(1)) {
-        let end = (start + group_size).min(included.len());
-        let rows: Vec<usize> = (start..end)
-            .filter(|&r| included[r] && scored[r].total.is_some())
-            .collect();
-        if rows.len() < 3 {
-            continue;
-        }
-        let reward = |r: usize| scored[r].total.unwrap_or(0.0);
-        let best = *rows
-            .iter()
-            .reduce(|a, b| if reward(*b) > reward(*a) { b } else { a })
-            .unwrap_or(&rows[0]);
-        let other = match filter {
-            PolicyFiltration::BestWorst => *rows
-                .iter()
-                .reduce(|a, b| if reward(*b) < reward(*a) { b } else { a })
-                .unwrap_or(&rows[0]),
-            _ => {
-                let others: Vec<usize> = rows.iter().copied().filter(|&r| r != best).collect();
-                others[rng.random_range(0..others.len())]
-            }
-        };
-        for &r in &rows {
-            if r != best && r != other {
-                included[r] = false;
-                masked += 1;
-            }
-        }
-    }
-    masked
-}
 
 /// One row of the rollout buffer.
 #[derive(Clone, Debug)]
@@ -1130,107 +993,5 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             items: self.recipe.buffer_size(),
             metrics,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn close(a: &[f32], b: &[f32]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
-    }
-
-    /// Truncated importance sampling by hand: ratios e^(old − q) per token, or their product per
-    /// sequence, capped at 2 (truncate) or zeroed (mask); off gives ones.
-    #[test]
-    fn importance_weights_truncate_or_mask_per_token_or_per_sequence() {
-        let old = [-1.0f32, -2.0, -0.5];
-        let q = [-1.5f32, -1.0, -0.5];
-        let token = ImportanceCorrection {
-            level: CorrectionLevel::Token,
-            mode: CorrectionMode::Truncate,
-            cap: 1.5,
-        };
-        let (w, capped) = importance_weights(&token, &old, &q);
-        // e^0.5 = 1.6487 > 1.5 is capped; e^-1 = 0.3679; e^0 = 1.
-        assert!(close(&w, &[1.5, (-1.0f32).exp(), 1.0]), "{w:?}");
-        assert_eq!(capped, 1);
-        let mask = ImportanceCorrection {
-            mode: CorrectionMode::Mask,
-            ..token.clone()
-        };
-        let (w, capped) = importance_weights(&mask, &old, &q);
-        assert!(close(&w, &[0.0, (-1.0f32).exp(), 1.0]), "{w:?}");
-        assert_eq!(capped, 1);
-        // Per sequence: e^(0.5 − 1 + 0) = e^-0.5 for every token, below the cap.
-        let sequence = ImportanceCorrection {
-            level: CorrectionLevel::Sequence,
-            ..token.clone()
-        };
-        let (w, capped) = importance_weights(&sequence, &old, &q);
-        assert!(close(&w, &[(-0.5f32).exp(); 3]), "{w:?}");
-        assert_eq!(capped, 0);
-        let (w, _) = importance_weights(&sequence, &[0.0, 0.0], &[-1.0, -1.0]);
-        assert!(close(&w, &[1.5, 1.5]), "e^2 is capped: {w:?}");
-        let (w, capped) = importance_weights(&ImportanceCorrection::default(), &old, &q);
-        assert!(close(&w, &[1.0; 3]) && capped == 0);
-    }
-
-    fn scored(rewards: &[Option<f32>]) -> Vec<ScoredSample> {
-        rewards
-            .iter()
-            .map(|&total| ScoredSample {
-                total,
-                components: vec![total],
-                errors: Vec::new(),
-            })
-            .collect()
-    }
-
-    /// PF-PPO keeps the best and the worst (or a random other) row of each group of ≥ 3
-    /// included rows; already-masked or failed rows take no part.
-    #[test]
-    fn policy_filtration_keeps_the_extremes_of_each_group() {
-        let s = scored(&[
-            Some(0.5),
-            Some(0.9),
-            Some(0.1),
-            Some(0.3),
-            Some(1.0),
-            None,
-            Some(0.2),
-            Some(0.0),
-        ]);
-        let mut included = vec![true; 8];
-        let masked = policy_filtration(PolicyFiltration::BestWorst, &s, &mut included, 4, 1);
-        // Group 0: best row 1, worst row 2; group 1 has three scored rows: best 4, worst 7.
-        assert_eq!(
-            included,
-            [false, true, true, false, true, true, false, true],
-            "the failed row 5 is left to the reward mask"
-        );
-        assert_eq!(masked, 3);
-        let mut included = vec![true; 8];
-        included[0] = false;
-        included[3] = false;
-        policy_filtration(PolicyFiltration::BestWorst, &s, &mut included, 4, 1);
-        assert_eq!(
-            &included[..4],
-            [false, true, true, false],
-            "a group of two is kept"
-        );
-        for seed in 0..20 {
-            let mut included = vec![true; 8];
-            policy_filtration(PolicyFiltration::BestRandom, &s, &mut included, 4, seed);
-            assert!(included[1] && included[4], "the best always stays");
-            assert_eq!(included[..4].iter().filter(|&&x| x).count(), 2);
-        }
-        let mut included = vec![true; 8];
-        assert_eq!(
-            policy_filtration(PolicyFiltration::None, &s, &mut included, 4, 0),
-            0
-        );
-        assert!(included.iter().all(|&x| x));
     }
 }
