@@ -195,17 +195,8 @@ impl DecodeConfig {
                 top_k,
                 weight,
                 temperature: t,
-            } => {
-                positive("top_k", *top_k)?;
-                if !weight.is_finite() {
-                    return Err(DecodeError::config(
-                        "weight",
-                        format!("must be finite, got {weight}"),
-                    ));
-                }
-                temperature(*t)
             }
-            Strategy::Lookahead {
+            | Strategy::Lookahead {
                 top_k,
                 depth: _,
                 weight,
