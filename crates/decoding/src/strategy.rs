@@ -607,8 +607,10 @@ fn args(
     let mut tokens: Vec<u32> = Vec::new();
     let mut steered = 0;
     let mut lookahead_tokens = 0;
+    // Only the top-k candidates have finite scores; drawing with the top-k filter on ranks them
+    // as top-k sampling does, so weight 0 is top-k sampling of the same seed, draw for draw.
     let choose = SamplingConfig {
-        top_k: 0,
+        top_k,
         top_p: 1.0,
         min_p: 0.0,
         repetition_penalty: 1.0,

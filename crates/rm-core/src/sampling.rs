@@ -4,8 +4,10 @@
 //! left-padded batch, then feed one token per row) can be sampled from. Each step turns the
 //! model's next-token logits into a sampling distribution with the processors of
 //! [`SamplingConfig`] — repetition penalty, temperature, top-k, top-p (nucleus), min-p — in that
-//! order, draws a token per row by inverse CDF over the distribution sorted by decreasing
-//! probability, with one uniform number per row and token from a per-row RNG seeded by
+//! order, draws a token per row by inverse CDF over the distribution — sorted by decreasing
+//! probability when top-k, top-p or min-p is on (they need the ranking), in id order when none
+//! is (plain temperature sampling: the same distribution without sorting the vocabulary at
+//! every token) — with one uniform number per row and token from a per-row RNG seeded by
 //! `(seed, row)`, and records two log-probs of the drawn token:
 //! - under the **sampling** distribution (what the sampler actually used), and
 //! - under the **unmodified model** (plain log-softmax of the logits): the one PPO/GRPO
@@ -28,8 +30,9 @@
 //! - A repetition penalty below 1 that would push a logit past `f32::MAX` saturates there.
 //! - A row of model logits with a NaN, a `+inf`, or only `−inf` is an error naming the row and
 //!   the generation step; nothing panics.
-//! - Ties in probability are ordered by token id on the host; the device sort may order exactly
-//!   equal probabilities differently, which moves the draw only when `u` lands inside a tie.
+//! - With a filter on, ties in probability are ordered by token id on the host; the device sort
+//!   may order exactly equal probabilities differently, which moves the draw only when `u` lands
+//!   inside a tie.
 
 mod device;
 
@@ -224,9 +227,15 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
+/// Whether any of top-k, top-p and min-p removes tokens (each needs the tokens ranked by
+/// probability; with none of them the draw goes over the vocabulary in id order).
+pub(crate) fn filters_on(top_k: usize, top_p: f32, min_p: f32) -> bool {
+    top_k > 0 || top_p < 1.0 || min_p > 0.0
+}
+
 /// Turns processed logits into a sparse distribution `(token, probability)` after temperature,
-/// top-k, top-p and min-p, sorted by decreasing probability (ties by id); only tokens of
-/// positive probability are kept. `temperature` must be > 0; the logits are shifted by their
+/// top-k, top-p and min-p: sorted by decreasing probability (ties by id) when one of the
+/// filters is on, in id order when none is; only tokens of positive probability are kept. `temperature` must be > 0; the logits are shifted by their
 /// maximum before the division, so any positive temperature is exact (a tiny one gives the
 /// argmax). Empty only when [`check_logits`] rejects the row.
 pub fn sampling_distribution(
@@ -245,6 +254,15 @@ pub fn sampling_distribution(
         .map(|(i, &lp)| (i as u32, lp.exp()))
         .filter(|&(_, p)| p > 0.0)
         .collect();
+    if !filters_on(top_k, top_p, min_p) {
+        // No filter needs the ranking: the same distribution in id order, without sorting the
+        // whole vocabulary at every token.
+        let total: f32 = order.iter().map(|&(_, p)| p).sum();
+        for entry in &mut order {
+            entry.1 /= total;
+        }
+        return order;
+    }
     order.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if top_k > 0 && order.len() > top_k {
         order.truncate(top_k);
@@ -783,7 +801,18 @@ mod tests {
             c += p;
             (c - u).abs() < 1e-5
         });
-        let unfiltered = kept(1.0, 0.0);
+        // Ranked by probability (a top-k past the vocabulary filters nothing but sorts).
+        let unfiltered = sampling_distribution(
+            &logits,
+            config.temperature,
+            if config.top_k > 0 {
+                config.top_k
+            } else {
+                usize::MAX
+            },
+            1.0,
+            0.0,
+        );
         let mut mass = 0.0f32;
         let at_top_p = config.top_p < 1.0
             && unfiltered.iter().any(|&(_, p)| {
@@ -952,10 +981,20 @@ mod tests {
             repetition_penalty: 2.0,
             ..SamplingConfig::default()
         };
-        let c = choose_once::<DeviceSampler>(&config, &[vec![0, 2]], &[logits], &[0.0]).unwrap()[0];
-        assert_eq!(c.token, 1);
-        let expected = log_softmax(&[1.0, 1.5, -2.0, 0.0])[1];
-        assert!((c.sampling_logprob - expected).abs() < 1e-6);
+        // p ≈ [0.326, 0.538, 0.016, 0.120], drawn in id order (no filter): cumulative 0.326,
+        // 0.864, 0.880, 1, so u = 0.5 lands on token 1 and u = 0.87 on token 2.
+        let expected = log_softmax(&[1.0, 1.5, -2.0, 0.0]);
+        for (u, token) in [(0.5, 1), (0.87, 2), (0.9, 3), (0.1, 0)] {
+            let c = choose_once::<DeviceSampler>(
+                &config,
+                &[vec![0, 2]],
+                std::slice::from_ref(&logits),
+                &[u],
+            )
+            .unwrap()[0];
+            assert_eq!(c.token, token, "u = {u}");
+            assert!((c.sampling_logprob - expected[token as usize]).abs() < 1e-6);
+        }
     }
 
     #[test]

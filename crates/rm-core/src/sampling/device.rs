@@ -6,7 +6,9 @@
 //! 2. repetition penalty on a `[B, V]` count of seen ids kept on the device (the prompt ids,
 //!    then each chosen token scattered in): `z / r` where `z > 0`, else `z · r`, saturated at
 //!    `f32::MAX`;
-//! 3. greedy (`T = 0`): `argmax` (first on ties). Otherwise `p = softmax((z − max z) / T)`,
+//! 3. greedy (`T = 0`): `argmax` (first on ties). Otherwise `p = softmax((z − max z) / T)`.
+//!    Without top-k, top-p or min-p the draw is over `p` in id order: the id is the count of ids
+//!    whose `cumsum(p) ≤ u`, capped at the last id with `p > 0` (no sort). With a filter `p` is
 //!    sorted descending; the kept prefix is `p > 0`, rank `< top_k`, probability mass before the
 //!    token `< top_p`, `p ≥ min_p · p_max`; `q` = the kept `p` renormalized; the drawn position is
 //!    the first whose cumulative `q` exceeds `u` — the count of kept positions with
@@ -18,7 +20,7 @@ use anyhow::{Result, anyhow, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData, Transaction};
 
-use super::{Choice, SamplingConfig, TokenChooser, bad_row, check_logits};
+use super::{Choice, SamplingConfig, TokenChooser, bad_row, check_logits, filters_on};
 
 /// Chooses tokens on the device; see the module docs for the ops.
 pub(crate) struct DeviceSampler {
@@ -56,6 +58,11 @@ impl DeviceSampler {
         let [b, v] = z.dims();
         let max = z.clone().max_dim(1);
         let p = softmax((z - max).div_scalar(self.temperature), 1);
+        let u = Tensor::<2>::from_data(TensorData::new(u.to_vec(), [b, 1]), &self.device)
+            .cast(FloatDType::F32);
+        if !filters_on(self.top_k, self.top_p, self.min_p) {
+            return Self::draw_in_id_order(p, u);
+        }
         let (mut sorted, mut ids) = p.sort_descending_with_indices(1);
         let mut n = v;
         if self.top_k > 0 && self.top_k < v {
@@ -88,9 +95,7 @@ impl DeviceSampler {
         let kept = sorted.mask_fill(keep.clone().bool_not(), 0.0);
         let total = kept.clone().sum_dim(1).expand([b, n]);
         let q = kept / total;
-        let u = Tensor::<2>::from_data(TensorData::new(u.to_vec(), [b, 1]), &self.device)
-            .cast(FloatDType::F32)
-            .expand([b, n]);
+        let u = u.expand([b, n]);
         let below = q
             .clone()
             .cumsum(1)
@@ -102,6 +107,28 @@ impl DeviceSampler {
         let position = below.min_pair(last_kept);
         let token = ids.gather(1, position.clone());
         (token, q.gather(1, position).log())
+    }
+
+    /// The unfiltered draw over `p` `[B, V]` in id order: the drawn id is the count of ids whose
+    /// cumulative probability is `≤ u` (a prefix, the cumsum being non-decreasing, so the id it
+    /// lands on has `p > 0`), capped at the last id of positive probability.
+    fn draw_in_id_order(p: Tensor<2>, u: Tensor<2>) -> (Tensor<2, Int>, Tensor<2>) {
+        let [b, v] = p.dims();
+        let below = p
+            .clone()
+            .cumsum(1)
+            .lower_equal(u.expand([b, v]))
+            .int()
+            .sum_dim(1);
+        let ids = Tensor::<1, Int>::arange(0..v as i64, &p.device())
+            .reshape([1, v])
+            .expand([b, v]);
+        let last_positive = ids
+            .mask_fill(p.clone().lower_equal_elem(0.0), -1)
+            .max_dim(1)
+            .clamp_min(0);
+        let token = below.min_pair(last_positive);
+        (token.clone(), p.gather(1, token).log())
     }
 }
 

@@ -89,7 +89,9 @@ pub enum AdvantageEstimator {
     Opo,
     /// Online RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation
     /// Model Alignment"): the `top_k` best-rewarded responses of each group get `a_i = 1`, the
-    /// others 0 (ties to the earlier row). With the on-policy ratio 1 the policy gradient is
+    /// others 0 (ties to the earlier row). A group whose rewards are all equal (a group of one
+    /// included) ranks nothing and selects nothing: with a verifiable 0/1 reward, fine-tuning on
+    /// an arbitrary failed response of an all-failed group would teach the failure. With the on-policy ratio 1 the policy gradient is
     /// then exactly the fine-tuning gradient on the selected responses, `∇ Σ_{i∈top} log π(y_i)`
     /// under the chosen aggregation.
     Raft {
@@ -260,6 +262,9 @@ pub fn compute_advantages(
             let s = scores(rewards);
             let mut a = vec![0.0; b];
             for members in groups(input.group) {
+                if members.iter().all(|&i| s[i] == s[members[0]]) {
+                    continue;
+                }
                 let mut ranked = members.clone();
                 // Best first; the stable sort keeps the earlier row first on ties.
                 ranked.sort_by(|&i, &j| s[j].total_cmp(&s[i]));

@@ -367,7 +367,8 @@ fn estimators_read_from_toml_recipes() {
 }
 
 /// Online RAFT keeps the best `top_k` of each group (ties to the earlier row), broadcast on the
-/// response mask; other rows and padding get 0; `top_k = 0` is refused.
+/// response mask; other rows, padding and groups with nothing to rank get 0; `top_k = 0` is
+/// refused.
 #[test]
 fn raft_selects_the_best_of_each_group() {
     let rewards = vec![
@@ -376,6 +377,9 @@ fn raft_selects_the_best_of_each_group() {
         vec![0.9, 0.0],
         vec![0.0, 0.1],
         vec![0.5, 0.0],
+        vec![0.0, 0.0],
+        vec![0.0, 0.0],
+        vec![0.3, 0.0],
     ];
     let mask = vec![
         vec![1.0, 1.0],
@@ -383,8 +387,12 @@ fn raft_selects_the_best_of_each_group() {
         vec![1.0, 0.0],
         vec![1.0, 1.0],
         vec![1.0, 1.0],
+        vec![1.0, 1.0],
+        vec![1.0, 1.0],
+        vec![1.0, 1.0],
     ];
-    let group = [0, 0, 0, 1, 1];
+    // Group 2 is all failures (nothing to rank), group 3 a group of one.
+    let group = [0, 0, 0, 1, 1, 2, 2, 3];
     let top1 = run(
         &AdvantageEstimator::Raft { top_k: 1 },
         &rewards,
@@ -400,7 +408,10 @@ fn raft_selects_the_best_of_each_group() {
             vec![1.0, 1.0],
             vec![0.0, 0.0],
             vec![0.0, 0.0],
-            vec![1.0, 1.0]
+            vec![1.0, 1.0],
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
         ]
     );
     let top2 = run(
