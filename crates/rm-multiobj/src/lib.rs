@@ -21,9 +21,9 @@ pub mod gating;
 pub mod heads;
 pub mod linalg;
 // pub mod model;
-// pub mod personal;
+pub mod personal;
 // pub mod pipeline;
-// pub mod population;
+pub mod population;
 pub mod rated;
 
 use anyhow::Result;
