@@ -20,9 +20,9 @@ pub mod features;
 pub mod gating;
 pub mod heads;
 pub mod linalg;
-// pub mod model;
+pub mod model;
 pub mod personal;
-// pub mod pipeline;
+pub mod pipeline;
 pub mod population;
 pub mod rated;
 
