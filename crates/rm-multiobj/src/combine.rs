@@ -72,7 +72,10 @@ impl Combination {
                 }
                 for (j, c) in constraints.iter().enumerate() {
                     if c.attribute >= k {
-                        bail!("constraints[{j}].attribute {} is out of range for {k} attributes", c.attribute);
+                        bail!(
+                            "constraints[{j}].attribute {} is out of range for {k} attributes",
+                            c.attribute
+                        );
                     }
                     if !c.floor.is_finite() {
                         bail!("constraints[{j}].floor is {}", c.floor);
@@ -89,7 +92,8 @@ impl Combination {
                 finite("ideal", ideal)?;
             }
         }
-        if let Combination::WeightedSum { weights } | Combination::Tchebycheff { weights, .. } = self
+        if let Combination::WeightedSum { weights } | Combination::Tchebycheff { weights, .. } =
+            self
             && let Some(i) = weights.iter().position(|&w| w < 0.0)
         {
             bail!("weights[{i}] = {} must be ≥ 0", weights[i]);
@@ -199,6 +203,72 @@ pub fn best_of_n(candidates: &[Vec<f64>], combination: &Combination) -> Result<u
     Ok(rank(candidates, combination)?[0])
 }
 
+/// One direction of DPA steering and what it selected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SteeringPoint {
+    /// θ in degrees: `v = (cos θ, sin θ)`.
+    pub angle_deg: f64,
+    /// Mean of every attribute over the selected responses (one per prompt).
+    pub mean_selected: Vec<f64>,
+}
+
+/// Directional Preference Alignment steering at inference (Wang et al. 2024, "Arithmetic
+/// Control of LLMs for Diverse User Preferences: Directional Preference Alignment with
+/// Multi-Objective Rewards"): a unit vector `v = (cos θ, sin θ)` in the plane of attributes
+/// `axes = (a, b)`; for each prompt, best-of-N picks the candidate maximizing
+/// `v·r = cos θ · r_a + sin θ · r_b`; reported per θ: the mean of every attribute over the
+/// picked candidates. `groups[p][n]` is candidate n of prompt p's attribute vector.
+pub fn dpa_steering(
+    groups: &[Vec<Vec<f64>>],
+    axes: (usize, usize),
+    angles_deg: &[f64],
+) -> Result<Vec<SteeringPoint>> {
+    let Some(k) = groups.iter().flatten().next().map(Vec::len) else {
+        bail!("DPA steering: no candidates");
+    };
+    if axes.0 >= k || axes.1 >= k {
+        bail!("DPA steering: axes {axes:?} out of range for {k} attributes");
+    }
+    if let Some(p) = groups.iter().position(Vec::is_empty) {
+        bail!("DPA steering: prompt {p} has no candidates");
+    }
+    angles_deg
+        .iter()
+        .map(|&angle| {
+            let t = angle.to_radians();
+            let mut w = vec![0.0; k];
+            w[axes.0] += t.cos();
+            w[axes.1] += t.sin();
+            // A direction may point against an attribute: a plain dot product, negative weights allowed.
+            let mut mean = vec![0.0; k];
+            for (p, cands) in groups.iter().enumerate() {
+                let score = |c: &Vec<f64>| -> Result<f64> {
+                    if c.len() != k {
+                        bail!("DPA steering: prompt {p} has a candidate of {} attributes, expected {k}", c.len());
+                    }
+                    Ok(c.iter().zip(&w).map(|(x, y)| x * y).sum())
+                };
+                let mut best = 0;
+                let mut best_score = score(&cands[0])?;
+                for (i, c) in cands.iter().enumerate().skip(1) {
+                    let s = score(c)?;
+                    if s > best_score {
+                        best = i;
+                        best_score = s;
+                    }
+                }
+                for (m, x) in mean.iter_mut().zip(&cands[best]) {
+                    *m += x / groups.len() as f64;
+                }
+            }
+            Ok(SteeringPoint {
+                angle_deg: angle,
+                mean_selected: mean,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,7 +320,12 @@ mod tests {
             objective: 2,
             constraints: vec![],
         };
-        assert!(bad.combine(&[0.0, 0.0]).unwrap_err().to_string().contains("out of range"));
+        assert!(
+            bad.combine(&[0.0, 0.0])
+                .unwrap_err()
+                .to_string()
+                .contains("out of range")
+        );
     }
 
     #[test]
@@ -276,8 +351,30 @@ mod tests {
         };
         assert_eq!(rank(&c, &s).unwrap(), vec![3, 1, 4, 2, 0, 5]);
         // Front (1,5), (3,3), (5,1) over reference (0,0): 5·1 + 3·2 + 1·2 = 13.
-        let hv = hypervolume_2d(&[[1.0, 5.0], [3.0, 3.0], [2.0, 2.0], [5.0, 1.0]], [0.0, 0.0]);
+        let hv = hypervolume_2d(
+            &[[1.0, 5.0], [3.0, 3.0], [2.0, 2.0], [5.0, 1.0]],
+            [0.0, 0.0],
+        );
         assert!((hv - 13.0).abs() < 1e-12, "{hv}");
         assert!(best_of_n(&[], &t).is_err());
+    }
+
+    #[test]
+    fn dpa_steering_selects_along_the_direction() {
+        // Two prompts, three candidates each: (harmless, verbose).
+        let groups = vec![
+            vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.6, 0.6]],
+            vec![vec![2.0, -1.0], vec![-1.0, 2.0], vec![0.5, 0.5]],
+        ];
+        let pts = dpa_steering(&groups, (0, 1), &[0.0, 45.0, 90.0]).unwrap();
+        assert_eq!(pts[0].mean_selected, vec![1.5, -0.5]); // θ = 0: the most harmless
+        assert_eq!(pts[2].mean_selected, vec![-0.5, 1.5]); // θ = 90°: the most verbose
+        // θ = 45°: v·r ∝ r_a + r_b → (0.6, 0.6) [1.2 > 1] and a tie (1, 1 vs 1) broken by order.
+        let m = &pts[1].mean_selected;
+        assert!(
+            (m[0] - 1.3).abs() < 1e-12 && (m[1] + 0.2).abs() < 1e-12,
+            "{m:?}"
+        );
+        assert!(dpa_steering(&groups, (0, 2), &[0.0]).is_err());
     }
 }

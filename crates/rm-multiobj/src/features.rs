@@ -83,7 +83,10 @@ fn weights_fingerprint(path: &Path) -> String {
         vec![path.to_path_buf()]
     };
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if !(name.ends_with(".safetensors") || name.ends_with(".gguf") || name == SPEC_FILE) {
             continue;
         }
@@ -246,15 +249,26 @@ impl FeatureCache {
         }
         let features = compute(texts)?;
         if features.len() != texts.len() {
-            bail!("{} texts gave {} feature vectors", texts.len(), features.len());
+            bail!(
+                "{} texts gave {} feature vectors",
+                texts.len(),
+                features.len()
+            );
         }
         let dim = features[0].len();
         if let Some(i) = features.iter().position(|f| f.len() != dim) {
-            bail!("feature vector {i} has {} values, vector 0 has {dim}", features[i].len());
+            bail!(
+                "feature vector {i} has {} values, vector 0 has {dim}",
+                features[i].len()
+            );
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the feature cache {}", self.dir.display()))?;
-        let bytes: Vec<u8> = features.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = features
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let view = safetensors::tensor::TensorView::new(
             safetensors::Dtype::F32,
             vec![features.len(), dim],
@@ -276,7 +290,8 @@ impl FeatureCache {
 
     fn read(&self, data: &Path, index: &Path, count: usize) -> Result<Vec<Vec<f32>>> {
         let entry: CacheEntry = serde_json::from_str(
-            &std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?,
+            &std::fs::read_to_string(index)
+                .with_context(|| format!("reading {}", index.display()))?,
         )
         .with_context(|| format!("{}: not a feature-cache index entry", index.display()))?;
         let bytes = std::fs::read(data).with_context(|| format!("reading {}", data.display()))?;

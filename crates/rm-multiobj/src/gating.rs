@@ -61,7 +61,10 @@ impl VerbosityDebias {
         let Some(&v) = r.get(self.verbosity) else {
             return r.to_vec();
         };
-        r.iter().zip(&self.penalties).map(|(x, l)| x - l * v).collect()
+        r.iter()
+            .zip(&self.penalties)
+            .map(|(x, l)| x - l * v)
+            .collect()
     }
 }
 
@@ -80,7 +83,10 @@ pub fn find_verbosity_penalties(
         bail!("verbosity debiasing: attribute {verbosity} is out of range for {k} attributes");
     }
     if rewards.len() < 3 {
-        bail!("verbosity debiasing: {} reference rows (at least 3)", rewards.len());
+        bail!(
+            "verbosity debiasing: {} reference rows (at least 3)",
+            rewards.len()
+        );
     }
     let column = |i: usize| -> Vec<f64> { rewards.iter().map(|r| r[i]).collect() };
     let rv = column(verbosity);
@@ -89,7 +95,10 @@ pub fn find_verbosity_penalties(
     let mut open: Vec<usize> = (0..k).filter(|&i| i != verbosity).collect();
     for &lambda in grid {
         open.retain(|&i| {
-            let adjusted: Vec<f64> = rewards.iter().map(|r| r[i] - lambda * r[verbosity]).collect();
+            let adjusted: Vec<f64> = rewards
+                .iter()
+                .map(|r| r[i] - lambda * r[verbosity])
+                .collect();
             if spearman(&adjusted, &rv) <= threshold {
                 penalties[i] = lambda;
                 false
@@ -233,7 +242,11 @@ pub struct HostGating {
 impl HostGating {
     pub fn from_network(net: &GatingNetwork, temperature: f64) -> Result<Self> {
         Ok(Self {
-            layers: net.layers.iter().map(HostLinear::from_linear).collect::<Result<_>>()?,
+            layers: net
+                .layers
+                .iter()
+                .map(HostLinear::from_linear)
+                .collect::<Result<_>>()?,
             logit_scale: tensor_vec(net.logit_scale.val())?[0] as f64,
             temperature,
         })
@@ -303,7 +316,10 @@ pub fn train_gating(
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     for step in 0..config.steps {
         let w = net.weights(x.clone(), config.temperature);
-        let loss = bradley_terry_loss(gated_reward(w.clone(), rc.clone()), gated_reward(w, rr.clone()));
+        let loss = bradley_terry_loss(
+            gated_reward(w.clone(), rc.clone()),
+            gated_reward(w, rr.clone()),
+        );
         let value = tensor_vec(loss.clone())?[0] as f64;
         if !value.is_finite() {
             bail!("gating: the loss became {value} at step {step}");
@@ -370,17 +386,27 @@ mod tests {
         let rr = tensor_2d(&[&[0.0f32, 1.0], &[-1.0, 0.4]], &device);
         let loss = |scale: f32, net: &GatingNetwork| -> Tensor<1> {
             let mut net = net.clone();
-            net.logit_scale =
-                Param::from_tensor(Tensor::from_data(TensorData::new(vec![scale], [1]), &device));
+            net.logit_scale = Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![scale], [1]),
+                &device,
+            ));
             let w = net.weights(x.clone(), 2.0);
-            bradley_terry_loss(gated_reward(w.clone(), rc.clone()), gated_reward(w, rr.clone()))
+            bradley_terry_loss(
+                gated_reward(w.clone(), rc.clone()),
+                gated_reward(w, rr.clone()),
+            )
         };
         let mut probe = net.clone();
-        probe.logit_scale =
-            Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.5f32], [1]), &device));
+        probe.logit_scale = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![1.5f32], [1]),
+            &device,
+        ));
         let l = {
             let w = probe.weights(x.clone(), 2.0);
-            bradley_terry_loss(gated_reward(w.clone(), rc.clone()), gated_reward(w, rr.clone()))
+            bradley_terry_loss(
+                gated_reward(w.clone(), rc.clone()),
+                gated_reward(w, rr.clone()),
+            )
         };
         let grads2 = l.backward();
         let analytic = tensor_vec(probe.logit_scale.val().grad(&grads2).unwrap()).unwrap()[0];
@@ -398,26 +424,44 @@ mod tests {
         let rrv = [[0.0, 1.0], [-1.0, 0.4]];
         let mut by_hand = 0.0f64;
         for b in 0..2 {
-            let d1: f64 = (0..2).map(|j| w[b * 2 + j] as f64 * (rcv[b][j] - rrv[b][j])).sum();
+            let d1: f64 = (0..2)
+                .map(|j| w[b * 2 + j] as f64 * (rcv[b][j] - rrv[b][j]))
+                .sum();
             let delta = 1.5 * d1;
             by_hand += -crate::linalg::sigmoid(-delta) * d1 / 2.0;
         }
-        assert!((by_hand - analytic as f64).abs() < 1e-4, "{by_hand} vs {analytic}");
+        assert!(
+            (by_hand - analytic as f64).abs() < 1e-4,
+            "{by_hand} vs {analytic}"
+        );
     }
 
     #[test]
     fn gating_learns_which_attribute_decides_per_prompt() {
         // Prompt feature sign says which attribute decides the pair; the other is anti-correlated.
         let device = test_device();
-        let prompts: Vec<Vec<f32>> = (0..40).map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, 0.3]).collect();
-        let chosen: Vec<Vec<f64>> = (0..40).map(|i| if i % 2 == 0 { vec![1.0, -1.0] } else { vec![-1.0, 1.0] }).collect();
+        let prompts: Vec<Vec<f32>> = (0..40)
+            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, 0.3])
+            .collect();
+        let chosen: Vec<Vec<f64>> = (0..40)
+            .map(|i| {
+                if i % 2 == 0 {
+                    vec![1.0, -1.0]
+                } else {
+                    vec![-1.0, 1.0]
+                }
+            })
+            .collect();
         let rejected: Vec<Vec<f64>> = chosen.iter().map(|r| vec![-r[0], -r[1]]).collect();
         let p: Vec<&[f32]> = prompts.iter().map(Vec::as_slice).collect();
         let (gating, trace) = train_gating(&small(), &p, &chosen, &rejected, &device).unwrap();
         assert!(trace.last_loss < trace.first_loss, "{trace:?}");
         let w_even = gating.weights(&prompts[0]);
         let w_odd = gating.weights(&prompts[1]);
-        assert!(w_even[0] > w_even[1] && w_odd[1] > w_odd[0], "{w_even:?} {w_odd:?}");
+        assert!(
+            w_even[0] > w_even[1] && w_odd[1] > w_odd[0],
+            "{w_even:?} {w_odd:?}"
+        );
     }
 
     #[test]
@@ -435,9 +479,15 @@ mod tests {
         assert_eq!(d.penalties[1], 0.0);
         assert_eq!(d.penalties[2], 1.0);
         assert!(d.penalties[0] > 0.3 && d.penalties[0] < 0.7, "{d:?}");
-        assert!(d.spearman_before[0] > 0.7 && d.spearman_after[0] <= 0.03, "{d:?}");
+        assert!(
+            d.spearman_before[0] > 0.7 && d.spearman_after[0] <= 0.03,
+            "{d:?}"
+        );
         // The chosen λ is the first grid value under the threshold: the previous one is above.
-        let i = ARMORM_PENALTIES.iter().position(|&l| l == d.penalties[0]).unwrap();
+        let i = ARMORM_PENALTIES
+            .iter()
+            .position(|&l| l == d.penalties[0])
+            .unwrap();
         let prev = ARMORM_PENALTIES[i - 1];
         let adj: Vec<f64> = rewards.iter().map(|r| r[0] - prev * r[2]).collect();
         let v: Vec<f64> = rewards.iter().map(|r| r[2]).collect();

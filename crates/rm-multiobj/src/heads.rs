@@ -65,10 +65,7 @@ fn check_rows(x: &[&[f32]], what: &str) -> Result<usize> {
     }
     for (i, row) in x.iter().enumerate() {
         if row.len() != d {
-            bail!(
-                "{what}: row {i} has {} features, row 0 has {d}",
-                row.len()
-            );
+            bail!("{what}: row {i} has {} features, row 0 has {d}", row.len());
         }
         if let Some(j) = row.iter().position(|v| !v.is_finite()) {
             bail!("{what}: row {i} feature {j} is {}, not finite", row[j]);
@@ -153,7 +150,12 @@ pub struct RegressionMetrics {
 /// R², Pearson correlation and MSE of `head` on `(x, y)`.
 pub fn regression_metrics(head: &LinearHead, x: &[&[f32]], y: &[f64]) -> RegressionMetrics {
     let pred: Vec<f64> = x.iter().map(|r| head.raw(r)).collect();
-    let mse = pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / y.len().max(1) as f64;
+    let mse = pred
+        .iter()
+        .zip(y)
+        .map(|(p, t)| (p - t).powi(2))
+        .sum::<f64>()
+        / y.len().max(1) as f64;
     RegressionMetrics {
         r2: r_squared(y, &pred),
         pearson: pearson(y, &pred),
@@ -195,7 +197,11 @@ pub fn select_ridge(
 
 /// Bradley–Terry head on pairs `(chosen, rejected)` by Newton's method (module docs).
 /// Stops when the Newton decrement is below 1e-10 or after 50 steps.
-pub fn fit_bradley_terry(chosen: &[&[f32]], rejected: &[&[f32]], lambda: f64) -> Result<LinearHead> {
+pub fn fit_bradley_terry(
+    chosen: &[&[f32]],
+    rejected: &[&[f32]],
+    lambda: f64,
+) -> Result<LinearHead> {
     let d = check_rows(chosen, "Bradley–Terry head (chosen)")?;
     let dr = check_rows(rejected, "Bradley–Terry head (rejected)")?;
     if dr != d || chosen.len() != rejected.len() {
@@ -211,7 +217,12 @@ pub fn fit_bradley_terry(chosen: &[&[f32]], rejected: &[&[f32]], lambda: f64) ->
     let diffs: Vec<Vec<f64>> = chosen
         .iter()
         .zip(rejected)
-        .map(|(c, r)| c.iter().zip(r.iter()).map(|(a, b)| (*a - *b) as f64).collect())
+        .map(|(c, r)| {
+            c.iter()
+                .zip(r.iter())
+                .map(|(a, b)| (*a - *b) as f64)
+                .collect()
+        })
         .collect();
     let mut w = vec![0f64; d];
     for _ in 0..50 {
@@ -332,7 +343,10 @@ mod tests {
         let chosen: Vec<Vec<f32>> = (0..20).map(|i| vec![1.0, (i % 3) as f32]).collect();
         let rejected: Vec<Vec<f32>> = (0..20).map(|i| vec![0.0, ((i + 1) % 3) as f32]).collect();
         let head = fit_bradley_terry(&rows(&chosen), &rows(&rejected), 0.1).unwrap();
-        assert_eq!(head_pair_accuracy(&head, &rows(&chosen), &rows(&rejected)), 1.0);
+        assert_eq!(
+            head_pair_accuracy(&head, &rows(&chosen), &rows(&rejected)),
+            1.0
+        );
         // Stationarity: Σ σ(−w·dᵢ) dᵢ = λ w.
         let mut lhs = [0f64; 2];
         for (c, r) in chosen.iter().zip(&rejected) {
@@ -343,7 +357,11 @@ mod tests {
             }
         }
         for j in 0..2 {
-            assert!((lhs[j] - 0.1 * head.weight[j]).abs() < 1e-8, "{lhs:?} {:?}", head.weight);
+            assert!(
+                (lhs[j] - 0.1 * head.weight[j]).abs() < 1e-8,
+                "{lhs:?} {:?}",
+                head.weight
+            );
         }
         assert!(fit_bradley_terry(&rows(&chosen), &rows(&rejected), 0.0).is_err());
     }
@@ -352,7 +370,10 @@ mod tests {
     fn bad_rows_are_errors() {
         let x = vec![vec![1.0f32, 0.0], vec![1.0]];
         let err = fit_ridge(&rows(&x), &[1.0, 2.0], 1.0, true).unwrap_err();
-        assert_eq!(err.to_string(), "ridge regression: row 1 has 1 features, row 0 has 2");
+        assert_eq!(
+            err.to_string(),
+            "ridge regression: row 1 has 1 features, row 0 has 2"
+        );
         let x = vec![vec![1.0f32, f32::NAN]];
         let err = fit_ridge(&rows(&x), &[1.0], 1.0, true).unwrap_err();
         assert!(err.to_string().contains("row 0 feature 1 is NaN"), "{err}");

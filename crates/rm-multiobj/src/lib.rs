@@ -50,7 +50,12 @@ pub(crate) fn tensor_2d(rows: &[&[f32]], device: &Device) -> Tensor<2> {
 
 /// A `[d_in] → [d_out]` linear layer drawn from U(−1/√d_in, 1/√d_in) (PyTorch's default range)
 /// by a host RNG, so runs are the same on every device; the bias starts at 0.
-pub(crate) fn seeded_linear(d_in: usize, d_out: usize, rng: &mut StdRng, device: &Device) -> Linear {
+pub(crate) fn seeded_linear(
+    d_in: usize,
+    d_out: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Linear {
     let bound = 1.0 / (d_in as f64).sqrt();
     let w: Vec<f32> = (0..d_in * d_out)
         .map(|_| rng.random_range(-bound..bound) as f32)

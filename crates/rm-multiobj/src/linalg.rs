@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(r_squared(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 1.0);
         // ŷ = ȳ everywhere: R² = 0.
         assert_eq!(r_squared(&[1.0, 2.0, 3.0], &[2.0, 2.0, 2.0]), 0.0);
-        assert_eq!(pair_accuracy(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]), 0.625);
+        assert_eq!(
+            pair_accuracy(&[1.0, 2.0, 3.0, 0.0], &[0.0, 2.0, 4.0, -1.0]),
+            0.625
+        );
         assert!((log_sigmoid(0.0) - 0.5f64.ln()).abs() < 1e-12);
         assert!((log_sigmoid(-800.0) + 800.0).abs() < 1e-9);
     }

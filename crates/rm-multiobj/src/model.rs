@@ -52,7 +52,10 @@ impl MultiObjectiveSpec {
     /// Checks the lengths against each other and the feature width `dim` when given.
     pub fn validate(&self, dim: Option<usize>) -> Result<()> {
         if self.format_version != FORMAT_VERSION {
-            bail!("format version {} (this build reads {FORMAT_VERSION})", self.format_version);
+            bail!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                self.format_version
+            );
         }
         let k = self.attributes.len();
         if k == 0 || self.heads.len() != k || self.debias.penalties.len() != k {
@@ -65,18 +68,27 @@ impl MultiObjectiveSpec {
         self.combination.validate(k)?;
         if let Some(d) = dim {
             if let Some(i) = self.heads.iter().position(|h| h.weight.len() != d) {
-                bail!("head {i} reads {} features, the embedder gives {d}", self.heads[i].weight.len());
+                bail!(
+                    "head {i} reads {} features, the embedder gives {d}",
+                    self.heads[i].weight.len()
+                );
             }
             if let Some(g) = &self.gating
                 && g.layers.first().is_some_and(|l| l.d_in != d)
             {
-                bail!("the gating network reads {} features, the embedder gives {d}", g.layers[0].d_in);
+                bail!(
+                    "the gating network reads {} features, the embedder gives {d}",
+                    g.layers[0].d_in
+                );
             }
         }
         if let Some(g) = &self.gating
             && g.layers.last().is_some_and(|l| l.d_out != k)
         {
-            bail!("the gating network gives {} weights for {k} attributes", g.layers.last().unwrap().d_out);
+            bail!(
+                "the gating network gives {} weights for {k} attributes",
+                g.layers.last().unwrap().d_out
+            );
         }
         Ok(())
     }
@@ -114,35 +126,52 @@ impl MultiObjectiveModel {
     pub fn save_spec(spec: &MultiObjectiveSpec, dir: &Path) -> Result<()> {
         spec.validate(None)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_bytes_atomically(&dir.join(SPEC_FILE), serde_json::to_string(spec)?.as_bytes())
+        write_bytes_atomically(
+            &dir.join(SPEC_FILE),
+            serde_json::to_string(spec)?.as_bytes(),
+        )
     }
 
     /// Reads a folder written by [`MultiObjectiveModel::save_spec`] and loads its backbone.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let path = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (a folder written by `plumb multiobj train`?)", path.display())
+            format!(
+                "reading {} (a folder written by `plumb multiobj train`?)",
+                path.display()
+            )
         })?;
-        let spec: MultiObjectiveSpec =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a multi-objective spec", path.display()))?;
-        spec.validate(None).with_context(|| path.display().to_string())?;
+        let spec: MultiObjectiveSpec = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a multi-objective spec", path.display()))?;
+        spec.validate(None)
+            .with_context(|| path.display().to_string())?;
         let embedder = Embedder::load(&spec.embedder, device)
             .with_context(|| format!("loading the backbone named by {}", path.display()))?;
         Ok(Self { spec, embedder })
     }
 
     /// Rewards of `responses` to `prompt`, from raw texts.
-    pub fn score(&self, prompt: &Prompt, responses: &[String], batch_size: usize) -> Result<Vec<Scored>> {
+    pub fn score(
+        &self,
+        prompt: &Prompt,
+        responses: &[String],
+        batch_size: usize,
+    ) -> Result<Vec<Scored>> {
         if responses.is_empty() {
             bail!("no responses to score");
         }
-        let p = self.embedder.embed(&[self.embedder.prompt_text(prompt)?], 1)?;
+        let p = self
+            .embedder
+            .embed(&[self.embedder.prompt_text(prompt)?], 1)?;
         let texts: Vec<String> = responses
             .iter()
             .map(|r| self.embedder.pair_text(prompt, r))
             .collect::<Result<_>>()?;
         let feats = self.embedder.embed(&texts, batch_size)?;
         self.spec.validate(Some(p[0].len()))?;
-        feats.iter().map(|f| self.spec.score_features(&p[0], f)).collect()
+        feats
+            .iter()
+            .map(|f| self.spec.score_features(&p[0], f))
+            .collect()
     }
 }

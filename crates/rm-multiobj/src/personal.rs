@@ -178,11 +178,20 @@ fn oriented_tensors(
         }
         for p in &lp {
             let Some(pf) = pairs.get(p.pair) else {
-                bail!("user {ui}: pair {} is out of range ({} pairs)", p.pair, pairs.len());
+                bail!(
+                    "user {ui}: pair {} is out of range ({} pairs)",
+                    p.pair,
+                    pairs.len()
+                );
             };
             let (a, b) = pf.oriented(p);
             if a.len() != d || b.len() != d {
-                bail!("pair {}: features of width {} / {}, expected {d}", p.pair, a.len(), b.len());
+                bail!(
+                    "pair {}: features of width {} / {}, expected {d}",
+                    p.pair,
+                    a.len(),
+                    b.len()
+                );
             }
             w.extend_from_slice(a);
             l.extend_from_slice(b);
@@ -203,12 +212,22 @@ pub struct PopulationAccuracy {
 }
 
 /// `margins[u][j] = s(preferred) − s(dispreferred)` on user u's query pair j → accuracies.
-fn accuracy(users: &[SyntheticUser], margins: &[Vec<f64>], populations: usize) -> PopulationAccuracy {
+fn accuracy(
+    users: &[SyntheticUser],
+    margins: &[Vec<f64>],
+    populations: usize,
+) -> PopulationAccuracy {
     let mut all = vec![(0.0, 0usize); populations];
     let mut conf = vec![(0.0, 0usize); populations];
     for (u, m) in users.iter().zip(margins) {
         for (l, &x) in u.query.iter().zip(m) {
-            let hit = if x > 0.0 { 1.0 } else if x == 0.0 { 0.5 } else { 0.0 };
+            let hit = if x > 0.0 {
+                1.0
+            } else if x == 0.0 {
+                0.5
+            } else {
+                0.0
+            };
             all[u.population].0 += hit;
             all[u.population].1 += 1;
             if l.conflicting {
@@ -217,7 +236,11 @@ fn accuracy(users: &[SyntheticUser], margins: &[Vec<f64>], populations: usize) -
             }
         }
     }
-    let ratio = |v: Vec<(f64, usize)>| v.into_iter().map(|(s, n)| if n == 0 { f64::NAN } else { s / n as f64 }).collect();
+    let ratio = |v: Vec<(f64, usize)>| {
+        v.into_iter()
+            .map(|(s, n)| if n == 0 { f64::NAN } else { s / n as f64 })
+            .collect()
+    };
     PopulationAccuracy {
         all: ratio(all),
         conflicting: ratio(conf),
@@ -230,7 +253,11 @@ fn populations(users: &[SyntheticUser]) -> usize {
 
 fn check(train: &[SyntheticUser], test: &[SyntheticUser], pairs: &[PairFeatures]) -> Result<()> {
     if train.is_empty() || test.is_empty() {
-        bail!("personalized rewards: {} training and {} test users (need both)", train.len(), test.len());
+        bail!(
+            "personalized rewards: {} training and {} test users (need both)",
+            train.len(),
+            test.len()
+        );
     }
     if pairs.is_empty() {
         bail!("personalized rewards: no pairs");
@@ -293,7 +320,12 @@ pub struct PalUsers {
 }
 
 /// PAL-A scores `s_u(x) = −‖f(x) − a_u‖²` of `x` `[U, N, D]` → `[U, N]`.
-pub fn pal_scores(proj: &Linear, prototypes: Tensor<2>, theta: Tensor<2>, x: Tensor<3>) -> Tensor<2> {
+pub fn pal_scores(
+    proj: &Linear,
+    prototypes: Tensor<2>,
+    theta: Tensor<2>,
+    x: Tensor<3>,
+) -> Tensor<2> {
     let [u, n, _] = x.dims();
     let ideal = softmax(theta, 1).matmul(prototypes); // [U, m]
     let m = ideal.dims()[1];
@@ -309,12 +341,16 @@ fn bt_loss_2d(winner: Tensor<2>, loser: Tensor<2>) -> Tensor<1> {
 fn margins_of(t: Tensor<2>) -> Result<Vec<Vec<f64>>> {
     let [u, n] = t.dims();
     let v = tensor_vec(t)?;
-    Ok((0..u).map(|i| v[i * n..(i + 1) * n].iter().map(|&x| x as f64).collect()).collect())
+    Ok((0..u)
+        .map(|i| v[i * n..(i + 1) * n].iter().map(|&x| x as f64).collect())
+        .collect())
 }
 
 fn uniform_tensor(shape: [usize; 2], bound: f64, rng: &mut StdRng, device: &Device) -> Tensor<2> {
     use rand::Rng;
-    let v: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(-bound..bound) as f32).collect();
+    let v: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| rng.random_range(-bound..bound) as f32)
+        .collect();
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
@@ -345,9 +381,19 @@ pub fn pal(
     let mut model = Pal {
         shared: PalShared {
             proj: seeded_linear(d, config.dim, &mut rng, &ad),
-            prototypes: Param::from_tensor(uniform_tensor([config.prototypes, config.dim], 1.0, &mut rng, &ad)),
+            prototypes: Param::from_tensor(uniform_tensor(
+                [config.prototypes, config.dim],
+                1.0,
+                &mut rng,
+                &ad,
+            )),
         },
-        users: Param::from_tensor(uniform_tensor([train.len(), config.prototypes], 0.1, &mut rng, &ad)),
+        users: Param::from_tensor(uniform_tensor(
+            [train.len(), config.prototypes],
+            0.1,
+            &mut rng,
+            &ad,
+        )),
     };
     let (w, l) = oriented_tensors(train, pairs, Part::Both, &ad)?;
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
@@ -371,7 +417,12 @@ pub fn pal(
     // New users: θ only.
     let frozen_proj = Linear {
         weight: Param::from_tensor(model.shared.proj.weight.val().detach()),
-        bias: model.shared.proj.bias.as_ref().map(|b| Param::from_tensor(b.val().detach())),
+        bias: model
+            .shared
+            .proj
+            .bias
+            .as_ref()
+            .map(|b| Param::from_tensor(b.val().detach())),
     };
     let frozen_protos = model.shared.prototypes.val().detach();
     let mut fresh = PalUsers {
@@ -380,8 +431,18 @@ pub fn pal(
     let (cw, cl) = oriented_tensors(test, pairs, Part::Context, &ad)?;
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     for _ in 0..config.adapt_steps {
-        let sw = pal_scores(&frozen_proj, frozen_protos.clone(), fresh.users.val(), cw.clone());
-        let sl = pal_scores(&frozen_proj, frozen_protos.clone(), fresh.users.val(), cl.clone());
+        let sw = pal_scores(
+            &frozen_proj,
+            frozen_protos.clone(),
+            fresh.users.val(),
+            cw.clone(),
+        );
+        let sl = pal_scores(
+            &frozen_proj,
+            frozen_protos.clone(),
+            fresh.users.val(),
+            cl.clone(),
+        );
         let loss = bt_loss_2d(sw, sl);
         let grads = GradientsParams::from_grads(loss.backward(), &fresh);
         fresh = optim.step(config.adapt_lr, fresh, grads);
@@ -440,7 +501,11 @@ impl Vpl {
         let [u, n, _] = x.dims();
         let hx = self.reward_x.forward(x); // [U, N, H]
         let hd = hx.dims()[2];
-        let hz = self.reward_z.forward(z).reshape([u, 1, hd]).expand([u, n, hd]);
+        let hz = self
+            .reward_z
+            .forward(z)
+            .reshape([u, 1, hd])
+            .expand([u, n, hd]);
         self.reward_out.forward(relu(hx + hz)).reshape([u, n])
     }
 }
@@ -479,7 +544,10 @@ pub fn vpl(
         let (mu, logvar) = model.encode(cw.clone(), cl.clone());
         let eps = Tensor::<2>::random([train.len(), z], Distribution::Normal(0.0, 1.0), &ad);
         let sample = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
-        let bt = bt_loss_2d(model.reward(qw.clone(), sample.clone()), model.reward(ql.clone(), sample));
+        let bt = bt_loss_2d(
+            model.reward(qw.clone(), sample.clone()),
+            model.reward(ql.clone(), sample),
+        );
         let loss = bt + kl_term(mu, logvar).mul_scalar(config.beta);
         let v = tensor_vec(loss.clone())?[0] as f64;
         if !v.is_finite() {
@@ -513,7 +581,9 @@ mod tests {
 
     /// Two populations on 4-D features: population 0 prefers a higher x₀, population 1 a higher
     /// x₁, and every pair is built so the two disagree (x₀ and x₁ move in opposite directions).
-    fn problem(seed: u64, users: usize) -> (Vec<(Vec<f32>, Vec<f32>)>, Vec<SyntheticUser>) {
+    type Pairs = Vec<(Vec<f32>, Vec<f32>)>;
+
+    fn problem(seed: u64, users: usize) -> (Pairs, Vec<SyntheticUser>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut pairs = Vec::new();
         for _ in 0..60 {
@@ -533,7 +603,11 @@ mod tests {
                     let j = rng.random_range(i..idx.len());
                     idx.swap(i, j);
                 }
-                let lab = |&i: &usize| LabelledPair { pair: i, chosen_preferred: population == 0, conflicting: true };
+                let lab = |&i: &usize| LabelledPair {
+                    pair: i,
+                    chosen_preferred: population == 0,
+                    conflicting: true,
+                };
                 us.push(SyntheticUser {
                     population,
                     context: idx[..4].iter().map(lab).collect(),
@@ -545,7 +619,12 @@ mod tests {
     }
 
     fn features(p: &[(Vec<f32>, Vec<f32>)]) -> Vec<PairFeatures<'_>> {
-        p.iter().map(|(a, b)| PairFeatures { chosen: a, rejected: b }).collect()
+        p.iter()
+            .map(|(a, b)| PairFeatures {
+                chosen: a,
+                rejected: b,
+            })
+            .collect()
     }
 
     #[test]
@@ -557,10 +636,18 @@ mod tests {
         // One reward cannot prefer both a over b and b over a: its accuracies sum to about 1.
         assert!((bt.all[0] + bt.all[1] - 1.0).abs() < 0.15, "{bt:?}");
         assert!(bt.all[0].min(bt.all[1]) < 0.6, "{bt:?}");
-        let config = PalConfig { steps: 200, adapt_steps: 150, ..PalConfig::default() };
+        let config = PalConfig {
+            steps: 200,
+            adapt_steps: 150,
+            ..PalConfig::default()
+        };
         let run = pal(&config, &train, &test, &f, &test_device()).unwrap();
         assert!(run.last_loss < run.first_loss);
-        assert!(run.accuracy.all.iter().all(|&a| a > 0.9), "PAL {:?} vs BT {bt:?}", run.accuracy);
+        assert!(
+            run.accuracy.all.iter().all(|&a| a > 0.9),
+            "PAL {:?} vs BT {bt:?}",
+            run.accuracy
+        );
     }
 
     #[test]
@@ -568,9 +655,17 @@ mod tests {
         let (pairs, train) = problem(3, 20);
         let (_, test) = problem(4, 10);
         let f = features(&pairs);
-        let config = VplConfig { steps: 200, hidden: 16, ..VplConfig::default() };
+        let config = VplConfig {
+            steps: 200,
+            hidden: 16,
+            ..VplConfig::default()
+        };
         let run = vpl(&config, &train, &test, &f, &test_device()).unwrap();
-        assert!(run.accuracy.all.iter().all(|&a| a > 0.9), "VPL {:?}", run.accuracy);
+        assert!(
+            run.accuracy.all.iter().all(|&a| a > 0.9),
+            "VPL {:?}",
+            run.accuracy
+        );
     }
 
     #[test]
@@ -580,8 +675,14 @@ mod tests {
         assert!((kl_standard_normal(&[0.0], &[1.0]) - 0.5 * (1f64.exp() - 2.0)).abs() < 1e-12);
         assert_eq!(kl_standard_normal(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
         let device = test_device();
-        let mu = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 2.0], [2, 2]), &device);
-        let lv = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 1.0, 0.0, 0.0], [2, 2]), &device);
+        let mu = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 2.0], [2, 2]),
+            &device,
+        );
+        let lv = Tensor::<2>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 0.0, 0.0], [2, 2]),
+            &device,
+        );
         let got = tensor_vec(kl_term(mu, lv)).unwrap()[0] as f64;
         // Rows: ½(1 + (e − 2)) and ½(4) → mean.
         let want = (0.5 * (1.0 + 1f64.exp() - 2.0) + 2.0) / 2.0;

@@ -23,11 +23,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::combine::Combination;
 use crate::features::{CacheStatus, Embedder, EmbedderConfig, FeatureCache};
-use crate::gating::{ARMORM_PENALTIES, GatingConfig, GatingTrace, find_verbosity_penalties, train_gating};
-use crate::heads::{LambdaTrial, LinearHead, regression_metrics, select_bradley_terry, select_ridge};
+use crate::gating::{
+    ARMORM_PENALTIES, GatingConfig, GatingTrace, find_verbosity_penalties, train_gating,
+};
+use crate::heads::{
+    LambdaTrial, LinearHead, regression_metrics, select_bradley_terry, select_ridge,
+};
 use crate::linalg::{pair_accuracy, spearman};
 use crate::model::{FORMAT_VERSION, MultiObjectiveModel, MultiObjectiveSpec};
-use crate::personal::{PairFeatures, PersonalConfig, PersonalRun, PopulationAccuracy, pal, shared_bt, vpl};
+use crate::personal::{
+    PairFeatures, PersonalConfig, PersonalRun, PopulationAccuracy, pal, shared_bt, vpl,
+};
 use crate::population::{PairInfo, PopulationConfig, agreement, build_users};
 use crate::rated::load_rated;
 
@@ -112,7 +118,9 @@ fn default_lambdas() -> Vec<f64> {
 
 impl Default for HeadsConfig {
     fn default() -> Self {
-        Self { lambdas: default_lambdas() }
+        Self {
+            lambdas: default_lambdas(),
+        }
     }
 }
 
@@ -230,6 +238,9 @@ fn rows(v: &[Vec<f32>]) -> Vec<&[f32]> {
     v.iter().map(Vec::as_slice).collect()
 }
 
+/// Feature vectors, one per text.
+type Features = Vec<Vec<f32>>;
+
 /// Features of named text groups through the cache.
 struct Featurizer<'a> {
     embedder: &'a Embedder,
@@ -244,7 +255,9 @@ impl Featurizer<'_> {
         let start = Instant::now();
         let (f, status) = self
             .cache
-            .get_or_compute(self.embedder.id(), &texts, |t| self.embedder.embed(t, self.batch_size))
+            .get_or_compute(self.embedder.id(), &texts, |t| {
+                self.embedder.embed(t, self.batch_size)
+            })
             .with_context(|| format!("features of {name}"))?;
         self.request.log(format!(
             "features {name}: {} texts, {status:?} in {:.1}s",
@@ -256,7 +269,7 @@ impl Featurizer<'_> {
     }
 
     /// HH pairs → response features `[2N]` (chosen, rejected interleaved) and prompt features.
-    fn hh(&mut self, name: &str, pairs: &[PreferencePair]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    fn hh(&mut self, name: &str, pairs: &[PreferencePair]) -> Result<(Features, Features)> {
         let mut texts = Vec::with_capacity(2 * pairs.len());
         for p in pairs {
             texts.push(self.embedder.pair_text(&p.prompt, &p.chosen)?);
@@ -266,7 +279,10 @@ impl Featurizer<'_> {
             .iter()
             .map(|p| self.embedder.prompt_text(&p.prompt))
             .collect::<Result<Vec<_>>>()?;
-        Ok((self.features(&format!("{name} responses"), texts)?, self.features(&format!("{name} prompts"), prompts)?))
+        Ok((
+            self.features(&format!("{name} responses"), texts)?,
+            self.features(&format!("{name} prompts"), prompts)?,
+        ))
     }
 }
 
@@ -280,7 +296,11 @@ fn open<'a>(embedder: &'a Embedder, run: &RunConfig, request: &'a RunRequest) ->
     }
 }
 
-fn load_hh(request: &RunRequest, split: Split, limit: Option<usize>) -> Result<Vec<PreferencePair>> {
+fn load_hh(
+    request: &RunRequest,
+    split: Split,
+    limit: Option<usize>,
+) -> Result<Vec<PreferencePair>> {
     let (pairs, _) = hh_rlhf::load(&request.data_dir, split)?;
     let pairs = limited(pairs, limit);
     if pairs.is_empty() {
@@ -301,7 +321,11 @@ pub fn gsm8k_pair(problem: &gsm8k::Gsm8kProblem, rng: &mut StdRng) -> Preference
         d = rng.random_range(-10..=10);
     }
     let wrong = problem.answer_value + d as f64;
-    let wrong = if wrong.fract() == 0.0 { format!("{}", wrong as i64) } else { format!("{wrong}") };
+    let wrong = if wrong.fract() == 0.0 {
+        format!("{}", wrong as i64)
+    } else {
+        format!("{wrong}")
+    };
     PreferencePair {
         prompt: Prompt::Text(problem.question.clone()),
         chosen: format!("{}\nThe answer is {}.", problem.solution, problem.answer),
@@ -312,8 +336,16 @@ pub fn gsm8k_pair(problem: &gsm8k::Gsm8kProblem, rng: &mut StdRng) -> Preference
     }
 }
 
-fn gsm8k_pairs(request: &RunRequest, split: &str, limit: usize, seed: u64) -> Result<Vec<PreferencePair>> {
-    let problems = limited(gsm8k::load(&request.data_dir, split, Gsm8kOptions::default())?, Some(limit));
+fn gsm8k_pairs(
+    request: &RunRequest,
+    split: &str,
+    limit: usize,
+    seed: u64,
+) -> Result<Vec<PreferencePair>> {
+    let problems = limited(
+        gsm8k::load(&request.data_dir, split, Gsm8kOptions::default())?,
+        Some(limit),
+    );
     if problems.is_empty() {
         bail!("GSM8K {split}: no problems");
     }
@@ -322,7 +354,10 @@ fn gsm8k_pairs(request: &RunRequest, split: &str, limit: usize, seed: u64) -> Re
 }
 
 fn split_pairs(f: &[Vec<f32>]) -> (Vec<&[f32]>, Vec<&[f32]>) {
-    (f.iter().step_by(2).map(Vec::as_slice).collect(), f.iter().skip(1).step_by(2).map(Vec::as_slice).collect())
+    (
+        f.iter().step_by(2).map(Vec::as_slice).collect(),
+        f.iter().skip(1).step_by(2).map(Vec::as_slice).collect(),
+    )
 }
 
 fn hh_accuracy(score: impl Fn(usize, &[f32]) -> f64, dev: &[Vec<f32>]) -> f64 {
@@ -370,10 +405,14 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
 
     // verbosity: ridge on ln(1 + words) of every HH response.
     let ratings = |pairs: &[PreferencePair]| -> Vec<f64> {
-        pairs.iter().flat_map(|p| [verbosity_rating(&p.chosen), verbosity_rating(&p.rejected)]).collect()
+        pairs
+            .iter()
+            .flat_map(|p| [verbosity_rating(&p.chosen), verbosity_rating(&p.rejected)])
+            .collect()
     };
     let (ty, dy) = (ratings(&hh_train), ratings(&hh_dev));
-    let (head, lambda, trials) = select_ridge((&rows(&train_resp), &ty), (&rows(&dev_resp), &dy), lambdas)?;
+    let (head, lambda, trials) =
+        select_ridge((&rows(&train_resp), &ty), (&rows(&dev_resp), &dy), lambdas)?;
     let m = regression_metrics(&head, &rows(&dev_resp), &dy);
     reports.push(AttributeReport {
         name: "verbosity".into(),
@@ -426,7 +465,9 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
         let train_rows = load_rated(&source.train, &source.attributes)?;
         let dev_rows = load_rated(&source.dev, &source.attributes)?;
         let feats = |rs: &[crate::rated::RatedExample]| -> Result<Vec<String>> {
-            rs.iter().map(|r| embedder.pair_text(&r.prompt, &r.response)).collect()
+            rs.iter()
+                .map(|r| embedder.pair_text(&r.prompt, &r.response))
+                .collect()
         };
         let tf = fz.features(&source.train.display().to_string(), feats(&train_rows)?)?;
         let df = fz.features(&source.dev.display().to_string(), feats(&dev_rows)?)?;
@@ -436,7 +477,8 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
             }
             let ty: Vec<f64> = train_rows.iter().map(|r| r.scores[j] as f64).collect();
             let dy: Vec<f64> = dev_rows.iter().map(|r| r.scores[j] as f64).collect();
-            let (head, lambda, trials) = select_ridge((&rows(&tf), &ty), (&rows(&df), &dy), lambdas)?;
+            let (head, lambda, trials) =
+                select_ridge((&rows(&tf), &ty), (&rows(&df), &dy), lambdas)?;
             let m = regression_metrics(&head, &rows(&df), &dy);
             reports.push(AttributeReport {
                 name: a.clone(),
@@ -460,12 +502,19 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     request.log(format!("heads fitted ({k} attributes)"));
 
     // Debiasing on the reference set: HH train responses.
-    let attr = |f: &[Vec<f32>]| -> Vec<Vec<f64>> { f.iter().map(|x| heads.iter().map(|h| h.score(x)).collect()).collect() };
+    let attr = |f: &[Vec<f32>]| -> Vec<Vec<f64>> {
+        f.iter()
+            .map(|x| heads.iter().map(|h| h.score(x)).collect())
+            .collect()
+    };
     let reference = attr(&train_resp);
     let dev_attr = attr(&dev_resp);
     let debias = if recipe.debias.enabled {
         let Some(v) = names.iter().position(|n| *n == recipe.debias.attribute) else {
-            bail!("debias.attribute {:?} is not one of the attributes {names:?}", recipe.debias.attribute);
+            bail!(
+                "debias.attribute {:?} is not one of the attributes {names:?}",
+                recipe.debias.attribute
+            );
         };
         find_verbosity_penalties(&reference, v, recipe.debias.threshold, &ARMORM_PENALTIES)?
     } else {
@@ -475,7 +524,9 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     let dev_spearman = |rs: &[Vec<f64>]| -> Vec<f64> {
         let Some(v) = v else { return vec![] };
         let rv: Vec<f64> = dev_attr.iter().map(|r| r[v]).collect();
-        (0..k).map(|i| spearman(&rs.iter().map(|r| r[i]).collect::<Vec<_>>(), &rv)).collect()
+        (0..k)
+            .map(|i| spearman(&rs.iter().map(|r| r[i]).collect::<Vec<_>>(), &rv))
+            .collect()
     };
     let dev_debiased: Vec<Vec<f64>> = dev_attr.iter().map(|r| debias.apply(r)).collect();
 
@@ -483,14 +534,28 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     let debiased_train: Vec<Vec<f64>> = reference.iter().map(|r| debias.apply(r)).collect();
     let chosen: Vec<Vec<f64>> = debiased_train.iter().step_by(2).cloned().collect();
     let rejected: Vec<Vec<f64>> = debiased_train.iter().skip(1).step_by(2).cloned().collect();
-    let (gating, trace) = train_gating(&recipe.gating, &rows(&train_prompts), &chosen, &rejected, &request.device)?;
-    request.log(format!("gating trained: loss {:.4} → {:.4}", trace.first_loss, trace.last_loss));
+    let (gating, trace) = train_gating(
+        &recipe.gating,
+        &rows(&train_prompts),
+        &chosen,
+        &rejected,
+        &request.device,
+    )?;
+    request.log(format!(
+        "gating trained: loss {:.4} → {:.4}",
+        trace.first_loss, trace.last_loss
+    ));
 
     // HH dev comparisons.
     let n_dev = dev_prompts.len();
     let mut mean_w = vec![0f64; k];
     let gated = |i: usize, r: &[f64]| -> f64 {
-        gating.weights(&dev_prompts[i]).iter().zip(r).map(|(w, x)| w * x).sum()
+        gating
+            .weights(&dev_prompts[i])
+            .iter()
+            .zip(r)
+            .map(|(w, x)| w * x)
+            .sum()
     };
     let (mut gc, mut gr) = (Vec::new(), Vec::new());
     for i in 0..n_dev {
@@ -500,12 +565,21 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
         gc.push(gated(i, &dev_debiased[2 * i]));
         gr.push(gated(i, &dev_debiased[2 * i + 1]));
     }
-    let equal = Combination::WeightedSum { weights: vec![1.0 / k as f64; k] };
-    let conj_ref: Vec<f64> = (0..k).map(|j| reference.iter().map(|r| r[j]).sum::<f64>() / reference.len() as f64).collect();
-    let conjunction = Combination::LogSigmoidConjunction { reference: conj_ref.clone() };
+    let equal = Combination::WeightedSum {
+        weights: vec![1.0 / k as f64; k],
+    };
+    let conj_ref: Vec<f64> = (0..k)
+        .map(|j| reference.iter().map(|r| r[j]).sum::<f64>() / reference.len() as f64)
+        .collect();
+    let conjunction = Combination::LogSigmoidConjunction {
+        reference: conj_ref.clone(),
+    };
     let comb_acc = |c: &Combination, rs: &[Vec<f64>]| -> Result<f64> {
         let s: Vec<f64> = rs.iter().map(|r| c.combine(r)).collect::<Result<_>>()?;
-        let (a, b): (Vec<f64>, Vec<f64>) = (s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect());
+        let (a, b): (Vec<f64>, Vec<f64>) = (
+            s.iter().step_by(2).copied().collect(),
+            s.iter().skip(1).step_by(2).copied().collect(),
+        );
         Ok(pair_accuracy(&a, &b))
     };
 
@@ -546,18 +620,27 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
 
 fn absolute(config: &EmbedderConfig) -> Result<EmbedderConfig> {
     Ok(match config {
-        EmbedderConfig::Backbone { path, pooling, max_len } => EmbedderConfig::Backbone {
+        EmbedderConfig::Backbone {
+            path,
+            pooling,
+            max_len,
+        } => EmbedderConfig::Backbone {
             path: std::path::absolute(path)?,
             pooling: *pooling,
             max_len: *max_len,
         },
-        EmbedderConfig::RewardModel { path } => EmbedderConfig::RewardModel { path: std::path::absolute(path)? },
+        EmbedderConfig::RewardModel { path } => EmbedderConfig::RewardModel {
+            path: std::path::absolute(path)?,
+        },
     })
 }
 
 fn write_report<T: Serialize>(dir: &Path, report: &T) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    rm_core::checkpoint::write_bytes_atomically(&dir.join("report.json"), serde_json::to_string_pretty(report)?.as_bytes())
+    rm_core::checkpoint::write_bytes_atomically(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )
 }
 
 /// `[data]` of the population test.
@@ -606,27 +689,45 @@ pub struct PopulationReport {
 
 /// `plumb multiobj population-test`: train users from HH train pairs, test users (unseen) from HH
 /// dev pairs; shared BT vs PAL vs VPL.
-pub fn population_test(recipe: &PopulationRecipe, request: &RunRequest) -> Result<PopulationReport> {
+pub fn population_test(
+    recipe: &PopulationRecipe,
+    request: &RunRequest,
+) -> Result<PopulationReport> {
     let start = Instant::now();
-    let embedder = Embedder::load(&recipe.embedder.resolved(&request.models_dir), &request.device)?;
+    let embedder = Embedder::load(
+        &recipe.embedder.resolved(&request.models_dir),
+        &request.device,
+    )?;
     let mut fz = open(&embedder, &recipe.run, request);
     let hh_train = load_hh(request, Split::Train, recipe.data.hh_train_limit)?;
     let hh_dev = load_hh(request, Split::Dev, recipe.data.hh_dev_limit)?;
     let (train_resp, _) = fz.hh("hh train", &hh_train)?;
     let (dev_resp, _) = fz.hh("hh dev", &hh_dev)?;
-    let info = |pairs: &[PreferencePair]| -> Vec<PairInfo> { pairs.iter().map(|p| PairInfo::new(&p.chosen, &p.rejected)).collect() };
+    let info = |pairs: &[PreferencePair]| -> Vec<PairInfo> {
+        pairs
+            .iter()
+            .map(|p| PairInfo::new(&p.chosen, &p.rejected))
+            .collect()
+    };
     let (train_info, dev_info) = (info(&hh_train), info(&hh_dev));
     let rules = &recipe.population.rules;
-    let train_users = build_users(&train_info, &recipe.population, 0).context("train users (HH train)")?;
-    let test_users = build_users(&dev_info, &recipe.population, 1).context("test users (HH dev)")?;
-    let feats = |f: &[Vec<f32>]| -> Vec<(Vec<f32>, Vec<f32>)> { f.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect() };
+    let train_users =
+        build_users(&train_info, &recipe.population, 0).context("train users (HH train)")?;
+    let test_users =
+        build_users(&dev_info, &recipe.population, 1).context("test users (HH dev)")?;
+    let feats = |f: &[Vec<f32>]| -> Vec<(Vec<f32>, Vec<f32>)> {
+        f.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect()
+    };
     let (train_pairs, dev_pairs) = (feats(&train_resp), feats(&dev_resp));
     // Train users index HH train pairs, test users HH dev pairs: one list, dev offset.
     let offset = train_pairs.len();
     let all: Vec<PairFeatures> = train_pairs
         .iter()
         .chain(&dev_pairs)
-        .map(|(c, r)| PairFeatures { chosen: c, rejected: r })
+        .map(|(c, r)| PairFeatures {
+            chosen: c,
+            rejected: r,
+        })
         .collect();
     let test_users: Vec<_> = test_users
         .into_iter()
@@ -639,12 +740,27 @@ pub fn population_test(recipe: &PopulationRecipe, request: &RunRequest) -> Resul
         .collect();
     let bt = shared_bt(&train_users, &test_users, &all, recipe.personal.bt_lambda)?;
     request.log(format!("shared BT: {:?}", bt.all));
-    let pal_run = pal(&recipe.personal.pal, &train_users, &test_users, &all, &request.device)?;
+    let pal_run = pal(
+        &recipe.personal.pal,
+        &train_users,
+        &test_users,
+        &all,
+        &request.device,
+    )?;
     request.log(format!("PAL: {:?}", pal_run.accuracy.all));
-    let vpl_run = vpl(&recipe.personal.vpl, &train_users, &test_users, &all, &request.device)?;
+    let vpl_run = vpl(
+        &recipe.personal.vpl,
+        &train_users,
+        &test_users,
+        &all,
+        &request.device,
+    )?;
     request.log(format!("VPL: {:?}", vpl_run.accuracy.all));
     let report = PopulationReport {
-        rules: rules.iter().map(|r| serde_json::to_value(r).map(|v| v.as_str().unwrap_or("?").to_string())).collect::<Result<_, _>>()?,
+        rules: rules
+            .iter()
+            .map(|r| serde_json::to_value(r).map(|v| v.as_str().unwrap_or("?").to_string()))
+            .collect::<Result<_, _>>()?,
         agreement_train: agreement(&train_info, rules),
         agreement_dev: agreement(&dev_info, rules),
         train_users: train_users.len(),
@@ -666,7 +782,9 @@ mod tests {
     #[test]
     fn recipes_parse_and_gsm8k_pairs_differ_only_in_the_answer() {
         for file in ["multiobj-minilm-hh.toml", "pal-minilm-hh.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes").join(file);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../recipes")
+                .join(file);
             if file.starts_with("multiobj") {
                 rm_core::recipe::load::<MultiObjRecipe>(&path, &[]).unwrap();
             } else {
@@ -683,7 +801,12 @@ mod tests {
         for _ in 0..20 {
             let p = gsm8k_pair(&problem, &mut rng);
             assert_eq!(p.chosen, "2 + 2 = 4\nThe answer is 4.");
-            let wrong: i64 = p.rejected.trim_start_matches("2 + 2 = 4\nThe answer is ").trim_end_matches('.').parse().unwrap();
+            let wrong: i64 = p
+                .rejected
+                .trim_start_matches("2 + 2 = 4\nThe answer is ")
+                .trim_end_matches('.')
+                .parse()
+                .unwrap();
             assert!(wrong != 4 && (wrong - 4).abs() <= 10, "{}", p.rejected);
         }
         assert_eq!(verbosity_rating("a b c"), 4f64.ln());

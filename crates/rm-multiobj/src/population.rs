@@ -9,9 +9,9 @@
 //! population labels every pooled pair).
 
 use anyhow::{Result, bail};
+use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// What a rule needs to know about a pair.
@@ -119,7 +119,10 @@ pub fn agreement(pairs: &[PairInfo], rules: &[PreferenceRule]) -> f64 {
     let agree = decided
         .iter()
         .filter(|&&i| {
-            let labels: Vec<bool> = rules.iter().filter_map(|r| r.prefers_chosen(&pairs[i])).collect();
+            let labels: Vec<bool> = rules
+                .iter()
+                .filter_map(|r| r.prefers_chosen(&pairs[i]))
+                .collect();
             labels.windows(2).all(|w| w[0] == w[1])
         })
         .count();
@@ -135,7 +138,10 @@ pub fn build_users(
     seed_offset: u64,
 ) -> Result<Vec<SyntheticUser>> {
     if config.rules.len() < 2 {
-        bail!("population.rules: {} rule(s); the test needs at least two populations", config.rules.len());
+        bail!(
+            "population.rules: {} rule(s); the test needs at least two populations",
+            config.rules.len()
+        );
     }
     if config.context == 0 || config.query == 0 || config.users_per_population == 0 {
         bail!("population: users_per_population, context and query must all be > 0");
@@ -149,7 +155,12 @@ pub fn build_users(
             pairs.len()
         );
     }
-    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9e37_79b9).wrapping_add(seed_offset));
+    let mut rng = StdRng::seed_from_u64(
+        config
+            .seed
+            .wrapping_mul(0x9e37_79b9)
+            .wrapping_add(seed_offset),
+    );
     let mut users = Vec::new();
     for (population, rule) in config.rules.iter().enumerate() {
         for _ in 0..config.users_per_population {
@@ -161,7 +172,11 @@ pub fn build_users(
             }
             let picked = &idx[..need];
             let label = |&i: &usize| {
-                let labels: Vec<bool> = config.rules.iter().filter_map(|r| r.prefers_chosen(&pairs[i])).collect();
+                let labels: Vec<bool> = config
+                    .rules
+                    .iter()
+                    .filter_map(|r| r.prefers_chosen(&pairs[i]))
+                    .collect();
                 LabelledPair {
                     pair: i,
                     chosen_preferred: rule.prefers_chosen(&pairs[i]).expect("decided pool"),
@@ -184,10 +199,10 @@ mod tests {
 
     fn pairs() -> Vec<PairInfo> {
         vec![
-            PairInfo::new("a b c", "a"),     // chosen longer: rules agree
-            PairInfo::new("a", "a b c d"),   // rejected longer: rules conflict
-            PairInfo::new("a b", "c d"),     // tie: undecided for Longer
-            PairInfo::new("x", "y z"),       // conflict
+            PairInfo::new("a b c", "a"),   // chosen longer: rules agree
+            PairInfo::new("a", "a b c d"), // rejected longer: rules conflict
+            PairInfo::new("a b", "c d"),   // tie: undecided for Longer
+            PairInfo::new("x", "y z"),     // conflict
         ]
     }
 
@@ -221,14 +236,26 @@ mod tests {
             all.dedup();
             assert_eq!(all.len(), 3);
             for l in u.context.iter().chain(&u.query) {
-                let want = if u.population == 0 { true } else { p[l.pair].chosen_words > p[l.pair].rejected_words };
+                let want = if u.population == 0 {
+                    true
+                } else {
+                    p[l.pair].chosen_words > p[l.pair].rejected_words
+                };
                 assert_eq!(l.chosen_preferred, want);
                 assert_eq!(l.conflicting, l.pair != 0);
             }
         }
         assert_eq!(users[0].population, 0);
         assert_eq!(users[9].population, 1);
-        let too_many = PopulationConfig { context: 3, ..config };
-        assert!(build_users(&p, &too_many, 0).unwrap_err().to_string().contains("fewer than the 4"));
+        let too_many = PopulationConfig {
+            context: 3,
+            ..config
+        };
+        assert!(
+            build_users(&p, &too_many, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("fewer than the 4")
+        );
     }
 }

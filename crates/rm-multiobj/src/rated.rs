@@ -139,7 +139,10 @@ mod tests {
         );
         let err = load_rated(&path, &attrs()).unwrap_err().to_string();
         assert!(
-            err.starts_with(&format!("{}:2: field \"verbosity\": missing", path.display())),
+            err.starts_with(&format!(
+                "{}:2: field \"verbosity\": missing",
+                path.display()
+            )),
             "{err}"
         );
         let path = write(
@@ -154,10 +157,18 @@ mod tests {
                 path.display()
             )
         );
-        let path = write("noresp.jsonl", r#"{"prompt": "a", "helpfulness": 1, "verbosity": 1}"#);
+        let path = write(
+            "noresp.jsonl",
+            r#"{"prompt": "a", "helpfulness": 1, "verbosity": 1}"#,
+        );
         let err = load_rated(&path, &attrs()).unwrap_err().to_string();
         assert!(err.contains(":1: field \"response\": missing"), "{err}");
         let path = write("empty.jsonl", "\n");
-        assert!(load_rated(&path, &attrs()).unwrap_err().to_string().contains("no rows"));
+        assert!(
+            load_rated(&path, &attrs())
+                .unwrap_err()
+                .to_string()
+                .contains("no rows")
+        );
     }
 }
