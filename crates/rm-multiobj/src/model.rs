@@ -175,3 +175,80 @@ impl MultiObjectiveModel {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(gating: Option<HostGating>) -> MultiObjectiveSpec {
+        let head = |w: Vec<f64>| LinearHead {
+            weight: w,
+            bias: 0.0,
+            mean: 0.0,
+            std: 2.0,
+        };
+        MultiObjectiveSpec {
+            format_version: FORMAT_VERSION,
+            embedder: EmbedderConfig::Backbone {
+                path: "/nowhere".into(),
+                pooling: None,
+                max_len: 16,
+            },
+            attributes: vec!["a".into(), "verbosity".into()],
+            heads: vec![head(vec![2.0, 0.0]), head(vec![0.0, 2.0])],
+            debias: VerbosityDebias {
+                verbosity: 1,
+                penalties: vec![0.5, 1.0],
+                spearman_before: vec![],
+                spearman_after: vec![],
+                threshold: 0.03,
+            },
+            gating,
+            combination: Combination::WeightedSum {
+                weights: vec![1.0, 1.0],
+            },
+        }
+    }
+
+    #[test]
+    fn features_to_rewards_by_hand() {
+        // r = (2·1, 2·3) / 2 = (1, 3); r' = (1 − 0.5·3, 3 − 3) = (−0.5, 0); sum = −0.5.
+        let s = spec(None).score_features(&[0.0], &[1.0, 3.0]).unwrap();
+        assert_eq!(s.attributes, vec![1.0, 3.0]);
+        assert_eq!(s.debiased, vec![-0.5, 0.0]);
+        assert_eq!(s.reward, -0.5);
+        // A gating network whose output layer has zero weights and biases (2, 0): τ = 1, β = 2
+        // → w = 2·softmax(2, 0).
+        let gating = HostGating {
+            layers: vec![crate::HostLinear {
+                d_in: 1,
+                d_out: 2,
+                weight: vec![0.0, 0.0],
+                bias: vec![2.0, 0.0],
+            }],
+            logit_scale: 2.0,
+            temperature: 1.0,
+        };
+        let s = spec(Some(gating))
+            .score_features(&[5.0], &[1.0, 3.0])
+            .unwrap();
+        let w0 = 2.0 * 2f64.exp() / (2f64.exp() + 1.0);
+        assert!((s.weights[0] - w0).abs() < 1e-12);
+        assert!((s.reward - w0 * -0.5).abs() < 1e-12);
+        let mut bad = spec(None);
+        bad.heads.pop();
+        assert!(
+            bad.validate(None)
+                .unwrap_err()
+                .to_string()
+                .contains("1 heads")
+        );
+        assert!(
+            spec(None)
+                .validate(Some(3))
+                .unwrap_err()
+                .to_string()
+                .contains("head 0 reads 2 features")
+        );
+    }
+}
