@@ -86,6 +86,10 @@ enum Command {
     /// A reward-model or policy folder out to Hugging Face (transformers, sentence-transformers,
     /// PEFT), written into --out.
     Export(commands::export::ExportArgs),
+    /// Multi-objective and personalized rewards on frozen features: attribute heads, ArmoRM
+    /// gating, PAL / VPL population test, scoring with a saved model.
+    #[command(subcommand)]
+    Multiobj(commands::multiobj::MultiobjCommand),
     /// The main job: a MiniLM Bradley–Terry reward model on HH-RLHF, trained and evaluated.
     Quickstart(commands::reward::QuickstartArgs),
 }
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Export(args) => commands::export::run(&cli.global, args),
+        Command::Multiobj(cmd) => commands::multiobj::run(&cli.global, cmd),
         Command::Quickstart(args) => commands::reward::quickstart(&cli.global, args),
     };
     match result {

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod export;
 pub mod info;
 pub mod models;
+pub mod multiobj;
 pub mod policy;
 pub mod reward;
 pub mod rl;
