@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use rm_core::train::RunMode;
+use rm_pipeline::ensemble::{EnsembleTrainReport, train_ensemble};
 use rm_pipeline::eval::{EvalFormat, EvalInput, EvalRequest, evaluate_reward_model};
 use rm_pipeline::score::{ScoreRequest, TransformKind, score_rows, score_transform};
 use rm_pipeline::{RewardRecipe, TrainReport, TrainRequest, train_reward_model};
@@ -81,12 +82,34 @@ fn with_out(mut recipe: RewardRecipe, global: &GlobalArgs) -> RewardRecipe {
 /// `plumb train-rm`.
 pub fn train_rm(global: &GlobalArgs, args: TrainRmArgs) -> Result<()> {
     let recipe = with_out(RewardRecipe::load(&args.recipe, &args.overrides)?, global);
-    let report = train_reward_model(
-        recipe,
-        &train_request(global, args.run.mode(), !args.quiet)?,
-    )?;
+    let request = train_request(global, args.run.mode(), !args.quiet)?;
+    if recipe.ensemble.is_some() {
+        let report = train_ensemble(recipe, &request)?;
+        print_ensemble_report(&report);
+        return Ok(());
+    }
+    let report = train_reward_model(recipe, &request)?;
     print_train_report(&report);
     Ok(())
+}
+
+fn print_ensemble_report(r: &EnsembleTrainReport) {
+    println!("\n{}", r.evaluation.to_markdown());
+    for (i, m) in r.members.iter().enumerate() {
+        println!(
+            "member {i}: {} (seed {}{}){}",
+            m.dir.display(),
+            m.seed,
+            if m.bootstrap { ", bootstrap" } else { "" },
+            if m.skipped { ", finished earlier: skipped" } else { "" }
+        );
+    }
+    println!(
+        "ensemble: {}  report: {}  summary: {}",
+        r.out_dir.join(rm_pipeline::ensemble::ENSEMBLE_FILE).display(),
+        r.out_dir.join("report.json").display(),
+        r.out_dir.join("summary.json").display()
+    );
 }
 
 #[derive(Args, Debug)]
