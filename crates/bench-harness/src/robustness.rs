@@ -212,7 +212,9 @@ pub fn calibration(pairs: &[(f32, f32)]) -> Result<Calibration> {
 impl Calibration {
     /// The reliability table as Markdown.
     pub fn to_markdown(&self) -> String {
-        let mut s = String::from("| confidence | pairs | mean confidence | accuracy |\n|---|---|---|---|\n");
+        let mut s = String::from(
+            "| confidence | pairs | mean confidence | accuracy |\n|---|---|---|---|\n",
+        );
         let fmt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
         for b in &self.bins {
             s += &format!(
@@ -305,10 +307,10 @@ pub fn perturb(text: &str, kind: Perturbation) -> String {
                 Some('.' | '!' | '?') => trimmed[..trimmed.len() - 1].to_string(),
                 _ => format!("{trimmed}."),
             };
-            if let Some(i) = out.find(", ") {
-                if !out[..i].contains(' ') {
-                    out.replace_range(i..i + 1, "");
-                }
+            if let Some(i) = out.find(", ")
+                && !out[..i].contains(' ')
+            {
+                out.replace_range(i..i + 1, "");
             }
             out
         }
@@ -400,7 +402,10 @@ mod tests {
             11.0 / 130f64.sqrt(),
         );
         // Monotone but not linear: ρ = 1.
-        close(spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 64.0]).unwrap(), 1.0);
+        close(
+            spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 64.0]).unwrap(),
+            1.0,
+        );
         close(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap(), -1.0);
         assert_eq!(ranks(&[10.0, 20.0, 10.0, 5.0]), [2.5, 4.0, 2.5, 1.0]);
         assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_err(), "constant x");
@@ -423,12 +428,28 @@ mod tests {
             p(1.0, 0.0, 8, 8),   // equal: neither group
         ];
         let lb = length_bias(&pairs).unwrap();
-        assert_eq!(lb.chosen_longer, GroupAccuracy { count: 2, accuracy: Some(1.0) });
-        assert_eq!(lb.chosen_shorter, GroupAccuracy { count: 1, accuracy: Some(0.0) });
+        assert_eq!(
+            lb.chosen_longer,
+            GroupAccuracy {
+                count: 2,
+                accuracy: Some(1.0)
+            }
+        );
+        assert_eq!(
+            lb.chosen_shorter,
+            GroupAccuracy {
+                count: 1,
+                accuracy: Some(0.0)
+            }
+        );
         let lengths = [20.0, 10.0, 30.0, 5.0, 5.0, 15.0, 8.0, 8.0];
         let rewards = [2.0, 1.0, 3.0, 0.0, 0.5, 1.5, 1.0, 0.0];
         close(lb.pearson, pearson(&lengths, &rewards).unwrap());
-        assert!(lb.pearson > 0.5, "longer responses score higher here: {}", lb.pearson);
+        assert!(
+            lb.pearson > 0.5,
+            "longer responses score higher here: {}",
+            lb.pearson
+        );
         close(lb.spearman, spearman(&lengths, &rewards).unwrap());
     }
 
@@ -465,13 +486,19 @@ mod tests {
             perturb(t, Perturbation::Whitespace),
             "Sure, I can help.  Here is how.  It works!\n"
         );
-        assert_eq!(perturb(t, Perturbation::Punctuation), "Sure I can help.  Here is how.\tIt works");
+        assert_eq!(
+            perturb(t, Perturbation::Punctuation),
+            "Sure I can help.  Here is how.\tIt works"
+        );
         assert_eq!(perturb("No", Perturbation::Punctuation), "No.");
         assert_eq!(
             perturb(t, Perturbation::SwapSentences),
             "Here is how. Sure, I can help. It works!"
         );
-        assert_eq!(perturb("One sentence", Perturbation::SwapSentences), "One sentence");
+        assert_eq!(
+            perturb("One sentence", Perturbation::SwapSentences),
+            "One sentence"
+        );
     }
 
     #[test]

@@ -70,11 +70,12 @@ pub enum Spread {
 /// How an ensemble's members' rewards `r_1..r_K` of one sample become one reward.
 ///
 /// In a recipe or `ensemble.json`: `aggregation = { kind = "mean-minus-std", lambda = 0.5 }`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Aggregation {
     /// `r = 1/K Σ_k r_k` — mean optimization (Coste et al., "Reward Model Ensembles Help
     /// Mitigate Overoptimization", ICLR 2024).
+    #[default]
     Mean,
     /// `r = median_k r_k` (for even K the mean of the two middle values) — robust to one
     /// outlying member.
@@ -105,12 +106,6 @@ pub enum Aggregation {
         /// λ ∈ [0, 1]: 1 = the nominal reward alone, 0 = the worst case alone.
         lambda: f32,
     },
-}
-
-impl Default for Aggregation {
-    fn default() -> Self {
-        Aggregation::Mean
-    }
 }
 
 impl Aggregation {
@@ -188,6 +183,53 @@ impl Aggregation {
                 brme(rewards, &sigma, lambda)?
             }
         })
+    }
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = anyhow::Error;
+    /// The command-line form: `mean`, `median`, `min` (or `wco`), `mean-minus-std:λ` (or
+    /// `uwo:λ`), `mean-minus-var:λ`, `brme:λ`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, lambda) = match s.split_once(':') {
+            Some((n, l)) => {
+                let v: f32 = l
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("aggregation {s:?}: λ {l:?} is not a number"))?;
+                (n.trim(), Some(v))
+            }
+            None => (s.trim(), None),
+        };
+        let need = |name: &str| {
+            lambda.ok_or_else(|| {
+                anyhow::anyhow!("aggregation {name} needs a weight: {name}:λ (e.g. {name}:0.5)")
+            })
+        };
+        let a = match name {
+            "mean" | "median" | "min" | "wco" if lambda.is_some() => {
+                bail!("aggregation {name} takes no weight (got {s:?})")
+            }
+            "mean" => Aggregation::Mean,
+            "median" => Aggregation::Median,
+            "min" | "wco" => Aggregation::Min,
+            "mean-minus-std" | "uwo" => Aggregation::MeanMinusStd {
+                lambda: need(name)?,
+                spread: Spread::Std,
+            },
+            "mean-minus-var" => Aggregation::MeanMinusStd {
+                lambda: need(name)?,
+                spread: Spread::Variance,
+            },
+            "brme" => Aggregation::Brme {
+                lambda: need(name)?,
+            },
+            other => bail!(
+                "unknown aggregation {other:?}: mean, median, min, mean-minus-std:λ, mean-minus-var:λ, brme:λ"
+            ),
+        };
+        a.validate()?;
+        Ok(a)
     }
 }
 
@@ -314,7 +356,8 @@ mod tests {
     fn brme_mixes_the_least_uncertain_members_reward_with_the_minimum() {
         let m = matrix();
         // An explicit σ: sample 0 trusts member 2 (σ 0.1), sample 1 member 0 (σ 0.2).
-        let sigma = RewardMatrix::new(vec![vec![0.5, 0.2], vec![0.3, 0.9], vec![0.1, 0.4]]).unwrap();
+        let sigma =
+            RewardMatrix::new(vec![vec![0.5, 0.2], vec![0.3, 0.9], vec![0.1, 0.4]]).unwrap();
         // sample 0: 0.25·6 + 0.75·1 = 2.25; sample 1: 0.25·0 + 0.75·(−2) = −1.5
         close(&brme(&m, &sigma, 0.25).unwrap(), &[2.25, -1.5]);
         // Through `apply`, σ_k = |r_k − r̄|: sample 0 deviations (2, 1, 3) → member 1 (r = 2):
@@ -341,7 +384,10 @@ mod tests {
         let err = RewardMatrix::new(vec![vec![1.0, f32::NAN]])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("member 0: the reward of sample 1 is NaN"), "{err}");
+        assert!(
+            err.contains("member 0: the reward of sample 1 is NaN"),
+            "{err}"
+        );
         assert!(Aggregation::Brme { lambda: 1.5 }.apply(&matrix()).is_err());
         assert!(
             Aggregation::MeanMinusStd {
@@ -351,6 +397,25 @@ mod tests {
             .apply(&matrix())
             .is_err()
         );
+    }
+
+    #[test]
+    fn aggregations_parse_from_the_command_line_form() {
+        assert_eq!("min".parse::<Aggregation>().unwrap(), Aggregation::Min);
+        assert_eq!(
+            "brme:0.25".parse::<Aggregation>().unwrap(),
+            Aggregation::Brme { lambda: 0.25 }
+        );
+        assert_eq!(
+            "uwo:1".parse::<Aggregation>().unwrap(),
+            Aggregation::MeanMinusStd {
+                lambda: 1.0,
+                spread: Spread::Std
+            }
+        );
+        for bad in ["brme", "brme:x", "brme:2", "mean:1", "max"] {
+            assert!(bad.parse::<Aggregation>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -373,7 +438,10 @@ mod tests {
             parse("a = { kind = \"brme\", lambda = 0.4 }").unwrap(),
             Aggregation::Brme { lambda: 0.4 }
         );
-        assert!(parse("a = { kind = \"brme\" }").is_err(), "lambda is required");
+        assert!(
+            parse("a = { kind = \"brme\" }").is_err(),
+            "lambda is required"
+        );
         assert!(parse("a = { kind = \"max\" }").is_err());
     }
 }

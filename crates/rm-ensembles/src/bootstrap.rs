@@ -24,7 +24,11 @@ mod tests {
     fn a_resample_is_seeded_in_range_and_repeats_examples() {
         let a = bootstrap_indices(1000, 7);
         assert_eq!(a, bootstrap_indices(1000, 7), "same seed, same resample");
-        assert_ne!(a, bootstrap_indices(1000, 8), "another seed, another resample");
+        assert_ne!(
+            a,
+            bootstrap_indices(1000, 8),
+            "another seed, another resample"
+        );
         assert_eq!(a.len(), 1000);
         assert!(a.iter().all(|&i| i < 1000));
         let mut distinct = a.clone();

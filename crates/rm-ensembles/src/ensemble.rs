@@ -69,6 +69,27 @@ impl Ensemble {
         })
     }
 
+    /// One reward model as a one-member ensemble (its rewards normalized when `normalized`;
+    /// an error when it stores no normalization), e.g. to probe it like an ensemble.
+    pub fn single(dir: &Path, bundle: RewardModelBundle, normalized: bool) -> Result<Self> {
+        if normalized && bundle.spec.normalization.is_none() {
+            bail!(
+                "{}: --normalized, but the model stores no normalization",
+                dir.display()
+            );
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            members: vec![Member {
+                name: dir.display().to_string(),
+                dir: dir.to_path_buf(),
+                bundle,
+                normalized,
+            }],
+            aggregation: Aggregation::Mean,
+        })
+    }
+
     /// The members' attribute names (the same for all, checked on load).
     pub fn attributes(&self) -> &[String] {
         &self.members[0].bundle.spec.attributes

@@ -96,8 +96,13 @@ impl EnsembleSpec {
     /// Reads and checks `dir/ensemble.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let file = dir.join(ENSEMBLE_FILE);
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {} (is {} an ensemble folder?)", file.display(), dir.display()))?;
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "reading {} (is {} an ensemble folder?)",
+                file.display(),
+                dir.display()
+            )
+        })?;
         let spec: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not an ensemble spec", file.display()))?;
         spec.validate(dir)?;
@@ -160,9 +165,7 @@ impl EnsembleConfig {
                 bail!("ensemble.seeds {seeds:?} repeats a seed: members would be identical");
             }
         }
-        self.aggregation
-            .validate()
-            .context("ensemble.aggregation")
+        self.aggregation.validate().context("ensemble.aggregation")
     }
 
     /// Member `i`'s seed: `seeds[i]`, or `base + i`.
@@ -192,10 +195,18 @@ mod tests {
             aggregation: Aggregation::Min,
         };
         c.validate().unwrap();
-        assert_eq!((0..3).map(|i| c.seed(42, i)).collect::<Vec<_>>(), [42, 43, 44]);
+        assert_eq!(
+            (0..3).map(|i| c.seed(42, i)).collect::<Vec<_>>(),
+            [42, 43, 44]
+        );
         let mut bad = c.clone();
         bad.seeds = Some(vec![1, 2]);
-        assert!(bad.validate().unwrap_err().to_string().contains("2 seeds for 3"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("2 seeds for 3")
+        );
         bad.seeds = Some(vec![1, 2, 1]);
         assert!(bad.validate().unwrap_err().to_string().contains("repeats"));
         bad.seeds = Some(vec![5, 6, 7]);
@@ -223,14 +234,26 @@ mod tests {
             .write(&dir)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("member 0 (member-0/final) is not a folder"), "{err}");
+        assert!(
+            err.contains("member 0 (member-0/final) is not a folder"),
+            "{err}"
+        );
         std::fs::write(
             dir.join(ENSEMBLE_FILE),
             r#"{"format_version": 1, "members": [], "aggregation": {"kind": "mean"}}"#,
         )
         .unwrap();
-        assert!(EnsembleSpec::read(&dir).unwrap_err().to_string().contains("empty"));
-        std::fs::write(dir.join(ENSEMBLE_FILE), r#"{"format_version": 1, "member": []}"#).unwrap();
+        assert!(
+            EnsembleSpec::read(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::write(
+            dir.join(ENSEMBLE_FILE),
+            r#"{"format_version": 1, "member": []}"#,
+        )
+        .unwrap();
         let err = format!("{:#}", EnsembleSpec::read(&dir).unwrap_err());
         assert!(err.contains("not an ensemble spec"), "{err}");
         std::fs::remove_dir_all(&dir).ok();

@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bench_harness::data::rows_from_pairs;
 use bench_harness::robustness::{
     Calibration, Consistency, LengthBias, Perturbation, ScoredPair, calibration, consistency,
     length_bias, perturb,
 };
-use bench_harness::data::rows_from_pairs;
 use bench_harness::{ScoreItem, V1Row, V1Scored, v1_report};
 use rm_core::train::RunMode;
 pub use rm_ensembles::{
-    Aggregation, ENSEMBLE_FILE, Ensemble, EnsembleConfig, EnsembleSpec, RewardMatrix,
+    Aggregation, ENSEMBLE_FILE, Ensemble, EnsembleConfig, EnsembleScorer, EnsembleSpec,
+    RewardMatrix, is_ensemble_dir,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -70,7 +71,12 @@ impl EnsembleEvaluation {
         let perts: Vec<&'static str> = self
             .members
             .first()
-            .map(|m| m.consistency.iter().map(|c| c.perturbation.name()).collect())
+            .map(|m| {
+                m.consistency
+                    .iter()
+                    .map(|c| c.perturbation.name())
+                    .collect()
+            })
             .unwrap_or_default();
         s += "| scorer | accuracy | Pearson(r, len) | Spearman(r, len) | acc. chosen shorter | acc. chosen longer | ECE |";
         for p in &perts {
@@ -137,6 +143,10 @@ fn as_pairs(scores: &[f32]) -> Vec<(f32, f32)> {
     scores.chunks_exact(2).map(|s| (s[0], s[1])).collect()
 }
 
+/// An edit, which responses it changed (chosen, rejected per pair), and the members' rewards
+/// of the edited responses.
+type Perturbed = (Perturbation, Vec<(bool, bool)>, RewardMatrix);
+
 /// Scores `rows` with every member once (and once per perturbation when `probes`), then
 /// reports each member and each of `aggregations` from the same reward matrices.
 pub fn evaluate_ensemble(
@@ -154,7 +164,7 @@ pub fn evaluate_ensemble(
         .map(|r| (r.chosen.clone(), r.rejected.clone()))
         .collect();
     let matrix = ensemble.member_rewards(&pair_items(rows, &original), 0, batch_size)?;
-    let mut perturbed: Vec<(Perturbation, Vec<(bool, bool)>, RewardMatrix)> = Vec::new();
+    let mut perturbed: Vec<Perturbed> = Vec::new();
     if probes {
         for kind in Perturbation::ALL {
             let edited: Vec<(String, String)> = original
@@ -226,7 +236,10 @@ pub fn evaluate_ensemble(
         .iter()
         .enumerate()
         .map(|(k, m)| {
-            let after: Vec<Vec<f32>> = perturbed.iter().map(|(_, _, p)| p.row(k).to_vec()).collect();
+            let after: Vec<Vec<f32>> = perturbed
+                .iter()
+                .map(|(_, _, p)| p.row(k).to_vec())
+                .collect();
             result(m.name.clone(), matrix.row(k), &after)
         })
         .collect::<Result<_>>()?;
@@ -287,11 +300,21 @@ pub fn member_recipe(recipe: &RewardRecipe, config: &EnsembleConfig, i: usize) -
 
 /// A member folder whose run finished (its `summary.json` is written last).
 fn finished(dir: &Path) -> bool {
-    dir.join("summary.json").is_file() && dir.join("final").join(rm_core::models::reward::SPEC_FILE).is_file()
+    dir.join("summary.json").is_file()
+        && dir
+            .join("final")
+            .join(rm_core::models::reward::SPEC_FILE)
+            .is_file()
 }
 
 /// Ensemble outputs [`RunMode::Overwrite`] removes from the ensemble folder.
-const ENSEMBLE_OUTPUTS: &[&str] = &[ENSEMBLE_FILE, "report.json", "report.md", "summary.json", "recipe.toml"];
+const ENSEMBLE_OUTPUTS: &[&str] = &[
+    ENSEMBLE_FILE,
+    "report.json",
+    "report.md",
+    "summary.json",
+    "recipe.toml",
+];
 
 /// Trains the recipe's ensemble (see the module docs); `request.mode` applies to every member
 /// (on resume: finished members are skipped, started ones resumed, missing ones started).
@@ -316,7 +339,8 @@ pub fn train_ensemble(
             for name in ENSEMBLE_OUTPUTS {
                 let p = out.join(name);
                 if p.exists() {
-                    std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
                 }
             }
         }
@@ -355,7 +379,11 @@ pub fn train_ensemble(
         eprintln!(
             "member {i} of {}: seed {seed}{} into {}",
             config.members,
-            if config.bootstrap { ", bootstrap resample" } else { "" },
+            if config.bootstrap {
+                ", bootstrap resample"
+            } else {
+                ""
+            },
             dir.display()
         );
         let report = train_reward_model(
@@ -383,7 +411,10 @@ pub fn train_ensemble(
     );
     spec.write(&out)?;
 
-    eprintln!("evaluating the ensemble and its members on {}", recipe.data.eval.describe());
+    eprintln!(
+        "evaluating the ensemble and its members on {}",
+        recipe.data.eval.describe()
+    );
     let ensemble = Ensemble::load(&out, &request.device)?;
     let rows = rows_from_pairs(
         recipe.data.eval.load(&request.data_dir)?,
