@@ -18,7 +18,7 @@ use bench_harness::{ScoreItem, V1Row, V1Scored, v1_report};
 use rm_core::train::RunMode;
 pub use rm_ensembles::{
     Aggregation, ENSEMBLE_FILE, Ensemble, EnsembleConfig, EnsembleScorer, EnsembleSpec,
-    RewardMatrix, is_ensemble_dir,
+    RewardMatrix, Spread, is_ensemble_dir,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
