@@ -10,7 +10,9 @@
 //! - [`v2`]: best-of-N with the tie penalty, the Ties subset's composite score, overall;
 //! - [`eval`]: the [`Scorer`] trait, [`evaluate_v1`] and [`evaluate_v2`];
 //! - [`implicit`]: DPO implicit rewards (`reference`, `sum`, `avg`, `norm`);
-//! - [`reward_model_scorer`]: plumbline reward models as a [`Scorer`].
+//! - [`reward_model_scorer`]: plumbline reward models as a [`Scorer`];
+//! - [`robustness`]: probes of scores on pairs: length bias, calibration (ECE), consistency
+//!   under meaning-preserving edits.
 //!
 //! The scoring itself works on `f32` scores; no tensors here. Every formula's source in
 //! allenai/reward-bench is named in its module's docs.
@@ -19,6 +21,7 @@ pub mod data;
 pub mod eval;
 pub mod implicit;
 pub mod reward_model_scorer;
+pub mod robustness;
 pub mod sections;
 pub mod v1;
 pub mod v2;

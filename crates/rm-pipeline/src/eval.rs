@@ -10,6 +10,9 @@ use rm_core::burn::tensor::Device;
 use rm_core::data::hh_rlhf;
 use rm_core::models::reward::RewardModelBundle;
 
+use crate::ensemble::{
+    Aggregation, ENSEMBLE_FILE, Ensemble, EnsembleScorer, evaluate_ensemble, is_ensemble_dir,
+};
 use crate::reports::{refuse_output_over_input, report_paths, write_report_pair};
 
 /// Input layouts `eval-rm` reads.
@@ -61,6 +64,12 @@ pub struct EvalRequest {
     pub out: PathBuf,
     pub data_dir: PathBuf,
     pub device: Device,
+    /// For an ensemble folder: the aggregation reported first (default: `ensemble.json`'s);
+    /// the other standard rules are reported beside it.
+    pub aggregation: Option<Aggregation>,
+    /// Add the robustness probes (length bias, calibration, consistency under edits) for the
+    /// model, or each member and aggregation of an ensemble.
+    pub probes: bool,
 }
 
 /// What `eval-rm` produced.
@@ -106,6 +115,16 @@ pub fn evaluate_reward_model(
         data_dir: request.data_dir.clone(),
     };
     target.check_paths()?;
+    let is_ensemble = is_ensemble_dir(&request.rm);
+    if request.aggregation.is_some() && !is_ensemble {
+        bail!(
+            "--aggregation: {} is a single reward model (no {ENSEMBLE_FILE}); aggregations apply to ensemble folders",
+            request.rm.display()
+        );
+    }
+    if is_ensemble || request.probes {
+        return evaluate_members(request, &target, on_skip, progress);
+    }
     let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
     let mut scorer =
         RewardModelScorer::new(bundle, request.batch_size, request.rm.display().to_string());
@@ -113,6 +132,97 @@ pub fn evaluate_reward_model(
         scorer.transform = ScoreTransform::Normalized;
     }
     evaluate_scorer(&target, &mut scorer, on_skip, progress)
+}
+
+/// `eval-rm` on an ensemble folder (each member and each aggregation), or with `--probes` on
+/// one model (as a one-member ensemble, no aggregations). Pairs inputs (HH-RLHF, v1, pairs)
+/// get [`evaluate_ensemble`]'s report; a v2 file the aggregate's v2 report (no probes).
+fn evaluate_members(
+    request: &EvalRequest,
+    target: &ReportTarget,
+    on_skip: &mut dyn FnMut(&rm_core::data::DataError),
+    progress: &mut dyn FnMut(bench_harness::Progress),
+) -> Result<EvalOutcome> {
+    let (json_path, md_path) = report_paths(&target.out)?;
+    let (ensemble, aggregations) = if is_ensemble_dir(&request.rm) {
+        let ensemble = Ensemble::load(&request.rm, &request.device)?;
+        let first = request
+            .aggregation
+            .clone()
+            .unwrap_or_else(|| ensemble.aggregation.clone());
+        let mut all = vec![first.clone()];
+        all.extend(
+            Aggregation::report_set(&first)
+                .into_iter()
+                .filter(|a| *a != first),
+        );
+        (ensemble, all)
+    } else {
+        let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
+        (
+            Ensemble::single(&request.rm, bundle, request.normalized)?,
+            Vec::new(),
+        )
+    };
+    let start = Instant::now();
+    let mut skipped = 0usize;
+    let rows = match &target.input {
+        EvalInput::HhRlhf(split) => bench_harness::data::load_hh_rlhf(&target.data_dir, *split)?,
+        EvalInput::File(path) => {
+            let format = match target.format {
+                Some(f) => f,
+                None => detect_format(path)?,
+            };
+            let loaded = match format {
+                EvalFormat::Pairs => bench_harness::data::read_pairs_lenient(path)?,
+                EvalFormat::Rewardbench => bench_harness::data::read_v1_lenient(path)?,
+                EvalFormat::Rewardbench2 => {
+                    if request.probes {
+                        bail!(
+                            "--probes: {} is a reward-bench 2 file; the probes need pairs (hh-rlhf, rewardbench v1 or pairs)",
+                            path.display()
+                        );
+                    }
+                    let aggregation = aggregations.first().cloned();
+                    let mut scorer = EnsembleScorer::new(ensemble, aggregation, request.batch_size);
+                    return evaluate_scorer(target, &mut scorer, on_skip, progress);
+                }
+            };
+            for e in &loaded.errors {
+                on_skip(e);
+            }
+            skipped = loaded.errors.len();
+            if loaded.rows.is_empty() {
+                bail!("{}: no valid rows", path.display());
+            }
+            loaded.rows
+        }
+    };
+    let evaluation = evaluate_ensemble(
+        &ensemble,
+        &rows,
+        &aggregations,
+        request.batch_size,
+        request.probes,
+    )?;
+    let mut markdown = evaluation.to_markdown();
+    if request.probes {
+        for r in evaluation.members.iter().chain(&evaluation.aggregations) {
+            if let Some(c) = &r.calibration {
+                markdown += &format!("\n## Reliability: {}\n\n{}", r.name, c.to_markdown());
+            }
+        }
+    }
+    let json = serde_json::to_string_pretty(&evaluation)?;
+    write_report_pair(&json_path, &json, &markdown)?;
+    Ok(EvalOutcome {
+        markdown,
+        rows: rows.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        skipped,
+        json_path,
+        md_path,
+    })
 }
 
 /// What a RewardBench-style report is made of and where it goes, whatever scores it.

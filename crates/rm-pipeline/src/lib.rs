@@ -6,13 +6,16 @@
 //!   normalization stored with the model → report, summary, curves;
 //! - [`eval::evaluate_reward_model`]: a report of a trained model on reward-bench v1/v2 or
 //!   pairs JSONL, or on HH-RLHF;
-//! - [`score::score_rows`]: rewards of JSONL rows (raw, normalized, log-sigmoid).
+//! - [`score::score_rows`]: rewards of JSONL rows (raw, normalized, log-sigmoid);
+//! - [`ensemble::train_ensemble`] / [`ensemble::evaluate_ensemble`]: reward-model ensembles
+//!   (a recipe's `[ensemble]` section), each member and each aggregation evaluated.
 //!
 //! Why a crate of its own: the pipeline needs the objectives (`rm-losses`) and the RewardBench
 //! report (`bench-harness`), and `bench-harness` itself stands on `rm-core`, so neither
 //! `rm-core` nor the CLI is the right home; DPO (`policy-opt`) and PRM (`rm-process`) pipelines
 //! sit in their crates the same way, all on the one trainer in `rm_core::train`.
 
+pub mod ensemble;
 pub mod eval;
 pub mod recipe;
 pub mod reports;

@@ -9,6 +9,7 @@ use rm_core::data::{generic, hh_rlhf};
 use rm_core::models::reward::RewardModelConfig;
 use rm_core::train::TrainConfig;
 use rm_core::types::{PreferencePair, UnpairedExample};
+use rm_ensembles::EnsembleConfig;
 use rm_losses::PairwiseObjective;
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,11 @@ fn ranking_pairs(r: &rm_core::types::Ranking) -> Vec<PreferencePair> {
 pub struct DataConfig {
     pub train: PairSource,
     pub eval: PairSource,
+    /// Train on a bootstrap resample of the training pairs (as many pairs, drawn with
+    /// replacement from `StdRng(seed)`; see [`rm_ensembles::bootstrap_indices`]). Set per
+    /// member by `[ensemble] bootstrap = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_seed: Option<u64>,
 }
 
 /// The `[eval]` section.
@@ -216,6 +222,9 @@ pub struct RewardRecipe {
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Train an ensemble of reward models instead of one (see [`rm_ensembles::EnsembleConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleConfig>,
 }
 
 /// The built-in recipe of `plumb quickstart` / `cargo xtask demo` (`recipes/rm-minilm-hh.toml`).
@@ -238,6 +247,9 @@ impl RewardRecipe {
         self.train.validate()?;
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size must be at least 1");
+        }
+        if let Some(ensemble) = &self.ensemble {
+            ensemble.validate()?;
         }
         Ok(())
     }

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use bench_harness::ScoreTransform;
+use bench_harness::{ScoreItem, ScoreTransform};
 use rm_core::burn::tensor::Device;
 use rm_core::data::{DataError, JsonlReader, Row, generic};
 use rm_core::models::reward::{RewardModelBundle, log_sigmoid_transform};
 use rm_core::types::Prompt;
 use serde_json::json;
+
+use crate::ensemble::{Aggregation, ENSEMBLE_FILE, Ensemble, is_ensemble_dir};
 
 /// The `--transform` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub struct ScoreRequest {
     pub batch_size: usize,
     pub transform: ScoreTransform,
     pub device: Device,
+    /// For an ensemble folder: the aggregation (default: `ensemble.json`'s).
+    pub aggregation: Option<Aggregation>,
 }
 
 /// What `score` did.
@@ -83,24 +87,14 @@ pub fn parse_score_row(row: &Row) -> Result<(Prompt, Vec<String>), DataError> {
     Ok((prompt, responses))
 }
 
-/// Scores every valid row of the input and writes one JSON record per row to `sink`
-/// (`{"line", "rewards": [..]}` plus `"attributes"` for multi-attribute models).
-pub fn score_rows(
+/// The valid rows of `reader` as (line, prompt, responses), and how many were skipped.
+#[allow(clippy::type_complexity)]
+fn read_score_rows(
     request: &ScoreRequest,
-    sink: &mut dyn Write,
+    reader: JsonlReader,
     on_skip: &mut dyn FnMut(&DataError),
-) -> Result<ScoreOutcome> {
-    if request.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let reader = JsonlReader::open(&request.input)?;
-    let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
-    if request.transform == ScoreTransform::Normalized {
-        // Fails early, naming the folder, when the model stores no normalization.
-        bundle.normalize(&vec![0.0; bundle.spec.attributes.len()])?;
-    }
-    let attributes = bundle.spec.attributes.clone();
-    let mut rows: Vec<(usize, Prompt, Vec<String>)> = Vec::new();
+) -> Result<(Vec<(usize, Prompt, Vec<String>)>, usize)> {
+    let mut rows = Vec::new();
     let mut skipped = 0usize;
     for item in reader {
         let parsed = item.and_then(|(loc, value)| {
@@ -118,6 +112,94 @@ pub fn score_rows(
     if rows.is_empty() {
         bail!("{}: no valid rows ({skipped} bad)", request.input.display());
     }
+    Ok((rows, skipped))
+}
+
+/// [`score_rows`] for an ensemble folder: `{"line", "rewards": [..], "members": [[..], ..]}`,
+/// `rewards` aggregated, `members[k]` member k's rewards, all on the members' common scale
+/// (each member's stored normalization; see [`rm_ensembles::ensemble`]), first attribute.
+fn score_rows_ensemble(
+    request: &ScoreRequest,
+    reader: JsonlReader,
+    sink: &mut dyn Write,
+    on_skip: &mut dyn FnMut(&DataError),
+) -> Result<ScoreOutcome> {
+    if let ScoreTransform::LogSigmoid { .. } = request.transform {
+        bail!(
+            "--transform log-sigmoid is not available for an ensemble ({}): its rewards are aggregated on the members' normalized scale",
+            request.rm.display()
+        );
+    }
+    let ensemble = Ensemble::load(&request.rm, &request.device)?;
+    let aggregation = request
+        .aggregation
+        .clone()
+        .unwrap_or_else(|| ensemble.aggregation.clone());
+    let (rows, skipped) = read_score_rows(request, reader, on_skip)?;
+    let items: Vec<ScoreItem<'_>> = rows
+        .iter()
+        .flat_map(|(_, prompt, responses)| {
+            responses.iter().map(move |r| ScoreItem {
+                prompt,
+                response: r,
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let matrix = ensemble.member_rewards(&items, 0, request.batch_size)?;
+    let aggregated = aggregation.apply(&matrix)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut k = 0usize;
+    for (line, _, responses) in &rows {
+        let range = k..k + responses.len();
+        k += responses.len();
+        let members: Vec<&[f32]> = (0..matrix.members())
+            .map(|m| &matrix.row(m)[range.clone()])
+            .collect();
+        let record = json!({
+            "line": line,
+            "rewards": &aggregated[range.clone()],
+            "members": members,
+            "aggregation": aggregation.label(),
+        });
+        writeln!(sink, "{record}")?;
+    }
+    sink.flush()?;
+    Ok(ScoreOutcome {
+        responses: items.len(),
+        rows: rows.len(),
+        skipped,
+        seconds,
+    })
+}
+
+/// Scores every valid row of the input and writes one JSON record per row to `sink`
+/// (`{"line", "rewards": [..]}` plus `"attributes"` for multi-attribute models).
+pub fn score_rows(
+    request: &ScoreRequest,
+    sink: &mut dyn Write,
+    on_skip: &mut dyn FnMut(&DataError),
+) -> Result<ScoreOutcome> {
+    if request.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let reader = JsonlReader::open(&request.input)?;
+    if is_ensemble_dir(&request.rm) {
+        return score_rows_ensemble(request, reader, sink, on_skip);
+    }
+    if request.aggregation.is_some() {
+        bail!(
+            "--aggregation: {} is a single reward model (no {ENSEMBLE_FILE}); aggregations apply to ensemble folders",
+            request.rm.display()
+        );
+    }
+    let bundle = RewardModelBundle::load(&request.rm, &request.device)?;
+    if request.transform == ScoreTransform::Normalized {
+        // Fails early, naming the folder, when the model stores no normalization.
+        bundle.normalize(&vec![0.0; bundle.spec.attributes.len()])?;
+    }
+    let attributes = bundle.spec.attributes.clone();
+    let (rows, skipped) = read_score_rows(request, reader, on_skip)?;
     let mut texts = Vec::new();
     for (_, prompt, responses) in &rows {
         for r in responses {

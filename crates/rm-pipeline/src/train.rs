@@ -254,6 +254,11 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
     recipe.model.backbone =
         rm_core::paths::resolve_model_path(&recipe.model.backbone, &request.models_dir);
     recipe.validate()?;
+    if recipe.ensemble.is_some() {
+        bail!(
+            "the recipe has an [ensemble] section: train it with rm_pipeline::ensemble::train_ensemble (plumb train-rm does)"
+        );
+    }
     let out = recipe.train.out_dir.clone();
     let run = RunDir::open(
         &out,
@@ -274,7 +279,14 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
             bundle.spec.attributes
         );
     }
-    let train_pairs = recipe.data.train.load(&request.data_dir)?;
+    let mut train_pairs = recipe.data.train.load(&request.data_dir)?;
+    if let Some(seed) = recipe.data.bootstrap_seed {
+        train_pairs = rm_ensembles::bootstrap_indices(train_pairs.len(), seed)
+            .into_iter()
+            .map(|i| train_pairs[i].clone())
+            .collect();
+        eprintln!("bootstrap resample of the training pairs (seed {seed})");
+    }
     let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
     let train = encode_pairs(
         &bundle,

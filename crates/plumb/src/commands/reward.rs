@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use rm_core::train::RunMode;
+use rm_pipeline::ensemble::{EnsembleTrainReport, train_ensemble};
 use rm_pipeline::eval::{EvalFormat, EvalInput, EvalRequest, evaluate_reward_model};
 use rm_pipeline::score::{ScoreRequest, TransformKind, score_rows, score_transform};
 use rm_pipeline::{RewardRecipe, TrainReport, TrainRequest, train_reward_model};
@@ -81,12 +82,40 @@ fn with_out(mut recipe: RewardRecipe, global: &GlobalArgs) -> RewardRecipe {
 /// `plumb train-rm`.
 pub fn train_rm(global: &GlobalArgs, args: TrainRmArgs) -> Result<()> {
     let recipe = with_out(RewardRecipe::load(&args.recipe, &args.overrides)?, global);
-    let report = train_reward_model(
-        recipe,
-        &train_request(global, args.run.mode(), !args.quiet)?,
-    )?;
+    let request = train_request(global, args.run.mode(), !args.quiet)?;
+    if recipe.ensemble.is_some() {
+        let report = train_ensemble(recipe, &request)?;
+        print_ensemble_report(&report);
+        return Ok(());
+    }
+    let report = train_reward_model(recipe, &request)?;
     print_train_report(&report);
     Ok(())
+}
+
+fn print_ensemble_report(r: &EnsembleTrainReport) {
+    println!("\n{}", r.evaluation.to_markdown());
+    for (i, m) in r.members.iter().enumerate() {
+        println!(
+            "member {i}: {} (seed {}{}){}",
+            m.dir.display(),
+            m.seed,
+            if m.bootstrap { ", bootstrap" } else { "" },
+            if m.skipped {
+                ", finished earlier: skipped"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "ensemble: {}  report: {}  summary: {}",
+        r.out_dir
+            .join(rm_pipeline::ensemble::ENSEMBLE_FILE)
+            .display(),
+        r.out_dir.join("report.json").display(),
+        r.out_dir.join("summary.json").display()
+    );
 }
 
 #[derive(Args, Debug)]
@@ -202,7 +231,8 @@ impl From<FormatArg> for EvalFormat {
 
 #[derive(Args, Debug)]
 pub struct EvalRmArgs {
-    /// A reward-model folder written by `plumb train-rm` (e.g. runs/rm-minilm-hh/final).
+    /// A reward-model folder written by `plumb train-rm` (e.g. runs/rm-minilm-hh/final), or an
+    /// ensemble folder (ensemble.json: each member's and each aggregation's accuracy).
     #[arg(long)]
     pub rm: PathBuf,
     /// A JSONL file, or `hh-rlhf:dev` / `hh-rlhf:train` for the dataset in the data dir.
@@ -218,6 +248,15 @@ pub struct EvalRmArgs {
     /// Score with the stored normalization (no change to accuracies; the report's rows show it).
     #[arg(long)]
     pub normalized: bool,
+    /// For an ensemble folder (one with ensemble.json): the aggregation reported first, e.g.
+    /// mean, median, min, mean-minus-std:0.5, brme:0.5 [default: the ensemble's].
+    #[arg(long)]
+    pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
+    /// Add robustness probes: length bias (correlation of reward with length; accuracy when
+    /// chosen is shorter/longer), calibration (ECE of σ(r_c − r_r), reliability table), and
+    /// consistency under whitespace/punctuation/sentence-order edits.
+    #[arg(long)]
+    pub probes: bool,
 }
 
 /// `plumb eval-rm`: a RewardBench-style report of a reward model (--out FILE.json, and FILE.md
@@ -235,6 +274,8 @@ pub fn eval_rm(global: &GlobalArgs, args: EvalRmArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("report.json")),
         data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
         device: global.device.device()?,
+        aggregation: args.aggregation,
+        probes: args.probes,
     };
     let outcome = with_progress(|progress| {
         evaluate_reward_model(&request, &mut |e| eprintln!("skipped: {e}"), progress)
@@ -284,7 +325,7 @@ pub enum TransformArg {
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// A reward-model folder written by `plumb train-rm`.
+    /// A reward-model folder written by `plumb train-rm`, or an ensemble folder (ensemble.json).
     #[arg(long)]
     pub rm: PathBuf,
     /// JSONL rows: {prompt, response} or {prompt, responses: [..]} or {prompt, chosen, rejected};
@@ -300,6 +341,10 @@ pub struct ScoreArgs {
     /// The reference response for `--transform log-sigmoid`: r' = log σ(r(x,y) − r(x,reference)).
     #[arg(long)]
     pub reference: Option<String>,
+    /// For an ensemble folder: the aggregation, e.g. mean, min, mean-minus-std:0.5, brme:0.5
+    /// [default: the ensemble's]. Ensemble rows also list every member's reward.
+    #[arg(long)]
+    pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
 }
 
 /// `plumb score`: rewards JSONL (to --out or stdout); bad rows reported by line, the rest scored.
@@ -315,6 +360,7 @@ pub fn score(global: &GlobalArgs, args: ScoreArgs) -> Result<()> {
         batch_size: args.batch_size,
         transform: score_transform(kind, args.reference)?,
         device: global.device.device()?,
+        aggregation: args.aggregation,
     };
     if let Some(out) = &global.out {
         rm_pipeline::reports::refuse_output_over_input(out, &request.input)?;

@@ -8,6 +8,9 @@
 //!   the same prompt (Wang et al. 2024, "Transforming and Combining Rewards for Aligning Large
 //!   Language Models").
 //!
+//! An ensemble folder (`ensemble.json`, `plumb train-rm` with `[ensemble]`) works too: its
+//! aggregation of the members' normalized rewards.
+//!
 //! A batch is scored in one call; when that fails (a prompt its chat template cannot render,
 //! a non-finite reward, …) every sample is scored on its own and only those that fail are
 //! errors.
@@ -66,12 +69,15 @@ pub struct RewardModelSpec {
 /// A reward model reward.
 pub struct ModelReward {
     name: String,
-    scorer: Mutex<RewardModelScorer>,
+    scorer: Mutex<Box<dyn Scorer + Send>>,
 }
 
 impl ModelReward {
     /// Loads the folder and checks the settings against it.
     pub fn load(name: &str, spec: &RewardModelSpec, device: &Device) -> anyhow::Result<Self> {
+        if rm_pipeline::ensemble::is_ensemble_dir(&spec.path) {
+            return Self::ensemble(name, spec, device);
+        }
         let bundle = RewardModelBundle::load(&spec.path, device)
             .with_context(|| format!("reward model {}", spec.path.display()))?;
         Self::from_bundle(name, bundle, spec)
@@ -115,7 +121,35 @@ impl ModelReward {
         scorer.transform = transform;
         Ok(Self {
             name: name.to_string(),
-            scorer: Mutex::new(scorer),
+            scorer: Mutex::new(Box::new(scorer)),
+        })
+    }
+
+    /// An ensemble folder (`ensemble.json`): its aggregation of the members' first attribute on
+    /// their common (normalized) scale, see [`rm_pipeline::ensemble`]. `raw` and `normalized`
+    /// both mean that scale; `log_sigmoid` and `attribute` are refused.
+    fn ensemble(name: &str, spec: &RewardModelSpec, device: &Device) -> anyhow::Result<Self> {
+        if spec.batch_size == 0 {
+            anyhow::bail!("reward_model: batch_size must be at least 1");
+        }
+        if let RmTransform::LogSigmoid { .. } = spec.transform {
+            anyhow::bail!(
+                "reward_model {}: an ensemble folder takes transform = \"raw\" (its aggregate on the members' normalized scale), not log_sigmoid",
+                spec.path.display()
+            );
+        }
+        if let Some(a) = &spec.attribute {
+            anyhow::bail!(
+                "reward_model {}: an ensemble folder scores its members' first attribute; drop attribute = {a:?}",
+                spec.path.display()
+            );
+        }
+        let ensemble = rm_pipeline::ensemble::Ensemble::load(&spec.path, device)
+            .with_context(|| format!("reward model ensemble {}", spec.path.display()))?;
+        let scorer = rm_pipeline::ensemble::EnsembleScorer::new(ensemble, None, spec.batch_size);
+        Ok(Self {
+            name: name.to_string(),
+            scorer: Mutex::new(Box::new(scorer)),
         })
     }
 }
