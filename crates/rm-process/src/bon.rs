@@ -116,7 +116,10 @@ mod tests {
             ],
             alternatives: vec![
                 vec![alt("1+1=2", Good, true), alt("1+1 is two", Neutral, false)],
-                vec![alt("# Answer\n\n2", Good, true), alt("# Answer\n\n3", Bad, false)],
+                vec![
+                    alt("# Answer\n\n2", Good, true),
+                    alt("# Answer\n\n3", Bad, false),
+                ],
             ],
         };
         let b = bon_from_alternatives(&s, 8, 1).unwrap();

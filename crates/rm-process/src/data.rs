@@ -199,7 +199,11 @@ mod tests {
     fn neutral_maps_as_configured_and_unrated_steps_have_no_target() {
         use StepLabel::*;
         let s = sol("p", &[Some(Good), Some(Neutral), Some(Bad), None]);
-        let t = |neutral| examples_of(&s, LabelPolicy { neutral }, false)[0].targets.clone();
+        let t = |neutral| {
+            examples_of(&s, LabelPolicy { neutral }, false)[0]
+                .targets
+                .clone()
+        };
         assert_eq!(
             t(NeutralAs::Positive),
             vec![Some(true), Some(true), Some(false), None]
@@ -208,7 +212,10 @@ mod tests {
             t(NeutralAs::Negative),
             vec![Some(true), Some(false), Some(false), None]
         );
-        assert_eq!(t(NeutralAs::Drop), vec![Some(true), None, Some(false), None]);
+        assert_eq!(
+            t(NeutralAs::Drop),
+            vec![Some(true), None, Some(false), None]
+        );
         // A solution with nothing to learn is left out.
         assert!(examples_of(&sol("q", &[None, None]), LabelPolicy::default(), false).is_empty());
     }
@@ -255,5 +262,46 @@ mod tests {
         assert_eq!(dev, dev2);
         let (_, dev3) = split_by_problem(all, 0.2, 8).unwrap();
         assert_ne!(dev, dev3);
+    }
+
+    #[test]
+    fn bad_step_rows_name_file_line_and_field() {
+        let dir = std::env::temp_dir().join(format!("rm-process-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = |rows: &str| {
+            let path = dir.join("steps.jsonl");
+            std::fs::write(&path, rows).unwrap();
+            let e = StepSource::Jsonl { path: path.clone() }
+                .load(&dir)
+                .unwrap_err()
+                .to_string();
+            e.replace(&path.display().to_string(), "steps.jsonl")
+        };
+        let ok = r#"{"prompt": "p", "steps": ["a", "b"], "labels": [1, 0]}"#;
+        assert_eq!(
+            err(&format!(
+                "{ok}\n{}\n",
+                r#"{"prompt": "p", "steps": ["a", "b"], "labels": [1]}"#
+            )),
+            "steps.jsonl:2: field \"labels\": has 1 entries but steps has 2"
+        );
+        assert_eq!(
+            err(&format!(
+                "{ok}\n{ok}\n{}\n",
+                r#"{"prompt": "p", "steps": [], "labels": []}"#
+            )),
+            "steps.jsonl:3: field \"steps\": is empty: a solution needs at least one step"
+        );
+        assert_eq!(
+            err(r#"{"prompt": "p", "steps": ["a", " "], "labels": [1, 1]}"#),
+            "steps.jsonl:1: field \"steps[1]\": is an empty step"
+        );
+        // A generic 0 is binary "wrong".
+        let path = dir.join("ok.jsonl");
+        std::fs::write(&path, ok).unwrap();
+        let s = StepSource::Jsonl { path }.load(&dir).unwrap();
+        let e = examples_of(&s[0], LabelPolicy::default(), false);
+        assert_eq!(e[0].targets, vec![Some(true), Some(false)]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -127,7 +127,12 @@ pub fn evaluate_steps(
     }
     let solutions: Vec<(&str, Vec<&str>)> = examples
         .iter()
-        .map(|e| (e.prompt.as_str(), e.steps.iter().map(String::as_str).collect()))
+        .map(|e| {
+            (
+                e.prompt.as_str(),
+                e.steps.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     let probs = prm.score_batch(&solutions, batch_size)?;
     let (mut scores, mut labels, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
@@ -138,7 +143,10 @@ pub fn evaluate_steps(
                 labels.push(*t);
             }
         }
-        pairs.push((gold_first_error(&e.targets), predicted_first_error(p, threshold)));
+        pairs.push((
+            gold_first_error(&e.targets),
+            predicted_first_error(p, threshold),
+        ));
     }
     let n = labels.len();
     if n == 0 {
@@ -174,9 +182,12 @@ pub fn evaluate_bon(
     let solutions: Vec<(&str, Vec<&str>)> = problems
         .iter()
         .flat_map(|p| {
-            p.candidates
-                .iter()
-                .map(|c| (p.prompt.as_str(), c.steps.iter().map(String::as_str).collect()))
+            p.candidates.iter().map(|c| {
+                (
+                    p.prompt.as_str(),
+                    c.steps.iter().map(String::as_str).collect(),
+                )
+            })
         })
         .collect();
     let probs = prm.score_batch(&solutions, batch_size)?;
@@ -254,15 +265,22 @@ pub fn parse_bon_row(row: &Row) -> Result<BonProblem> {
             .and_then(Value::as_array)
             .ok_or_else(|| row.loc.field(&f("steps"), "expected an array of strings"))?;
         if steps.is_empty() {
-            return Err(row.loc.field(&f("steps"), "is empty: a candidate needs at least one step").into());
+            return Err(row
+                .loc
+                .field(&f("steps"), "is empty: a candidate needs at least one step")
+                .into());
         }
         let steps: Vec<String> = steps
             .iter()
             .enumerate()
             .map(|(j, s)| match s.as_str() {
                 Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-                Some(_) => Err(row.loc.field(&format!("candidates[{i}].steps[{j}]"), "is an empty step")),
-                None => Err(row.loc.field(&format!("candidates[{i}].steps[{j}]"), "expected a string")),
+                Some(_) => Err(row
+                    .loc
+                    .field(&format!("candidates[{i}].steps[{j}]"), "is an empty step")),
+                None => Err(row
+                    .loc
+                    .field(&format!("candidates[{i}].steps[{j}]"), "expected a string")),
             })
             .collect::<Result<_, _>>()?;
         let correct = c
@@ -273,7 +291,12 @@ pub fn parse_bon_row(row: &Row) -> Result<BonProblem> {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
-            Some(_) => return Err(row.loc.field(&f("answer"), "expected a string, a number or null").into()),
+            Some(_) => {
+                return Err(row
+                    .loc
+                    .field(&f("answer"), "expected a string, a number or null")
+                    .into());
+            }
         };
         candidates.push(BonCandidate {
             steps,
@@ -327,7 +350,11 @@ pub struct EvalRequest {
 }
 
 /// Evaluates a PRM on a file.
-pub fn evaluate_file(prm: &ProcessRewardModel, model: &str, request: &EvalRequest) -> Result<EvalReport> {
+pub fn evaluate_file(
+    prm: &ProcessRewardModel,
+    model: &str,
+    request: &EvalRequest,
+) -> Result<EvalReport> {
     let path = &request.input;
     let mut report = EvalReport {
         model: model.to_string(),
@@ -335,7 +362,13 @@ pub fn evaluate_file(prm: &ProcessRewardModel, model: &str, request: &EvalReques
         steps: None,
         bon: None,
     };
-    let cut = |n: usize| if request.limit > 0 { n.min(request.limit) } else { n };
+    let cut = |n: usize| {
+        if request.limit > 0 {
+            n.min(request.limit)
+        } else {
+            n
+        }
+    };
     match request.format {
         EvalFormat::Bon => {
             let mut problems = load_bon(path)?;
@@ -346,7 +379,9 @@ pub fn evaluate_file(prm: &ProcessRewardModel, model: &str, request: &EvalReques
             let source = if request.format == EvalFormat::Steps {
                 StepSource::Jsonl { path: path.clone() }
             } else {
-                StepSource::Prm800k { path: Some(path.clone()) }
+                StepSource::Prm800k {
+                    path: Some(path.clone()),
+                }
             };
             let mut solutions = source.load(Path::new("."))?;
             solutions.truncate(cut(solutions.len()));
@@ -364,7 +399,9 @@ pub fn evaluate_file(prm: &ProcessRewardModel, model: &str, request: &EvalReques
             if request.format == EvalFormat::Prm800k && request.bon_from_alternatives > 0 {
                 let problems: Vec<BonProblem> = solutions
                     .iter()
-                    .filter_map(|s| bon_from_alternatives(s, request.bon_from_alternatives, request.seed))
+                    .filter_map(|s| {
+                        bon_from_alternatives(s, request.bon_from_alternatives, request.seed)
+                    })
                     .collect();
                 if !problems.is_empty() {
                     report.bon = Some(evaluate_bon(prm, &problems, request.batch_size)?);
@@ -397,7 +434,9 @@ mod tests {
             "bon.jsonl:3: field \"candidates[0].steps\": is empty: a candidate needs at least one step"
         );
         assert_eq!(
-            err(r#"{"prompt": "p", "candidates": [{"steps": ["a"], "correct": true}, {"steps": ["a", " "], "correct": true}]}"#),
+            err(
+                r#"{"prompt": "p", "candidates": [{"steps": ["a"], "correct": true}, {"steps": ["a", " "], "correct": true}]}"#
+            ),
             "bon.jsonl:3: field \"candidates[1].steps[1]\": is an empty step"
         );
         assert_eq!(

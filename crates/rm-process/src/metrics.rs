@@ -9,11 +9,7 @@ use anyhow::{Result, bail};
 /// statistic over n₊·n₋). Errors when a class is missing or a score is NaN.
 pub fn auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
     if scores.len() != labels.len() {
-        bail!(
-            "auroc: {} scores for {} labels",
-            scores.len(),
-            labels.len()
-        );
+        bail!("auroc: {} scores for {} labels", scores.len(), labels.len());
     }
     if scores.iter().any(|s| s.is_nan()) {
         bail!("auroc: a score is NaN");
@@ -226,6 +222,9 @@ mod tests {
             weighted_vote(&a, &[0.5, 0.5, 1.0, 0.0], &c).unwrap(),
             Some(0.75)
         );
-        assert_eq!(weighted_vote(&ans(&["", ""]), &[1.0; 2], &[true, false]).unwrap(), None);
+        assert_eq!(
+            weighted_vote(&ans(&["", ""]), &[1.0; 2], &[true, false]).unwrap(),
+            None
+        );
     }
 }

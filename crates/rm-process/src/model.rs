@@ -11,7 +11,9 @@ use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
 use rm_core::models::heads::gather_positions;
 use rm_core::models::pooling::Pooling;
 use rm_core::models::reward::{BackboneKind, RewardModel, RewardModelBundle, RewardModelConfig};
-use rm_core::tokenize::{PaddingSide, Sequence, TextTokenizer, TokenBatch, truncate, TruncationSide};
+use rm_core::tokenize::{
+    PaddingSide, Sequence, TextTokenizer, TokenBatch, TruncationSide, truncate,
+};
 use rm_core::types::Prompt;
 use serde::{Deserialize, Serialize};
 
@@ -271,7 +273,12 @@ impl ProcessRewardModel {
     /// The units of one solution. `max_len`: for training (steps past it are left out of a
     /// one-pass unit); scoring passes `None` (one-pass reads everything; windows always fit
     /// the model's max_len).
-    pub fn encode(&self, prompt: &str, steps: &[&str], max_len: Option<usize>) -> Result<Vec<Unit>> {
+    pub fn encode(
+        &self,
+        prompt: &str,
+        steps: &[&str],
+        max_len: Option<usize>,
+    ) -> Result<Vec<Unit>> {
         if steps.is_empty() {
             bail!("a solution needs at least one step");
         }

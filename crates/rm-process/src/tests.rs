@@ -58,25 +58,50 @@ fn one_pass_encoding_reads_each_step_at_its_last_token() {
     let u5 = encode_one_pass(tok, "w1 w2", &["w3 w4", "w5"], " w6", Some(5))
         .unwrap()
         .unwrap();
-    assert_eq!((u5.seq.ids.clone(), u5.ends.clone()), (vec![1, 2, 3, 4, 6], Some(vec![4])));
+    assert_eq!(
+        (u5.seq.ids.clone(), u5.ends.clone()),
+        (vec![1, 2, 3, 4, 6], Some(vec![4]))
+    );
     // max_len 4: the prefix loses its start so that step 0 fits.
     let u4 = encode_one_pass(tok, "w1 w2", &["w3 w4", "w5"], " w6", Some(4))
         .unwrap()
         .unwrap();
-    assert_eq!((u4.seq.ids.clone(), u4.ends.clone()), (vec![2, 3, 4, 6], Some(vec![3])));
-    assert!(encode_one_pass(tok, "w1", &["w3 w4 w5"], " w6", Some(3)).unwrap().is_none());
+    assert_eq!(
+        (u4.seq.ids.clone(), u4.ends.clone()),
+        (vec![2, 3, 4, 6], Some(vec![3]))
+    );
+    assert!(
+        encode_one_pass(tok, "w1", &["w3 w4 w5"], " w6", Some(3))
+            .unwrap()
+            .is_none()
+    );
 
     // The logits are the head at exactly those hidden states, in a padded batch too.
-    let short = encode_one_pass(tok, "w1", &["w9"], " w6", None).unwrap().unwrap();
-    let z = unit_logits(&prm.bundle.model, prm.bundle.spec.pooling, 0, &[&u, &short], &device)
+    let short = encode_one_pass(tok, "w1", &["w9"], " w6", None)
+        .unwrap()
         .unwrap();
+    let z = unit_logits(
+        &prm.bundle.model,
+        prm.bundle.spec.pooling,
+        0,
+        &[&u, &short],
+        &device,
+    )
+    .unwrap();
     assert_eq!(z.dims(), [2, 2]);
-    let z: Vec<f32> = z.into_data().convert::<f32>().to_vec().unwrap();
+    let z: Vec<f32> = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let ids = Tensor::<2, Int>::from_data(
-        TensorData::new(u.seq.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, 7]),
+        TensorData::new(
+            u.seq.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [1, 7],
+        ),
         &device,
     );
-    let hidden = prm.bundle.model.backbone.hidden(ids, Tensor::ones([1, 7], &device));
+    let hidden = prm
+        .bundle
+        .model
+        .backbone
+        .hidden(ids, Tensor::ones([1, 7], &device));
     let all: Vec<f32> = prm
         .bundle
         .model
@@ -84,7 +109,7 @@ fn one_pass_encoding_reads_each_step_at_its_last_token() {
         .forward(hidden)
         .into_data()
         .convert::<f32>()
-        .to_vec()
+        .try_to_vec::<f32>()
         .unwrap();
     assert!((z[0] - all[4]).abs() < 1e-5, "{} vs {}", z[0], all[4]);
     assert!((z[1] - all[6]).abs() < 1e-5, "{} vs {}", z[1], all[6]);
@@ -147,6 +172,39 @@ fn loss_decreases_on_a_learnable_step_task() {
         after.metrics["loss"]
     );
     assert!(after.metrics["step_accuracy"] > 0.9, "{:?}", after.metrics);
-    assert!(dir.join("run/final").join(crate::model::PRM_SPEC_FILE).exists());
+    assert!(
+        dir.join("run/final")
+            .join(crate::model::PRM_SPEC_FILE)
+            .exists()
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn window_encoding_keeps_the_prompt_start_and_the_steps_end() {
+    let dir = temp_dir("window");
+    let prm = tiny_prm(&dir, &test_device());
+    let tok = &prm.bundle.tokenizer;
+    let u = crate::model::encode_window(tok, "w1 w2", &["w3", "w4 w5"], 1, " w6 ", 5).unwrap();
+    // prompt [1 2] (≤ 5/2 tokens), then the last 3 of "w3 w6 w4 w5".
+    assert_eq!(u.seq.ids, vec![1, 2, 6, 4, 5]);
+    assert_eq!((u.ends, u.steps), (None, vec![1]));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_shipped_recipes_parse() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    for name in ["prm-smollm2-prm800k.toml", "prm-minilm-prm800k.toml"] {
+        let r = crate::PrmRecipe::load(&root.join(name), &["data.train_limit=5".into()]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.data.train_limit, 5, "{name}");
+    }
+    let r = crate::PrmRecipe::load(&root.join("prm-smollm2-prm800k.toml"), &[]).unwrap();
+    assert_eq!(
+        r.prm.shape,
+        PrmShape::OnePass {
+            separator: "\n\n".into()
+        }
+    );
 }

@@ -214,11 +214,15 @@ pub fn step_bce(
     };
     let y = column(&|u| &u.targets);
     let m = column(&|u| &u.mask);
-    let count: f64 = units.iter().map(|u| u.mask.iter().sum::<f32>() as f64).sum();
+    let count: f64 = units
+        .iter()
+        .map(|u| u.mask.iter().sum::<f32>() as f64)
+        .sum();
     if count == 0.0 {
         bail!("a batch without labelled steps");
     }
-    let ll = y.clone() * log_sigmoid(z.clone()) + (y.clone().neg() + 1.0) * log_sigmoid(z.clone().neg());
+    let ll =
+        y.clone() * log_sigmoid(z.clone()) + (y.clone().neg() + 1.0) * log_sigmoid(z.clone().neg());
     let loss = (ll * m.clone()).sum().neg().div_scalar(count);
     let right = z.greater_elem(0.0).float().equal(y).float() * m;
     let accuracy = right.sum().div_scalar(count);
@@ -345,7 +349,10 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<Prm
         .collect();
     let (train, skipped) = encode_examples(&prm, &train_examples, recipe.model.max_len)?;
     let (dev, dev_skipped) = encode_examples(&prm, &dev_examples, recipe.model.max_len)?;
-    let steps_kept: usize = train.iter().map(|u| u.mask.iter().sum::<f32>() as usize).sum();
+    let steps_kept: usize = train
+        .iter()
+        .map(|u| u.mask.iter().sum::<f32>() as usize)
+        .sum();
     let steps_all: usize = train_examples.iter().map(StepExample::num_targets).sum();
     eprintln!(
         "{} train solutions → {} examples → {} sequences ({} labelled steps of {} fit max_len {}; {} examples skipped), {} dev solutions ({} sequences, {} skipped); {} step(s) of {}",
@@ -370,16 +377,20 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<Prm
     let dev_steps_path = out.join("dev.steps.jsonl");
     write_jsonl(
         &dev_steps_path,
-        dev_examples.iter().map(|e| {
-            json!({"prompt": e.prompt, "steps": e.steps, "labels": e.targets})
-        }),
+        dev_examples
+            .iter()
+            .map(|e| json!({"prompt": e.prompt, "steps": e.steps, "labels": e.targets})),
     )?;
     let bon: Vec<BonProblem> = dev_solutions
         .iter()
         .filter_map(|s| bon_from_alternatives(s, recipe.eval.bon_n, recipe.data.split_seed))
         .collect();
     let bon_path = out.join("dev.bon.jsonl");
-    write_jsonl(&bon_path, bon.iter().map(|b| serde_json::to_value(b).unwrap_or_default()))?;
+    write_jsonl(
+        &bon_path,
+        bon.iter()
+            .map(|b| serde_json::to_value(b).unwrap_or_default()),
+    )?;
 
     let model = prm.bundle.model.clone();
     let mut task = PrmTask {
@@ -401,7 +412,12 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<Prm
     let PrmTask { template, .. } = task;
     let mut prm = template;
     prm.bundle.model = model;
-    let steps_report = evaluate_steps(&prm, &dev_examples, recipe.eval.threshold, recipe.eval.batch_size)?;
+    let steps_report = evaluate_steps(
+        &prm,
+        &dev_examples,
+        recipe.eval.threshold,
+        recipe.eval.batch_size,
+    )?;
     let bon_report = if bon.is_empty() {
         None
     } else {

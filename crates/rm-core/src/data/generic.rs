@@ -181,7 +181,9 @@ fn step_label(v: &Value, loc: &Loc, field: &str) -> Result<Option<StepLabel>, Da
 pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
     let steps = row.str_array("steps")?;
     if steps.is_empty() {
-        return Err(row.loc.field("steps", "is empty: a solution needs at least one step"));
+        return Err(row
+            .loc
+            .field("steps", "is empty: a solution needs at least one step"));
     }
     if let Some(i) = steps.iter().position(|s| s.trim().is_empty()) {
         return Err(row.loc.field(&format!("steps[{i}]"), "is an empty step"));
