@@ -345,7 +345,9 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<Prm
         .collect();
     let dev_examples: Vec<StepExample> = dev_solutions
         .iter()
-        .flat_map(|s| examples_of(s, policy, false))
+        // With alternatives, dev is built as train is, so its steps include the rated −1
+        // alternatives (PRM800K's preferred paths alone carry hardly any negative step).
+        .flat_map(|s| examples_of(s, policy, recipe.data.alternatives))
         .collect();
     let (train, skipped) = encode_examples(&prm, &train_examples, recipe.model.max_len)?;
     let (dev, dev_skipped) = encode_examples(&prm, &dev_examples, recipe.model.max_len)?;
