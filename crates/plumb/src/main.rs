@@ -70,6 +70,10 @@ enum Command {
     Generate(commands::models::GenerateArgs),
     /// Train a reward model from a TOML recipe, evaluate it, write a report and curves.
     TrainRm(commands::reward::TrainRmArgs),
+    /// Train a process reward model (per-step correctness) from a TOML recipe.
+    TrainPrm(commands::process::TrainPrmArgs),
+    /// Step accuracy, AUROC, first-error F1 and best-of-N selection of a process reward model.
+    EvalPrm(commands::process::EvalPrmArgs),
     /// Align a policy on preference pairs (DPO family) from a TOML recipe.
     TrainPo(commands::policy::TrainPoArgs),
     /// Train a policy online (GRPO, RLOO, REINFORCE++, DAPO, GSPO, …) against reward functions.
@@ -105,6 +109,8 @@ fn main() -> ExitCode {
         Command::Logprobs(args) => commands::models::logprobs(&cli.global, args),
         Command::Generate(args) => commands::models::generate_cmd(&cli.global, args),
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
+        Command::TrainPrm(args) => commands::process::train_prm_cmd(&cli.global, args),
+        Command::EvalPrm(args) => commands::process::eval_prm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),

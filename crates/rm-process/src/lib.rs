@@ -1,7 +1,31 @@
 //! # rm-process
 //!
-//! Process reward models: step-level scoring of reasoning chains (PRM800K-style step labels),
-//! their training objectives and aggregation of step scores into solution scores, for
-//! best-of-n verification on GSM8K-style problems.
+//! Process reward models (PRMs): step-level scoring of reasoning chains.
 //!
-//! Nothing is implemented here yet.
+//! - [`data`]: PRM800K ratings / generic step labels → binary step targets ([`data::NeutralAs`]
+//!   for rating 0), the dev split by problem;
+//! - [`model`]: [`ProcessRewardModel`] — a reward-model backbone (decoder + LoRA, or encoder)
+//!   with a one-logit head read at every step end in one pass ([`model::PrmShape::OnePass`]) or
+//!   per (problem, previous steps, step) window ([`model::PrmShape::Window`]); `load`,
+//!   `score_steps`, `score_batch`;
+//! - [`train`]: the recipe and [`train::train_prm`] on [`rm_core::train::Trainer`] (masked
+//!   binary cross-entropy at the step ends);
+//! - [`aggregate`]: step scores → a solution score (min, product, last, mean, Σ log p);
+//! - [`metrics`]: AUROC, first-error F1, best-of-N selection and (weighted) majority votes;
+//! - [`bon`]: best-of-N candidate sets, from files or built from PRM800K's rated alternatives;
+//! - [`eval`]: `eval-prm`'s report.
+
+pub mod aggregate;
+pub mod bon;
+pub mod data;
+pub mod eval;
+pub mod metrics;
+pub mod model;
+pub mod train;
+
+pub use aggregate::Aggregation;
+pub use model::{PrmShape, ProcessRewardModel};
+pub use train::{PrmRecipe, PrmTrainReport, PrmTrainRequest, train_prm};
+
+#[cfg(test)]
+mod tests;

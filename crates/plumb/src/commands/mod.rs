@@ -7,6 +7,7 @@ pub mod info;
 pub mod models;
 pub mod multiobj;
 pub mod policy;
+pub mod process;
 pub mod reward;
 pub mod rl;
 pub mod texts;

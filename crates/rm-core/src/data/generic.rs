@@ -180,6 +180,14 @@ fn step_label(v: &Value, loc: &Loc, field: &str) -> Result<Option<StepLabel>, Da
 /// Parses one step-labelled row.
 pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
     let steps = row.str_array("steps")?;
+    if steps.is_empty() {
+        return Err(row
+            .loc
+            .field("steps", "is empty: a solution needs at least one step"));
+    }
+    if let Some(i) = steps.iter().position(|s| s.trim().is_empty()) {
+        return Err(row.loc.field(&format!("steps[{i}]"), "is an empty step"));
+    }
     let labels = row.array("labels")?;
     if labels.len() != steps.len() {
         return Err(row.loc.field(

@@ -1,0 +1,138 @@
+//! `plumb train-prm` and `plumb eval-prm`: each parses its flags, makes one `rm_process` call,
+//! and prints what it returned.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use rm_process::data::NeutralAs;
+use rm_process::eval::{EvalFormat, EvalRequest, evaluate_file, write_report};
+use rm_process::{PrmRecipe, PrmTrainRequest, ProcessRewardModel, train_prm};
+
+use crate::GlobalArgs;
+use crate::commands::reward::{RunFlags, train_request};
+
+#[derive(Args, Debug)]
+pub struct TrainPrmArgs {
+    /// A TOML recipe (recipes/prm-*.toml).
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Override a recipe field: --set data.train_limit=200 (repeatable).
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `plumb train-prm`.
+pub fn train_prm_cmd(global: &GlobalArgs, args: TrainPrmArgs) -> Result<()> {
+    let mut recipe = PrmRecipe::load(&args.recipe, &args.overrides)?;
+    if let Some(out) = &global.out {
+        recipe.train.out_dir = out.clone();
+    }
+    let r = train_request(global, args.run.mode(), !args.quiet)?;
+    let report = train_prm(
+        recipe,
+        &PrmTrainRequest {
+            data_dir: r.data_dir,
+            models_dir: r.models_dir,
+            device: r.device,
+            mode: r.mode,
+            progress: r.progress,
+        },
+    )?;
+    println!("\n{}", report.report.to_markdown());
+    println!(
+        "{} train / {} dev solutions; {} steps in {:.1}s ({:.2} sequences/s); final model {}",
+        report.train_solutions,
+        report.dev_solutions,
+        report.outcome.steps,
+        report.outcome.train_seconds,
+        report.outcome.examples_per_second,
+        report.final_dir.display()
+    );
+    match (&report.plot, &report.plot_error) {
+        (Some(p), _) => println!("curves: {}", p.display()),
+        (None, Some(e)) => println!("curves not drawn: {e}"),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Steps,
+    Bon,
+    Prm800k,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NeutralArg {
+    Positive,
+    Negative,
+    Drop,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalPrmArgs {
+    /// A PRM folder (train-prm's final/ or best/).
+    #[arg(long)]
+    pub prm: PathBuf,
+    /// A JSONL file in --format's layout.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// steps: {"prompt","steps","labels"}; bon: {"prompt","candidates":[{"steps","correct","answer"?}]};
+    /// prm800k: PRM800K phase-1 rows (preferred path).
+    #[arg(long, value_enum)]
+    pub format: FormatArg,
+    /// A step is judged correct when p ≥ threshold.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// --format prm800k: what rating 0 counts as.
+    #[arg(long, value_enum, default_value = "positive")]
+    pub neutral: NeutralArg,
+    /// --format prm800k: also best-of-N on candidate sets of up to N solutions per problem built
+    /// from the rated alternatives (one swapped step each; correct iff no step is rated −1).
+    #[arg(long, default_value_t = 0)]
+    pub bon_from_alternatives: usize,
+    /// Only the first N rows (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+}
+
+/// `plumb eval-prm`: the report as Markdown on stdout, JSON + Markdown at --out.
+pub fn eval_prm(global: &GlobalArgs, args: EvalPrmArgs) -> Result<()> {
+    let prm = ProcessRewardModel::load(&args.prm, &global.device.device()?)?;
+    let request = EvalRequest {
+        input: args.input.clone(),
+        format: match args.format {
+            FormatArg::Steps => EvalFormat::Steps,
+            FormatArg::Bon => EvalFormat::Bon,
+            FormatArg::Prm800k => EvalFormat::Prm800k,
+        },
+        threshold: args.threshold,
+        batch_size: args.batch_size,
+        neutral: match args.neutral {
+            NeutralArg::Positive => NeutralAs::Positive,
+            NeutralArg::Negative => NeutralAs::Negative,
+            NeutralArg::Drop => NeutralAs::Drop,
+        },
+        bon_from_alternatives: args.bon_from_alternatives,
+        seed: global.seed,
+        limit: args.limit,
+    };
+    let report = evaluate_file(&prm, &args.prm.display().to_string(), &request)?;
+    println!("{}", report.to_markdown());
+    if let Some(out) = &global.out {
+        rm_pipeline::reports::refuse_output_over_input(out, &args.input)?;
+        let (j, m) = write_report(out, &report)?;
+        println!("wrote {} and {}", j.display(), m.display());
+    }
+    Ok(())
+}

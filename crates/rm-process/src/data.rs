@@ -1,0 +1,307 @@
+//! Step-labelled solutions → binary step targets, and the dev split by problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rm_core::data::{generic, prm800k};
+use rm_core::types::{StepLabel, StepLabelledSolution};
+use serde::{Deserialize, Serialize};
+
+/// What a PRM800K rating of 0 ("neutral": reasonable but not progress) trains as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeutralAs {
+    /// Correct (Lightman et al. 2023 count a solution without negative steps as correct).
+    #[default]
+    Positive,
+    Negative,
+    /// Not trained on (no loss at that step; the step stays in the context).
+    Drop,
+}
+
+/// How ratings become binary targets: 1 → correct, −1 → wrong, 0 → `neutral`, unrated → no
+/// target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelPolicy {
+    pub neutral: NeutralAs,
+}
+
+impl LabelPolicy {
+    /// The target of a label: `Some(true)` correct, `Some(false)` wrong, `None` no target.
+    pub fn target(self, label: Option<StepLabel>) -> Option<bool> {
+        match label? {
+            StepLabel::Good => Some(true),
+            StepLabel::Bad => Some(false),
+            StepLabel::Neutral => match self.neutral {
+                NeutralAs::Positive => Some(true),
+                NeutralAs::Negative => Some(false),
+                NeutralAs::Drop => None,
+            },
+        }
+    }
+}
+
+/// A solution with binary step targets: what the PRM trains and is evaluated on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepExample {
+    pub prompt: String,
+    pub steps: Vec<String>,
+    /// Per step: `Some(correct)` or `None` (no target).
+    pub targets: Vec<Option<bool>>,
+}
+
+impl StepExample {
+    /// Labelled steps.
+    pub fn num_targets(&self) -> usize {
+        self.targets.iter().flatten().count()
+    }
+}
+
+/// The examples of a solution: the preferred path (every step with its target) and, with
+/// `alternatives`, one example per rated non-preferred alternative at each step — the path's
+/// earlier steps then that alternative, with a target only on the alternative. Examples
+/// without any target are left out.
+pub fn examples_of(
+    solution: &StepLabelledSolution,
+    policy: LabelPolicy,
+    alternatives: bool,
+) -> Vec<StepExample> {
+    let steps: Vec<String> = solution.steps.iter().map(|s| s.text.clone()).collect();
+    let mut out = vec![StepExample {
+        prompt: solution.prompt.clone(),
+        steps: steps.clone(),
+        targets: solution
+            .steps
+            .iter()
+            .map(|s| policy.target(s.label))
+            .collect(),
+    }];
+    if alternatives {
+        for (i, alts) in solution.alternatives.iter().enumerate() {
+            for alt in alts.iter().filter(|a| !a.preferred) {
+                if let Some(t) = policy.target(alt.label) {
+                    let mut s = steps[..i].to_vec();
+                    s.push(alt.text.clone());
+                    let mut targets = vec![None; i];
+                    targets.push(Some(t));
+                    out.push(StepExample {
+                        prompt: solution.prompt.clone(),
+                        steps: s,
+                        targets,
+                    });
+                }
+            }
+        }
+    }
+    out.retain(|e| e.num_targets() > 0 && !e.steps.is_empty());
+    out
+}
+
+/// Where step-labelled solutions come from.
+///
+/// ```toml
+/// source = { source = "prm800k" }                      # phase1.train.jsonl from the data dir
+/// source = { source = "jsonl", path = "steps.jsonl" }  # {"prompt", "steps", "labels"} rows
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StepSource {
+    /// PRM800K phase 1 (checksummed) from the data dir, or `path` in its layout.
+    Prm800k {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    /// The generic step-labelled JSONL: `labels` 1/true = correct, 0/false/−1 = wrong, null =
+    /// unlabelled. (A 0 here is binary "wrong", not PRM800K's neutral.)
+    Jsonl { path: PathBuf },
+}
+
+impl StepSource {
+    /// Reads the solutions (an empty file is an error).
+    pub fn load(&self, data_dir: &Path) -> Result<Vec<StepLabelledSolution>> {
+        let (solutions, what) = match self {
+            StepSource::Prm800k { path: None } => {
+                (prm800k::load(data_dir)?.0, "prm800k".to_string())
+            }
+            StepSource::Prm800k { path: Some(p) } => {
+                (prm800k::load_file(p)?.0, p.display().to_string())
+            }
+            StepSource::Jsonl { path } => {
+                let mut s = generic::load_step_labelled(path)?;
+                for sol in &mut s {
+                    for step in &mut sol.steps {
+                        if step.label == Some(StepLabel::Neutral) {
+                            step.label = Some(StepLabel::Bad);
+                        }
+                    }
+                }
+                (s, path.display().to_string())
+            }
+        };
+        if solutions.is_empty() {
+            bail!("{what}: no solutions");
+        }
+        Ok(solutions)
+    }
+}
+
+/// Splits solutions into (train, dev) **by problem**: the distinct prompts are shuffled with
+/// `seed` and the first `round(dev_fraction × problems)` (at least 1 when there are 2+ problems)
+/// go to dev, so no problem has solutions on both sides.
+pub fn split_by_problem(
+    solutions: Vec<StepLabelledSolution>,
+    dev_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<StepLabelledSolution>, Vec<StepLabelledSolution>)> {
+    if !(0.0..1.0).contains(&dev_fraction) {
+        bail!("data.dev_fraction {dev_fraction} must be in [0, 1)");
+    }
+    let problems: BTreeSet<&str> = solutions.iter().map(|s| s.prompt.as_str()).collect();
+    let mut problems: Vec<String> = problems.into_iter().map(str::to_string).collect();
+    problems.shuffle(&mut StdRng::seed_from_u64(seed));
+    let mut n_dev = (dev_fraction * problems.len() as f64).round() as usize;
+    if dev_fraction > 0.0 && problems.len() >= 2 {
+        n_dev = n_dev.clamp(1, problems.len() - 1);
+    }
+    let dev: BTreeMap<&str, ()> = problems[..n_dev].iter().map(|p| (p.as_str(), ())).collect();
+    let (d, t): (Vec<_>, Vec<_>) = solutions
+        .into_iter()
+        .partition(|s| dev.contains_key(s.prompt.as_str()));
+    Ok((t, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rm_core::types::{LabelledStep, StepAlternative};
+
+    fn sol(prompt: &str, labels: &[Option<StepLabel>]) -> StepLabelledSolution {
+        StepLabelledSolution {
+            prompt: prompt.into(),
+            answer: None,
+            steps: labels
+                .iter()
+                .enumerate()
+                .map(|(i, &label)| LabelledStep {
+                    text: format!("s{i}"),
+                    label,
+                })
+                .collect(),
+            alternatives: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn neutral_maps_as_configured_and_unrated_steps_have_no_target() {
+        use StepLabel::*;
+        let s = sol("p", &[Some(Good), Some(Neutral), Some(Bad), None]);
+        let t = |neutral| {
+            examples_of(&s, LabelPolicy { neutral }, false)[0]
+                .targets
+                .clone()
+        };
+        assert_eq!(
+            t(NeutralAs::Positive),
+            vec![Some(true), Some(true), Some(false), None]
+        );
+        assert_eq!(
+            t(NeutralAs::Negative),
+            vec![Some(true), Some(false), Some(false), None]
+        );
+        assert_eq!(
+            t(NeutralAs::Drop),
+            vec![Some(true), None, Some(false), None]
+        );
+        // A solution with nothing to learn is left out.
+        assert!(examples_of(&sol("q", &[None, None]), LabelPolicy::default(), false).is_empty());
+    }
+
+    #[test]
+    fn alternatives_become_one_target_examples() {
+        use StepLabel::*;
+        let mut s = sol("p", &[Some(Good), Some(Good)]);
+        let alt = |text: &str, label, preferred| StepAlternative {
+            text: text.into(),
+            label,
+            preferred,
+            human: false,
+        };
+        s.alternatives = vec![
+            vec![alt("s0", Some(Good), true)],
+            vec![
+                alt("s1", Some(Good), true),
+                alt("bad", Some(Bad), false),
+                alt("unrated", None, false),
+            ],
+        ];
+        let e = examples_of(&s, LabelPolicy::default(), true);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1].steps, vec!["s0".to_string(), "bad".to_string()]);
+        assert_eq!(e[1].targets, vec![None, Some(false)]);
+    }
+
+    #[test]
+    fn the_dev_split_is_by_problem_and_seeded() {
+        let mut all = Vec::new();
+        for p in 0..20 {
+            for _ in 0..(1 + p % 3) {
+                all.push(sol(&format!("problem {p}"), &[Some(StepLabel::Good)]));
+            }
+        }
+        let (train, dev) = split_by_problem(all.clone(), 0.2, 7).unwrap();
+        assert_eq!(train.len() + dev.len(), all.len());
+        let tp: BTreeSet<_> = train.iter().map(|s| s.prompt.clone()).collect();
+        let dp: BTreeSet<_> = dev.iter().map(|s| s.prompt.clone()).collect();
+        assert_eq!(dp.len(), 4);
+        assert!(tp.is_disjoint(&dp), "a problem is on both sides");
+        let (_, dev2) = split_by_problem(all.clone(), 0.2, 7).unwrap();
+        assert_eq!(dev, dev2);
+        let (_, dev3) = split_by_problem(all, 0.2, 8).unwrap();
+        assert_ne!(dev, dev3);
+    }
+
+    #[test]
+    fn bad_step_rows_name_file_line_and_field() {
+        let dir = std::env::temp_dir().join(format!("rm-process-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = |rows: &str| {
+            let path = dir.join("steps.jsonl");
+            std::fs::write(&path, rows).unwrap();
+            let e = StepSource::Jsonl { path: path.clone() }
+                .load(&dir)
+                .unwrap_err()
+                .to_string();
+            e.replace(&path.display().to_string(), "steps.jsonl")
+        };
+        let ok = r#"{"prompt": "p", "steps": ["a", "b"], "labels": [1, 0]}"#;
+        assert_eq!(
+            err(&format!(
+                "{ok}\n{}\n",
+                r#"{"prompt": "p", "steps": ["a", "b"], "labels": [1]}"#
+            )),
+            "steps.jsonl:2: field \"labels\": has 1 entries but steps has 2"
+        );
+        assert_eq!(
+            err(&format!(
+                "{ok}\n{ok}\n{}\n",
+                r#"{"prompt": "p", "steps": [], "labels": []}"#
+            )),
+            "steps.jsonl:3: field \"steps\": is empty: a solution needs at least one step"
+        );
+        assert_eq!(
+            err(r#"{"prompt": "p", "steps": ["a", " "], "labels": [1, 1]}"#),
+            "steps.jsonl:1: field \"steps[1]\": is an empty step"
+        );
+        // A generic 0 is binary "wrong".
+        let path = dir.join("ok.jsonl");
+        std::fs::write(&path, ok).unwrap();
+        let s = StepSource::Jsonl { path }.load(&dir).unwrap();
+        let e = examples_of(&s[0], LabelPolicy::default(), false);
+        assert_eq!(e[0].targets, vec![Some(true), Some(false)]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,210 @@
+//! Model-level tests on a tiny in-code Llama (word-level tokenizer over `w0 … w47`).
+
+use std::path::PathBuf;
+
+use rm_core::burn::tensor::{Int, Tensor, TensorData};
+use rm_core::chat::ChatTemplate;
+use rm_core::device::test_device;
+use rm_core::models::reward::RewardModelConfig;
+use rm_core::tokenize::TruncationSide;
+use rm_core::train::{EpochTask, RunDir, RunMode, TrainConfig, TrainTask, Trainer};
+
+use crate::data::StepExample;
+use crate::model::{PrmShape, ProcessRewardModel, encode_one_pass, unit_logits};
+use crate::train::{PrmTask, encode_examples};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rm-process-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_prm(dir: &std::path::Path, device: &rm_core::burn::tensor::Device) -> ProcessRewardModel {
+    rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+    ProcessRewardModel::build(
+        &RewardModelConfig {
+            backbone: dir.join("base"),
+            pooling: None,
+            max_len: 48,
+            truncation: TruncationSide::Left,
+            attributes: vec!["step_correct".into()],
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.1,
+        },
+        PrmShape::OnePass {
+            separator: " w6".into(),
+        },
+        3,
+        device,
+    )
+    .unwrap()
+}
+
+#[test]
+fn one_pass_encoding_reads_each_step_at_its_last_token() {
+    let dir = temp_dir("gather");
+    let device = test_device();
+    let prm = tiny_prm(&dir, &device);
+    let tok = &prm.bundle.tokenizer;
+    // prefix [w1 w2] · step 0 [w3 w4 w6] · step 1 [w5 w6] → ends at 4 and 6.
+    let u = encode_one_pass(tok, "w1 w2", &["w3 w4", "w5"], " w6", None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.seq.ids, vec![1, 2, 3, 4, 6, 5, 6]);
+    assert_eq!(u.ends, Some(vec![4, 6]));
+    // max_len 5: only step 0 fits.
+    let u5 = encode_one_pass(tok, "w1 w2", &["w3 w4", "w5"], " w6", Some(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (u5.seq.ids.clone(), u5.ends.clone()),
+        (vec![1, 2, 3, 4, 6], Some(vec![4]))
+    );
+    // max_len 4: the prefix loses its start so that step 0 fits.
+    let u4 = encode_one_pass(tok, "w1 w2", &["w3 w4", "w5"], " w6", Some(4))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (u4.seq.ids.clone(), u4.ends.clone()),
+        (vec![2, 3, 4, 6], Some(vec![3]))
+    );
+    assert!(
+        encode_one_pass(tok, "w1", &["w3 w4 w5"], " w6", Some(3))
+            .unwrap()
+            .is_none()
+    );
+
+    // The logits are the head at exactly those hidden states, in a padded batch too.
+    let short = encode_one_pass(tok, "w1", &["w9"], " w6", None)
+        .unwrap()
+        .unwrap();
+    let z = unit_logits(
+        &prm.bundle.model,
+        prm.bundle.spec.pooling,
+        0,
+        &[&u, &short],
+        &device,
+    )
+    .unwrap();
+    assert_eq!(z.dims(), [2, 2]);
+    let z: Vec<f32> = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            u.seq.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [1, 7],
+        ),
+        &device,
+    );
+    let hidden = prm
+        .bundle
+        .model
+        .backbone
+        .hidden(ids, Tensor::ones([1, 7], &device));
+    let all: Vec<f32> = prm
+        .bundle
+        .model
+        .head
+        .forward(hidden)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!((z[0] - all[4]).abs() < 1e-5, "{} vs {}", z[0], all[4]);
+    assert!((z[1] - all[6]).abs() < 1e-5, "{} vs {}", z[1], all[6]);
+    assert!((z[0] - all[5]).abs() > 1e-6, "reads the wrong position");
+
+    // score_steps returns σ of the same logits, saved and loaded.
+    prm.save(&dir.join("prm")).unwrap();
+    let loaded = ProcessRewardModel::load(&dir.join("prm"), &device).unwrap();
+    let p = loaded.score_steps("w1 w2", &["w3 w4", "w5"]).unwrap();
+    let expect = |x: f32| 1.0 / (1.0 + (-x).exp());
+    // Plain renders the prompt as itself (no special tokens in the tiny tokenizer).
+    assert!((p[0] - expect(all[4])).abs() < 1e-4, "{p:?}");
+    assert!((p[1] - expect(all[6])).abs() < 1e-4, "{p:?}");
+    assert!(loaded.score_steps("w1", &[]).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn loss_decreases_on_a_learnable_step_task() {
+    let _lock = rm_core::device::seeded_test_lock();
+    let dir = temp_dir("learn");
+    let device = test_device().autodiff();
+    let prm = tiny_prm(&dir, &device);
+    // A step is wrong iff it contains w7.
+    let mut examples = Vec::new();
+    for i in 0..24usize {
+        let a = format!("w{} w{}", 10 + i % 7, 20 + i % 5);
+        let bad = if i % 2 == 0 { "w7 w11" } else { "w12 w13" };
+        examples.push(StepExample {
+            prompt: format!("w{}", 30 + i % 4),
+            steps: vec![a, bad.to_string(), "w7".into()],
+            targets: vec![Some(true), Some(i % 2 == 1), Some(false)],
+        });
+    }
+    let (units, skipped) = encode_examples(&prm, &examples, 48).unwrap();
+    assert_eq!((units.len(), skipped), (24, 0));
+    let (dev, _) = encode_examples(&prm, &examples[..8], 48).unwrap();
+    let model = prm.bundle.model.clone();
+    let mut task = PrmTask {
+        train: units,
+        dev,
+        template: prm,
+        batch_size: 8,
+    };
+    assert_eq!(task.num_examples(), 24);
+    let before = task.evaluate(&model).unwrap().metrics["loss"];
+    let mut config = TrainConfig::new(8, 3e-2, dir.join("run"));
+    config.epochs = 6;
+    let run = RunDir::open(&config.out_dir, RunMode::Fresh, &serde_json::json!({}), &[]).unwrap();
+    let trainer = Trainer {
+        config,
+        device: device.clone(),
+        progress: false,
+    };
+    let (model, _) = trainer.run_epochs(&run, model, &mut task).unwrap();
+    let after = task.evaluate(&model).unwrap();
+    assert!(
+        after.metrics["loss"] < 0.5 * before,
+        "loss {before} → {}",
+        after.metrics["loss"]
+    );
+    assert!(after.metrics["step_accuracy"] > 0.9, "{:?}", after.metrics);
+    assert!(
+        dir.join("run/final")
+            .join(crate::model::PRM_SPEC_FILE)
+            .exists()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn window_encoding_keeps_the_prompt_start_and_the_steps_end() {
+    let dir = temp_dir("window");
+    let prm = tiny_prm(&dir, &test_device());
+    let tok = &prm.bundle.tokenizer;
+    let u = crate::model::encode_window(tok, "w1 w2", &["w3", "w4 w5"], 1, " w6 ", 5).unwrap();
+    // prompt [1 2] (≤ 5/2 tokens), then the last 3 of "w3 w6 w4 w5".
+    assert_eq!(u.seq.ids, vec![1, 2, 6, 4, 5]);
+    assert_eq!((u.ends, u.steps), (None, vec![1]));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_shipped_recipes_parse() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    for name in ["prm-smollm2-prm800k.toml", "prm-minilm-prm800k.toml"] {
+        let r = crate::PrmRecipe::load(&root.join(name), &["data.train_limit=5".into()]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.data.train_limit, 5, "{name}");
+    }
+    let r = crate::PrmRecipe::load(&root.join("prm-smollm2-prm800k.toml"), &[]).unwrap();
+    assert_eq!(
+        r.prm.shape,
+        PrmShape::OnePass {
+            separator: "\n\n".into()
+        }
+    );
+}
