@@ -94,16 +94,7 @@ pub fn evaluate_v1(
         })
         .collect();
     let scores = score_all(&items, scorer, batch_size, progress)?;
-    let scored: Vec<V1Scored> = rows
-        .iter()
-        .zip(scores.chunks_exact(2))
-        .map(|(r, s)| V1Scored {
-            id: r.id.clone(),
-            subset: r.subset.clone(),
-            chosen: s[0],
-            rejected: s[1],
-        })
-        .collect();
+    let scored = V1Scored::of_rows(rows, &scores);
     Ok(v1_report(&scorer.name(), &scored))
 }
 

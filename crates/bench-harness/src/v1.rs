@@ -34,6 +34,19 @@ pub struct V1Scored {
 }
 
 impl V1Scored {
+    /// The scored rows, `scores` holding each row's chosen then rejected score in row order.
+    pub fn of_rows(rows: &[crate::V1Row], scores: &[f32]) -> Vec<V1Scored> {
+        rows.iter()
+            .zip(scores.chunks_exact(2))
+            .map(|(r, s)| V1Scored {
+                id: r.id.clone(),
+                subset: r.subset.clone(),
+                chosen: s[0],
+                rejected: s[1],
+            })
+            .collect()
+    }
+
     /// `chosen > rejected`, strictly.
     pub fn correct(&self) -> bool {
         pairwise_correct(self.chosen, self.rejected)

@@ -69,15 +69,15 @@ enum Command {
     /// Chat with a decoder: ChatML prompt, batched sampling with a KV cache.
     Generate(commands::models::GenerateArgs),
     /// Train a reward model from a TOML recipe, evaluate it, write a report and curves.
-    TrainRm(commands::reward::TrainRmArgs),
+    TrainRm(commands::reward::TrainArgs),
     /// Train a process reward model (per-step correctness) from a TOML recipe.
-    TrainPrm(commands::process::TrainPrmArgs),
+    TrainPrm(commands::reward::TrainArgs),
     /// Step accuracy, AUROC, first-error F1 and best-of-N selection of a process reward model.
     EvalPrm(commands::process::EvalPrmArgs),
     /// Align a policy on preference pairs (DPO family) from a TOML recipe.
-    TrainPo(commands::policy::TrainPoArgs),
+    TrainPo(commands::reward::TrainArgs),
     /// Train a policy online (GRPO, RLOO, REINFORCE++, DAPO, GSPO, …) against reward functions.
-    TrainRl(commands::rl::TrainRlArgs),
+    TrainRl(commands::reward::TrainArgs),
     /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
     EvalPo(commands::policy::EvalPoArgs),
     /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a

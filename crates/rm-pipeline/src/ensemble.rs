@@ -187,16 +187,7 @@ pub fn evaluate_ensemble(
         .map(|r| (r.chosen.chars().count(), r.rejected.chars().count()))
         .collect();
     let result = |name: String, scores: &[f32], after: &[Vec<f32>]| -> Result<ScorerResult> {
-        let scored: Vec<V1Scored> = rows
-            .iter()
-            .zip(scores.chunks_exact(2))
-            .map(|(r, s)| V1Scored {
-                id: r.id.clone(),
-                subset: r.subset.clone(),
-                chosen: s[0],
-                rejected: s[1],
-            })
-            .collect();
+        let scored = V1Scored::of_rows(rows, scores);
         let accuracy = v1_report(&name, &scored).overall;
         if !probes {
             return Ok(ScorerResult {
@@ -440,10 +431,7 @@ pub fn train_ensemble(
         "aggregation": config.aggregation,
         "seconds": start.elapsed().as_secs_f64(),
     });
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    crate::reports::write_summary(&out, &summary)?;
     Ok(EnsembleTrainReport {
         out_dir: out,
         members,

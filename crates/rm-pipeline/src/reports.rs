@@ -48,6 +48,14 @@ pub fn write_report_pair(
     Ok((json_path, md_path))
 }
 
+/// Writes a run's `out_dir/summary.json` (pretty-printed, atomically).
+pub fn write_summary(out_dir: &Path, summary: &serde_json::Value) -> Result<()> {
+    rm_core::checkpoint::write_bytes_atomically(
+        &out_dir.join("summary.json"),
+        serde_json::to_string_pretty(summary)?.as_bytes(),
+    )
+}
+
 /// Draws `out_dir/curves.png` from a run's metrics: the path, or why it could not be drawn (a
 /// missing plot never fails a run).
 pub fn draw_curves(metrics: &Path, out_dir: &Path) -> (Option<PathBuf>, Option<String>) {

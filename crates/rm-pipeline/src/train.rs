@@ -391,10 +391,7 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         "best_dev_accuracy": outcome.best_score,
         "threads": threads,
     });
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    crate::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = crate::reports::draw_curves(&run.metrics_path(), &out);
     Ok(TrainReport {
         best_dir: out.join("best"),

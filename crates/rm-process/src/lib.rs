@@ -25,7 +25,8 @@ pub mod train;
 
 pub use aggregate::Aggregation;
 pub use model::{PrmShape, ProcessRewardModel};
-pub use train::{PrmRecipe, PrmTrainReport, PrmTrainRequest, train_prm};
+pub use rm_pipeline::TrainRequest;
+pub use train::{PrmRecipe, PrmTrainReport, train_prm};
 
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,10 @@ use rm_core::burn::tensor::activation::log_sigmoid;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
 use rm_core::models::reward::{RewardModel, RewardModelConfig};
 use rm_core::train::{
-    EpochTask, Evaluation, LossOutput, Metric, RESUMABLE_TRAIN_FIELDS, RunDir, RunMode,
-    TrainConfig, TrainOutcome, TrainTask, Trainer,
+    EpochTask, Evaluation, LossOutput, Metric, RESUMABLE_TRAIN_FIELDS, RunDir, TrainConfig,
+    TrainOutcome, TrainTask, Trainer,
 };
+use rm_pipeline::TrainRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -123,16 +124,6 @@ impl PrmRecipe {
         }
         Ok(())
     }
-}
-
-/// Where and how a run happens.
-#[derive(Clone, Debug)]
-pub struct PrmTrainRequest {
-    pub data_dir: PathBuf,
-    pub models_dir: PathBuf,
-    pub device: Device,
-    pub mode: RunMode,
-    pub progress: bool,
 }
 
 /// What a run produced.
@@ -303,7 +294,7 @@ impl EpochTask<RewardModel> for PrmTask {
 /// first-error F1) and on a best-of-N set built from the dev problems' rated alternatives;
 /// writes `dev.steps.jsonl`, `dev.bon.jsonl`, `report.{json,md}`, `summary.json`,
 /// `recipe.toml` and `curves.png` into `train.out_dir`.
-pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<PrmTrainReport> {
+pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTrainReport> {
     recipe.model.backbone =
         rm_core::paths::resolve_model_path(&recipe.model.backbone, &request.models_dir);
     recipe.validate()?;
@@ -441,10 +432,7 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &PrmTrainRequest) -> Result<Prm
         "dev_solutions": dev_solutions.len(),
         "report": report,
     });
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    rm_pipeline::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
     Ok(PrmTrainReport {
         final_dir: out.join("final"),

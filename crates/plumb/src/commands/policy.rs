@@ -10,37 +10,17 @@ use policy_opt::{PreferenceRecipe, PreferenceReport, train_preference_policy};
 use rm_pipeline::eval::{EvalInput, ReportTarget};
 
 use super::reward::{
-    FormatArg, RunFlags, print_before_after, print_eval_outcome, print_policy_run, train_request,
-    with_progress,
+    FormatArg, TrainArgs, print_before_after, print_eval_outcome, print_policy_run, with_progress,
 };
 use crate::GlobalArgs;
 
-#[derive(Args, Debug)]
-pub struct TrainPoArgs {
-    /// A TOML recipe (see recipes/dpo-*.toml).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override a recipe field: --set objective.beta=0.2 --set 'objective.loss_type=["sigmoid","sft"]'
-    /// (repeatable).
-    #[arg(long = "set", value_name = "FIELD=VALUE")]
-    pub overrides: Vec<String>,
-    #[command(flatten)]
-    pub run: RunFlags,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
 /// `plumb train-po`.
-pub fn train_po(global: &GlobalArgs, args: TrainPoArgs) -> Result<()> {
+pub fn train_po(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
     let mut recipe = PreferenceRecipe::load(&args.recipe, &args.overrides)?;
     if let Some(out) = &global.out {
         recipe.train.out_dir = out.clone();
     }
-    let report = train_preference_policy(
-        recipe,
-        &train_request(global, args.run.mode(), !args.quiet)?,
-    )?;
+    let report = train_preference_policy(recipe, &args.request(global)?)?;
     print_report(&report);
     Ok(())
 }

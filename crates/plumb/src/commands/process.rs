@@ -7,43 +7,18 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use rm_process::data::NeutralAs;
 use rm_process::eval::{EvalFormat, EvalRequest, evaluate_file, write_report};
-use rm_process::{PrmRecipe, PrmTrainRequest, ProcessRewardModel, train_prm};
+use rm_process::{PrmRecipe, ProcessRewardModel, train_prm};
 
 use crate::GlobalArgs;
-use crate::commands::reward::{RunFlags, train_request};
-
-#[derive(Args, Debug)]
-pub struct TrainPrmArgs {
-    /// A TOML recipe (recipes/prm-*.toml).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override a recipe field: --set data.train_limit=200 (repeatable).
-    #[arg(long = "set", value_name = "FIELD=VALUE")]
-    pub overrides: Vec<String>,
-    #[command(flatten)]
-    pub run: RunFlags,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
+use crate::commands::reward::TrainArgs;
 
 /// `plumb train-prm`.
-pub fn train_prm_cmd(global: &GlobalArgs, args: TrainPrmArgs) -> Result<()> {
+pub fn train_prm_cmd(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
     let mut recipe = PrmRecipe::load(&args.recipe, &args.overrides)?;
     if let Some(out) = &global.out {
         recipe.train.out_dir = out.clone();
     }
-    let r = train_request(global, args.run.mode(), !args.quiet)?;
-    let report = train_prm(
-        recipe,
-        &PrmTrainRequest {
-            data_dir: r.data_dir,
-            models_dir: r.models_dir,
-            device: r.device,
-            mode: r.mode,
-            progress: r.progress,
-        },
-    )?;
+    let report = train_prm(recipe, &args.request(global)?)?;
     println!("\n{}", report.report.to_markdown());
     println!(
         "{} train / {} dev solutions; {} steps in {:.1}s ({:.2} sequences/s); final model {}",

@@ -43,12 +43,14 @@ impl RunFlags {
     }
 }
 
+/// The flags of every recipe-driven trainer (`train-rm`, `train-prm`, `train-po`, `train-rl`).
 #[derive(Args, Debug)]
-pub struct TrainRmArgs {
-    /// A TOML recipe (see recipes/).
+pub struct TrainArgs {
+    /// A TOML recipe (see recipes/README.md).
     #[arg(long)]
     pub recipe: PathBuf,
-    /// Override a recipe field: --set train.lr=5e-5 --set model.max_len=256 (repeatable).
+    /// Override a recipe field: --set train.lr=5e-5 --set 'objective.loss_type=["sigmoid","sft"]'
+    /// (repeatable).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub overrides: Vec<String>,
     #[command(flatten)]
@@ -56,6 +58,14 @@ pub struct TrainRmArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// Where and how the run happens: the global flags, the run folder mode, a progress bar
+    /// unless `--quiet`.
+    pub(crate) fn request(&self, global: &GlobalArgs) -> Result<TrainRequest> {
+        train_request(global, self.run.mode(), !self.quiet)
+    }
 }
 
 pub(crate) fn train_request(
@@ -80,9 +90,9 @@ fn with_out(mut recipe: RewardRecipe, global: &GlobalArgs) -> RewardRecipe {
 }
 
 /// `plumb train-rm`.
-pub fn train_rm(global: &GlobalArgs, args: TrainRmArgs) -> Result<()> {
+pub fn train_rm(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
     let recipe = with_out(RewardRecipe::load(&args.recipe, &args.overrides)?, global);
-    let request = train_request(global, args.run.mode(), !args.quiet)?;
+    let request = args.request(global)?;
     if recipe.ensemble.is_some() {
         let report = train_ensemble(recipe, &request)?;
         print_ensemble_report(&report);

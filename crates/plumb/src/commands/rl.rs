@@ -1,41 +1,19 @@
 //! `plumb train-rl`: online RL (GRPO, RLOO, REINFORCE++, ReMax, OPO, DAPO, GSPO, CISPO, …) of a
 //! policy against reward functions, from a TOML recipe.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
-use clap::Args;
 use policy_opt::online::{RlRecipe, RlReport, train_rl_policy};
 
-use super::reward::{RunFlags, print_before_after, print_policy_run, train_request};
+use super::reward::{TrainArgs, print_before_after, print_policy_run};
 use crate::GlobalArgs;
 
-#[derive(Args, Debug)]
-pub struct TrainRlArgs {
-    /// A TOML recipe (see recipes/grpo-*.toml).
-    #[arg(long)]
-    pub recipe: PathBuf,
-    /// Override a recipe field: --set rollout.group_size=8 --set 'algorithm.estimator={ name = "rloo" }'
-    /// (repeatable).
-    #[arg(long = "set", value_name = "FIELD=VALUE")]
-    pub overrides: Vec<String>,
-    #[command(flatten)]
-    pub run: RunFlags,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
 /// `plumb train-rl`.
-pub fn train_rl(global: &GlobalArgs, args: TrainRlArgs) -> Result<()> {
+pub fn train_rl(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
     let mut recipe = RlRecipe::load(&args.recipe, &args.overrides)?;
     if let Some(out) = &global.out {
         recipe.train.out_dir = out.clone();
     }
-    let report = train_rl_policy(
-        recipe,
-        &train_request(global, args.run.mode(), !args.quiet)?,
-    )?;
+    let report = train_rl_policy(recipe, &args.request(global)?)?;
     print_report(&report);
     Ok(())
 }

@@ -138,10 +138,7 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
         "best_eval_reward": outcome.best_score,
         "threads": threads,
     });
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    rm_pipeline::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
     Ok(RlReport {
         final_dir: out.join("final"),
