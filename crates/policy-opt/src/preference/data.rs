@@ -8,10 +8,12 @@ use rm_core::tokenize::Sequence;
 use rm_core::types::PreferencePair;
 
 /// One pair, tokenized.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EncodedPair {
     pub chosen: Sequence,
     pub rejected: Sequence,
+    /// The responses' scores `[chosen, rejected]`, when the pair has them (CoPG, A-LoL).
+    pub scores: Option<[f32; 2]>,
 }
 
 impl EncodedPair {
@@ -49,6 +51,7 @@ pub fn encode_pairs(
                 rejected: policy
                     .encode(&p.prompt, &p.rejected)
                     .with_context(|| format!("{}: rejected", row()))?,
+                scores: p.scores,
             })
         })
         .collect()

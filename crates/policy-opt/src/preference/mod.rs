@@ -14,6 +14,7 @@ pub mod judge;
 pub mod objective;
 pub mod recipe;
 pub mod reference_cache;
+pub mod scored;
 pub mod task;
 pub mod train;
 pub mod unpaired;

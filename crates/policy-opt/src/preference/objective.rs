@@ -15,15 +15,24 @@
 //! - `bco`: BCO (Jung et al. 2024, "Binary Classifier Optimization for Large Language Model
 //!   Alignment"), TRL's `BCOConfig.beta`, the reward shift δ a running mean kept in the run state.
 //!
-//! The last three train on unpaired examples (`[data]` rows of shape `unpaired`, or pairs split
-//! into a desirable and an undesirable example); the others on pairs.
+//! - `copg`: CoPG (Flet-Berliac et al. 2024, "Contrastive Policy Gradient"), on pairs whose two
+//!   responses carry sequence-level scores;
+//! - `alol`: A-LoL (Baheti et al. 2023, "Leftover Lunch"), an advantage-weighted offline policy
+//!   gradient on the same scored pairs, each pair's two responses being two samples of its prompt.
+//!
+//! KTO, APO-zero unpaired and BCO train on unpaired examples (`[data]` rows of shape
+//! `unpaired`, or pairs split into a desirable and an undesirable example); the others on pairs.
+//! `copg` and `alol` need a score for each response: the pair's `scores: [chosen, rejected]`
+//! (generic JSONL), or the recipe's `[[reward]]` functions (as `train-rl`'s) score the pairs
+//! that have none when the data is loaded ([`super::scored`]).
 //!
 //! The formulas are in the doc comments of the `rm_losses::preference` functions each one calls.
 
 use anyhow::{Result, bail};
 use rm_core::burn::tensor::Tensor;
 use rm_losses::preference::{
-    Completions, DpoBatch, DpoConfig, KtoParams, alphapo_loss, cpo_loss, dpo_loss, orpo_loss,
+    AlolVariant, Completions, DpoBatch, DpoConfig, KtoParams, ScoredSamples, alol_loss,
+    alphapo_loss, copg_loss, cpo_loss, dpo_loss, orpo_loss,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -83,6 +92,67 @@ impl Default for BcoConfig {
     }
 }
 
+/// CoPG's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CopgConfig {
+    /// `β > 0`, the KL regularisation of the reward `R_β(y) = R(y) − β·(log π − log π_ref)(y)`.
+    pub beta: f32,
+}
+
+impl Default for CopgConfig {
+    fn default() -> Self {
+        Self { beta: 0.1 }
+    }
+}
+
+/// Which A-LoL variant (the official code's `algorithm` names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlolKind {
+    /// Sequence-level clipped importance weight (`a_lol`).
+    #[default]
+    Alol,
+    /// No importance weight (`a_lol_ref_free`); needs no reference.
+    RefFree,
+    /// Per-token clipped importance weights (`a_lol_seq`'s token form).
+    PerToken,
+    /// A KL penalty `β·mean Δ` instead of importance weights (`a_lol_kl`).
+    Kl,
+}
+
+/// A-LoL's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlolConfig {
+    pub variant: AlolKind,
+    /// `ε` of the importance-weight clip `[1 − ε, 1 + ε]`, in `(0, 1]` (the code's `ppo_clip`).
+    pub clip: f32,
+    /// `β ≥ 0` of the `kl` variant's penalty (ignored by the others).
+    pub beta: f32,
+}
+
+impl Default for AlolConfig {
+    fn default() -> Self {
+        Self {
+            variant: AlolKind::Alol,
+            clip: 0.9,
+            beta: 0.1,
+        }
+    }
+}
+
+impl AlolConfig {
+    fn variant(&self) -> AlolVariant {
+        match self.variant {
+            AlolKind::Alol => AlolVariant::Alol,
+            AlolKind::RefFree => AlolVariant::RefFree,
+            AlolKind::PerToken => AlolVariant::PerToken,
+            AlolKind::Kl => AlolVariant::Kl { beta: self.beta },
+        }
+    }
+}
+
 /// The `[objective]` section; see the module docs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PreferenceObjective {
@@ -93,6 +163,8 @@ pub enum PreferenceObjective {
     Kto(KtoParams),
     ApoZeroUnpaired(KtoParams),
     Bco(BcoConfig),
+    Copg(CopgConfig),
+    Alol(AlolConfig),
 }
 
 impl Default for PreferenceObjective {
@@ -101,7 +173,7 @@ impl Default for PreferenceObjective {
     }
 }
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 9] = [
     "dpo",
     "orpo",
     "cpo",
@@ -109,6 +181,8 @@ const KINDS: [&str; 7] = [
     "kto",
     "apo_zero_unpaired",
     "bco",
+    "copg",
+    "alol",
 ];
 
 impl<'de> Deserialize<'de> for PreferenceObjective {
@@ -132,6 +206,8 @@ impl<'de> Deserialize<'de> for PreferenceObjective {
             "kto" => serde_json::from_value(rest).map(Self::Kto),
             "apo_zero_unpaired" => serde_json::from_value(rest).map(Self::ApoZeroUnpaired),
             "bco" => serde_json::from_value(rest).map(Self::Bco),
+            "copg" => serde_json::from_value(rest).map(Self::Copg),
+            "alol" => serde_json::from_value(rest).map(Self::Alol),
             "simpo" => {
                 let defaults = CpoConfig {
                     cpo_alpha: 0.0,
@@ -175,6 +251,8 @@ impl Serialize for PreferenceObjective {
             Self::Kto(c) => ("kto", serde_json::to_value(c)),
             Self::ApoZeroUnpaired(c) => ("apo_zero_unpaired", serde_json::to_value(c)),
             Self::Bco(c) => ("bco", serde_json::to_value(c)),
+            Self::Copg(c) => ("copg", serde_json::to_value(c)),
+            Self::Alol(c) => ("alol", serde_json::to_value(c)),
         };
         let mut value = value.map_err(S::Error::custom)?;
         if let Some(map) = value.as_object_mut() {
@@ -194,10 +272,20 @@ pub struct ObjectiveOutput {
 impl PreferenceObjective {
     /// Whether the loss needs the reference's log-probs.
     pub fn needs_reference(&self) -> bool {
-        matches!(
-            self,
-            Self::Dpo(_) | Self::Kto(_) | Self::ApoZeroUnpaired(_) | Self::Bco(_)
-        )
+        match self {
+            Self::Dpo(_)
+            | Self::Kto(_)
+            | Self::ApoZeroUnpaired(_)
+            | Self::Bco(_)
+            | Self::Copg(_) => true,
+            Self::Alol(c) => c.variant != AlolKind::RefFree,
+            Self::Orpo(_) | Self::Cpo(_) | Self::Simpo(_) => false,
+        }
+    }
+
+    /// Whether the loss needs a score for each response (CoPG, A-LoL).
+    pub fn needs_scores(&self) -> bool {
+        matches!(self, Self::Copg(_) | Self::Alol(_))
     }
 
     /// Whether the objective trains on unpaired examples (KTO, APO-zero unpaired, BCO) rather
@@ -263,6 +351,22 @@ impl PreferenceObjective {
                     bail!("objective.beta must be finite and > 0, got {}", c.beta);
                 }
             }
+            Self::Copg(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+            }
+            Self::Alol(c) => {
+                if c.variant != AlolKind::RefFree
+                    && c.variant != AlolKind::Kl
+                    && !(c.clip > 0.0 && c.clip <= 1.0)
+                {
+                    bail!("objective.clip must be in (0, 1], got {}", c.clip);
+                }
+                if !(c.beta.is_finite() && c.beta >= 0.0) {
+                    bail!("objective.beta must be finite and ≥ 0, got {}", c.beta);
+                }
+            }
         }
         Ok(())
     }
@@ -293,18 +397,22 @@ impl PreferenceObjective {
                 c.undesirable_weight
             ),
             Self::Bco(c) => format!("bco, beta {}", c.beta),
+            Self::Copg(c) => format!("copg, beta {}", c.beta),
+            Self::Alol(c) => format!("alol {:?}, clip {}, beta {}", c.variant, c.clip, c.beta),
         }
     }
 
     /// The loss of `2B` rows `[chosen…, rejected…]`: the policy's per-token log-probs `[2B, T−1]`
-    /// (`log_sum_sq_probs` with them for WPO), the reference's (for `dpo`) and the completion
-    /// mask `[2B, T]`.
+    /// (`log_sum_sq_probs` with them for WPO), the reference's (when
+    /// [`needs_reference`](Self::needs_reference)), the completion mask `[2B, T]`, and the
+    /// responses' scores `[2B]` in the same order (when [`needs_scores`](Self::needs_scores)).
     pub fn loss(
         &self,
         policy: Tensor<2>,
         log_sum_sq_probs: Option<Tensor<2>>,
         reference: Option<Tensor<2>>,
         completion_mask: Tensor<2>,
+        scores: Option<Tensor<1>>,
     ) -> Result<ObjectiveOutput> {
         if let Self::Dpo(config) = self {
             let Some(reference) = reference else {
@@ -327,6 +435,15 @@ impl PreferenceObjective {
                 self.describe()
             );
         }
+        if self.needs_scores() {
+            let Some(scores) = scores else {
+                bail!(
+                    "objective {} needs a score for each response",
+                    self.describe()
+                );
+            };
+            return self.scored_loss(policy, reference, completion_mask, scores);
+        }
         let [rows, width] = policy.dims();
         let b = rows / 2;
         let mask = completion_mask.narrow(1, 1, width);
@@ -334,7 +451,12 @@ impl PreferenceObjective {
         let chosen = Completions::from_tokens(half(&policy, 0), half(&mask, 0))?;
         let rejected = Completions::from_tokens(half(&policy, b), half(&mask, b))?;
         let (loss, beta, averaged) = match self {
-            Self::Dpo(_) | Self::Kto(_) | Self::ApoZeroUnpaired(_) | Self::Bco(_) => {
+            Self::Dpo(_)
+            | Self::Kto(_)
+            | Self::ApoZeroUnpaired(_)
+            | Self::Bco(_)
+            | Self::Copg(_)
+            | Self::Alol(_) => {
                 unreachable!("handled above")
             }
             Self::Orpo(c) => (
@@ -383,6 +505,64 @@ impl PreferenceObjective {
             loss,
             chosen_rewards: reward(&chosen),
             rejected_rewards: reward(&rejected),
+        })
+    }
+
+    /// CoPG and A-LoL on scored pairs (`scores` `[2B]`, chosen then rejected). Each pair is two
+    /// samples of its prompt: CoPG contrasts them; A-LoL weights each by its advantage over
+    /// the pair's mean score, `A = R(y) − (R(y_c) + R(y_r))/2` — the value of the prompt under
+    /// the data's behaviour policy estimated by its two samples — so only the better-scored
+    /// response of a pair is pushed up, by half the score gap. The logged rewards are
+    /// `β·Δ` (CoPG) and `Δ` (A-LoL), `Δ = log π − log π_ref`.
+    fn scored_loss(
+        &self,
+        policy: Tensor<2>,
+        reference: Option<Tensor<2>>,
+        completion_mask: Tensor<2>,
+        scores: Tensor<1>,
+    ) -> Result<ObjectiveOutput> {
+        let [rows, width] = policy.dims();
+        let b = rows / 2;
+        let mask = completion_mask.narrow(1, 1, width);
+        // A-LoL's reference-free variant reads no reference: Δ = 0 stands in.
+        let reference = match reference {
+            Some(r) => r,
+            None if !self.needs_reference() => policy.clone().detach(),
+            None => bail!(
+                "objective {} needs the reference's log-probs",
+                self.describe()
+            ),
+        };
+        let sums =
+            |t: &Tensor<2>| Completions::from_tokens(t.clone(), mask.clone()).map(|c| c.logps);
+        let (policy_sums, reference_sums) = (sums(&policy)?, sums(&reference)?);
+        let delta = (policy_sums.clone() - reference_sums.clone()).detach();
+        let half = |t: &Tensor<1>, start| t.clone().narrow(0, start, b);
+        let (loss, beta) = match self {
+            Self::Copg(c) => {
+                let sample = |start| ScoredSamples {
+                    policy: half(&policy_sums, start),
+                    reference: half(&reference_sums, start),
+                    reward: half(&scores, start),
+                };
+                (copg_loss(sample(0), sample(b), c.beta)?, c.beta)
+            }
+            Self::Alol(c) => {
+                let (chosen, rejected) = (half(&scores, 0), half(&scores, b));
+                let gap = (chosen - rejected).mul_scalar(0.5);
+                let advantages = Tensor::cat(vec![gap.clone(), gap.neg()], 0);
+                (
+                    alol_loss(policy, reference, mask, advantages, c.variant(), c.clip)?,
+                    1.0,
+                )
+            }
+            _ => unreachable!("scored objectives only"),
+        };
+        let rewards = delta.mul_scalar(beta);
+        Ok(ObjectiveOutput {
+            loss,
+            chosen_rewards: half(&rewards, 0),
+            rejected_rewards: half(&rewards, b),
         })
     }
 }
@@ -459,6 +639,73 @@ mod tests {
         }
     }
 
+    /// CoPG and A-LoL on 2 hand-worked scored pairs (T − 1 = 3): summed log-probs over the
+    /// completion tokens, policy `[−1.5, −0.9 | −1.5, −0.7]`, reference `[−2, −3 | −2, −2]`,
+    /// so `Δ = [0.5, 2.1 | 0.5, 1.3]`; scores chosen `[1, 0]`, rejected `[−1, 0.5]`.
+    #[test]
+    fn scored_objectives_match_hand_worked_values() {
+        use rm_core::burn::tensor::TensorData;
+        let device = rm_core::device::test_device();
+        let t2 = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), &device)
+        };
+        let policy = t2(
+            vec![
+                -0.5, -1.0, 0.0, -0.2, -0.3, -0.4, -2.0, -1.5, 0.0, -0.9, -0.1, -0.6,
+            ],
+            [4, 3],
+        );
+        let reference = t2(vec![-1.0; 12], [4, 3]);
+        let mask = t2(
+            vec![
+                0., 1., 1., 0., 0., 1., 1., 1., 1., 0., 1., 1., 0., 0., 1., 1.,
+            ],
+            [4, 4],
+        );
+        let scores =
+            Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 0.0, -1.0, 0.5], [4]), &device);
+        let run = |objective: PreferenceObjective, with_reference: bool| {
+            objective
+                .loss(
+                    policy.clone(),
+                    None,
+                    with_reference.then(|| reference.clone()),
+                    mask.clone(),
+                    Some(scores.clone()),
+                )
+                .unwrap()
+        };
+        let values = |t: Tensor<1>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+        // CoPG, β = 0.5: ((1 − (−1)) − 0.5·0)² = 4 and ((0 − 0.5) − 0.5·0.8)² = 0.81.
+        let copg = run(PreferenceObjective::Copg(CopgConfig { beta: 0.5 }), true);
+        assert!((values(copg.loss)[0] - 2.405).abs() < 1e-5);
+        for (got, want) in values(copg.chosen_rewards)
+            .into_iter()
+            .chain(values(copg.rejected_rewards))
+            .zip([0.25f32, 1.05, 0.25, 0.65])
+        {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        // A-LoL: advantages ±(R_c − R_r)/2 = [1, −0.25 | −1, 0.25]; A⁺ keeps rows 0 and 3.
+        let alol = |variant, clip| {
+            PreferenceObjective::Alol(AlolConfig {
+                variant,
+                clip,
+                beta: 0.0,
+            })
+        };
+        let ref_free = run(alol(AlolKind::RefFree, 0.9), false);
+        assert!((values(ref_free.loss)[0] - (1.5 + 0.25 * 0.7) / 4.0).abs() < 1e-6);
+        // Sequence weights clip(e^Δ, 0.5, 1.5): e^0.5 and e^1.3 both clip to 1.5.
+        let clipped = run(alol(AlolKind::Alol, 0.5), true);
+        assert!((values(clipped.loss)[0] - (2.25 + 1.5 * 0.25 * 0.7) / 4.0).abs() < 1e-6);
+        let err = PreferenceObjective::Copg(CopgConfig { beta: 0.5 })
+            .loss(policy, None, Some(reference), mask, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("needs a score"), "{err}");
+    }
+
     #[test]
     fn reference_free_losses_equal_the_rm_losses_functions_on_the_same_rows() {
         use rm_core::burn::tensor::TensorData;
@@ -512,7 +759,7 @@ mod tests {
             ),
         ] {
             let out = objective
-                .loss(policy.clone(), None, None, mask.clone())
+                .loss(policy.clone(), None, None, mask.clone(), None)
                 .unwrap();
             let got = value(out.loss);
             assert!(
@@ -522,7 +769,7 @@ mod tests {
         }
         let dpo = PreferenceObjective::default();
         assert!(
-            dpo.loss(policy, None, None, mask).is_err(),
+            dpo.loss(policy, None, None, mask, None).is_err(),
             "DPO without a reference"
         );
     }

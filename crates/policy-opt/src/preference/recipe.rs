@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objective::PreferenceObjective;
 use super::reference_cache::ReferenceConfig;
+use crate::online::rewards::RewardComponentConfig;
 
 /// The `[eval]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +70,10 @@ pub struct PreferenceRecipe {
     pub eval: PreferenceEvalConfig,
     #[serde(default)]
     pub reference: ReferenceConfig,
+    /// `[[reward]]` tables (as `train-rl`'s) scoring the pairs that carry no `scores`, for the
+    /// objectives that read them (`copg`, `alol`; [`super::scored`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reward: Vec<RewardComponentConfig>,
 }
 
 impl PreferenceRecipe {
@@ -97,6 +102,12 @@ impl PreferenceRecipe {
                     "objective.sync_ref_model (TR-DPO) refreshes the reference during training, so its log-probs cannot be precomputed; set reference.precompute = false"
                 );
             }
+        }
+        if !self.reward.is_empty() && !self.objective.needs_scores() {
+            bail!(
+                "[[reward]] tables score the pairs for the objectives that read scores (kind = \"copg\" or \"alol\"); objective {} does not: remove them",
+                self.objective.describe()
+            );
         }
         if self.reference.precompute && !matches!(self.objective, PreferenceObjective::Dpo(_)) {
             bail!(
@@ -167,6 +178,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("loss_type"), "{err:#}");
+    }
+
+    #[test]
+    fn the_shipped_copg_recipe_parses_and_switches_to_alol() {
+        use super::super::objective::{AlolKind, CopgConfig};
+        const COPG: &str = include_str!("../../../../recipes/copg-smollm2-hh.toml");
+        let r: PreferenceRecipe = rm_core::recipe::parse(COPG, "copg", &[]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(
+            r.objective,
+            PreferenceObjective::Copg(CopgConfig { beta: 0.1 })
+        );
+        assert!(r.objective.needs_scores() && r.objective.needs_reference());
+        assert_eq!(r.reward.len(), 1);
+        let with = |set: &str| -> PreferenceRecipe {
+            rm_core::recipe::parse(COPG, "copg", &[set.into()]).unwrap()
+        };
+        let r = with("objective={ kind = \"alol\", variant = \"ref_free\" }");
+        let PreferenceObjective::Alol(a) = &r.objective else {
+            panic!("alol expected");
+        };
+        assert_eq!((a.variant, a.clip), (AlolKind::RefFree, 0.9));
+        assert!(!r.objective.needs_reference() && r.objective.needs_scores());
+        for (bad, says) in [
+            (
+                "objective={ kind = \"alol\", clip = 1.5 }",
+                "objective.clip",
+            ),
+            (
+                "objective={ kind = \"alol\", variant = \"kl\", beta = -1.0 }",
+                "objective.beta",
+            ),
+            (
+                "objective={ kind = \"copg\", beta = 0.0 }",
+                "objective.beta",
+            ),
+        ] {
+            let err = format!("{:#}", with(bad).validate().unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -224,14 +224,33 @@ impl DpoTask {
             ),
             false => None,
         };
+        let scores = match self.objective.needs_scores() {
+            true => Some(scores_tensor(pairs, &device)?),
+            false => None,
+        };
         let out = self.objective.loss(
             policy.token_logprobs,
             lssp,
             ref_logps.clone(),
             completion.float(),
+            scores,
         )?;
         Ok((out, policy.sum, ref_logps))
     }
+}
+
+/// The pairs' scores `[2B]`: every chosen response's, then every rejected one's.
+fn scores_tensor(pairs: &[&EncodedPair], device: &Device) -> Result<Tensor<1>> {
+    let mut values = vec![0f32; 2 * pairs.len()];
+    for (i, p) in pairs.iter().enumerate() {
+        let [chosen, rejected] = p
+            .scores
+            .context("a pair without scores reached a scored objective")?;
+        values[i] = chosen;
+        values[pairs.len() + i] = rejected;
+    }
+    let n = values.len();
+    Ok(Tensor::from_data(TensorData::new(values, [n]), device))
 }
 
 /// Where a batch's reference log-probs come from.

@@ -17,8 +17,10 @@ use serde_json::json;
 use super::data::encode_pairs;
 use super::recipe::PreferenceRecipe;
 use super::reference_cache::{CacheStatus, load_or_compute};
+use super::scored::fill_scores;
 use super::task::DpoTask;
 use super::unpaired::{UnpairedTask, encode_unpaired};
+use crate::online::rewards::RewardSet;
 
 /// What a preference-optimisation run produced.
 #[derive(Clone, Debug)]
@@ -134,8 +136,20 @@ pub fn train_preference_policy(
         )?;
         run_task(&trainer, &run, model, &mut task)?
     } else {
-        let train_pairs = recipe.data.train.load(&request.data_dir)?;
-        let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+        let mut train_pairs = recipe.data.train.load(&request.data_dir)?;
+        let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+        if recipe.objective.needs_scores() {
+            let rewards = match recipe.reward.is_empty() {
+                true => None,
+                false => Some(RewardSet::build(&recipe.reward, &request.device)?),
+            };
+            for (pairs, source) in [
+                (&mut train_pairs, recipe.data.train.describe()),
+                (&mut eval_pairs, recipe.data.eval.describe()),
+            ] {
+                fill_scores(pairs, rewards.as_ref(), &source)?;
+            }
+        }
         let train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
         let eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
         let truncated = train.iter().filter(|p| p.reaches(max_len)).count();
@@ -197,10 +211,7 @@ pub fn train_preference_policy(
         "best_eval_loss": outcome.best_score.map(|s| -s),
         "threads": threads,
     });
-    rm_core::checkpoint::write_bytes_atomically(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    rm_pipeline::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
     Ok(PreferenceReport {
         best_dir: out.join("best"),
@@ -393,6 +404,57 @@ out_dir = "{out}"
             let again = task.evaluate(&model).unwrap().metrics["loss"];
             assert!((again - after).abs() < 1e-5, "{again} vs {after}");
         }
+    }
+
+    /// CoPG and A-LoL on pairs scored by a `[[reward]]` function (1 for a response holding
+    /// `w20` — every chosen one — else 0): both raise the chosen responses' log-probs relative
+    /// to the reference above the rejected ones'; CoPG, which also pushes the rejected ones
+    /// down, wins every pair. Pairs with no scores and no `[[reward]]`, or `[[reward]]` with an
+    /// objective that reads no scores, are refused.
+    #[test]
+    fn scored_objectives_learn_from_pairs_scored_by_reward_functions() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        #[derive(serde::Deserialize)]
+        struct Rewards {
+            reward: Vec<crate::online::rewards::RewardComponentConfig>,
+        }
+        let rewards: Rewards =
+            toml::from_str("[[reward]]\nkind = \"keywords\"\nrequired = [\"w20\"]").unwrap();
+        for extra in ["kind = \"copg\"", "kind = \"alol\"\nclip = 0.5"] {
+            let root = temp(&format!("scored-{}", extra.len()));
+            rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+            write_pairs(&root.join("pairs.jsonl"));
+            let unscored = recipe(&root, true, extra);
+            let err = format!(
+                "{:#}",
+                train_preference_policy(unscored.clone(), &request(&root)).unwrap_err()
+            );
+            assert!(err.contains("pair 1 (and 7 more) has no scores"), "{err}");
+            let mut scored = unscored;
+            scored.reward = rewards.reward.clone();
+            scored.train.out_dir = root.join("scored-run");
+            let report = train_preference_policy(scored, &request(&root)).unwrap();
+            let m = |e: &Evaluation, k: &str| e.metrics[k];
+            assert_eq!(m(&report.initial_eval, "reward_margin"), 0.0);
+            assert!(
+                m(&report.final_eval, "reward_margin") > 0.5,
+                "{extra}: {:?}",
+                report.final_eval.metrics
+            );
+            assert!(m(&report.final_eval, "reward_chosen") > 0.0, "{extra}");
+            if extra.contains("copg") {
+                assert_eq!(m(&report.final_eval, "reward_accuracy"), 1.0);
+                assert!(m(&report.final_eval, "reward_rejected") < 0.0);
+            }
+            let before = m(&report.initial_eval, "loss");
+            let after = m(&report.final_eval, "loss");
+            assert!(after < before, "{extra}: loss {before} → {after}");
+        }
+        let root = temp("scored-dpo");
+        let mut dpo = recipe(&root, true, "");
+        dpo.reward = rewards.reward;
+        let err = format!("{:#}", dpo.validate().unwrap_err());
+        assert!(err.contains("does not: remove them"), "{err}");
     }
 
     /// KTO, APO-zero unpaired and BCO learn the same preference from unpaired examples — pairs
