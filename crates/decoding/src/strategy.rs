@@ -565,24 +565,17 @@ pub(crate) fn decode_one(
             n,
             beam_width,
             ref steps,
+        }
+        | Strategy::Dvts {
+            n,
+            beam_width,
+            ref steps,
         } => search::beam_search(
             model,
             prompt,
             ids,
             (n, beam_width, config.max_new_tokens),
-            steps,
-            seed,
-            scorer,
-        )?,
-        Strategy::Dvts {
-            n,
-            beam_width,
-            ref steps,
-        } => search::dvts(
-            model,
-            prompt,
-            ids,
-            (n, beam_width, config.max_new_tokens),
+            matches!(config.strategy, Strategy::Dvts { .. }),
             steps,
             seed,
             scorer,

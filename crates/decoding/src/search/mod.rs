@@ -360,62 +360,52 @@ impl Expander for LmExpander<'_, '_> {
     }
 }
 
-/// PRM-guided beam search (Snell et al. 2024, "Scaling LLM Test-Time Compute Optimally can be
-/// More Effective than Scaling Model Parameters"; HuggingFace search-and-learn's
-/// `beam_search`): `n` samples of the first step; then, step after step, the `n / width`
-/// best unfinished partial solutions by the PRM each grow `width` sampled next steps, until
-/// every beam is finished or `max_steps` (see [`beam::grouped_beam_search`] with one group,
-/// `K = n / width`, `M = width`). Returns the best finished solution by the PRM and its score.
+/// PRM-guided beam search and DVTS, by `dvts`:
+///
+/// - beam search (Snell et al. 2024, "Scaling LLM Test-Time Compute Optimally can be More
+///   Effective than Scaling Model Parameters"; HuggingFace search-and-learn's `beam_search`):
+///   `n` samples of the first step; then, step after step, the `n / width` best unfinished
+///   partial solutions by the PRM each grow `width` sampled next steps, until every beam is
+///   finished or `max_steps` ([`beam::grouped_beam_search`] with one group, `K = n / width`,
+///   `M = width`);
+/// - diverse verifier tree search (Beeching, Tunstall & Rush 2024, search-and-learn's `dvts`):
+///   the budget `n` split into `n / width` independent subtrees, each a PRM-greedy beam of
+///   width `width` (keep the best child by the PRM, grow `width` next steps from it), all
+///   subtrees stepped in one batch ([`beam::grouped_beam_search`] with `n / width` groups,
+///   `K = 1`, `M = width`). A subtree whose best child finishes keeps searching from its best
+///   unfinished child, as a beam search does (search-and-learn stops it), so DVTS with one
+///   subtree is exactly beam search with `n = width`.
+///
+/// Either returns the best finished solution by the PRM (over all subtrees) and its score.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn beam_search(
     model: &DecodeModel,
     prompt: &Prompt,
     ids: &[u32],
     (n, width, max_new_tokens): (usize, usize, usize),
+    dvts: bool,
     params: &StepParams,
     seed: u64,
     scorer: &mut Counted<'_>,
 ) -> Result<Outcome> {
     let mut ex = LmExpander::new(model, prompt, ids, params, max_new_tokens, seed, scorer);
-    let out = beam::grouped_beam_search(&mut ex, 1, n / width, width, params.max_steps)?;
-    let detail = Detail::BeamSearch {
-        iterations: out.iterations,
-        finished_rewards: out.finished_scores.iter().map(|&s| s as f32).collect(),
-        chosen: out.chosen,
-    };
-    Ok((
-        out.best.tokens,
-        out.score as f32,
-        ex.tokens_generated,
-        detail,
-    ))
-}
-
-/// Diverse verifier tree search (Beeching, Tunstall & Rush 2024, search-and-learn's `dvts`):
-/// the budget `n` split into `n / width` independent subtrees, each a PRM-greedy beam of
-/// width `width` (keep the best child by the PRM, grow `width` next steps from it), all
-/// subtrees stepped in one batch; the answer is the best finished leaf over all subtrees
-/// ([`beam::grouped_beam_search`] with `n / width` groups, `K = 1`, `M = width`). A subtree
-/// whose best child finishes keeps searching from its best unfinished child, as a beam
-/// search does (search-and-learn stops it), so DVTS with one subtree is exactly beam search
-/// with `n = width`.
-pub(crate) fn dvts(
-    model: &DecodeModel,
-    prompt: &Prompt,
-    ids: &[u32],
-    (n, width, max_new_tokens): (usize, usize, usize),
-    params: &StepParams,
-    seed: u64,
-    scorer: &mut Counted<'_>,
-) -> Result<Outcome> {
-    let mut ex = LmExpander::new(model, prompt, ids, params, max_new_tokens, seed, scorer);
-    let subtrees = n / width;
-    let out = beam::grouped_beam_search(&mut ex, subtrees, 1, width, params.max_steps)?;
-    let detail = Detail::Dvts {
-        subtrees,
-        iterations: out.iterations,
-        finished_rewards: out.finished_scores.iter().map(|&s| s as f32).collect(),
-        chosen: out.chosen,
-        subtree: out.group,
+    let (groups, keep) = if dvts { (n / width, 1) } else { (1, n / width) };
+    let out = beam::grouped_beam_search(&mut ex, groups, keep, width, params.max_steps)?;
+    let finished_rewards = out.finished_scores.iter().map(|&s| s as f32).collect();
+    let detail = if dvts {
+        Detail::Dvts {
+            subtrees: groups,
+            iterations: out.iterations,
+            finished_rewards,
+            chosen: out.chosen,
+            subtree: out.group,
+        }
+    } else {
+        Detail::BeamSearch {
+            iterations: out.iterations,
+            finished_rewards,
+            chosen: out.chosen,
+        }
     };
     Ok((
         out.best.tokens,

@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 
 use rm_core::chat::ChatTemplate;
 use rm_core::device::test_device;
-use rm_core::models::llama::CausalLm;
 use rm_core::models::reward::RewardModelConfig;
 use rm_core::sampling::{SamplingConfig, generate};
 use rm_core::tokenize::TruncationSide;
@@ -16,6 +15,7 @@ use rm_process::{Aggregation, PrmShape, ProcessRewardModel};
 use super::beam::grouped_beam_search;
 use super::mcts::mcts;
 use super::*;
+use crate::tests::{temp_dir, tiny_model};
 use crate::{DecodeConfig, DecodeRun, Detail, FnScorer, FnStepScorer, Strategy, decode};
 
 /// A tree given by tables: the j-th copy of a parent in one call gets child `parent ⊕ [j]`;
@@ -242,21 +242,6 @@ fn mcts_revisits_finished_nodes_without_expanding() {
 }
 
 // ---- On the tiny Llama (vocabulary w0 … w47, eos w1), steps ended by "w6".
-
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("decoding-search-{tag}-{}-{n}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    d
-}
-
-fn tiny_model() -> DecodeModel {
-    let dir = temp_dir("model");
-    rm_core::fixtures::write_tiny_llama(&dir, 5).unwrap();
-    let lm = CausalLm::load(&dir, &test_device()).unwrap();
-    DecodeModel::new(lm, ChatTemplate::Plain, 64)
-}
 
 fn steps(max_steps: usize, step_tokens: usize, temperature: f32) -> StepParams {
     StepParams {
