@@ -9,7 +9,9 @@
 //! - DeAL-style lookahead (ARGS with each candidate scored after a greedy continuation), with
 //!   keyword and length scorers;
 //! - GenARM (logits `log π + α · log π_arm` of the policy and a guide causal LM);
-//! - blockwise controlled decoding (best of K blocks of B tokens).
+//! - blockwise controlled decoding (best of K blocks of B tokens);
+//! - PRM-guided search over reasoning steps: beam search, DVTS and MCTS, scored by a process
+//!   reward model through [`StepScorer`] ([`PrmScorer`] wraps a trained PRM).
 //!
 //! Every strategy returns, per prompt, the chosen text, its reward and its cost
 //! ([`DecodeStats`]: tokens generated, tokens/s, scorer calls). [`decode`] runs a list of
@@ -22,6 +24,7 @@ mod model;
 mod run;
 mod sample;
 mod scorer;
+mod search;
 mod strategy;
 
 pub use bon::{CurvePoint, best_index, best_of_n_curve, kl_bound, soft_best_index};
@@ -32,7 +35,8 @@ pub use run::{
     load_prompts, run_decode,
 };
 pub use sample::{SampleOutcome, SampleRequest, sample_prompts};
-pub use scorer::{FnScorer, KeywordScorer, LengthScorer, Scorer};
+pub use scorer::{FnScorer, FnStepScorer, KeywordScorer, LengthScorer, Scorer, StepScorer};
+pub use search::{PrmScorer, StepParams, empty_score, prompt_text, split_steps};
 pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
 
 #[cfg(test)]

@@ -254,6 +254,14 @@ pub enum ScorerSpec {
     Keywords(Vec<String>),
     /// [`LengthScorer`](crate::LengthScorer) with this target word count.
     Length(usize),
+    /// A PRM folder (`plumb train-prm`) as a [`PrmScorer`](crate::PrmScorer): responses split
+    /// into steps at `delimiter`, step probabilities aggregated by `aggregation`. The searches
+    /// (beam search, DVTS, MCTS) use their own `steps.delimiter` and `steps.aggregation`.
+    Prm {
+        dir: PathBuf,
+        delimiter: String,
+        aggregation: rm_process::Aggregation,
+    },
 }
 
 /// A `plumb decode` run.
@@ -314,6 +322,23 @@ pub fn run_decode(
             reason: "no such reward model folder".into(),
         });
     }
+    if let ScorerSpec::Prm { dir, .. } = &request.scorer
+        && !dir.exists()
+    {
+        return Err(DecodeError::File {
+            path: dir.clone(),
+            reason: "no such PRM folder".into(),
+        });
+    }
+    if config.strategy.needs_step_scorer() && !matches!(request.scorer, ScorerSpec::Prm { .. }) {
+        return Err(DecodeError::config(
+            "scorer",
+            format!(
+                "{} needs a process reward model (--prm DIR)",
+                config.strategy.name()
+            ),
+        ));
+    }
     if !request.policy.exists() {
         return Err(DecodeError::File {
             path: request.policy.clone(),
@@ -342,6 +367,24 @@ pub fn run_decode(
             keywords: k.clone(),
         }),
         ScorerSpec::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+        ScorerSpec::Prm {
+            dir,
+            delimiter,
+            aggregation,
+        } => {
+            let (delimiter, aggregation) = match &config.strategy {
+                Strategy::BeamSearch { steps, .. }
+                | Strategy::Dvts { steps, .. }
+                | Strategy::Mcts { steps, .. } => (steps.delimiter.clone(), steps.aggregation),
+                _ => (delimiter.clone(), *aggregation),
+            };
+            Box::new(crate::PrmScorer {
+                prm: rm_process::ProcessRewardModel::load(dir, &request.device)
+                    .map_err(DecodeError::model)?,
+                delimiter,
+                aggregation,
+            })
+        }
     };
     let run = decode(
         &model,

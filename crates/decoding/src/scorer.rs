@@ -9,6 +9,18 @@ use crate::error::{DecodeError, Result};
 pub trait Scorer {
     /// One reward per pair, in order; higher is better.
     fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>>;
+
+    /// The step-level scorer behind this scorer, for the PRM-guided searches (beam search,
+    /// DVTS, MCTS); `None` (the default) for scorers that only score whole responses.
+    fn steps(&mut self) -> Option<&mut dyn StepScorer> {
+        None
+    }
+}
+
+/// A process reward: for each partial solution (a prompt and the texts of its steps so far),
+/// the probability that each step is correct, in `[0, 1]`, one per step, in order.
+pub trait StepScorer {
+    fn score_steps(&mut self, solutions: &[(&Prompt, Vec<&str>)]) -> Result<Vec<Vec<f32>>>;
 }
 
 /// A trained reward model (`plumb train-rm`) scores with its first attribute, the raw head
@@ -34,6 +46,15 @@ pub struct FnScorer<F>(pub F);
 impl<F: FnMut(&Prompt, &str) -> f32> Scorer for FnScorer<F> {
     fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
         Ok(pairs.iter().map(|(p, r)| (self.0)(p, r)).collect())
+    }
+}
+
+/// A step scorer from a closure `f(prompt, steps) → one probability per step` (tests).
+pub struct FnStepScorer<F>(pub F);
+
+impl<F: FnMut(&Prompt, &[&str]) -> Vec<f32>> StepScorer for FnStepScorer<F> {
+    fn score_steps(&mut self, solutions: &[(&Prompt, Vec<&str>)]) -> Result<Vec<Vec<f32>>> {
+        Ok(solutions.iter().map(|(p, s)| (self.0)(p, s)).collect())
     }
 }
 
@@ -71,6 +92,49 @@ impl<'a> Counted<'a> {
                 "reward {} of text {i} is not finite",
                 out[i]
             )));
+        }
+        Ok(out)
+    }
+
+    /// Step probabilities of `solutions` (each a list of step texts) to `prompt` (one call of
+    /// the step scorer, counted like a reward call); each answer is checked to have one
+    /// probability in `[0, 1]` per step.
+    pub fn step_scores(
+        &mut self,
+        prompt: &Prompt,
+        solutions: &[Vec<&str>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let steps = self.inner.steps().ok_or_else(|| {
+            DecodeError::config(
+                "scorer",
+                "the PRM-guided searches need a process reward model (--prm DIR)",
+            )
+        })?;
+        let batch: Vec<(&Prompt, Vec<&str>)> =
+            solutions.iter().map(|s| (prompt, s.clone())).collect();
+        let out = steps.score_steps(&batch)?;
+        self.calls += 1;
+        self.texts += solutions.len();
+        if out.len() != solutions.len() {
+            return Err(DecodeError::Scorer(format!(
+                "returned step scores for {} solutions, asked for {}",
+                out.len(),
+                solutions.len()
+            )));
+        }
+        for (i, (probs, steps)) in out.iter().zip(solutions).enumerate() {
+            if probs.len() != steps.len() {
+                return Err(DecodeError::Scorer(format!(
+                    "solution {i}: {} step scores for {} steps",
+                    probs.len(),
+                    steps.len()
+                )));
+            }
+            if let Some(p) = probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+                return Err(DecodeError::Scorer(format!(
+                    "solution {i}: step probability {p} is outside [0, 1]"
+                )));
+            }
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@ use crate::engine::{Batch, row_rng};
 use crate::error::{DecodeError, Result};
 use crate::model::DecodeModel;
 use crate::scorer::Counted;
+use crate::search::{self, StepParams};
 
 fn one() -> f32 {
     1.0
@@ -23,12 +24,18 @@ fn eight() -> usize {
     8
 }
 
+fn sqrt2() -> f64 {
+    std::f64::consts::SQRT_2
+}
+
 fn default_max_new_tokens() -> usize {
     64
 }
 
 /// A reward-guided decoding method and its parameters. In TOML, the `[strategy]` table with
-/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "genarm" | "controlled"`.
+/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "genarm" | "controlled"
+/// | "beam-search" | "dvts" | "mcts"` (the searches' step settings in `[strategy.steps]`,
+/// [`StepParams`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Strategy {
@@ -92,6 +99,32 @@ pub enum Strategy {
         temperature: f32,
         #[serde(default = "one")]
         top_p: f32,
+    },
+    /// PRM-guided beam search: `n` beams, the best `n / beam_width` by the PRM each grow
+    /// `beam_width` sampled steps ([`crate::search`]); needs a step scorer (`--prm`).
+    BeamSearch {
+        n: usize,
+        beam_width: usize,
+        #[serde(default)]
+        steps: StepParams,
+    },
+    /// Diverse verifier tree search: `n / beam_width` independent PRM-greedy subtrees of width
+    /// `beam_width`, the best leaf of all.
+    Dvts {
+        n: usize,
+        beam_width: usize,
+        #[serde(default)]
+        steps: StepParams,
+    },
+    /// PRM-guided MCTS: `simulations` rounds of UCT selection (constant `exploration`),
+    /// expansion by `children` sampled steps valued by the PRM, and backup.
+    Mcts {
+        simulations: usize,
+        children: usize,
+        #[serde(default = "sqrt2")]
+        exploration: f64,
+        #[serde(default)]
+        steps: StepParams,
     },
 }
 
@@ -234,6 +267,42 @@ impl DecodeConfig {
                 temperature(*t)?;
                 top_p(*p)
             }
+            Strategy::BeamSearch {
+                n,
+                beam_width,
+                steps,
+            }
+            | Strategy::Dvts {
+                n,
+                beam_width,
+                steps,
+            } => {
+                positive("n", *n)?;
+                positive("beam_width", *beam_width)?;
+                if n % beam_width != 0 {
+                    return Err(DecodeError::config(
+                        "n",
+                        format!("must be a multiple of beam_width ({beam_width}), got {n}"),
+                    ));
+                }
+                steps.validate()
+            }
+            Strategy::Mcts {
+                simulations,
+                children,
+                exploration,
+                steps,
+            } => {
+                positive("simulations", *simulations)?;
+                positive("children", *children)?;
+                if !(exploration.is_finite() && *exploration >= 0.0) {
+                    return Err(DecodeError::config(
+                        "exploration",
+                        format!("must be finite and ≥ 0, got {exploration}"),
+                    ));
+                }
+                steps.validate()
+            }
         }
     }
 }
@@ -249,7 +318,18 @@ impl Strategy {
             Strategy::Lookahead { .. } => "lookahead",
             Strategy::GenArm { .. } => "genarm",
             Strategy::Controlled { .. } => "controlled",
+            Strategy::BeamSearch { .. } => "beam-search",
+            Strategy::Dvts { .. } => "dvts",
+            Strategy::Mcts { .. } => "mcts",
         }
+    }
+
+    /// Whether the strategy searches over steps with a process reward model.
+    pub fn needs_step_scorer(&self) -> bool {
+        matches!(
+            self,
+            Strategy::BeamSearch { .. } | Strategy::Dvts { .. } | Strategy::Mcts { .. }
+        )
     }
 }
 
@@ -303,6 +383,36 @@ pub enum Detail {
     },
     Controlled {
         blocks: usize,
+    },
+    BeamSearch {
+        /// Expansion rounds (each one generation batch and one PRM call).
+        iterations: usize,
+        /// Every finished solution's PRM score, in the order they finished.
+        finished_rewards: Vec<f32>,
+        /// The answer's index in `finished_rewards`.
+        chosen: usize,
+    },
+    Dvts {
+        subtrees: usize,
+        iterations: usize,
+        finished_rewards: Vec<f32>,
+        chosen: usize,
+        /// The subtree the answer grew in.
+        subtree: usize,
+    },
+    Mcts {
+        /// Simulations that expanded a node (each one batch and one PRM call); the others
+        /// revisited a finished node.
+        expansions: usize,
+        /// Nodes in the tree, the root included.
+        nodes: usize,
+        finished_nodes: usize,
+        /// Whether the answer is a finished solution (else the best partial one).
+        finished: bool,
+        /// The answer's steps from the root.
+        depth: usize,
+        root_visits: u64,
+        root_children_visits: Vec<u64>,
     },
 }
 
@@ -451,6 +561,40 @@ pub(crate) fn decode_one(
             &sampling(temperature, top_p, seed),
             scorer,
         )?,
+        Strategy::BeamSearch {
+            n,
+            beam_width,
+            ref steps,
+        }
+        | Strategy::Dvts {
+            n,
+            beam_width,
+            ref steps,
+        } => search::beam_search(
+            model,
+            prompt,
+            ids,
+            (n, beam_width, config.max_new_tokens),
+            matches!(config.strategy, Strategy::Dvts { .. }),
+            steps,
+            seed,
+            scorer,
+        )?,
+        Strategy::Mcts {
+            simulations,
+            children,
+            exploration,
+            ref steps,
+        } => search::mcts_search(
+            model,
+            prompt,
+            ids,
+            (simulations, children, exploration),
+            config.max_new_tokens,
+            steps,
+            seed,
+            scorer,
+        )?,
     };
     let seconds = start.elapsed().as_secs_f64();
     Ok(Decoded {
@@ -504,7 +648,7 @@ fn score_samples(
     scorer.score(prompt, &refs)
 }
 
-type Outcome = (Vec<u32>, f32, usize, Detail);
+pub(crate) type Outcome = (Vec<u32>, f32, usize, Detail);
 
 /// Rejection sampling: rounds of `batch` samples (round j seeded `seed + j·c`) until one scores
 /// ≥ `threshold` (the first such one is returned) or `budget` samples are spent (then the best

@@ -13,7 +13,7 @@ use rm_core::types::Prompt;
 
 use super::*;
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("decoding-{tag}-{}-{n}", std::process::id()));
@@ -23,7 +23,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// The tiny Llama of `rm_core::fixtures` (vocabulary `w0 … w47`, eos `w1`), plain template.
-fn tiny_model() -> DecodeModel {
+pub(crate) fn tiny_model() -> DecodeModel {
     let dir = temp_dir("model");
     rm_core::fixtures::write_tiny_llama(&dir, 5).unwrap();
     let lm = CausalLm::load(&dir, &test_device()).unwrap();

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use decoding::{DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, Strategy, run_decode};
+use decoding::{
+    DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, StepParams, Strategy, run_decode,
+};
+use rm_process::Aggregation;
 
 use crate::GlobalArgs;
 
@@ -26,17 +29,25 @@ pub enum StrategyArg {
     Genarm,
     /// Best of --candidates blocks of --block-size tokens, block after block.
     Controlled,
+    /// PRM-guided beam search: --n beams, the best --n / --beam-width each grow --beam-width
+    /// steps (needs --prm).
+    BeamSearch,
+    /// Diverse verifier tree search: --n / --beam-width PRM-greedy subtrees of width
+    /// --beam-width (needs --prm).
+    Dvts,
+    /// PRM-guided MCTS: --simulations rounds, --children steps per expansion (needs --prm).
+    Mcts,
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("scorer").required(true).args(["rm", "keywords", "target_words"])))]
+#[command(group(clap::ArgGroup::new("scorer").required(true).args(["rm", "prm", "keywords", "target_words"])))]
 pub struct DecodeArgs {
     /// The decoding method (or --config).
     #[arg(long, value_enum, required_unless_present = "config")]
     pub strategy: Option<StrategyArg>,
     /// A TOML file: `max_new_tokens = 32` and a `[strategy]` table with `type = "best-of-n"`
     /// and its parameters (instead of --strategy and its flags).
-    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens"])]
+    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens", "beam_width", "simulations", "children", "exploration", "max_steps", "step_tokens"])]
     pub config: Option<PathBuf>,
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
@@ -44,6 +55,38 @@ pub struct DecodeArgs {
     /// A reward-model folder (`plumb train-rm`): the scorer.
     #[arg(long)]
     pub rm: Option<PathBuf>,
+    /// A process-reward-model folder (`plumb train-prm`): the scorer of the searches
+    /// (beam-search, dvts, mcts); with the other strategies a response's reward is its steps'
+    /// (split at --delimiter) probabilities aggregated by --aggregation.
+    #[arg(long)]
+    pub prm: Option<PathBuf>,
+    /// With --prm: the text that ends a reasoning step [default: "\n\n"; write a newline as
+    /// \n].
+    #[arg(long)]
+    pub delimiter: Option<String>,
+    /// With --prm: step probabilities → solution score (min, product, last, mean,
+    /// sum-log-prob) [default: last].
+    #[arg(long, value_parser = parse_aggregation)]
+    pub aggregation: Option<Aggregation>,
+    /// beam-search, dvts: children per kept beam M (--n must be a multiple) [default: 2].
+    #[arg(long)]
+    pub beam_width: Option<usize>,
+    /// mcts: simulations per prompt [default: 16].
+    #[arg(long)]
+    pub simulations: Option<usize>,
+    /// mcts: steps sampled per expansion [default: 3].
+    #[arg(long)]
+    pub children: Option<usize>,
+    /// mcts: UCT exploration constant C [default: √2].
+    #[arg(long)]
+    pub exploration: Option<f64>,
+    /// beam-search, dvts, mcts: most steps per solution; the last is generated to the end
+    /// [default: 40].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// beam-search, dvts, mcts: most tokens per step [default: 64].
+    #[arg(long)]
+    pub step_tokens: Option<usize>,
     /// Instead of --rm: reward = the fraction of these keywords (comma-separated) in the
     /// response, case-insensitive.
     #[arg(long, value_delimiter = ',')]
@@ -190,6 +233,52 @@ impl DecodeArgs {
                 temperature,
                 top_p,
             },
+            StrategyArg::BeamSearch | StrategyArg::Dvts | StrategyArg::Mcts => {
+                if self.prm.is_none() {
+                    bail!("--strategy {strategy:?} needs --prm DIR (a process reward model)");
+                }
+                let defaults = StepParams::default();
+                let steps = StepParams {
+                    delimiter: self.delimiter()?.unwrap_or(defaults.delimiter),
+                    max_steps: self.max_steps.unwrap_or(defaults.max_steps),
+                    step_tokens: self.step_tokens.unwrap_or(defaults.step_tokens),
+                    aggregation: self.aggregation.unwrap_or(defaults.aggregation),
+                    temperature: self.temperature.unwrap_or(defaults.temperature),
+                    top_p,
+                };
+                if strategy == StrategyArg::Mcts {
+                    unused(&[
+                        ("n", self.n.is_some()),
+                        ("beam-width", self.beam_width.is_some()),
+                    ])?;
+                    Strategy::Mcts {
+                        simulations: self.simulations.unwrap_or(16),
+                        children: self.children.unwrap_or(3),
+                        exploration: self.exploration.unwrap_or(std::f64::consts::SQRT_2),
+                        steps,
+                    }
+                } else {
+                    unused(&[
+                        ("simulations", self.simulations.is_some()),
+                        ("children", self.children.is_some()),
+                        ("exploration", self.exploration.is_some()),
+                    ])?;
+                    let (n, beam_width) = (self.n.unwrap_or(4), self.beam_width.unwrap_or(2));
+                    if strategy == StrategyArg::BeamSearch {
+                        Strategy::BeamSearch {
+                            n,
+                            beam_width,
+                            steps,
+                        }
+                    } else {
+                        Strategy::Dvts {
+                            n,
+                            beam_width,
+                            steps,
+                        }
+                    }
+                }
+            }
         };
         let config = DecodeConfig {
             max_new_tokens: self.max_new_tokens.unwrap_or(64),
@@ -198,19 +287,54 @@ impl DecodeArgs {
         config.validate()?;
         Ok(config)
     }
+
+    /// --delimiter with `\n` and `\t` read as a newline and a tab.
+    fn delimiter(&self) -> Result<Option<String>> {
+        let Some(d) = &self.delimiter else {
+            return Ok(None);
+        };
+        let d = d.replace("\\n", "\n").replace("\\t", "\t");
+        if d.is_empty() {
+            bail!("--delimiter is empty: it must end every step");
+        }
+        Ok(Some(d))
+    }
+
+    /// The scorer the flags name.
+    fn scorer(&self) -> Result<ScorerSpec> {
+        Ok(match (&self.rm, &self.prm, self.target_words) {
+            (Some(rm), _, _) => ScorerSpec::RewardModel(rm.clone()),
+            (None, Some(dir), _) => ScorerSpec::Prm {
+                dir: dir.clone(),
+                delimiter: self
+                    .delimiter()?
+                    .unwrap_or_else(|| StepParams::default().delimiter),
+                aggregation: self.aggregation.unwrap_or(Aggregation::Last),
+            },
+            (None, None, Some(n)) => ScorerSpec::Length(n),
+            (None, None, None) => ScorerSpec::Keywords(self.keywords.clone()),
+        })
+    }
+}
+
+fn parse_aggregation(s: &str) -> std::result::Result<Aggregation, String> {
+    Aggregation::ALL
+        .into_iter()
+        .find(|a| a.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Aggregation::ALL.iter().map(|a| a.name()).collect();
+            format!("{s:?} is not one of {}", names.join(", "))
+        })
 }
 
 /// `plumb decode ... --out FILE.jsonl` (default decode.jsonl): one JSON line per prompt, a
 /// summary on stdout.
 pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
     let config = args.decode_config()?;
+    let config_is_search = config.strategy.needs_step_scorer();
     let request = DecodeRequest {
         policy: args.policy.clone(),
-        scorer: match (&args.rm, args.target_words) {
-            (Some(rm), _) => ScorerSpec::RewardModel(rm.clone()),
-            (None, Some(n)) => ScorerSpec::Length(n),
-            (None, None) => ScorerSpec::Keywords(args.keywords.clone()),
-        },
+        scorer: args.scorer()?,
         arm: args.arm.clone(),
         input: args.input.clone(),
         prompts: args.prompts,
@@ -252,6 +376,12 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
         s.scorer_calls,
         s.texts_scored
     );
+    if config_is_search {
+        println!(
+            "search: {} PRM calls ({} partial solutions scored), {} tokens generated",
+            s.scorer_calls, s.texts_scored, s.tokens_generated
+        );
+    }
     if let Some(kl) = s.kl_bound {
         println!("KL(best-of-n ‖ policy) ≤ log n − (n−1)/n = {kl:.4}");
     }
@@ -352,6 +482,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--arm"), "{e}");
+        let prm = "plumb --policy p --prm d --input hh-rlhf:dev";
+        let c = parse_with(
+            prm,
+            "--strategy beam-search --n 8 --beam-width 4 --delimiter \\n --max-steps 6 --step-tokens 48 --aggregation min",
+        )
+        .unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::BeamSearch {
+                n: 8,
+                beam_width: 4,
+                steps: StepParams {
+                    delimiter: "\n".into(),
+                    max_steps: 6,
+                    step_tokens: 48,
+                    aggregation: Aggregation::Min,
+                    ..StepParams::default()
+                }
+            }
+        );
+        let c = parse_with(prm, "--strategy mcts --simulations 8 --children 2").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::Mcts {
+                simulations: 8,
+                children: 2,
+                exploration: std::f64::consts::SQRT_2,
+                steps: StepParams::default()
+            }
+        );
+        let e = parse("--strategy dvts --n 4").unwrap_err().to_string();
+        assert!(e.contains("--prm"), "{e}");
+        let e = parse_with(prm, "--strategy dvts --n 6 --beam-width 4")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("n:") && e.contains("multiple"), "{e}");
+        let e = parse_with(prm, "--strategy mcts --beam-width 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--beam-width does not apply"), "{e}");
+        assert!(parse_with(prm, "--strategy beam-search --aggregation max").is_err());
         let c = parse("--strategy genarm --alpha 2 --arm g").unwrap();
         assert_eq!(
             c.strategy,
