@@ -8,6 +8,7 @@ use rm_core::burn::tensor::Device;
 use rm_core::data::hh_rlhf;
 use rm_core::models::reward::RewardModelBundle;
 use rm_core::types::Prompt;
+use rm_ensembles::{Aggregation, Ensemble, EnsembleScorer};
 use serde::Serialize;
 
 use crate::bon::{CurvePoint, best_of_n_curve, kl_bound};
@@ -250,10 +251,75 @@ pub fn decode(
 pub enum ScorerSpec {
     /// A reward-model folder (`plumb train-rm`).
     RewardModel(PathBuf),
+    /// An ensemble folder (one holding `ensemble.json`), scored by `aggregation` or, when
+    /// `None`, by the aggregation `ensemble.json` names.
+    Ensemble {
+        dir: PathBuf,
+        aggregation: Option<Aggregation>,
+    },
     /// [`KeywordScorer`](crate::KeywordScorer) over these keywords.
     Keywords(Vec<String>),
     /// [`LengthScorer`](crate::LengthScorer) with this target word count.
     Length(usize),
+}
+
+impl ScorerSpec {
+    /// `dir` as a scorer: an ensemble folder when it holds `ensemble.json` (scored by
+    /// `aggregation`, else its own), otherwise a reward-model folder; `aggregation` with a
+    /// reward-model folder is an error naming the folder.
+    pub fn reward_model(dir: PathBuf, aggregation: Option<Aggregation>) -> Result<Self> {
+        if rm_ensembles::is_ensemble_dir(&dir) {
+            return Ok(Self::Ensemble { dir, aggregation });
+        }
+        if let Some(a) = aggregation {
+            return Err(DecodeError::config(
+                "aggregation",
+                format!(
+                    "{} is a single reward model (no {}): aggregation {} applies to ensemble folders only",
+                    dir.display(),
+                    rm_ensembles::ENSEMBLE_FILE,
+                    a.label()
+                ),
+            ));
+        }
+        Ok(Self::RewardModel(dir))
+    }
+
+    /// Fails fast, before anything is loaded, on a reward-model or ensemble folder that does
+    /// not exist.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Self::RewardModel(dir) | Self::Ensemble { dir, .. } if !dir.exists() => {
+                Err(DecodeError::File {
+                    path: dir.clone(),
+                    reason: "no such reward model folder".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the scorer onto `device` (an ensemble with all its members).
+    pub fn load(&self, device: &Device) -> Result<Box<dyn Scorer>> {
+        self.check()?;
+        Ok(match self {
+            Self::RewardModel(dir) => {
+                Box::new(RewardModelBundle::load(dir, device).map_err(DecodeError::model)?)
+            }
+            Self::Ensemble { dir, aggregation } => {
+                let ensemble = Ensemble::load(dir, device).map_err(DecodeError::model)?;
+                if let Some(a) = aggregation {
+                    a.validate()
+                        .map_err(|e| DecodeError::config("aggregation", format!("{e:#}")))?;
+                }
+                Box::new(EnsembleScorer::new(ensemble, aggregation.clone(), 16))
+            }
+            Self::Keywords(k) => Box::new(crate::KeywordScorer {
+                keywords: k.clone(),
+            }),
+            Self::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+        })
+    }
 }
 
 /// A `plumb decode` run.
@@ -306,14 +372,7 @@ pub fn run_decode(
         }
     }
     config.validate()?;
-    if let ScorerSpec::RewardModel(rm) = &request.scorer
-        && !rm.exists()
-    {
-        return Err(DecodeError::File {
-            path: rm.clone(),
-            reason: "no such reward model folder".into(),
-        });
-    }
+    request.scorer.check()?;
     if !request.policy.exists() {
         return Err(DecodeError::File {
             path: request.policy.clone(),
@@ -334,15 +393,7 @@ pub fn run_decode(
                 .map_err(DecodeError::model)?,
         );
     }
-    let mut scorer: Box<dyn Scorer> = match &request.scorer {
-        ScorerSpec::RewardModel(dir) => {
-            Box::new(RewardModelBundle::load(dir, &request.device).map_err(DecodeError::model)?)
-        }
-        ScorerSpec::Keywords(k) => Box::new(crate::KeywordScorer {
-            keywords: k.clone(),
-        }),
-        ScorerSpec::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
-    };
+    let mut scorer = request.scorer.load(&request.device)?;
     let run = decode(
         &model,
         &prompts,

@@ -375,6 +375,134 @@ fn draw_panel(
     Ok(())
 }
 
+/// One named line of a [`LinePanel`]: `(x, y)` points in x order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A panel of any x/y lines (not a metrics log): e.g. reward against √KL, one line per
+/// reward model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinePanel {
+    pub title: String,
+    pub x_label: String,
+    pub series: Vec<Series>,
+}
+
+/// Line colours of [`plot_lines`], in order (matplotlib's tab10), cycled.
+pub const LINE_COLORS: [RGBColor; 6] = [
+    TRAIN_COLOR,
+    EVAL_COLOR,
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// Draws `panels` side by side (two columns, as the metrics charts) under `title`, each series
+/// a line with markers in its own colour and a legend, and writes the PNG to `png`
+/// atomically. An error when no panel has a finite point, or on a drawing failure.
+pub fn plot_lines(
+    panels: &[LinePanel],
+    title: &str,
+    png: &Path,
+    width: u32,
+    height: u32,
+) -> Result<PathBuf> {
+    for side in [width, height] {
+        if !SIDE_RANGE.contains(&side) {
+            bail!(
+                "chart size {width}x{height}: each side must be in {}..={} pixels",
+                SIDE_RANGE.start(),
+                SIDE_RANGE.end()
+            );
+        }
+    }
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    if !panels
+        .iter()
+        .flat_map(|p| &p.series)
+        .any(|s| s.points.iter().any(|p| finite(&p)))
+    {
+        bail!("{}: nothing to plot (no finite point)", png.display());
+    }
+    embedded_font()?;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&BACKGROUND).map_err(draw_error)?;
+        let scale = f64::from(width.min(height)) / 600.0;
+        let px = |v: f64| (v * scale).round().max(1.0) as u32;
+        let text = |size: f64| (FONT, (size * scale).max(8.0)).into_font().color(&BLACK);
+        let body = root.titled(title, text(20.0)).map_err(draw_error)?;
+        let cells = body.split_evenly((panels.len().div_ceil(2).max(1), 2.min(panels.len())));
+        for (panel, cell) in panels.iter().zip(&cells) {
+            let points = || {
+                panel
+                    .series
+                    .iter()
+                    .flat_map(|s| s.points.iter().filter(finite))
+            };
+            let (x_range, y_range) = ranges(points().copied());
+            let mut chart = ChartBuilder::on(cell)
+                .caption(&panel.title, text(16.0))
+                .margin(px(10.0))
+                .x_label_area_size(px(38.0))
+                .y_label_area_size(px(62.0))
+                .build_cartesian_2d(x_range.clone(), y_range.clone())
+                .map_err(draw_error)?;
+            let (x_span, y_span) = (x_range.end - x_range.start, y_range.end - y_range.start);
+            let x_fmt = |v: &f64| tick_label(*v, x_span);
+            let y_fmt = |v: &f64| tick_label(*v, y_span);
+            chart
+                .configure_mesh()
+                .x_desc(panel.x_label.as_str())
+                .x_labels(6)
+                .y_labels(6)
+                .x_label_formatter(&x_fmt)
+                .y_label_formatter(&y_fmt)
+                .label_style(text(12.0))
+                .axis_desc_style(text(13.0))
+                .bold_line_style(BLACK.mix(0.12))
+                .light_line_style(TRANSPARENT)
+                .draw()
+                .map_err(draw_error)?;
+            for (i, series) in panel.series.iter().enumerate() {
+                let color = LINE_COLORS[i % LINE_COLORS.len()];
+                let style = color.stroke_width(px(2.0));
+                let marker = px(3.5);
+                let pts: Vec<(f64, f64)> = series.points.iter().filter(finite).copied().collect();
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), style))
+                    .map_err(draw_error)?;
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, marker, color.filled())))
+                    .map_err(draw_error)?
+                    .label(series.name.as_str())
+                    .legend(move |(x, y)| {
+                        EmptyElement::at((x, y))
+                            + PathElement::new([(0, 0), (20, 0)], style)
+                            + Circle::new((10, 0), marker, color.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font(text(11.0))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(draw_error)?;
+        }
+        root.present().map_err(draw_error)?;
+    }
+    let bytes = encode_png(&rgb, width, height)?;
+    write_bytes_atomically(png, &bytes)?;
+    Ok(png.to_path_buf())
+}
+
 /// Axis ranges covering `points` with a margin: x from the first to the last step (at least one
 /// step wide), y padded by 5% of its span (a flat curve gets a span of 10% of its value, or 1).
 fn ranges(
@@ -628,6 +756,63 @@ mod tests {
         std::fs::create_dir_all("/tmp/plot-view").unwrap();
         std::fs::copy(&png_path, "/tmp/plot-view/curves.png").unwrap();
         std::fs::copy(dir.join("default.png"), "/tmp/plot-view/default.png").unwrap(); // TEMP
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plot_lines_draws_each_series_in_its_colour_and_refuses_an_empty_chart() {
+        let dir = temp_dir("lines");
+        let line = |name: &str, slope: f64| Series {
+            name: name.into(),
+            points: (0..5).map(|i| (i as f64 * 0.3, slope * i as f64)).collect(),
+        };
+        let panels = [
+            LinePanel {
+                title: "gold".into(),
+                x_label: "sqrt KL".into(),
+                series: vec![line("a", 1.0), line("b", -1.0)],
+            },
+            LinePanel {
+                title: "proxy".into(),
+                x_label: "sqrt KL".into(),
+                series: vec![line("a", 2.0), line("b", 0.5)],
+            },
+        ];
+        let png_path = dir.join("lines.png");
+        plot_lines(&panels, "study", &png_path, 900, 450).unwrap();
+        let (info, rgb) = decode(&std::fs::read(&png_path).unwrap());
+        assert_eq!((info.width, info.height), (900, 450));
+        // Both colours are drawn in the left panel (x < 450) and in the right one.
+        let count = |color: RGBColor, xs: std::ops::Range<usize>| {
+            let mut n = 0;
+            for y in 0..450usize {
+                for x in xs.clone() {
+                    let i = (y * 900 + x) * 3;
+                    if rgb[i..i + 3] == [color.0, color.1, color.2] {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        for xs in [0..450, 450..900] {
+            for c in &LINE_COLORS[..2] {
+                assert!(count(*c, xs.clone()) > 100, "{c:?} in {xs:?}");
+            }
+            assert_eq!(count(LINE_COLORS[2], xs), 0, "only two series");
+        }
+        let empty = [LinePanel {
+            title: "x".into(),
+            x_label: "x".into(),
+            series: vec![Series {
+                name: "nan".into(),
+                points: vec![(f64::NAN, 1.0)],
+            }],
+        }];
+        let e = plot_lines(&empty, "t", &dir.join("e.png"), 900, 450)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing to plot") && e.contains("e.png"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -41,9 +41,14 @@ pub struct DecodeArgs {
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
     pub policy: PathBuf,
-    /// A reward-model folder (`plumb train-rm`): the scorer.
+    /// A reward-model folder (`plumb train-rm`) or an ensemble folder (one with
+    /// ensemble.json): the scorer.
     #[arg(long)]
     pub rm: Option<PathBuf>,
+    /// With an ensemble --rm: the aggregation, e.g. mean, median, min, mean-minus-std:0.5,
+    /// brme:0.5 [default: the one ensemble.json names].
+    #[arg(long, requires = "rm")]
+    pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
     /// Instead of --rm: reward = the fraction of these keywords (comma-separated) in the
     /// response, case-insensitive.
     #[arg(long, value_delimiter = ',')]
@@ -207,7 +212,7 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
     let request = DecodeRequest {
         policy: args.policy.clone(),
         scorer: match (&args.rm, args.target_words) {
-            (Some(rm), _) => ScorerSpec::RewardModel(rm.clone()),
+            (Some(rm), _) => ScorerSpec::reward_model(rm.clone(), args.aggregation.clone())?,
             (None, Some(n)) => ScorerSpec::Length(n),
             (None, None) => ScorerSpec::Keywords(args.keywords.clone()),
         },
