@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::bon::{expected_best_of_n, kl_bound};
 use crate::error::{DecodeError, Result};
-use crate::run::PromptSource;
+use crate::run::{PromptSource, read_prompt_rows};
 use crate::sample::{SampleOutcome, SampleRequest, sample_prompts};
 
 /// Where the study's completions come from.
@@ -216,35 +216,19 @@ struct SampleTable {
 
 /// Reads a `plumb generate --input` file: rows grouped by prompt (first-appearance order).
 fn read_samples(path: &Path) -> Result<SampleTable> {
-    let text = std::fs::read_to_string(path).map_err(|e| DecodeError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let bad = |line: usize, reason: String| DecodeError::BadRow {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    };
     let mut table = SampleTable {
         prompts: Vec::new(),
         completions: Vec::new(),
     };
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad(i + 1, format!("not JSON: {e}")))?;
-        let prompt: Prompt = serde_json::from_value(
-            row.get("prompt")
-                .ok_or_else(|| bad(i + 1, "no field `prompt`".into()))?
-                .clone(),
-        )
-        .map_err(|e| bad(i + 1, format!("field `prompt`: {e}")))?;
+    for (line, prompt, row) in read_prompt_rows(path)? {
         let completion = row
             .get("completion")
             .and_then(|c| c.as_str())
-            .ok_or_else(|| bad(i + 1, "no text field `completion`".into()))?;
+            .ok_or_else(|| DecodeError::BadRow {
+                path: path.to_path_buf(),
+                line,
+                reason: "no text field `completion`".into(),
+            })?;
         match table.prompts.iter().position(|p| *p == prompt) {
             Some(p) => table.completions[p].push(completion.to_string()),
             None => {

@@ -84,6 +84,16 @@ pub fn load_prompts(source: &PromptSource, data_dir: &Path, n: usize) -> Result<
 }
 
 fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
+    Ok(read_prompt_rows(path)?
+        .into_iter()
+        .map(|(_, prompt, _)| prompt)
+        .collect())
+}
+
+/// The rows of a JSONL file with a non-empty `prompt` (text or a conversation) each: (line
+/// number, prompt, the whole row); blank lines are skipped, other bad rows are errors naming
+/// the file and line.
+pub(crate) fn read_prompt_rows(path: &Path) -> Result<Vec<(usize, Prompt, serde_json::Value)>> {
     let text = std::fs::read_to_string(path).map_err(|e| DecodeError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -112,7 +122,7 @@ fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
         if matches!(&prompt, Prompt::Text(t) if t.trim().is_empty()) {
             return Err(bad(i + 1, "field `prompt` is empty".into()));
         }
-        out.push(prompt);
+        out.push((i + 1, prompt, value));
     }
     Ok(out)
 }

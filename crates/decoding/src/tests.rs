@@ -703,40 +703,11 @@ fn strategies_read_from_toml_tables() {
 /// reward model's score of its text.
 #[test]
 fn run_decode_writes_one_scored_line_per_prompt() {
-    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
-    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
-    use rm_core::tokenize::TruncationSide;
+    use rm_core::models::reward::RewardModelBundle;
     let root = temp_dir("run");
     let device = test_device();
-    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
-    rm_core::fixtures::write_tiny_llama(&root.join("other"), 6).unwrap();
-    let policy = Policy::build(
-        &PolicyModelConfig {
-            policy: root.join("base"),
-            max_len: 32,
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-        },
-        &device,
-    )
-    .unwrap();
-    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
-    let rm = RewardModelBundle::build(
-        &RewardModelConfig {
-            backbone: root.join("other"),
-            pooling: None,
-            max_len: 32,
-            truncation: TruncationSide::Left,
-            attributes: vec!["reward".into()],
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-            head_init_std: 0.5,
-        },
-        3,
-        &device,
-    )
-    .unwrap();
-    rm.save(&root.join("rm")).unwrap();
+    tiny_policy(&root);
+    tiny_reward_model(&root, "rm", 6, 3);
     let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"]
         .map(|p| format!("{{\"prompt\": \"{p}\", \"chosen\": \"w1\"}}"));
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
@@ -1001,21 +972,9 @@ fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
 /// errors.
 #[test]
 fn sample_prompts_writes_every_sample_of_every_prompt() {
-    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
     let root = temp_dir("sample");
     let device = test_device();
-    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
-    let policy = Policy::build(
-        &PolicyModelConfig {
-            policy: root.join("base"),
-            max_len: 32,
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-        },
-        &device,
-    )
-    .unwrap();
-    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    tiny_policy(&root);
     let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"].map(|p| format!("{{\"prompt\": \"{p}\"}}"));
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
     let request = |samples: usize, temperature: f32| crate::SampleRequest {
@@ -1102,9 +1061,10 @@ fn unbiased_best_of_n_equals_the_mean_over_all_subsets() {
     let mean = gold.iter().map(|&g| f64::from(g)).sum::<f64>() / 7.0;
     assert!((expected_best_of_n(&proxy, &gold, 1).unwrap() - mean).abs() < 1e-12);
     assert_eq!(expected_best_of_n(&proxy, &gold, 7).unwrap(), -2.0);
-    // n = 2 by hand on 3 samples: subsets {0,1}→1, {0,2}→0, {1,2}→1 (proxy 3, 1, 2).
+    // n = 2 by hand on 3 samples (proxy 3, 1, 2): subsets {0,1} and {0,2} choose sample 0
+    // (gold 10), {1,2} chooses sample 2 (gold 40): (10 + 10 + 40)/3 = 20.
     let v = expected_best_of_n(&[3.0, 1.0, 2.0], &[10.0, 20.0, 40.0], 2).unwrap();
-    assert!((v - 30.0).abs() < 1e-12, "{v}");
+    assert!((v - 20.0).abs() < 1e-12, "{v}");
     // Weights by hand: m = 4, n = 2: C(j−1, 1)/C(4, 2) = 0, 1/6, 2/6, 3/6.
     let w = best_of_n_weights(4, 2).unwrap();
     for (a, b) in w.iter().zip([0.0, 1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
@@ -1131,7 +1091,7 @@ fn the_overoptimization_curve_has_the_kl_bound_and_means_over_prompts() {
     for (p, k) in points.iter().zip(kl) {
         assert!((p.kl - k).abs() < 1e-12 && (p.sqrt_kl - k.sqrt()).abs() < 1e-12);
     }
-    assert!((points[1].sqrt_kl - 0.439_484_0).abs() < 1e-6);
+    assert!((points[1].sqrt_kl - 0.439_485_1).abs() < 1e-6);
     assert!((kl_bound(16).unwrap() - (16f64.ln() - 15.0 / 16.0)).abs() < 1e-12);
     // n = 1: the mean of every sample; gold (1.25 + 0.5)/2, proxy (1.5 + 1.5)/2.
     assert!((points[0].gold_reward - 0.875).abs() < 1e-12);
@@ -1146,34 +1106,42 @@ fn the_overoptimization_curve_has_the_kl_bound_and_means_over_prompts() {
     assert!(overopt_curve(&proxy, &gold[..1], &[1]).is_err());
 }
 
+/// A tiny reward model (`plumb train-rm` layout) at `root/name`: a tiny Llama backbone of
+/// `backbone_seed` (at `root/name-backbone`), its head initialized with `head_seed`.
+fn tiny_reward_model(
+    root: &std::path::Path,
+    name: &str,
+    backbone_seed: u64,
+    head_seed: u64,
+) -> PathBuf {
+    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
+    use rm_core::tokenize::TruncationSide;
+    let backbone = root.join(format!("{name}-backbone"));
+    rm_core::fixtures::write_tiny_llama(&backbone, backbone_seed).unwrap();
+    let rm = RewardModelBundle::build(
+        &RewardModelConfig {
+            backbone,
+            pooling: None,
+            max_len: 32,
+            truncation: TruncationSide::Left,
+            attributes: vec!["reward".into()],
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.5,
+        },
+        head_seed,
+        &test_device(),
+    )
+    .unwrap();
+    rm.save(&root.join(name)).unwrap();
+    root.join(name)
+}
+
 /// Two tiny reward models (`plumb train-rm` layout, no stored normalization: used raw) and an
 /// ensemble folder of both (aggregation `min` in ensemble.json) under `root`.
 fn tiny_reward_models(root: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
-    use rm_core::tokenize::TruncationSide;
-    let device = test_device();
-    let mut dirs = Vec::new();
-    for (name, seed) in [("rm-a", 3u64), ("rm-b", 11)] {
-        let backbone = root.join(format!("{name}-backbone"));
-        rm_core::fixtures::write_tiny_llama(&backbone, seed).unwrap();
-        let rm = RewardModelBundle::build(
-            &RewardModelConfig {
-                backbone,
-                pooling: None,
-                max_len: 32,
-                truncation: TruncationSide::Left,
-                attributes: vec!["reward".into()],
-                template: Some(ChatTemplate::Plain),
-                lora: None,
-                head_init_std: 0.5,
-            },
-            seed,
-            &device,
-        )
-        .unwrap();
-        rm.save(&root.join(name)).unwrap();
-        dirs.push(root.join(name));
-    }
+    let dirs = [("rm-a", 3u64), ("rm-b", 11)]
+        .map(|(name, seed)| tiny_reward_model(root, name, seed, seed));
     let ensemble = root.join("ens");
     std::fs::create_dir_all(&ensemble).unwrap();
     rm_ensembles::EnsembleSpec::new(
@@ -1185,6 +1153,7 @@ fn tiny_reward_models(root: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     (dirs[0].clone(), dirs[1].clone(), ensemble)
 }
 
+/// A tiny policy folder (`plumb train-po` layout) at `root/policy`, its base at `root/base`.
 fn tiny_policy(root: &std::path::Path) -> PathBuf {
     use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
     rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
@@ -1199,9 +1168,15 @@ fn tiny_policy(root: &std::path::Path) -> PathBuf {
     )
     .unwrap();
     policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    root.join("policy")
+}
+
+/// A tiny policy and a file of three prompts, `root/prompts.jsonl`.
+fn tiny_policy_and_prompts(root: &std::path::Path) -> PathBuf {
+    let policy = tiny_policy(root);
     let rows = ["w3 w4", "w5 w6 w7", "w9"].map(|p| format!("{{\"prompt\": \"{p}\"}}"));
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
-    root.join("policy")
+    policy
 }
 
 /// `plumb decode --rm ENSEMBLE_DIR [--aggregation A]`: every decoded line's reward is the
@@ -1212,7 +1187,7 @@ fn decode_scores_with_an_ensemble_folder_and_its_aggregation() {
     let root = temp_dir("ens-decode");
     let device = test_device();
     let (a, b, ensemble) = tiny_reward_models(&root);
-    let policy = tiny_policy(&root);
+    let policy = tiny_policy_and_prompts(&root);
     let request = |scorer| DecodeRequest {
         policy: policy.clone(),
         scorer,
@@ -1293,7 +1268,7 @@ fn overopt_study_scores_every_sample_once_and_writes_its_report() {
     let root = temp_dir("overopt");
     let device = test_device();
     let (a, b, ensemble) = tiny_reward_models(&root);
-    let policy = tiny_policy(&root);
+    let policy = tiny_policy_and_prompts(&root);
     let request = |ns: Vec<usize>, gold: PathBuf, samples: StudySamples| OveroptRequest {
         samples,
         proxies: vec![a.clone(), ensemble.clone()],

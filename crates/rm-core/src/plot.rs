@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::coord::Shift;
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -244,8 +246,8 @@ pub fn render_png(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
     encode_png(&rgb, width, height)
 }
 
-/// Renders `log` into an RGB raster (rows top to bottom, 3 bytes a pixel).
-pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Result<Vec<u8>> {
+/// Each side of a chart must be in [`SIDE_RANGE`].
+fn check_size(width: u32, height: u32) -> Result<()> {
     for side in [width, height] {
         if !SIDE_RANGE.contains(&side) {
             bail!(
@@ -255,6 +257,12 @@ pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
             );
         }
     }
+    Ok(())
+}
+
+/// Renders `log` into an RGB raster (rows top to bottom, 3 bytes a pixel).
+pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Result<Vec<u8>> {
+    check_size(width, height)?;
     embedded_font()?;
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
     {
@@ -275,6 +283,44 @@ pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
     Ok(rgb)
 }
 
+/// A panel's chart on `area`: `caption` on top, `x_label` under the x axis, six ticks a side
+/// labelled by [`tick_label`] (x ticks for an axis spanning `x_tick_span`), a faint grid.
+fn panel_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: &str,
+    x_label: &str,
+    (x_range, y_range): (std::ops::Range<f64>, std::ops::Range<f64>),
+    x_tick_span: f64,
+    scale: f64,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let px = |v: f64| (v * scale).round().max(1.0) as u32;
+    let text = |size: f64| (FONT, (size * scale).max(8.0)).into_font().color(&BLACK);
+    let y_span = y_range.end - y_range.start;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, text(16.0))
+        .margin(px(10.0))
+        .x_label_area_size(px(38.0))
+        .y_label_area_size(px(62.0))
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(draw_error)?;
+    let y_fmt = |v: &f64| tick_label(*v, y_span);
+    let x_fmt = |v: &f64| tick_label(*v, x_tick_span);
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .x_labels(6)
+        .y_labels(6)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style(text(12.0))
+        .axis_desc_style(text(13.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(TRANSPARENT)
+        .draw()
+        .map_err(draw_error)?;
+    Ok(chart)
+}
+
 /// Draws one metric's panel: axes, grid, smoothed + raw train curve, eval markers and line, legend.
 fn draw_panel(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
@@ -287,29 +333,14 @@ fn draw_panel(
     let all = || metric.train.iter().chain(&metric.eval);
     let (x_range, y_range) = ranges(all().copied());
 
-    let mut chart = ChartBuilder::on(area)
-        .caption(&metric.name, text(16.0))
-        .margin(px(10.0))
-        .x_label_area_size(px(38.0))
-        .y_label_area_size(px(62.0))
-        .build_cartesian_2d(x_range, y_range.clone())
-        .map_err(draw_error)?;
-    let span = y_range.end - y_range.start;
-    let y_fmt = |v: &f64| tick_label(*v, span);
-    let x_fmt = |v: &f64| tick_label(*v, 10.0);
-    chart
-        .configure_mesh()
-        .x_desc("optimizer step")
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&x_fmt)
-        .y_label_formatter(&y_fmt)
-        .label_style(text(12.0))
-        .axis_desc_style(text(13.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(draw_error)?;
+    let mut chart = panel_chart(
+        area,
+        &metric.name,
+        "optimizer step",
+        (x_range, y_range),
+        10.0,
+        scale,
+    )?;
 
     let line_width = px(2.0);
     let marker = px(3.5);
@@ -411,15 +442,7 @@ pub fn plot_lines(
     width: u32,
     height: u32,
 ) -> Result<PathBuf> {
-    for side in [width, height] {
-        if !SIDE_RANGE.contains(&side) {
-            bail!(
-                "chart size {width}x{height}: each side must be in {}..={} pixels",
-                SIDE_RANGE.start(),
-                SIDE_RANGE.end()
-            );
-        }
-    }
+    check_size(width, height)?;
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     if !panels
         .iter()
@@ -446,29 +469,15 @@ pub fn plot_lines(
                     .flat_map(|s| s.points.iter().filter(finite))
             };
             let (x_range, y_range) = ranges(points().copied());
-            let mut chart = ChartBuilder::on(cell)
-                .caption(&panel.title, text(16.0))
-                .margin(px(10.0))
-                .x_label_area_size(px(38.0))
-                .y_label_area_size(px(62.0))
-                .build_cartesian_2d(x_range.clone(), y_range.clone())
-                .map_err(draw_error)?;
-            let (x_span, y_span) = (x_range.end - x_range.start, y_range.end - y_range.start);
-            let x_fmt = |v: &f64| tick_label(*v, x_span);
-            let y_fmt = |v: &f64| tick_label(*v, y_span);
-            chart
-                .configure_mesh()
-                .x_desc(panel.x_label.as_str())
-                .x_labels(6)
-                .y_labels(6)
-                .x_label_formatter(&x_fmt)
-                .y_label_formatter(&y_fmt)
-                .label_style(text(12.0))
-                .axis_desc_style(text(13.0))
-                .bold_line_style(BLACK.mix(0.12))
-                .light_line_style(TRANSPARENT)
-                .draw()
-                .map_err(draw_error)?;
+            let x_span = x_range.end - x_range.start;
+            let mut chart = panel_chart(
+                cell,
+                &panel.title,
+                &panel.x_label,
+                (x_range, y_range),
+                x_span,
+                scale,
+            )?;
             for (i, series) in panel.series.iter().enumerate() {
                 let color = LINE_COLORS[i % LINE_COLORS.len()];
                 let style = color.stroke_width(px(2.0));
@@ -545,11 +554,13 @@ fn tick_label(v: f64, span: f64) -> String {
         3
     };
     let s = format!("{v:.decimals$}");
-    if s.contains('.') {
+    let s = if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         s
-    }
+    };
+    // A value within rounding of 0 (a tick at -1e-17) is "0", not "-0".
+    if s == "-0" { "0".into() } else { s }
 }
 
 /// The chart's title: "training metrics" and the run directory holding the log, when it has one.
@@ -698,6 +709,7 @@ mod tests {
         assert_eq!(tick_label(40.0, 50.0), "40");
         assert_eq!(tick_label(1e-5, 2e-6), "1.0e-5");
         assert_eq!(tick_label(250000.0, 1e5), "2.5e5");
+        assert_eq!(tick_label(-1e-17, 0.8), "0");
     }
 
     #[test]
