@@ -59,6 +59,65 @@ pub fn best_of_n_curve(rewards: &[Vec<f32>], ns: &[usize]) -> Result<Vec<CurvePo
         .collect()
 }
 
+/// The unbiased best-of-n weights over `m` samples: `w_j = C(j − 1, n − 1) / C(m, n)` for
+/// the sample of ascending rank `j = 1 … m` — the probability that it is the best of a
+/// uniformly drawn n-subset of the m samples (it must be in the subset and the n − 1 others
+/// below it). They sum to 1 (the hockey-stick identity); n = 1 gives 1/m each, n = m puts
+/// all weight on the top sample. Computed in log space, so large m does not overflow.
+/// Errors for n = 0 and n > m.
+pub fn best_of_n_weights(m: usize, n: usize) -> Result<Vec<f64>> {
+    if n == 0 {
+        return Err(DecodeError::config("n", "best-of-n needs n ≥ 1, got 0"));
+    }
+    if n > m {
+        return Err(DecodeError::config(
+            "n",
+            format!("best-of-{n} needs at least {n} samples per prompt, there are {m}"),
+        ));
+    }
+    let ln_choose =
+        |a: usize, b: usize| -> f64 { (1..=b).map(|t| ((a - b + t) as f64 / t as f64).ln()).sum() };
+    let total = ln_choose(m, n);
+    Ok((1..=m)
+        .map(|j| {
+            if j < n {
+                0.0
+            } else {
+                (ln_choose(j - 1, n - 1) - total).exp()
+            }
+        })
+        .collect())
+}
+
+/// The unbiased estimate, from `m` i.i.d. samples of one prompt, of `E[value of the best-of-n
+/// choice]` when the choice is made by `selector` (a proxy reward) and judged by `value` (a
+/// gold reward, or the proxy itself):
+/// `Ê_n = Σ_j C(j − 1, n − 1) / C(m, n) · value_(j)`, samples ranked by ascending selector
+/// (ties: the lower index ranks higher, as [`best_index`] picks it) — the mean over all
+/// C(m, n) subsets of size n of the value of each subset's best-of-n choice (Nakano et al.
+/// 2021, "WebGPT", appendix; Gao et al. 2023, "Scaling Laws for Reward Model
+/// Overoptimization"). Errors for n = 0, n > m, or slices of different lengths.
+pub fn expected_best_of_n(selector: &[f32], value: &[f32], n: usize) -> Result<f64> {
+    if selector.len() != value.len() {
+        return Err(DecodeError::config(
+            "rewards",
+            format!(
+                "{} selector rewards but {} values",
+                selector.len(),
+                value.len()
+            ),
+        ));
+    }
+    let weights = best_of_n_weights(selector.len(), n)?;
+    let mut order: Vec<usize> = (0..selector.len()).collect();
+    order.sort_by(|&a, &b| selector[a].total_cmp(&selector[b]).then(b.cmp(&a)));
+    Ok(order
+        .iter()
+        .zip(&weights)
+        .map(|(&i, w)| w * f64::from(value[i]))
+        .sum())
+}
+
 /// Index of the largest reward (the first on ties): the best-of-n choice.
 pub fn best_index(rewards: &[f32]) -> usize {
     rm_core::sampling::argmax(rewards)

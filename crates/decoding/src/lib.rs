@@ -15,21 +15,33 @@
 //!
 //! Every strategy returns, per prompt, the chosen text, its reward and its cost
 //! ([`DecodeStats`]: tokens generated, tokens/s, scorer calls). [`decode`] runs a list of
-//! prompts; [`run_decode`] is `plumb decode` (load, decode, write JSONL).
+//! prompts; [`run_decode`] is `plumb decode` (load, decode, write JSONL). The scorer may be a
+//! reward model or an ensemble folder (rm-ensembles, with any aggregation).
+//!
+//! [`run_overopt`] is `plumb overopt`: the best-of-n overoptimization study (proxy and gold
+//! reward of the proxy's best-of-n choice against √KL, single models and ensembles as proxies).
 
 mod bon;
 mod engine;
 mod error;
 mod model;
+mod overopt;
 mod run;
 mod sample;
 mod scorer;
 mod search;
 mod strategy;
 
-pub use bon::{CurvePoint, best_index, best_of_n_curve, kl_bound, soft_best_index};
+pub use bon::{
+    CurvePoint, best_index, best_of_n_curve, best_of_n_weights, expected_best_of_n, kl_bound,
+    soft_best_index,
+};
 pub use error::{DecodeError, Result};
 pub use model::DecodeModel;
+pub use overopt::{
+    OveroptPoint, OveroptReport, OveroptRequest, ProxyCurve, RewardInfo, StudySamples, markdown,
+    overopt_curve, run_overopt,
+};
 pub use run::{
     DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, Summary, decode,
     load_prompts, run_decode,

@@ -8,6 +8,7 @@ use rm_core::burn::tensor::Device;
 use rm_core::data::hh_rlhf;
 use rm_core::models::reward::RewardModelBundle;
 use rm_core::types::Prompt;
+use rm_ensembles::{Aggregation, Ensemble, EnsembleScorer};
 use serde::Serialize;
 
 use crate::bon::{CurvePoint, best_of_n_curve, kl_bound};
@@ -83,6 +84,16 @@ pub fn load_prompts(source: &PromptSource, data_dir: &Path, n: usize) -> Result<
 }
 
 fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
+    Ok(read_prompt_rows(path)?
+        .into_iter()
+        .map(|(_, prompt, _)| prompt)
+        .collect())
+}
+
+/// The rows of a JSONL file with a non-empty `prompt` (text or a conversation) each: (line
+/// number, prompt, the whole row); blank lines are skipped, other bad rows are errors naming
+/// the file and line.
+pub(crate) fn read_prompt_rows(path: &Path) -> Result<Vec<(usize, Prompt, serde_json::Value)>> {
     let text = std::fs::read_to_string(path).map_err(|e| DecodeError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -111,7 +122,7 @@ fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
         if matches!(&prompt, Prompt::Text(t) if t.trim().is_empty()) {
             return Err(bad(i + 1, "field `prompt` is empty".into()));
         }
-        out.push(prompt);
+        out.push((i + 1, prompt, value));
     }
     Ok(out)
 }
@@ -250,6 +261,12 @@ pub fn decode(
 pub enum ScorerSpec {
     /// A reward-model folder (`plumb train-rm`).
     RewardModel(PathBuf),
+    /// An ensemble folder (one holding `ensemble.json`), scored by `aggregation` or, when
+    /// `None`, by the aggregation `ensemble.json` names.
+    Ensemble {
+        dir: PathBuf,
+        aggregation: Option<Aggregation>,
+    },
     /// [`KeywordScorer`](crate::KeywordScorer) over these keywords.
     Keywords(Vec<String>),
     /// [`LengthScorer`](crate::LengthScorer) with this target word count.
@@ -262,6 +279,79 @@ pub enum ScorerSpec {
         delimiter: String,
         aggregation: rm_process::Aggregation,
     },
+}
+
+impl ScorerSpec {
+    /// `dir` as a scorer: an ensemble folder when it holds `ensemble.json` (scored by
+    /// `aggregation`, else its own), otherwise a reward-model folder; `aggregation` with a
+    /// reward-model folder is an error naming the folder.
+    pub fn reward_model(dir: PathBuf, aggregation: Option<Aggregation>) -> Result<Self> {
+        if rm_ensembles::is_ensemble_dir(&dir) {
+            return Ok(Self::Ensemble { dir, aggregation });
+        }
+        if let Some(a) = aggregation {
+            return Err(DecodeError::config(
+                "aggregation",
+                format!(
+                    "{} is a single reward model (no {}): aggregation {} applies to ensemble folders only",
+                    dir.display(),
+                    rm_ensembles::ENSEMBLE_FILE,
+                    a.label()
+                ),
+            ));
+        }
+        Ok(Self::RewardModel(dir))
+    }
+
+    /// Fails fast, before anything is loaded, on a reward-model or ensemble folder that does
+    /// not exist.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Self::RewardModel(dir) | Self::Ensemble { dir, .. } if !dir.exists() => {
+                Err(DecodeError::File {
+                    path: dir.clone(),
+                    reason: "no such reward model folder".into(),
+                })
+            }
+            Self::Prm { dir, .. } if !dir.exists() => Err(DecodeError::File {
+                path: dir.clone(),
+                reason: "no such PRM folder".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the scorer onto `device` (an ensemble with all its members).
+    pub fn load(&self, device: &Device) -> Result<Box<dyn Scorer>> {
+        self.check()?;
+        Ok(match self {
+            Self::RewardModel(dir) => {
+                Box::new(RewardModelBundle::load(dir, device).map_err(DecodeError::model)?)
+            }
+            Self::Ensemble { dir, aggregation } => {
+                let ensemble = Ensemble::load(dir, device).map_err(DecodeError::model)?;
+                if let Some(a) = aggregation {
+                    a.validate()
+                        .map_err(|e| DecodeError::config("aggregation", format!("{e:#}")))?;
+                }
+                Box::new(EnsembleScorer::new(ensemble, aggregation.clone(), 16))
+            }
+            Self::Keywords(k) => Box::new(crate::KeywordScorer {
+                keywords: k.clone(),
+            }),
+            Self::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+            Self::Prm {
+                dir,
+                delimiter,
+                aggregation,
+            } => Box::new(crate::PrmScorer {
+                prm: rm_process::ProcessRewardModel::load(dir, device)
+                    .map_err(DecodeError::model)?,
+                delimiter: delimiter.clone(),
+                aggregation: *aggregation,
+            }),
+        })
+    }
 }
 
 /// A `plumb decode` run.
@@ -314,22 +404,7 @@ pub fn run_decode(
         }
     }
     config.validate()?;
-    if let ScorerSpec::RewardModel(rm) = &request.scorer
-        && !rm.exists()
-    {
-        return Err(DecodeError::File {
-            path: rm.clone(),
-            reason: "no such reward model folder".into(),
-        });
-    }
-    if let ScorerSpec::Prm { dir, .. } = &request.scorer
-        && !dir.exists()
-    {
-        return Err(DecodeError::File {
-            path: dir.clone(),
-            reason: "no such PRM folder".into(),
-        });
-    }
+    request.scorer.check()?;
     if config.strategy.needs_step_scorer() && !matches!(request.scorer, ScorerSpec::Prm { .. }) {
         return Err(DecodeError::config(
             "scorer",
@@ -359,33 +434,21 @@ pub fn run_decode(
                 .map_err(DecodeError::model)?,
         );
     }
-    let mut scorer: Box<dyn Scorer> = match &request.scorer {
-        ScorerSpec::RewardModel(dir) => {
-            Box::new(RewardModelBundle::load(dir, &request.device).map_err(DecodeError::model)?)
-        }
-        ScorerSpec::Keywords(k) => Box::new(crate::KeywordScorer {
-            keywords: k.clone(),
-        }),
-        ScorerSpec::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
-        ScorerSpec::Prm {
-            dir,
-            delimiter,
-            aggregation,
-        } => {
-            let (delimiter, aggregation) = match &config.strategy {
-                Strategy::BeamSearch { steps, .. }
-                | Strategy::Dvts { steps, .. }
-                | Strategy::Mcts { steps, .. } => (steps.delimiter.clone(), steps.aggregation),
-                _ => (delimiter.clone(), *aggregation),
-            };
-            Box::new(crate::PrmScorer {
-                prm: rm_process::ProcessRewardModel::load(dir, &request.device)
-                    .map_err(DecodeError::model)?,
-                delimiter,
-                aggregation,
-            })
-        }
+    // The searches score steps with their own delimiter and aggregation.
+    let scorer = match (&request.scorer, &config.strategy) {
+        (
+            ScorerSpec::Prm { dir, .. },
+            Strategy::BeamSearch { steps, .. }
+            | Strategy::Dvts { steps, .. }
+            | Strategy::Mcts { steps, .. },
+        ) => ScorerSpec::Prm {
+            dir: dir.clone(),
+            delimiter: steps.delimiter.clone(),
+            aggregation: steps.aggregation,
+        },
+        (spec, _) => spec.clone(),
     };
+    let mut scorer = scorer.load(&request.device)?;
     let run = decode(
         &model,
         &prompts,

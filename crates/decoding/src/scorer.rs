@@ -40,6 +40,20 @@ impl Scorer for RewardModelBundle {
     }
 }
 
+/// An ensemble folder (`plumb train-rm` with `[ensemble]`, rm-ensembles) scores with its
+/// aggregation (mean, median, min, mean − λ·std, BRME; see [`rm_ensembles::Aggregation`]) of
+/// the members' first attribute, each member on its stored normalized scale.
+impl Scorer for rm_ensembles::EnsembleScorer {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        let items: Vec<bench_harness::ScoreItem<'_>> = pairs
+            .iter()
+            .map(|&(prompt, response)| bench_harness::ScoreItem { prompt, response })
+            .collect();
+        bench_harness::Scorer::score(self, &items)
+            .map_err(|e| DecodeError::Scorer(format!("{e:#}")))
+    }
+}
+
 /// A scorer from a closure `f(prompt, response) → reward` (keyword or length rewards, tests).
 pub struct FnScorer<F>(pub F);
 

@@ -703,40 +703,11 @@ fn strategies_read_from_toml_tables() {
 /// reward model's score of its text.
 #[test]
 fn run_decode_writes_one_scored_line_per_prompt() {
-    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
-    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
-    use rm_core::tokenize::TruncationSide;
+    use rm_core::models::reward::RewardModelBundle;
     let root = temp_dir("run");
     let device = test_device();
-    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
-    rm_core::fixtures::write_tiny_llama(&root.join("other"), 6).unwrap();
-    let policy = Policy::build(
-        &PolicyModelConfig {
-            policy: root.join("base"),
-            max_len: 32,
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-        },
-        &device,
-    )
-    .unwrap();
-    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
-    let rm = RewardModelBundle::build(
-        &RewardModelConfig {
-            backbone: root.join("other"),
-            pooling: None,
-            max_len: 32,
-            truncation: TruncationSide::Left,
-            attributes: vec!["reward".into()],
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-            head_init_std: 0.5,
-        },
-        3,
-        &device,
-    )
-    .unwrap();
-    rm.save(&root.join("rm")).unwrap();
+    tiny_policy(&root);
+    tiny_reward_model(&root, "rm", 6, 3);
     let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"]
         .map(|p| format!("{{\"prompt\": \"{p}\", \"chosen\": \"w1\"}}"));
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
@@ -1001,21 +972,9 @@ fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
 /// errors.
 #[test]
 fn sample_prompts_writes_every_sample_of_every_prompt() {
-    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
     let root = temp_dir("sample");
     let device = test_device();
-    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
-    let policy = Policy::build(
-        &PolicyModelConfig {
-            policy: root.join("base"),
-            max_len: 32,
-            template: Some(ChatTemplate::Plain),
-            lora: None,
-        },
-        &device,
-    )
-    .unwrap();
-    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    tiny_policy(&root);
     let rows = ["w3 w4", "w5 w6 w7", "w3 w4", "w9"].map(|p| format!("{{\"prompt\": \"{p}\"}}"));
     std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
     let request = |samples: usize, temperature: f32| crate::SampleRequest {
@@ -1067,4 +1026,393 @@ fn sample_prompts_writes_every_sample_of_every_prompt() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("temperature"), "{err}");
+}
+
+/// The brute force the unbiased estimator must equal: the mean, over every n-subset of the
+/// samples (indices in order), of the gold value of the subset's first proxy argmax.
+fn brute_force_best_of_n(proxy: &[f32], gold: &[f32], n: usize) -> f64 {
+    let m = proxy.len();
+    let (mut sum, mut count) = (0.0, 0usize);
+    for mask in 0u32..(1 << m) {
+        if mask.count_ones() as usize != n {
+            continue;
+        }
+        let subset: Vec<usize> = (0..m).filter(|i| mask & (1 << i) != 0).collect();
+        let scores: Vec<f32> = subset.iter().map(|&i| proxy[i]).collect();
+        sum += f64::from(gold[subset[best_index(&scores)]]);
+        count += 1;
+    }
+    sum / count as f64
+}
+
+#[test]
+fn unbiased_best_of_n_equals_the_mean_over_all_subsets() {
+    // Ties in the proxy (samples 1 and 3 at 2.0, 0 and 6 at 0.5): the earlier one is chosen.
+    let proxy = [0.5, 2.0, -1.0, 2.0, 0.0, 1.5, 0.5];
+    let gold = [1.0, -2.0, 3.0, 0.5, 4.0, 0.25, -7.0];
+    for n in 1..=proxy.len() {
+        let fast = expected_best_of_n(&proxy, &gold, n).unwrap();
+        let slow = brute_force_best_of_n(&proxy, &gold, n);
+        assert!((fast - slow).abs() < 1e-12, "n = {n}: {fast} vs {slow}");
+        let w = best_of_n_weights(proxy.len(), n).unwrap();
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "n = {n}");
+    }
+    // n = 1: the plain mean; n = m: the first of the two 2.0s, sample 1.
+    let mean = gold.iter().map(|&g| f64::from(g)).sum::<f64>() / 7.0;
+    assert!((expected_best_of_n(&proxy, &gold, 1).unwrap() - mean).abs() < 1e-12);
+    assert_eq!(expected_best_of_n(&proxy, &gold, 7).unwrap(), -2.0);
+    // n = 2 by hand on 3 samples (proxy 3, 1, 2): subsets {0,1} and {0,2} choose sample 0
+    // (gold 10), {1,2} chooses sample 2 (gold 40): (10 + 10 + 40)/3 = 20.
+    let v = expected_best_of_n(&[3.0, 1.0, 2.0], &[10.0, 20.0, 40.0], 2).unwrap();
+    assert!((v - 20.0).abs() < 1e-12, "{v}");
+    // Weights by hand: m = 4, n = 2: C(j−1, 1)/C(4, 2) = 0, 1/6, 2/6, 3/6.
+    let w = best_of_n_weights(4, 2).unwrap();
+    for (a, b) in w.iter().zip([0.0, 1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+        assert!((a - b).abs() < 1e-12, "{w:?}");
+    }
+    // Large m does not overflow: C(600, 300) is about 1e179, the weights still sum to 1.
+    let w = best_of_n_weights(600, 300).unwrap();
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(expected_best_of_n(&proxy, &gold, 0).is_err());
+    let e = expected_best_of_n(&proxy, &gold, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("best-of-8 needs at least 8 samples"), "{e}");
+    assert!(expected_best_of_n(&proxy, &gold[..3], 1).is_err());
+}
+
+#[test]
+fn the_overoptimization_curve_has_the_kl_bound_and_means_over_prompts() {
+    let proxy = vec![vec![1.0, 3.0, 2.0, 0.0], vec![0.0, 0.0, 5.0, 1.0]];
+    let gold = vec![vec![4.0, -1.0, 0.0, 2.0], vec![1.0, 3.0, -2.0, 0.0]];
+    let points = overopt_curve(&proxy, &gold, &[1, 2, 4]).unwrap();
+    // KL = log n − (n − 1)/n: 0, log 2 − 1/2, log 4 − 3/4.
+    let kl = [0.0, std::f64::consts::LN_2 - 0.5, 4f64.ln() - 0.75];
+    for (p, k) in points.iter().zip(kl) {
+        assert!((p.kl - k).abs() < 1e-12 && (p.sqrt_kl - k.sqrt()).abs() < 1e-12);
+    }
+    assert!((points[1].sqrt_kl - 0.439_485_1).abs() < 1e-6);
+    assert!((kl_bound(16).unwrap() - (16f64.ln() - 15.0 / 16.0)).abs() < 1e-12);
+    // n = 1: the mean of every sample; gold (1.25 + 0.5)/2, proxy (1.5 + 1.5)/2.
+    assert!((points[0].gold_reward - 0.875).abs() < 1e-12);
+    assert!((points[0].proxy_reward - 1.5).abs() < 1e-12);
+    // n = 4: the proxy's argmax of each prompt: samples 1 and 2; gold −1 and −2.
+    assert!((points[2].gold_reward - (-1.5)).abs() < 1e-12);
+    assert!((points[2].proxy_reward - 4.0).abs() < 1e-12);
+    // Standard error over the 2 prompts: |a − b| / 2.
+    assert!((points[2].gold_se - 0.5).abs() < 1e-12);
+    let e = overopt_curve(&proxy, &gold, &[8]).unwrap_err().to_string();
+    assert!(e.contains("prompt 0") && e.contains("best-of-8"), "{e}");
+    assert!(overopt_curve(&proxy, &gold[..1], &[1]).is_err());
+}
+
+/// A tiny reward model (`plumb train-rm` layout) at `root/name`: a tiny Llama backbone of
+/// `backbone_seed` (at `root/name-backbone`), its head initialized with `head_seed`.
+fn tiny_reward_model(
+    root: &std::path::Path,
+    name: &str,
+    backbone_seed: u64,
+    head_seed: u64,
+) -> PathBuf {
+    use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
+    use rm_core::tokenize::TruncationSide;
+    let backbone = root.join(format!("{name}-backbone"));
+    rm_core::fixtures::write_tiny_llama(&backbone, backbone_seed).unwrap();
+    let rm = RewardModelBundle::build(
+        &RewardModelConfig {
+            backbone,
+            pooling: None,
+            max_len: 32,
+            truncation: TruncationSide::Left,
+            attributes: vec!["reward".into()],
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.5,
+        },
+        head_seed,
+        &test_device(),
+    )
+    .unwrap();
+    rm.save(&root.join(name)).unwrap();
+    root.join(name)
+}
+
+/// Two tiny reward models (`plumb train-rm` layout, no stored normalization: used raw) and an
+/// ensemble folder of both (aggregation `min` in ensemble.json) under `root`.
+fn tiny_reward_models(root: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dirs = [("rm-a", 3u64), ("rm-b", 11)]
+        .map(|(name, seed)| tiny_reward_model(root, name, seed, seed));
+    let ensemble = root.join("ens");
+    std::fs::create_dir_all(&ensemble).unwrap();
+    rm_ensembles::EnsembleSpec::new(
+        vec!["../rm-a".into(), "../rm-b".into()],
+        rm_ensembles::Aggregation::Min,
+    )
+    .write(&ensemble)
+    .unwrap();
+    (dirs[0].clone(), dirs[1].clone(), ensemble)
+}
+
+/// A tiny policy folder (`plumb train-po` layout) at `root/policy`, its base at `root/base`.
+fn tiny_policy(root: &std::path::Path) -> PathBuf {
+    use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
+    rm_core::fixtures::write_tiny_llama(&root.join("base"), 5).unwrap();
+    let policy = Policy::build(
+        &PolicyModelConfig {
+            policy: root.join("base"),
+            max_len: 32,
+            template: Some(ChatTemplate::Plain),
+            lora: None,
+        },
+        &test_device(),
+    )
+    .unwrap();
+    policy.save(&policy.lm.model, &root.join("policy")).unwrap();
+    root.join("policy")
+}
+
+/// A tiny policy and a file of three prompts, `root/prompts.jsonl`.
+fn tiny_policy_and_prompts(root: &std::path::Path) -> PathBuf {
+    let policy = tiny_policy(root);
+    let rows = ["w3 w4", "w5 w6 w7", "w9"].map(|p| format!("{{\"prompt\": \"{p}\"}}"));
+    std::fs::write(root.join("prompts.jsonl"), rows.join("\n")).unwrap();
+    policy
+}
+
+/// `plumb decode --rm ENSEMBLE_DIR [--aggregation A]`: every decoded line's reward is the
+/// aggregation of the two members' own rewards of its text.
+#[test]
+fn decode_scores_with_an_ensemble_folder_and_its_aggregation() {
+    use rm_core::models::reward::RewardModelBundle;
+    let root = temp_dir("ens-decode");
+    let device = test_device();
+    let (a, b, ensemble) = tiny_reward_models(&root);
+    let policy = tiny_policy_and_prompts(&root);
+    let request = |scorer| DecodeRequest {
+        policy: policy.clone(),
+        scorer,
+        arm: None,
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        data_dir: root.clone(),
+        config: config(
+            Strategy::BestOfN {
+                n: 3,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            5,
+        ),
+        seed: 7,
+        curve: vec![],
+        out: root.join("decoded.jsonl"),
+        device: device.clone(),
+    };
+    let mut a = RewardModelBundle::load(&a, &device).unwrap();
+    let mut b = RewardModelBundle::load(&b, &device).unwrap();
+    let mut saw_disagreement = false;
+    for (aggregation, rule) in [
+        (None, f32::min as fn(f32, f32) -> f32),
+        (Some(rm_ensembles::Aggregation::Mean), |x, y| (x + y) / 2.0),
+    ] {
+        let spec = ScorerSpec::reward_model(ensemble.clone(), aggregation.clone()).unwrap();
+        assert!(matches!(spec, ScorerSpec::Ensemble { .. }), "{spec:?}");
+        let req = request(spec);
+        run_decode(&req, &mut |_| {}).unwrap();
+        let text = std::fs::read_to_string(&req.out).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let prompt: Prompt = serde_json::from_value(v["prompt"].clone()).unwrap();
+            let response = v["text"].as_str().unwrap();
+            let (ra, rb) = (
+                a.score(&[(&prompt, response)]).unwrap()[0],
+                b.score(&[(&prompt, response)]).unwrap()[0],
+            );
+            saw_disagreement |= (ra - rb).abs() > 1e-3;
+            let got = v["reward"].as_f64().unwrap() as f32;
+            assert!((got - rule(ra, rb)).abs() < 1e-4, "{aggregation:?}: {line}");
+            // Best-of-3 keeps the highest aggregated reward of its samples.
+            let rewards: Vec<f64> = serde_json::from_value(v["detail"]["rewards"].clone()).unwrap();
+            assert!(
+                rewards.iter().all(|&r| r <= f64::from(got) + 1e-6),
+                "{line}"
+            );
+        }
+    }
+    assert!(saw_disagreement, "the two tiny members should disagree");
+    let e = ScorerSpec::reward_model(root.join("rm-a"), Some(rm_ensembles::Aggregation::Min))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("single reward model") && e.contains("rm-a"),
+        "{e}"
+    );
+    let e = run_decode(
+        &request(ScorerSpec::reward_model(root.join("missing"), None).unwrap()),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("missing") && e.contains("reward model folder"),
+        "{e}"
+    );
+}
+
+/// `plumb overopt` end to end on tiny models: the files, the n = 1 point (every sample's mean
+/// gold reward, recomputed here from the samples file) and the n = m point (the gold reward
+/// of each prompt's proxy argmax), and the errors named before anything is sampled.
+#[test]
+fn overopt_study_scores_every_sample_once_and_writes_its_report() {
+    use rm_core::models::reward::RewardModelBundle;
+    let root = temp_dir("overopt");
+    let device = test_device();
+    let (a, b, ensemble) = tiny_reward_models(&root);
+    let policy = tiny_policy_and_prompts(&root);
+    let request = |ns: Vec<usize>, gold: PathBuf, samples: StudySamples| OveroptRequest {
+        samples,
+        proxies: vec![a.clone(), ensemble.clone()],
+        aggregations: vec![
+            rm_ensembles::Aggregation::Mean,
+            rm_ensembles::Aggregation::Min,
+        ],
+        gold,
+        gold_aggregation: None,
+        ns,
+        data_dir: root.clone(),
+        out_dir: root.join("study"),
+        batch_size: 4,
+        device: device.clone(),
+    };
+    let sample = |samples| StudySamples::Policy {
+        policy: policy.clone(),
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        samples,
+        sampling: SamplingConfig {
+            max_new_tokens: 5,
+            seed: 9,
+            ..SamplingConfig::default()
+        },
+        batch_size: 4,
+    };
+    let mut stages = Vec::new();
+    let report = run_overopt(&request(vec![1, 2, 4], b.clone(), sample(4)), &mut |s| {
+        stages.push(s.to_string())
+    })
+    .unwrap();
+    assert_eq!((report.prompts, report.samples_per_prompt), (3, 4));
+    assert_eq!(stages.len(), 5, "{stages:?}");
+    let labels: Vec<&str> = report
+        .curves
+        .iter()
+        .map(|c| c.proxy.label.as_str())
+        .collect();
+    assert_eq!(labels, ["rm-a", "ens [mean]", "ens [min]"]);
+    assert_eq!(report.gold.label, "rm-b");
+    assert!(!report.gold.normalized);
+    for path in [&report.json, &report.markdown, &report.scores] {
+        assert!(path.is_file(), "{}", path.display());
+    }
+    assert_eq!(&std::fs::read(&report.png).unwrap()[..4], b"\x89PNG");
+    // Recompute from the samples file: gold = rm-b, proxy rm-a, raw rewards.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report.samples_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    let mut rm_a = RewardModelBundle::load(&a, &device).unwrap();
+    let mut rm_b = RewardModelBundle::load(&b, &device).unwrap();
+    let (mut gold_sum, mut gold_at_best) = (0.0, 0.0);
+    for chunk in lines.chunks(4) {
+        let prompt: Prompt = serde_json::from_value(chunk[0]["prompt"].clone()).unwrap();
+        let texts: Vec<&str> = chunk
+            .iter()
+            .map(|l| l["completion"].as_str().unwrap())
+            .collect();
+        let pairs: Vec<(&Prompt, &str)> = texts.iter().map(|t| (&prompt, *t)).collect();
+        let (pa, gb) = (rm_a.score(&pairs).unwrap(), rm_b.score(&pairs).unwrap());
+        gold_sum += gb.iter().map(|&g| f64::from(g)).sum::<f64>();
+        gold_at_best += f64::from(gb[best_index(&pa)]);
+    }
+    let single = &report.curves[0].points;
+    assert!(
+        (single[0].gold_reward - gold_sum / 12.0).abs() < 1e-4,
+        "{single:?}"
+    );
+    assert!(
+        (single[2].gold_reward - gold_at_best / 3.0).abs() < 1e-4,
+        "{single:?}"
+    );
+    // The proxy's own reward of its choice never falls as n grows.
+    for c in &report.curves {
+        for w in c.points.windows(2) {
+            assert!(w[1].proxy_reward >= w[0].proxy_reward - 1e-9, "{c:?}");
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report.json).unwrap()).unwrap();
+    assert_eq!(json["curves"].as_array().unwrap().len(), 3);
+    assert!(
+        std::fs::read_to_string(&report.markdown)
+            .unwrap()
+            .contains("| ens [min] |")
+    );
+
+    // The samples file again, without sampling: the same numbers.
+    let again = run_overopt(
+        &request(
+            vec![1, 2, 4],
+            b.clone(),
+            StudySamples::File(report.samples_file.clone()),
+        ),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(again.curves, report.curves);
+    // Errors, before any sampling: the gold folder, n above the samples, no n.
+    let e = run_overopt(
+        &request(vec![1], root.join("no-gold"), sample(4)),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no-gold") && e.contains("gold reward model"),
+        "{e}"
+    );
+    let e = run_overopt(&request(vec![1, 8], b.clone(), sample(4)), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("best-of-8") && e.contains("--samples is 4"),
+        "{e}"
+    );
+    assert!(run_overopt(&request(vec![], b.clone(), sample(4)), &mut |_| {}).is_err());
+    let e = run_overopt(
+        &request(
+            vec![8],
+            b.clone(),
+            StudySamples::File(report.samples_file.clone()),
+        ),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("best-of-8") && e.contains("has 4"), "{e}");
+    // A samples file whose prompts have different sample counts is named.
+    let short = root.join("short.jsonl");
+    std::fs::write(
+        &short,
+        lines[..7]
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let e = run_overopt(&request(vec![1], b, StudySamples::File(short)), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prompt 1 has 3 samples, prompt 0 has 4"), "{e}");
 }

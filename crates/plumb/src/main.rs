@@ -83,6 +83,9 @@ enum Command {
     /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a
     /// policy with a reward model: one JSON line per prompt, a summary.
     Decode(Box<commands::decode::DecodeArgs>),
+    /// Best-of-n overoptimization study: gold and proxy reward of each proxy's best-of-n choice
+    /// against √KL (single reward models and ensembles as proxies); JSON, Markdown, PNG.
+    Overopt(Box<commands::overopt::OveroptArgs>),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::Decode(args) => commands::decode::run(&cli.global, *args),
+        Command::Overopt(args) => commands::overopt::run(&cli.global, *args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Export(args) => commands::export::run(&cli.global, args),

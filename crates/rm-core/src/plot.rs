@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::coord::Shift;
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -244,8 +246,8 @@ pub fn render_png(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
     encode_png(&rgb, width, height)
 }
 
-/// Renders `log` into an RGB raster (rows top to bottom, 3 bytes a pixel).
-pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Result<Vec<u8>> {
+/// Each side of a chart must be in [`SIDE_RANGE`].
+fn check_size(width: u32, height: u32) -> Result<()> {
     for side in [width, height] {
         if !SIDE_RANGE.contains(&side) {
             bail!(
@@ -255,6 +257,12 @@ pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
             );
         }
     }
+    Ok(())
+}
+
+/// Renders `log` into an RGB raster (rows top to bottom, 3 bytes a pixel).
+pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Result<Vec<u8>> {
+    check_size(width, height)?;
     embedded_font()?;
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
     {
@@ -275,6 +283,44 @@ pub fn render_rgb(log: &MetricsLog, title: &str, width: u32, height: u32) -> Res
     Ok(rgb)
 }
 
+/// A panel's chart on `area`: `caption` on top, `x_label` under the x axis, six ticks a side
+/// labelled by [`tick_label`] (x ticks for an axis spanning `x_tick_span`), a faint grid.
+fn panel_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: &str,
+    x_label: &str,
+    (x_range, y_range): (std::ops::Range<f64>, std::ops::Range<f64>),
+    x_tick_span: f64,
+    scale: f64,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let px = |v: f64| (v * scale).round().max(1.0) as u32;
+    let text = |size: f64| (FONT, (size * scale).max(8.0)).into_font().color(&BLACK);
+    let y_span = y_range.end - y_range.start;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, text(16.0))
+        .margin(px(10.0))
+        .x_label_area_size(px(38.0))
+        .y_label_area_size(px(62.0))
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(draw_error)?;
+    let y_fmt = |v: &f64| tick_label(*v, y_span);
+    let x_fmt = |v: &f64| tick_label(*v, x_tick_span);
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .x_labels(6)
+        .y_labels(6)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style(text(12.0))
+        .axis_desc_style(text(13.0))
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(TRANSPARENT)
+        .draw()
+        .map_err(draw_error)?;
+    Ok(chart)
+}
+
 /// Draws one metric's panel: axes, grid, smoothed + raw train curve, eval markers and line, legend.
 fn draw_panel(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
@@ -287,29 +333,14 @@ fn draw_panel(
     let all = || metric.train.iter().chain(&metric.eval);
     let (x_range, y_range) = ranges(all().copied());
 
-    let mut chart = ChartBuilder::on(area)
-        .caption(&metric.name, text(16.0))
-        .margin(px(10.0))
-        .x_label_area_size(px(38.0))
-        .y_label_area_size(px(62.0))
-        .build_cartesian_2d(x_range, y_range.clone())
-        .map_err(draw_error)?;
-    let span = y_range.end - y_range.start;
-    let y_fmt = |v: &f64| tick_label(*v, span);
-    let x_fmt = |v: &f64| tick_label(*v, 10.0);
-    chart
-        .configure_mesh()
-        .x_desc("optimizer step")
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&x_fmt)
-        .y_label_formatter(&y_fmt)
-        .label_style(text(12.0))
-        .axis_desc_style(text(13.0))
-        .bold_line_style(BLACK.mix(0.12))
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(draw_error)?;
+    let mut chart = panel_chart(
+        area,
+        &metric.name,
+        "optimizer step",
+        (x_range, y_range),
+        10.0,
+        scale,
+    )?;
 
     let line_width = px(2.0);
     let marker = px(3.5);
@@ -375,6 +406,112 @@ fn draw_panel(
     Ok(())
 }
 
+/// One named line of a [`LinePanel`]: `(x, y)` points in x order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A panel of any x/y lines (not a metrics log): e.g. reward against √KL, one line per
+/// reward model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinePanel {
+    pub title: String,
+    pub x_label: String,
+    pub series: Vec<Series>,
+}
+
+/// Line colours of [`plot_lines`], in order (matplotlib's tab10), cycled.
+pub const LINE_COLORS: [RGBColor; 6] = [
+    TRAIN_COLOR,
+    EVAL_COLOR,
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// Draws `panels` side by side (two columns, as the metrics charts) under `title`, each series
+/// a line with markers in its own colour and a legend, and writes the PNG to `png`
+/// atomically. An error when no panel has a finite point, or on a drawing failure.
+pub fn plot_lines(
+    panels: &[LinePanel],
+    title: &str,
+    png: &Path,
+    width: u32,
+    height: u32,
+) -> Result<PathBuf> {
+    check_size(width, height)?;
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    if !panels
+        .iter()
+        .flat_map(|p| &p.series)
+        .any(|s| s.points.iter().any(|p| finite(&p)))
+    {
+        bail!("{}: nothing to plot (no finite point)", png.display());
+    }
+    embedded_font()?;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&BACKGROUND).map_err(draw_error)?;
+        let scale = f64::from(width.min(height)) / 600.0;
+        let px = |v: f64| (v * scale).round().max(1.0) as u32;
+        let text = |size: f64| (FONT, (size * scale).max(8.0)).into_font().color(&BLACK);
+        let body = root.titled(title, text(20.0)).map_err(draw_error)?;
+        let cells = body.split_evenly((panels.len().div_ceil(2).max(1), 2.min(panels.len())));
+        for (panel, cell) in panels.iter().zip(&cells) {
+            let points = || {
+                panel
+                    .series
+                    .iter()
+                    .flat_map(|s| s.points.iter().filter(finite))
+            };
+            let (x_range, y_range) = ranges(points().copied());
+            let x_span = x_range.end - x_range.start;
+            let mut chart = panel_chart(
+                cell,
+                &panel.title,
+                &panel.x_label,
+                (x_range, y_range),
+                x_span,
+                scale,
+            )?;
+            for (i, series) in panel.series.iter().enumerate() {
+                let color = LINE_COLORS[i % LINE_COLORS.len()];
+                let style = color.stroke_width(px(2.0));
+                let marker = px(3.5);
+                let pts: Vec<(f64, f64)> = series.points.iter().filter(finite).copied().collect();
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), style))
+                    .map_err(draw_error)?;
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, marker, color.filled())))
+                    .map_err(draw_error)?
+                    .label(series.name.as_str())
+                    .legend(move |(x, y)| {
+                        EmptyElement::at((x, y))
+                            + PathElement::new([(0, 0), (20, 0)], style)
+                            + Circle::new((10, 0), marker, color.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font(text(11.0))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(draw_error)?;
+        }
+        root.present().map_err(draw_error)?;
+    }
+    let bytes = encode_png(&rgb, width, height)?;
+    write_bytes_atomically(png, &bytes)?;
+    Ok(png.to_path_buf())
+}
+
 /// Axis ranges covering `points` with a margin: x from the first to the last step (at least one
 /// step wide), y padded by 5% of its span (a flat curve gets a span of 10% of its value, or 1).
 fn ranges(
@@ -417,11 +554,13 @@ fn tick_label(v: f64, span: f64) -> String {
         3
     };
     let s = format!("{v:.decimals$}");
-    if s.contains('.') {
+    let s = if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         s
-    }
+    };
+    // A value within rounding of 0 (a tick at -1e-17) is "0", not "-0".
+    if s == "-0" { "0".into() } else { s }
 }
 
 /// The chart's title: "training metrics" and the run directory holding the log, when it has one.
@@ -570,6 +709,7 @@ mod tests {
         assert_eq!(tick_label(40.0, 50.0), "40");
         assert_eq!(tick_label(1e-5, 2e-6), "1.0e-5");
         assert_eq!(tick_label(250000.0, 1e5), "2.5e5");
+        assert_eq!(tick_label(-1e-17, 0.8), "0");
     }
 
     #[test]
@@ -628,6 +768,63 @@ mod tests {
         std::fs::create_dir_all("/tmp/plot-view").unwrap();
         std::fs::copy(&png_path, "/tmp/plot-view/curves.png").unwrap();
         std::fs::copy(dir.join("default.png"), "/tmp/plot-view/default.png").unwrap(); // TEMP
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plot_lines_draws_each_series_in_its_colour_and_refuses_an_empty_chart() {
+        let dir = temp_dir("lines");
+        let line = |name: &str, slope: f64| Series {
+            name: name.into(),
+            points: (0..5).map(|i| (i as f64 * 0.3, slope * i as f64)).collect(),
+        };
+        let panels = [
+            LinePanel {
+                title: "gold".into(),
+                x_label: "sqrt KL".into(),
+                series: vec![line("a", 1.0), line("b", -1.0)],
+            },
+            LinePanel {
+                title: "proxy".into(),
+                x_label: "sqrt KL".into(),
+                series: vec![line("a", 2.0), line("b", 0.5)],
+            },
+        ];
+        let png_path = dir.join("lines.png");
+        plot_lines(&panels, "study", &png_path, 900, 450).unwrap();
+        let (info, rgb) = decode(&std::fs::read(&png_path).unwrap());
+        assert_eq!((info.width, info.height), (900, 450));
+        // Both colours are drawn in the left panel (x < 450) and in the right one.
+        let count = |color: RGBColor, xs: std::ops::Range<usize>| {
+            let mut n = 0;
+            for y in 0..450usize {
+                for x in xs.clone() {
+                    let i = (y * 900 + x) * 3;
+                    if rgb[i..i + 3] == [color.0, color.1, color.2] {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        for xs in [0..450, 450..900] {
+            for c in &LINE_COLORS[..2] {
+                assert!(count(*c, xs.clone()) > 100, "{c:?} in {xs:?}");
+            }
+            assert_eq!(count(LINE_COLORS[2], xs), 0, "only two series");
+        }
+        let empty = [LinePanel {
+            title: "x".into(),
+            x_label: "x".into(),
+            series: vec![Series {
+                name: "nan".into(),
+                points: vec![(f64::NAN, 1.0)],
+            }],
+        }];
+        let e = plot_lines(&empty, "t", &dir.join("e.png"), 900, 450)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing to plot") && e.contains("e.png"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

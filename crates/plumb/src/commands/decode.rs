@@ -52,9 +52,14 @@ pub struct DecodeArgs {
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
     pub policy: PathBuf,
-    /// A reward-model folder (`plumb train-rm`): the scorer.
+    /// A reward-model folder (`plumb train-rm`) or an ensemble folder (one with
+    /// ensemble.json): the scorer.
     #[arg(long)]
     pub rm: Option<PathBuf>,
+    /// With an ensemble --rm: the aggregation, e.g. mean, median, min, mean-minus-std:0.5,
+    /// brme:0.5 [default: the one ensemble.json names].
+    #[arg(long, requires = "rm")]
+    pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
     /// A process-reward-model folder (`plumb train-prm`): the scorer of the searches
     /// (beam-search, dvts, mcts); with the other strategies a response's reward is its steps'
     /// (split at --delimiter) probabilities aggregated by --aggregation.
@@ -67,7 +72,7 @@ pub struct DecodeArgs {
     /// With --prm: step probabilities → solution score (min, product, last, mean,
     /// sum-log-prob) [default: last].
     #[arg(long, value_parser = parse_aggregation)]
-    pub aggregation: Option<Aggregation>,
+    pub step_aggregation: Option<Aggregation>,
     /// beam-search, dvts: children per kept beam M (--n must be a multiple) [default: 2].
     #[arg(long)]
     pub beam_width: Option<usize>,
@@ -242,7 +247,7 @@ impl DecodeArgs {
                     delimiter: self.delimiter()?.unwrap_or(defaults.delimiter),
                     max_steps: self.max_steps.unwrap_or(defaults.max_steps),
                     step_tokens: self.step_tokens.unwrap_or(defaults.step_tokens),
-                    aggregation: self.aggregation.unwrap_or(defaults.aggregation),
+                    aggregation: self.step_aggregation.unwrap_or(defaults.aggregation),
                     temperature: self.temperature.unwrap_or(defaults.temperature),
                     top_p,
                 };
@@ -303,13 +308,13 @@ impl DecodeArgs {
     /// The scorer the flags name.
     fn scorer(&self) -> Result<ScorerSpec> {
         Ok(match (&self.rm, &self.prm, self.target_words) {
-            (Some(rm), _, _) => ScorerSpec::RewardModel(rm.clone()),
+            (Some(rm), _, _) => ScorerSpec::reward_model(rm.clone(), self.aggregation.clone())?,
             (None, Some(dir), _) => ScorerSpec::Prm {
                 dir: dir.clone(),
                 delimiter: self
                     .delimiter()?
                     .unwrap_or_else(|| StepParams::default().delimiter),
-                aggregation: self.aggregation.unwrap_or(Aggregation::Last),
+                aggregation: self.step_aggregation.unwrap_or(Aggregation::Last),
             },
             (None, None, Some(n)) => ScorerSpec::Length(n),
             (None, None, None) => ScorerSpec::Keywords(self.keywords.clone()),
@@ -485,7 +490,7 @@ mod tests {
         let prm = "plumb --policy p --prm d --input hh-rlhf:dev";
         let c = parse_with(
             prm,
-            "--strategy beam-search --n 8 --beam-width 4 --delimiter \\n --max-steps 6 --step-tokens 48 --aggregation min",
+            "--strategy beam-search --n 8 --beam-width 4 --delimiter \\n --max-steps 6 --step-tokens 48 --step-aggregation min",
         )
         .unwrap();
         assert_eq!(
@@ -522,7 +527,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--beam-width does not apply"), "{e}");
-        assert!(parse_with(prm, "--strategy beam-search --aggregation max").is_err());
+        assert!(parse_with(prm, "--strategy beam-search --step-aggregation max").is_err());
         let c = parse("--strategy genarm --alpha 2 --arm g").unwrap();
         assert_eq!(
             c.strategy,

@@ -6,6 +6,7 @@ pub mod export;
 pub mod info;
 pub mod models;
 pub mod multiobj;
+pub mod overopt;
 pub mod policy;
 pub mod process;
 pub mod reward;
