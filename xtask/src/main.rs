@@ -335,6 +335,16 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `plumb` run from `root` with the models and (when given) the data folder.
+fn plumb_command(plumb: &Path, root: &Path, models_dir: &Path, data_dir: Option<&Path>) -> Command {
+    let mut c = Command::new(plumb);
+    c.current_dir(root).arg("--models-dir").arg(models_dir);
+    if let Some(d) = data_dir {
+        c.arg("--data-dir").arg(d);
+    }
+    c
+}
+
 /// `plumb export` parity: the release `plumb`, the peer venv (sentence-transformers and peft
 /// pinned in requirements.txt), a tiny SmolLM2 reward model when none is given, then
 /// `benches/peer/hf_export_check.py`, which exports, scores and compares.
@@ -385,11 +395,7 @@ fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
         None => {
             let run = work.join("rm-smollm2-tiny");
             if wanted("smollm2-rm") && !run.join("final").is_dir() {
-                let mut train = Command::new(&plumb);
-                train.current_dir(root).arg("--models-dir").arg(&models_dir);
-                if let Some(d) = &data_dir {
-                    train.arg("--data-dir").arg(d);
-                }
+                let mut train = plumb_command(&plumb, root, &models_dir, data_dir.as_deref());
                 train
                     .args([
                         "train-rm",
@@ -419,11 +425,7 @@ fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
         None => {
             let run = work.join("prm-smollm2-tiny");
             if wanted("prm") && !run.join("final").is_dir() {
-                let mut train = Command::new(&plumb);
-                train.current_dir(root).arg("--models-dir").arg(&models_dir);
-                if let Some(d) = &data_dir {
-                    train.arg("--data-dir").arg(d);
-                }
+                let mut train = plumb_command(&plumb, root, &models_dir, data_dir.as_deref());
                 train
                     .args([
                         "train-prm",

@@ -259,7 +259,7 @@ fn steps_field(row: &Row, value: Option<&Value>, field: &str, what: &str) -> Res
     if steps.is_empty() {
         return Err(row
             .loc
-            .field(field, &format!("is empty: {what} needs at least one step"))
+            .field(field, format!("is empty: {what} needs at least one step"))
             .into());
     }
     Ok(steps

@@ -169,6 +169,16 @@ pub fn write_bundle(
     }
 }
 
+/// The decoder the spec names as base (for its config and special ids).
+pub fn base_lm(bundle: &RewardModelBundle) -> Result<CausalLm, ExportError> {
+    CausalLm::load(&bundle.spec.base, &bundle.device).map_err(|e| {
+        ExportError::Model(e.context(format!(
+            "reading the backbone config of {}",
+            bundle.spec.base.display()
+        )))
+    })
+}
+
 /// The model with LoRA adapters merged into the backbone.
 pub fn merged(bundle: &RewardModelBundle) -> RewardModel {
     match &bundle.spec.lora {
@@ -257,12 +267,7 @@ fn write_llama(
         });
     }
     let pad = hf_pad_id(bundle, dir)?;
-    let lm = CausalLm::load(&bundle.spec.base, &bundle.device).map_err(|e| {
-        e.context(format!(
-            "reading the backbone config of {}",
-            bundle.spec.base.display()
-        ))
-    })?;
+    let lm = base_lm(bundle)?;
     let model = with_head(merged(bundle), &head, &bundle.device);
     // HF's score layer has no bias (it is 0 here).
     let names = |slot: &ParamSlot<'_>| {

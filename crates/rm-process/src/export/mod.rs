@@ -31,12 +31,11 @@
 use std::path::{Path, PathBuf};
 
 use rm_core::burn::tensor::Device;
-use rm_core::export::reward::{HfHead, hf_head, merged, with_head};
+use rm_core::export::reward::{HfHead, base_lm, hf_head, merged, with_head};
 use rm_core::export::{
     ExportError, ExportOptions, ExportReport, RewardScale, export_folder, llama_config_json,
     model_card, run_facts, tokenizer_config_json, write_json, write_text, write_tokenizer,
 };
-use rm_core::models::llama::CausalLm;
 use rm_core::models::reward::{
     BASE_IS_THIS_FOLDER, BackboneKind, RewardModelBundle, SPEC_FILE, hf_names,
 };
@@ -123,12 +122,7 @@ fn write_trl_prm(
 ) -> Result<(String, Vec<String>), ExportError> {
     let one = hf_head(bundle, RewardScale::Raw, dir)?;
     let head = two_label_head(&one);
-    let lm = CausalLm::load(&bundle.spec.base, &bundle.device).map_err(|e| {
-        e.context(format!(
-            "reading the backbone config of {}",
-            bundle.spec.base.display()
-        ))
-    })?;
+    let lm = base_lm(bundle)?;
     let model = with_head(merged(bundle), &head, &bundle.device);
     rm_core::checkpoint::save_safetensors(&model, &staging.join("model.safetensors"), &hf_names)?;
     let pad = bundle.spec.pad_id;
