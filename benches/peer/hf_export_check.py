@@ -9,9 +9,11 @@ real models). For each model it
      on the same texts (rendered by the exported tokenizer's chat template),
   4. prints the max abs differences; exits 1 when a reward differs by more than 1e-4 or a log-prob
      by more than 1e-3.
+A PRM (`plumb train-prm`) exports to TRL's PRM layout (LlamaForTokenClassification, 2 labels); its
+step probabilities softmax(logits)[1] at each step end are compared with `plumb score-prm`.
 
 usage: hf_export_check.py --plumb target/release/plumb --work runs/hf-export-check \
-           --minilm-rm DIR --smollm2-rm DIR --policy DIR [--only NAME ...]
+           --minilm-rm DIR --smollm2-rm DIR --policy DIR --prm DIR [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -200,6 +202,93 @@ def check_policy(args, texts_path: str) -> None:
     compare_logprobs("dpo-adapter", "PeftModel(LlamaForCausalLM) vs plumb logprobs", model, tok, source)
 
 
+PRM_ROWS = [
+    ("How many seconds are in 7.8 minutes?",
+     ["7.8 minutes is 7 minutes and 0.8 minutes.", "7 minutes is 7 * 60 = 420 seconds.",
+      "0.8 minutes is 0.8 * 60 = 48 seconds.", "So 420 + 48 = 468 seconds.", "# Answer\n\n468"]),
+    ("What is 2 + 3 * 4?", ["Multiplication first: 3 * 4 = 12.", "Then 2 + 12 = 15."]),
+    ("What is 2 + 3 * 4?", ["Add first: 2 + 3 = 5.", "Then 5 * 4 = 20.", "# Answer\n\n20"]),
+    ("Solve for x: 2x + 6 = 10.", ["Subtract 6 from both sides: 2x = 4.", "Divide by 2: x = 2.  "]),
+    ("hi", ["Hello!"]),
+]
+
+
+def plumb_score_prm(args, prm: str, rows_path: str) -> list[list[float]]:
+    out = run([args.plumb, "score-prm", "--prm", prm, "--input", rows_path])
+    return [json.loads(line)["step_probs"] for line in out.splitlines() if line.strip()]
+
+
+def prm_ids(tok, prompt: str, steps: list[str], sep: str) -> tuple[list[int], list[int]]:
+    """The ids plumbline reads (and the model card describes): the chat-templated prompt with the
+    generation prompt opened, special tokens added, then each `step + sep`; the step ends."""
+    prefix = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    ids = tok(prefix, add_special_tokens=True)["input_ids"]
+    ends = []
+    for step in steps:
+        ids = ids + tok(step + sep, add_special_tokens=False)["input_ids"]
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def token_classification_probs(model, tok, seqs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    """p(correct) = softmax(logits)[1] at each step end, in one right-padded batch."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    n = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.tensor([ids + [pad] * (n - len(ids)) for ids, _ in seqs])
+    mask = torch.tensor([[1] * len(ids) + [0] * (n - len(ids)) for ids, _ in seqs])
+    with torch.no_grad():
+        probs = model(input_ids=input_ids, attention_mask=mask).logits.double().softmax(-1)[..., 1]
+    return [[float(probs[r, e]) for e in ends] for r, (_, ends) in enumerate(seqs)]
+
+
+def trl_tokenize_row():
+    try:
+        from trl import PRMTrainer
+    except ImportError:
+        try:
+            from trl.experimental.prm import PRMTrainer
+        except ImportError:
+            return None
+    return PRMTrainer.tokenize_row
+
+
+def check_prm(args, rows_path: str) -> None:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    out = os.path.join(args.work, "prm-trl")
+    plumb_export(args, args.prm, out)
+    source = plumb_score_prm(args, args.prm, rows_path)
+    reloaded = plumb_score_prm(args, out, rows_path)
+    record("prm", "plumbline source vs plumbline on the export (step probabilities)", max_diff(sum(source, []), sum(reloaded, [])), REWARD_TOL)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForTokenClassification.from_pretrained(out, dtype=torch.float32).eval()
+    sep = model.config.step_separator
+    print(f"  {type(model).__name__}, num_labels {model.config.num_labels}, step_separator {sep!r} (tokenizer_config: {tok.init_kwargs.get('step_separator')!r})")
+    seqs = [prm_ids(tok, p, steps, sep) for p, steps in PRM_ROWS]
+    probs = token_classification_probs(model, tok, seqs)
+    print(f"  transformers step probs: {[[round(x, 4) for x in r] for r in probs]}")
+    print(f"  plumbline step probs:    {[[round(x, 4) for x in r] for r in source]}")
+    record("prm", "LlamaForTokenClassification softmax[1] at the step ends vs plumb score-prm", max_diff(sum(probs, []), sum(source, [])), REWARD_TOL)
+    # TRL's own tokenization (PRMTrainer.tokenize_row: prompt, then each step and the separator
+    # tokenized apart, BOS prepended when the tokenizer has one), read where its labels are.
+    tokenize_row = trl_tokenize_row()
+    if tokenize_row is None:
+        print("  (trl has no PRMTrainer here: TRL's tokenize_row not compared)")
+        return
+    trl_seqs, same = [], 0
+    for (p, steps), (ids, _) in zip(PRM_ROWS, seqs):
+        prefix = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        row = tokenize_row({"prompt": prefix, "completions": steps, "labels": [True] * len(steps)}, tok, sep,
+                           None, None, None, False, True)
+        ends = [i for i, l in enumerate(row["labels"]) if l != -100]
+        trl_seqs.append((row["input_ids"], ends))
+        same += row["input_ids"] == ids
+    print(f"  TRL PRMTrainer.tokenize_row gives plumbline's ids for {same} of {len(seqs)} solutions (bos_token {tok.bos_token!r})")
+    trl_probs = token_classification_probs(model, tok, trl_seqs)
+    d = max_diff(sum(trl_probs, []), sum(source, []))
+    print(f"  TRL-tokenized step probs vs plumbline: max abs diff {d:.3e} (information: differs only where the ids differ)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plumb", required=True)
@@ -207,6 +296,7 @@ def main() -> int:
     ap.add_argument("--minilm-rm")
     ap.add_argument("--smollm2-rm")
     ap.add_argument("--policy")
+    ap.add_argument("--prm")
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -220,6 +310,10 @@ def main() -> int:
     with open(texts_path, "w") as f:
         for t in POLICY_TEXTS:
             f.write(json.dumps({"text": t}) + "\n")
+    prm_rows_path = os.path.join(args.work, "prm_rows.jsonl")
+    with open(prm_rows_path, "w") as f:
+        for p, steps in PRM_ROWS:
+            f.write(json.dumps({"prompt": p, "steps": steps}) + "\n")
     want = lambda n: args.only is None or n in args.only  # noqa: E731
     if args.minilm_rm and want("minilm-rm"):
         check_minilm(args, rows_path)
@@ -227,6 +321,8 @@ def main() -> int:
         check_smollm2_rm(args, rows_path)
     if args.policy and want("policy"):
         check_policy(args, texts_path)
+    if args.prm and want("prm"):
+        check_prm(args, prm_rows_path)
     print("\nhf-export-check: max abs differences")
     print(f"{'model':<12} {'max abs diff':>12} {'tol':>7}  comparison")
     failed = False

@@ -49,8 +49,10 @@ commands:
                                     log-probs ≤ 1e-3). Options: --models-dir DIR, --data-dir DIR,
                                     --peer-python PATH (a Python with the pinned requirements,
                                     instead of benches/peer/.venv),
-                                    --minilm-rm DIR, --smollm2-rm DIR, --policy DIR, --only NAME
-                                    (minilm-rm | smollm2-rm | policy)
+                                    --minilm-rm DIR, --smollm2-rm DIR, --policy DIR, --prm DIR
+                                    (a SmolLM2 PRM, exported to TRL's PRM layout; trained for 2
+                                    steps unless given), --only NAME
+                                    (minilm-rm | smollm2-rm | policy | prm)
   fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
                                     N seconds (default 600) per target: gguf_reader,
                                     safetensors_header, jsonl_rows, recipe_toml, rm_spec,
@@ -333,6 +335,16 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `plumb` run from `root` with the models and (when given) the data folder.
+fn plumb_command(plumb: &Path, root: &Path, models_dir: &Path, data_dir: Option<&Path>) -> Command {
+    let mut c = Command::new(plumb);
+    c.current_dir(root).arg("--models-dir").arg(models_dir);
+    if let Some(d) = data_dir {
+        c.arg("--data-dir").arg(d);
+    }
+    c
+}
+
 /// `plumb export` parity: the release `plumb`, the peer venv (sentence-transformers and peft
 /// pinned in requirements.txt), a tiny SmolLM2 reward model when none is given, then
 /// `benches/peer/hf_export_check.py`, which exports, scores and compares.
@@ -383,11 +395,7 @@ fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
         None => {
             let run = work.join("rm-smollm2-tiny");
             if wanted("smollm2-rm") && !run.join("final").is_dir() {
-                let mut train = Command::new(&plumb);
-                train.current_dir(root).arg("--models-dir").arg(&models_dir);
-                if let Some(d) = &data_dir {
-                    train.arg("--data-dir").arg(d);
-                }
+                let mut train = plumb_command(&plumb, root, &models_dir, data_dir.as_deref());
                 train
                     .args([
                         "train-rm",
@@ -412,6 +420,41 @@ fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
             run.join("final")
         }
     };
+    let prm = match flag_value(args, "--prm") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let run = work.join("prm-smollm2-tiny");
+            if wanted("prm") && !run.join("final").is_dir() {
+                let mut train = plumb_command(&plumb, root, &models_dir, data_dir.as_deref());
+                train
+                    .args([
+                        "train-prm",
+                        "--recipe",
+                        "recipes/prm-smollm2-prm800k.toml",
+                        "--quiet",
+                        "--set",
+                        "data.alternatives=true",
+                        "--set",
+                        "data.train_limit=2",
+                        "--set",
+                        "data.dev_limit=1",
+                        "--set",
+                        "model.max_len=160",
+                        "--set",
+                        "train.max_steps=2",
+                        "--set",
+                        "eval.bon_n=2",
+                        "--set",
+                    ])
+                    .arg(format!("train.out_dir={}", run.display()));
+                step(
+                    "plumb train-prm: a SmolLM2 LoRA PRM, 2 steps on PRM800K alternatives",
+                    train,
+                )?;
+            }
+            run.join("final")
+        }
+    };
     let mut check = Command::new(&python);
     check
         .current_dir(root)
@@ -425,7 +468,9 @@ fn hf_export_check(root: &Path, args: &[String]) -> Result<()> {
         .arg("--smollm2-rm")
         .arg(&smollm2)
         .arg("--policy")
-        .arg(&policy);
+        .arg(&policy)
+        .arg("--prm")
+        .arg(&prm);
     if let Some(o) = &only {
         check.args(["--only", o]);
     }

@@ -74,6 +74,8 @@ enum Command {
     TrainPrm(commands::reward::TrainArgs),
     /// Step accuracy, AUROC, first-error F1 and best-of-N selection of a process reward model.
     EvalPrm(commands::process::EvalPrmArgs),
+    /// Each step's probability of being correct under a process reward model (JSONL).
+    ScorePrm(commands::process::ScorePrmArgs),
     /// Align a policy on preference pairs (DPO family) from a TOML recipe.
     TrainPo(commands::reward::TrainArgs),
     /// Train a policy online (GRPO, RLOO, REINFORCE++, DAPO, GSPO, …) against reward functions.
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Command::TrainRm(args) => commands::reward::train_rm(&cli.global, args),
         Command::TrainPrm(args) => commands::process::train_prm_cmd(&cli.global, args),
         Command::EvalPrm(args) => commands::process::eval_prm(&cli.global, args),
+        Command::ScorePrm(args) => commands::process::score_prm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),

@@ -250,6 +250,73 @@ pub fn evaluate_bon(
     })
 }
 
+/// The non-empty array of non-blank step strings at `field` (`what` names its owner in the
+/// message).
+fn steps_field(row: &Row, value: Option<&Value>, field: &str, what: &str) -> Result<Vec<String>> {
+    let steps = value
+        .and_then(Value::as_array)
+        .ok_or_else(|| row.loc.field(field, "expected an array of strings"))?;
+    if steps.is_empty() {
+        return Err(row
+            .loc
+            .field(field, format!("is empty: {what} needs at least one step"))
+            .into());
+    }
+    Ok(steps
+        .iter()
+        .enumerate()
+        .map(|(j, s)| match s.as_str() {
+            Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
+            Some(_) => Err(row.loc.field(&format!("{field}[{j}]"), "is an empty step")),
+            None => Err(row.loc.field(&format!("{field}[{j}]"), "expected a string")),
+        })
+        .collect::<Result<_, _>>()?)
+}
+
+/// One solution scored by [`score_file`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredSolution {
+    /// The row's line in the input file.
+    pub line: usize,
+    /// Each step's probability of being correct.
+    pub step_probs: Vec<f32>,
+}
+
+/// `plumb score-prm`: every `{"prompt", "steps": [..]}` row of `path` (other fields ignored)
+/// with each step's probability of being correct, in batches of `batch_size` sequences.
+pub fn score_file(
+    prm: &ProcessRewardModel,
+    path: &Path,
+    batch_size: usize,
+) -> Result<Vec<ScoredSolution>> {
+    let mut rows: Vec<(usize, String, Vec<String>)> = Vec::new();
+    for item in JsonlReader::open(path)? {
+        let (loc, value) = item?;
+        let row = Row::new(&loc, &value);
+        let prompt = row.str("prompt")?.to_string();
+        let steps = steps_field(&row, value.get("steps"), "steps", "a solution")?;
+        rows.push((loc.line, prompt, steps));
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    let solutions: Vec<(&str, Vec<&str>)> = rows
+        .iter()
+        .map(|(_, p, s)| (p.as_str(), s.iter().map(String::as_str).collect()))
+        .collect();
+    let probs = prm
+        .score_batch(&solutions, batch_size)
+        .with_context(|| path.display().to_string())?;
+    Ok(rows
+        .iter()
+        .zip(probs)
+        .map(|((line, _, _), step_probs)| ScoredSolution {
+            line: *line,
+            step_probs,
+        })
+        .collect())
+}
+
 /// Parses one `--format bon` row.
 pub fn parse_bon_row(row: &Row) -> Result<BonProblem> {
     let prompt = row.str("prompt")?.to_string();
@@ -260,29 +327,7 @@ pub fn parse_bon_row(row: &Row) -> Result<BonProblem> {
     let mut candidates = Vec::with_capacity(cands.len());
     for (i, c) in cands.iter().enumerate() {
         let f = |name: &str| format!("candidates[{i}].{name}");
-        let steps = c
-            .get("steps")
-            .and_then(Value::as_array)
-            .ok_or_else(|| row.loc.field(&f("steps"), "expected an array of strings"))?;
-        if steps.is_empty() {
-            return Err(row
-                .loc
-                .field(&f("steps"), "is empty: a candidate needs at least one step")
-                .into());
-        }
-        let steps: Vec<String> = steps
-            .iter()
-            .enumerate()
-            .map(|(j, s)| match s.as_str() {
-                Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-                Some(_) => Err(row
-                    .loc
-                    .field(&format!("candidates[{i}].steps[{j}]"), "is an empty step")),
-                None => Err(row
-                    .loc
-                    .field(&format!("candidates[{i}].steps[{j}]"), "expected a string")),
-            })
-            .collect::<Result<_, _>>()?;
+        let steps = steps_field(row, c.get("steps"), &f("steps"), "a candidate")?;
         let correct = c
             .get("correct")
             .and_then(Value::as_bool)

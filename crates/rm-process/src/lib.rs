@@ -13,12 +13,14 @@
 //! - [`aggregate`]: step scores → a solution score (min, product, last, mean, Σ log p);
 //! - [`metrics`]: AUROC, first-error F1, best-of-N selection and (weighted) majority votes;
 //! - [`bon`]: best-of-N candidate sets, from files or built from PRM800K's rated alternatives;
-//! - [`eval`]: `eval-prm`'s report.
+//! - [`eval`]: `eval-prm`'s report;
+//! - [`export`]: PRM folders → TRL's PRM layout (`LlamaForTokenClassification`, 2 labels).
 
 pub mod aggregate;
 pub mod bon;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod train;

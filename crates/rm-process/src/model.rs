@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::activation::sigmoid;
 use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
+use rm_core::export::RewardScale;
+use rm_core::export::reward::{HfHead, hf_head, with_head};
 use rm_core::models::heads::gather_positions;
 use rm_core::models::pooling::Pooling;
 use rm_core::models::reward::{BackboneKind, RewardModel, RewardModelBundle, RewardModelConfig};
@@ -19,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// The file that marks a PRM folder (next to the reward-model files).
 pub const PRM_SPEC_FILE: &str = "prm.json";
-const PRM_SPEC_VERSION: u32 = 1;
+/// Version of [`PrmSpec`] written by this build.
+pub const PRM_SPEC_VERSION: u32 = 1;
 
 /// How a PRM reads a solution.
 ///
@@ -60,12 +63,40 @@ impl PrmShape {
     }
 }
 
+/// How the head's outputs give a step's probability of being correct.
+///
+/// ```json
+/// "head": { "kind": "two-label", "attribute": "step_correct" }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PrmHead {
+    /// One logit `z` per step: `p = σ(z)` (what `plumb train-prm` writes).
+    #[default]
+    OneLogit,
+    /// Two logits per step, `z₀` (wrong) and `z₁` (correct), as TRL's `PRMTrainer` trains a
+    /// `*ForTokenClassification` model: `p = softmax(z)₁ = σ(z₁ − z₀)`. A `plumb export` folder
+    /// (TRL's layout) has this head; it is loaded as the one logit `z₁ − z₀` (row 1 minus row 0
+    /// of the weight, and of the bias), the reward-model spec listing the two labels and
+    /// `attribute` the PRM's own output name.
+    TwoLabel { attribute: String },
+}
+
+impl PrmHead {
+    pub fn is_one_logit(&self) -> bool {
+        matches!(self, PrmHead::OneLogit)
+    }
+}
+
 /// `prm.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrmSpec {
     pub format_version: u32,
     pub shape: PrmShape,
+    /// Absent: [`PrmHead::OneLogit`].
+    #[serde(default, skip_serializing_if = "PrmHead::is_one_logit")]
+    pub head: PrmHead,
 }
 
 /// One sequence the PRM reads and where its step scores come from.
@@ -233,6 +264,7 @@ impl ProcessRewardModel {
             spec: PrmSpec {
                 format_version: PRM_SPEC_VERSION,
                 shape,
+                head: PrmHead::OneLogit,
             },
         })
     }
@@ -256,7 +288,7 @@ impl ProcessRewardModel {
                 dir.display()
             )
         })?;
-        let spec: PrmSpec =
+        let mut spec: PrmSpec =
             serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
         if spec.format_version != PRM_SPEC_VERSION {
             bail!(
@@ -265,8 +297,12 @@ impl ProcessRewardModel {
                 spec.format_version
             );
         }
-        let bundle = RewardModelBundle::load(dir, device)?;
+        let mut bundle = RewardModelBundle::load(dir, device)?;
         check_shape(bundle.spec.kind, &spec.shape)?;
+        if let PrmHead::TwoLabel { attribute } = &spec.head {
+            bundle = collapse_two_labels(bundle, attribute, dir)?;
+            spec.head = PrmHead::OneLogit;
+        }
         Ok(Self { bundle, spec })
     }
 
@@ -363,6 +399,48 @@ impl ProcessRewardModel {
             .pop()
             .unwrap_or_default())
     }
+}
+
+/// A two-label head (`[2, D]`, TRL's layout) as the one logit `z₁ − z₀`: weight row 1 − row 0,
+/// bias 1 − bias 0, the spec's attributes `[attribute]`.
+fn collapse_two_labels(
+    bundle: RewardModelBundle,
+    attribute: &str,
+    dir: &Path,
+) -> Result<RewardModelBundle> {
+    let head = hf_head(&bundle, RewardScale::Raw, dir)?;
+    if head.k != 2 {
+        bail!(
+            "{}: head kind two-label needs a head of 2 outputs; {} has {} ({:?})",
+            dir.join(PRM_SPEC_FILE).display(),
+            dir.join(rm_core::models::reward::SPEC_FILE).display(),
+            head.k,
+            bundle.spec.attributes
+        );
+    }
+    let d = head.d;
+    let one = HfHead {
+        weight: (0..d)
+            .map(|j| head.weight[d + j] - head.weight[j])
+            .collect(),
+        bias: vec![head.bias[1] - head.bias[0]],
+        k: 1,
+        d,
+    };
+    let RewardModelBundle {
+        model,
+        tokenizer,
+        mut spec,
+        device,
+    } = bundle;
+    let model = with_head(model, &one, &device);
+    spec.attributes = vec![attribute.to_string()];
+    Ok(RewardModelBundle {
+        model,
+        tokenizer,
+        spec,
+        device,
+    })
 }
 
 fn check_shape(kind: BackboneKind, shape: &PrmShape) -> Result<()> {

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use rm_core::export::{ExportOptions, RewardScale, export};
+use rm_core::export::{ExportOptions, RewardScale};
+use rm_process::export::export;
 
 use crate::GlobalArgs;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A reward-model folder (`plumb train-rm`) or a policy folder (`plumb train-po`).
+    /// A reward-model folder (`plumb train-rm`), a policy folder (`plumb train-po`) or a process
+    /// reward model (`plumb train-prm`: TRL's PRM layout, LlamaForTokenClassification).
     #[arg(long)]
     pub model: PathBuf,
     /// Policies with LoRA adapters: one LlamaForCausalLM with the adapters merged (default: a

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use rm_process::data::NeutralAs;
-use rm_process::eval::{EvalFormat, EvalRequest, evaluate_file, write_report};
+use rm_process::eval::{EvalFormat, EvalRequest, evaluate_file, score_file, write_report};
 use rm_process::{PrmRecipe, ProcessRewardModel, train_prm};
 
 use crate::GlobalArgs;
@@ -108,6 +108,28 @@ pub fn eval_prm(global: &GlobalArgs, args: EvalPrmArgs) -> Result<()> {
         rm_pipeline::reports::refuse_output_over_input(out, &args.input)?;
         let (j, m) = write_report(out, &report)?;
         println!("wrote {} and {}", j.display(), m.display());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ScorePrmArgs {
+    /// A PRM folder (train-prm's final/ or best/, or a `plumb export` of one).
+    #[arg(long)]
+    pub prm: PathBuf,
+    /// A JSONL file of {"prompt", "steps": [..]} rows (other fields ignored).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+/// `plumb score-prm`: one JSON line per input row, `{"line", "step_probs"}`.
+pub fn score_prm(global: &GlobalArgs, args: ScorePrmArgs) -> Result<()> {
+    let prm = ProcessRewardModel::load(&args.prm, &global.device.device()?)?;
+    for row in score_file(&prm, &args.input, args.batch_size)? {
+        println!("{}", serde_json::to_string(&row)?);
     }
     Ok(())
 }

@@ -91,6 +91,11 @@ pub enum ExportError {
         id: u32,
         token: String,
     },
+    #[error(
+        "{}: holds a prm.json, so it is a process reward model; export it with `rm_process::export::export` (what `plumb export` calls), which writes TRL's PRM layout (LlamaForTokenClassification); exported here it would score only the last step",
+        .0.display()
+    )]
+    ProcessRewardModel(PathBuf),
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -153,15 +158,35 @@ pub fn export(
     if !is_rm && !is_policy {
         return Err(ExportError::NotAModelFolder(model.to_path_buf()));
     }
-    let out_abs = absolute(out)?;
-    check_output(model, &out_abs, options.force)?;
-    let (architecture, load_hints) = write_folder(&out_abs, |staging| {
+    if model.join(PRM_SPEC_FILE).is_file() {
+        return Err(ExportError::ProcessRewardModel(model.to_path_buf()));
+    }
+    export_folder(model, out, options.force, |staging, out_abs| {
         if is_rm {
             reward::write(model, staging, options, device)
         } else {
-            policy::write(model, staging, &out_abs, options, device)
+            policy::write(model, staging, out_abs, options, device)
         }
-    })?;
+    })
+}
+
+/// The file that marks a process-reward-model folder (`rm_process`'s `prm.json`); such folders
+/// are exported by `rm_process::export`, not here.
+const PRM_SPEC_FILE: &str = "prm.json";
+
+/// The frame every export shares: refuses an output over the input or a non-empty one (unless
+/// `force`), lets `write(staging, out)` fill a temporary folder beside `out` (it returns the
+/// architecture and the load hints) and renames it into place, then lists what was written.
+/// `out` is made absolute first.
+pub fn export_folder(
+    model: &Path,
+    out: &Path,
+    force: bool,
+    write: impl FnOnce(&Path, &Path) -> Result<(String, Vec<String>), ExportError>,
+) -> Result<ExportReport, ExportError> {
+    let out_abs = absolute(out)?;
+    check_output(model, &out_abs, force)?;
+    let (architecture, load_hints) = write_folder(&out_abs, |staging| write(staging, &out_abs))?;
     Ok(ExportReport {
         files: list_files(&out_abs)?,
         out: out_abs,
@@ -257,12 +282,12 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
 }
 
 /// Writes `value` as pretty JSON to `path`.
-pub(crate) fn write_json(path: &Path, value: &Value) -> Result<(), ExportError> {
+pub fn write_json(path: &Path, value: &Value) -> Result<(), ExportError> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
     write_text(path, &text)
 }
 
-pub(crate) fn write_text(path: &Path, text: &str) -> Result<(), ExportError> {
+pub fn write_text(path: &Path, text: &str) -> Result<(), ExportError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -349,7 +374,7 @@ fn token_text(tokenizer: &TextTokenizer, id: Option<u32>) -> Value {
 
 /// `tokenizer_config.json`: the fast tokenizer over `tokenizer.json`, the special tokens, the
 /// chat template, plumbline's length limit and truncation side, right padding.
-pub(crate) fn tokenizer_config_json(
+pub fn tokenizer_config_json(
     tokenizer: &TextTokenizer,
     template: ChatTemplate,
     max_len: Option<usize>,
@@ -389,7 +414,7 @@ pub(crate) fn tokenizer_config_json(
 
 /// `tokenizer.json` with its padding set to `pad` (so transformers and a plumbline reload both
 /// read the same pad token), no built-in truncation.
-pub(crate) fn write_tokenizer(
+pub fn write_tokenizer(
     tokenizer: &TextTokenizer,
     pad: u32,
     path: &Path,
@@ -414,7 +439,7 @@ pub(crate) fn write_tokenizer(
 }
 
 /// The model card's front matter and sections common to every export.
-pub(crate) fn model_card(title: &str, library: &str, tags: &[&str], body: &str) -> String {
+pub fn model_card(title: &str, library: &str, tags: &[&str], body: &str) -> String {
     let tags: String = tags.iter().map(|t| format!("- {t}\n")).collect();
     format!(
         "---\nlibrary_name: {library}\ntags:\n{tags}- plumbline\n---\n\n# {title}\n\n{body}\n\nExported by plumbline's `plumb export` (f32 weights).\n"
@@ -423,7 +448,7 @@ pub(crate) fn model_card(title: &str, library: &str, tags: &[&str], body: &str) 
 
 /// `dir/summary.json` and `dir/recipe.toml` of a training run (the parent of `final/`), for the
 /// model card: recipe, data and dev accuracy when they are there.
-pub(crate) fn run_facts(model: &Path) -> String {
+pub fn run_facts(model: &Path) -> String {
     let mut out = String::new();
     let Some(run) = model.parent() else {
         return out;

@@ -75,7 +75,7 @@ pub fn hf_head(
 }
 
 /// `model` with its head replaced by `head` (HF layout).
-fn with_head(model: RewardModel, head: &HfHead, device: &Device) -> RewardModel {
+pub fn with_head(model: RewardModel, head: &HfHead, device: &Device) -> RewardModel {
     let burn_weight = crate::models::transpose(&head.weight, head.k, head.d); // [D, K]
     RewardModel {
         backbone: model.backbone,
@@ -169,8 +169,18 @@ pub fn write_bundle(
     }
 }
 
+/// The decoder the spec names as base (for its config and special ids).
+pub fn base_lm(bundle: &RewardModelBundle) -> Result<CausalLm, ExportError> {
+    CausalLm::load(&bundle.spec.base, &bundle.device).map_err(|e| {
+        ExportError::Model(e.context(format!(
+            "reading the backbone config of {}",
+            bundle.spec.base.display()
+        )))
+    })
+}
+
 /// The model with LoRA adapters merged into the backbone.
-fn merged(bundle: &RewardModelBundle) -> RewardModel {
+pub fn merged(bundle: &RewardModelBundle) -> RewardModel {
     match &bundle.spec.lora {
         Some(_) => lora::merge(&bundle.model),
         None => bundle.model.clone(),
@@ -210,7 +220,7 @@ fn scale_sentence(scale: RewardScale, spec_has_norm: bool) -> String {
     }
 }
 
-fn common_card_facts(bundle: &RewardModelBundle, dir: &Path) -> String {
+pub fn common_card_facts(bundle: &RewardModelBundle, dir: &Path) -> String {
     let spec = &bundle.spec;
     let mut out = format!(
         "## How texts are scored\n\n- attributes (outputs, in order): {:?}\n- template: `{:?}` (the tokenizer's `chat_template` renders the same text from `[{{user}}, {{assistant}}]` messages)\n- at most {} tokens, truncated on the {:?} (`truncation_side`), special tokens added\n- source folder: `{}`\n",
@@ -257,12 +267,7 @@ fn write_llama(
         });
     }
     let pad = hf_pad_id(bundle, dir)?;
-    let lm = CausalLm::load(&bundle.spec.base, &bundle.device).map_err(|e| {
-        e.context(format!(
-            "reading the backbone config of {}",
-            bundle.spec.base.display()
-        ))
-    })?;
+    let lm = base_lm(bundle)?;
     let model = with_head(merged(bundle), &head, &bundle.device);
     // HF's score layer has no bias (it is 0 here).
     let names = |slot: &ParamSlot<'_>| {
