@@ -467,6 +467,13 @@ impl RewardModelBundle {
         if let Some(lora_config) = &config.lora {
             model = lora::apply_routed(model, lora_config)?;
             model.backbone.set_adapter_dropout(lora_config.dropout);
+            // The adapters freeze every base parameter, the freshly initialized head included;
+            // the head trains in full (weight and bias), as PEFT's sequence-classification task
+            // trains its `score` layer (`modules_to_save`).
+            model.head = Linear {
+                weight: model.head.weight.set_require_grad(true),
+                bias: model.head.bias.map(|b| b.set_require_grad(true)),
+            };
         }
         Ok(Self {
             model,
@@ -831,6 +838,37 @@ pub(crate) mod tests {
     }
 
     const TEXTS: [&str; 3] = ["a b c", "d e", "f g h a"];
+
+    /// With LoRA the backbone's base weights are frozen but the new head trains in full: a
+    /// loss reaches its weight and its bias (a BCE-trained PRM needs the bias), and no base
+    /// weight of the backbone.
+    #[test]
+    fn a_lora_reward_model_trains_its_whole_head() {
+        let device = test_device().autodiff();
+        let root = temp_dir("rm-lora-head");
+        let backbone = tiny_bert_folder(&root, "bert", |_| {});
+        let bundle = RewardModelBundle::build(
+            &config(
+                &backbone,
+                serde_json::json!({"lora": {"rank": 2, "alpha": 4.0, "target_modules": ["query", "value"]}}),
+            ),
+            7,
+            &device,
+        )
+        .unwrap();
+        let head = &bundle.model.head;
+        assert!(head.weight.val().is_require_grad());
+        assert!(head.bias.as_ref().unwrap().val().is_require_grad());
+        let rewards = bundle.forward(&bundle.encode(&TEXTS).unwrap());
+        let grads = rewards.sum().backward();
+        let bias_grad = head.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+        // d(Σ r)/db = the number of texts.
+        assert_eq!(
+            bias_grad.into_data().iter::<f32>().collect::<Vec<_>>(),
+            vec![3.0]
+        );
+        assert!(head.weight.val().grad(&grads).is_some());
+    }
 
     /// Changes the working directory: safe under nextest, which runs each test in its own
     /// process.
