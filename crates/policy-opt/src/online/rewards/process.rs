@@ -331,6 +331,93 @@ mod tests {
         assert!(step_end_tokens(&[], 4, |_| 0).is_empty());
     }
 
+    fn tiny_prm(dir: &std::path::Path) -> ProcessRewardModel {
+        use rm_core::chat::ChatTemplate;
+        use rm_core::models::reward::RewardModelConfig;
+        use rm_core::tokenize::TruncationSide;
+        rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+        ProcessRewardModel::build(
+            &RewardModelConfig {
+                backbone: dir.join("base"),
+                pooling: None,
+                max_len: 48,
+                truncation: TruncationSide::Left,
+                attributes: vec!["step_correct".into()],
+                template: Some(ChatTemplate::Plain),
+                lora: None,
+                head_init_std: 0.5,
+            },
+            rm_process::PrmShape::OnePass {
+                separator: " w6".into(),
+            },
+            3,
+            &rm_core::device::test_device(),
+        )
+        .unwrap()
+    }
+
+    /// The function's values and step rewards are the PRM's own step probabilities (scored
+    /// here directly on the hand-split steps) aggregated and transformed; a completion without
+    /// steps is masked in the set, the others are not.
+    #[test]
+    fn a_prm_gives_the_aggregated_value_and_pure_step_rewards_at_each_steps_end() {
+        let dir = std::env::temp_dir().join(format!("po-process-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let prm = tiny_prm(&dir);
+        let direct = prm.score_steps("w1 w2", &["w3 w4", "w5"]).unwrap();
+        let single = prm.score_steps("w1 w2", &["w7"]).unwrap();
+        let spec = ProcessModelSpec {
+            path: dir.clone(),
+            delimiter: "\n".into(),
+            aggregation: Aggregation::Min,
+            step_reward: StepRewardForm::Pure,
+            step_weight: 2.0,
+            batch_size: Some(2),
+        };
+        let f = ProcessModelReward::from_model("prm", &spec, prm).unwrap();
+        let prompt = Prompt::Text("w1 w2".into());
+        let sample = |completion| RewardSample {
+            prompt: &prompt,
+            completion,
+            references: &[],
+            truncated: false,
+        };
+        let samples = [sample(" w3 w4\n\nw5\n"), sample("  "), sample("w7")];
+        let out = f.score_with_steps(&samples);
+        let first = out[0].as_ref().unwrap();
+        assert!((first.value - direct[0].min(direct[1])).abs() < 1e-6);
+        assert_eq!(first.steps.len(), 2);
+        assert_eq!((first.steps[0].end, first.steps[1].end), (6, 10));
+        for (s, p) in first.steps.iter().zip(&direct) {
+            assert!((s.reward - 2.0 * (2.0 * p - 1.0)).abs() < 1e-5);
+        }
+        assert!(matches!(out[1], Err(RewardError::Model(_))));
+        let third = out[2].as_ref().unwrap();
+        assert!((third.value - single[0]).abs() < 1e-6);
+        assert_eq!(third.steps[0].end, 2);
+        assert_eq!(
+            f.score_batch(&samples[..1]),
+            vec![Ok(first.value)],
+            "score_batch is the value of score_with_steps"
+        );
+
+        let set = super::super::RewardSet::from_components(vec![super::super::RewardComponent {
+            name: "prm".into(),
+            weight: 0.5,
+            clip: None,
+            function: Box::new(f),
+        }])
+        .unwrap();
+        let scored = set.score(&samples);
+        assert!((scored[0].total.unwrap() - 0.5 * first.value).abs() < 1e-6);
+        assert_eq!(scored[0].steps, first.steps, "step rewards are not scaled by weight");
+        assert_eq!((scored[1].total, scored[1].steps.len()), (None, 0));
+        assert!(scored[1].errors[0].starts_with("prm: reward model: "));
+        assert!(scored[2].total.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn step_reward_forms() {
         assert_eq!(StepRewardForm::Pure.apply(0.75), Some(0.5));
