@@ -10,8 +10,10 @@
 //!    masked when the recipe says so;
 //! 3. the old policy's per-token log-probs (a full forward pass), the reference's when the KL
 //!    term is on (the LoRA-disabled policy, or the frozen snapshot under full fine-tuning);
-//! 4. token rewards (the sequence reward on the last token, minus `coef·kl_t` when the KL is
-//!    in the reward), then the recipe's advantage estimator with groups by prompt;
+//! 4. token rewards (the sequence reward on the last token, each process reward of a
+//!    `process_model` component on the last token of its step, minus `coef·kl_t` when the KL is
+//!    in the reward), then the recipe's advantage estimator with groups by prompt (and the step
+//!    mask, for PURE's min-form credit);
 //! 5. the truncated importance-sampling correction when the sampler's distribution differs from
 //!    the policy's (temperature, top-k/top-p): each token's advantage times
 //!    `min(π_old/q, cap)` (or the token masked when the ratio exceeds the cap), per token or
@@ -404,8 +406,9 @@ impl RlTask {
     /// Adds every included row's step rewards ([`ScoredSample::steps`]) to its token rewards on
     /// the tokens the steps end on ([`super::rewards::process::step_end_tokens`]: the first
     /// token whose decoded prefix covers the step's text; the last step on the last token) and
-    /// returns the step mask (1 on those tokens). Logs the mean number of steps per rewarded
-    /// row and the mean step reward when any row has steps.
+    /// returns the step mask: 1 on those tokens and on every included row's last token (where
+    /// the sequence reward sits, so min-form credit sees the outcome too). Logs the mean number
+    /// of steps per rewarded row and the mean step reward when any row has steps.
     fn place_step_rewards(
         &self,
         completions: &[Completion],
@@ -419,8 +422,12 @@ impl RlTask {
         let mut mask = vec![vec![0.0f32; width]; completions.len()];
         let (mut rows, mut steps, mut total) = (0usize, 0usize, 0f64);
         for (r, c) in completions.iter().enumerate() {
+            if !included[r] || c.tokens.is_empty() {
+                continue;
+            }
+            mask[r][c.tokens.len() - 1] = 1.0;
             let rewards = &scored[r].steps;
-            if !included[r] || rewards.is_empty() || c.tokens.is_empty() {
+            if rewards.is_empty() {
                 continue;
             }
             let mut failed = None;
