@@ -143,7 +143,12 @@ pub fn monte_carlo_step_labels(
     };
     let requests: Vec<(&RlPrompt, &str)> = problems.iter().map(|p| (p, "")).collect();
     let solutions = continuer.continue_prefixes(&requests, config.solutions_per_problem)?;
-    check_count("solutions", &solutions, problems.len(), config.solutions_per_problem)?;
+    check_count(
+        "solutions",
+        &solutions,
+        problems.len(),
+        config.solutions_per_problem,
+    )?;
     // Every step prefix but the last of every solution, in one continuer call.
     struct Pending<'a> {
         problem: &'a RlPrompt,
@@ -198,7 +203,9 @@ pub fn monte_carlo_step_labels(
         let solution_correct = correct(p.problem, p.text)?;
         let mut soft = Vec::with_capacity(p.steps.len());
         for _ in 0..p.steps.len() - 1 {
-            let (texts, prefix) = next.next().context("fewer completions than step prefixes")?;
+            let (texts, prefix) = next
+                .next()
+                .context("fewer completions than step prefixes")?;
             let mut reached = 0usize;
             for c in texts {
                 if correct(p.problem, &format!("{prefix}{c}"))? {
@@ -232,7 +239,10 @@ fn check_count(what: &str, got: &[Vec<String>], requests: usize, k: usize) -> Re
         bail!("{what}: {} results for {requests} requests", got.len());
     }
     if let Some((i, row)) = got.iter().enumerate().find(|(_, r)| r.len() != k) {
-        bail!("{what}: request {i} got {} completions, expected {k}", row.len());
+        bail!(
+            "{what}: request {i} got {} completions, expected {k}",
+            row.len()
+        );
     }
     Ok(())
 }
@@ -362,8 +372,7 @@ pub fn label_steps(request: &McLabelRequest) -> Result<McLabelOutcome> {
         .load(&request.data_dir, request.instruction.as_deref())
         .with_context(|| format!("problems {}", request.problems.describe()))?;
     let policy = PolicyContinuer::load_policy(&request.policy, request.max_len, &request.device)?;
-    let mut continuer =
-        PolicyContinuer::new(policy, request.sampling.clone(), request.batch_size)?;
+    let mut continuer = PolicyContinuer::new(policy, request.sampling.clone(), request.batch_size)?;
     let (rows, stats) = monte_carlo_step_labels(&problems, &mut continuer, &request.config)?;
     write_rows(&request.out, &rows)?;
     Ok(McLabelOutcome {
@@ -518,8 +527,15 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!((rows1[0].soft_labels.clone(), stats1.completions), (vec![1.0], 0));
-        assert_eq!(one.asked.len(), 1, "no completion asked for a one-step solution");
+        assert_eq!(
+            (rows1[0].soft_labels.clone(), stats1.completions),
+            (vec![1.0], 0)
+        );
+        assert_eq!(
+            one.asked.len(),
+            1,
+            "no completion asked for a one-step solution"
+        );
 
         let dir = std::env::temp_dir().join(format!("po-mc-labels-{}", std::process::id()));
         let path = dir.join("labels.jsonl");

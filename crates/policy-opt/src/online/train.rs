@@ -364,42 +364,26 @@ out_dir = "{out}"
     }
 
     /// Process rewards reach the trainer: a tiny PRM (`process_model`, each word a step, its
-    /// PURE step rewards scaled by 0.1 and no sequence value) beside the outcome reward, PURE's
-    /// min-form RLOO. Every collection places step rewards (≥ 1 step per row, step rewards in
+    /// PURE step rewards soft-min transformed (T = 0.1) and scaled by 0.1, no sequence value)
+    /// beside the outcome reward, PURE's RLOO with sum-form returns (PURE's default credit
+    /// assignment). Every collection places step rewards (≥ 1 step per row, step rewards in
     /// [−0.1, 0.1]) and the policy still learns the outcome task.
     #[test]
-    fn process_rewards_from_a_prm_train_with_min_form_credit() {
+    fn process_rewards_from_a_prm_train_with_pure_credit() {
         let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("process");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_prompts(&root.join("prompts.jsonl"));
-        let prm = rm_process::ProcessRewardModel::build(
-            &rm_core::models::reward::RewardModelConfig {
-                backbone: root.join("model"),
-                pooling: None,
-                max_len: 32,
-                truncation: rm_core::tokenize::TruncationSide::Left,
-                attributes: vec!["step_correct".into()],
-                template: Some(rm_core::chat::ChatTemplate::Plain),
-                lora: None,
-                head_init_std: 0.5,
-            },
-            rm_process::PrmShape::OnePass {
-                separator: " w6".into(),
-            },
-            5,
-            &test_device(),
-        )
-        .unwrap();
+        let prm = crate::online::rewards::process::tiny_prm(&root.join("model"), 32);
         prm.save(&root.join("prm")).unwrap();
         let mut r = recipe(
             &root,
-            "{ name = \"process_rloo\", credit = { form = \"min\" } }",
+            "{ name = \"process_rloo\", credit = { form = \"sum\" } }",
             "",
         );
         r.rewards.push(
             toml::from_str(&format!(
-                "kind = \"process_model\"\npath = \"{}\"\ndelimiter = \" \"\nweight = 0.0\nstep_weight = 0.1",
+                "kind = \"process_model\"\npath = \"{}\"\ndelimiter = \" \"\nweight = 0.0\nstep_weight = 0.1\nmin_form_temperature = 0.1",
                 root.join("prm").display()
             ))
             .unwrap(),
@@ -407,7 +391,7 @@ out_dir = "{out}"
         let report = train_rl_policy(r, &request(&root)).unwrap();
         let before = report.initial_eval.metrics["reward/keywords"];
         let after = report.final_eval.metrics["reward/keywords"];
-        eprintln!("process_rloo (min form) with PRM step rewards: {before} → {after}");
+        eprintln!("process_rloo (soft-min PRM rewards, sum form): {before} → {after}");
         assert!(before < 0.5, "initial reward {before}");
         assert!(after >= 0.75, "reward {before} → {after}");
         let collects = read_records(&report.out_dir.join("metrics.jsonl"), "collect").unwrap();

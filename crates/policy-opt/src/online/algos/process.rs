@@ -34,7 +34,7 @@ pub fn pure_step_reward(p: f32) -> f32 {
 }
 
 /// How a row's returns are formed from its token rewards.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "form", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CreditAssignment {
     /// The canonical sum form: `G_t = Σ_{k≥t} γ^{k−t}·r_k·m_k` over the response tokens.
@@ -46,17 +46,12 @@ pub enum CreditAssignment {
     /// PURE's strict min form: `G_t = min_{k≥t, s_k=1} r_k`, the smallest process reward still
     /// ahead of token `t`; a token with no process reward ahead of it (after the last step, or
     /// a row without steps) has `G_t = 0`.
+    #[default]
     Min,
 }
 
 fn one() -> f64 {
     1.0
-}
-
-impl Default for CreditAssignment {
-    fn default() -> Self {
-        CreditAssignment::Min
-    }
 }
 
 /// PURE's approximate min-form transformation of the process rewards (Cheng et al. 2025,
@@ -74,7 +69,12 @@ pub fn approx_min_form(
 ) -> Result<Vec<Vec<f32>>, AlgoError> {
     const WHAT: &str = "approx_min_form";
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(invalid(WHAT, "temperature", temperature, "a finite value > 0"));
+        return Err(invalid(
+            WHAT,
+            "temperature",
+            temperature,
+            "a finite value > 0",
+        ));
     }
     let b = token_rewards.len();
     let t = check_rows(WHAT, "token_rewards", token_rewards, b, None)?;

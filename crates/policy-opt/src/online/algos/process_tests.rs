@@ -24,10 +24,7 @@ fn approx_min_form_weights_steps_by_a_softmin_and_tends_to_the_min() {
     let e = 1f64.exp();
     let (w1, w2) = (1.0 / (1.0 + e), e / (1.0 + e));
     // The second row has no steps: all zeros, the 0.3 off the step mask dropped.
-    close(
-        &out,
-        &[vec![0.0, 0.5 * w1, 0.0, -0.5 * w2], vec![0.0; 4]],
-    );
+    close(&out, &[vec![0.0, 0.5 * w1, 0.0, -0.5 * w2], vec![0.0; 4]]);
     // T → 0: the row's sum is the min; T → ∞: the mean.
     let sum = |t: f64| -> f64 {
         approx_min_form(&r, &s, t).unwrap()[0]
@@ -41,7 +38,10 @@ fn approx_min_form_weights_steps_by_a_softmin_and_tends_to_the_min() {
     assert!(approx_min_form(&r, &s, f64::NAN).is_err());
     assert!(matches!(
         approx_min_form(&r, &s[..1], 1.0),
-        Err(AlgoError::ShapeMismatch { array: "step_mask", .. })
+        Err(AlgoError::ShapeMismatch {
+            array: "step_mask",
+            ..
+        })
     ));
     assert!(approx_min_form(&[], &[], 1.0).unwrap().is_empty());
 }
@@ -97,7 +97,10 @@ fn min_form_returns_are_the_smallest_process_reward_ahead_and_sum_form_the_disco
     assert!(process_returns(&r, &s, &m, CreditAssignment::Sum { gamma: 1.5 }).is_err());
     assert!(matches!(
         process_returns(&r, &s, &m[..3], CreditAssignment::Min),
-        Err(AlgoError::ShapeMismatch { array: "response_mask", .. })
+        Err(AlgoError::ShapeMismatch {
+            array: "response_mask",
+            ..
+        })
     ));
     // Empty batch, empty rows.
     assert!(
@@ -264,7 +267,10 @@ fn prime_implicit_prm_loss_is_the_outcome_cross_entropy_of_the_summed_log_ratio(
             labels(d),
             1.0
         ),
-        Err(AlgoError::ShapeMismatch { array: "ref_log_prob", .. })
+        Err(AlgoError::ShapeMismatch {
+            array: "ref_log_prob",
+            ..
+        })
     ));
     assert!(matches!(
         implicit_prm_loss(
@@ -274,6 +280,9 @@ fn prime_implicit_prm_loss_is_the_outcome_cross_entropy_of_the_summed_log_ratio(
             Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), d),
             1.0
         ),
-        Err(AlgoError::ShapeMismatch { array: "labels", .. })
+        Err(AlgoError::ShapeMismatch {
+            array: "labels",
+            ..
+        })
     ));
 }

@@ -27,7 +27,7 @@ use rm_process::{Aggregation, ProcessRewardModel};
 use serde::{Deserialize, Serialize};
 
 use super::{RewardError, RewardFunction, RewardSample, Scored, StepReward, finite};
-use crate::online::algos::pure_step_reward;
+use crate::online::algos::{approx_min_form, pure_step_reward};
 
 /// Solutions per PRM batch when a recipe does not say.
 pub const DEFAULT_PRM_BATCH: usize = 8;
@@ -90,6 +90,13 @@ pub struct ProcessModelSpec {
     /// Solutions per PRM batch (default 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// PURE's approximate min form with temperature `T` (their default credit assignment,
+    /// `T = 0.1`): each completion's step rewards become `ρ_j·softmax_j(−ρ/T)`
+    /// ([`crate::online::algos::approx_min_form`]) before `step_weight`, so that sum-form
+    /// returns (`process_rloo` with `credit = { form = "sum" }`, REINFORCE++, GAE) approximate
+    /// the min form while an outcome reward still adds on the last token. Absent: untransformed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_form_temperature: Option<f64>,
 }
 
 /// The byte ranges of the steps of `text`: the pieces between `delimiter`s, each trimmed of
@@ -186,6 +193,11 @@ impl ProcessModelReward {
         if spec.batch_size == Some(0) {
             anyhow::bail!("process_model: batch_size must be at least 1");
         }
+        if let Some(t) = spec.min_form_temperature
+            && !(t.is_finite() && t > 0.0)
+        {
+            anyhow::bail!("process_model: min_form_temperature {t} must be a finite number > 0");
+        }
         if !spec.step_weight.is_finite() {
             anyhow::bail!(
                 "process_model: step_weight {} is not a finite number",
@@ -212,14 +224,27 @@ impl ProcessModelReward {
             .apply(probs)
             .map_err(|e| RewardError::Model(format!("{e:#}")))?;
         let value = finite(value as f32)?;
+        let Some(mut rho) = probs
+            .iter()
+            .map(|&p| self.spec.step_reward.apply(p))
+            .collect::<Option<Vec<f32>>>()
+        else {
+            return Ok(Scored {
+                value,
+                steps: Vec::new(),
+            });
+        };
+        if let Some(t) = self.spec.min_form_temperature {
+            rho = approx_min_form(std::slice::from_ref(&rho), &[vec![1.0; rho.len()]], t)
+                .map_err(|e| RewardError::Model(e.to_string()))?
+                .remove(0);
+        }
         let steps = steps
             .iter()
-            .zip(probs)
-            .filter_map(|(r, &p)| {
-                self.spec.step_reward.apply(p).map(|x| StepReward {
-                    end: r.end,
-                    reward: (f64::from(x) * self.spec.step_weight) as f32,
-                })
+            .zip(rho)
+            .map(|(r, x)| StepReward {
+                end: r.end,
+                reward: (f64::from(x) * self.spec.step_weight) as f32,
             })
             .collect();
         Ok(Scored { value, steps })
@@ -292,6 +317,30 @@ impl RewardFunction for ProcessModelReward {
     }
 }
 
+/// A fresh one-pass PRM (step separator ` w6`, head init std 0.5, seed 3) on the tiny test
+/// Llama at `backbone` (`rm_core::fixtures::write_tiny_llama`).
+#[cfg(test)]
+pub(crate) fn tiny_prm(backbone: &std::path::Path, max_len: usize) -> ProcessRewardModel {
+    ProcessRewardModel::build(
+        &rm_core::models::reward::RewardModelConfig {
+            backbone: backbone.to_path_buf(),
+            pooling: None,
+            max_len,
+            truncation: rm_core::tokenize::TruncationSide::Left,
+            attributes: vec!["step_correct".into()],
+            template: Some(rm_core::chat::ChatTemplate::Plain),
+            lora: None,
+            head_init_std: 0.5,
+        },
+        rm_process::PrmShape::OnePass {
+            separator: " w6".into(),
+        },
+        3,
+        &rm_core::device::test_device(),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +354,7 @@ mod tests {
         assert_eq!(r, [2..7, 9..14, 16..17]);
         let r = split_steps(text, "\n\n");
         assert_eq!(r, [2..7, 9..17]);
-        assert_eq!(split_steps(" x ", ""), [1..2]);
+        assert_eq!(split_steps(" x ", ""), [Range { start: 1, end: 2 }]);
         assert!(split_steps(" \n \n", "\n").is_empty());
         // A multi-byte character before a delimiter keeps byte offsets right.
         let text = "é\nü";
@@ -331,31 +380,6 @@ mod tests {
         assert!(step_end_tokens(&[], 4, |_| 0).is_empty());
     }
 
-    fn tiny_prm(dir: &std::path::Path) -> ProcessRewardModel {
-        use rm_core::chat::ChatTemplate;
-        use rm_core::models::reward::RewardModelConfig;
-        use rm_core::tokenize::TruncationSide;
-        rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
-        ProcessRewardModel::build(
-            &RewardModelConfig {
-                backbone: dir.join("base"),
-                pooling: None,
-                max_len: 48,
-                truncation: TruncationSide::Left,
-                attributes: vec!["step_correct".into()],
-                template: Some(ChatTemplate::Plain),
-                lora: None,
-                head_init_std: 0.5,
-            },
-            rm_process::PrmShape::OnePass {
-                separator: " w6".into(),
-            },
-            3,
-            &rm_core::device::test_device(),
-        )
-        .unwrap()
-    }
-
     /// The function's values and step rewards are the PRM's own step probabilities (scored
     /// here directly on the hand-split steps) aggregated and transformed; a completion without
     /// steps is masked in the set, the others are not.
@@ -364,7 +388,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("po-process-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let prm = tiny_prm(&dir);
+        rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+        let prm = tiny_prm(&dir.join("base"), 48);
         let direct = prm.score_steps("w1 w2", &["w3 w4", "w5"]).unwrap();
         let single = prm.score_steps("w1 w2", &["w7"]).unwrap();
         let spec = ProcessModelSpec {
@@ -374,6 +399,7 @@ mod tests {
             step_reward: StepRewardForm::Pure,
             step_weight: 2.0,
             batch_size: Some(2),
+            min_form_temperature: None,
         };
         let f = ProcessModelReward::from_model("prm", &spec, prm).unwrap();
         let prompt = Prompt::Text("w1 w2".into());
@@ -402,6 +428,39 @@ mod tests {
             "score_batch is the value of score_with_steps"
         );
 
+        // PURE's soft-min transform: weights softmax(−ρ/T) over the completion's two steps.
+        let rho: Vec<f64> = direct.iter().map(|&p| 2.0 * f64::from(p) - 1.0).collect();
+        let soft = ProcessModelReward::from_model(
+            "prm",
+            &ProcessModelSpec {
+                min_form_temperature: Some(0.5),
+                ..spec.clone()
+            },
+            tiny_prm(&dir.join("base"), 48),
+        )
+        .unwrap();
+        let z: f64 = rho.iter().map(|r| (-r / 0.5).exp()).sum();
+        let got = soft.score_with_steps(&samples[..1]).remove(0).unwrap();
+        for (s, r) in got.steps.iter().zip(&rho) {
+            let want = 2.0 * r * (-r / 0.5).exp() / z;
+            assert!(
+                (f64::from(s.reward) - want).abs() < 1e-5,
+                "{} vs {want}",
+                s.reward
+            );
+        }
+        assert!(
+            ProcessModelReward::from_model(
+                "prm",
+                &ProcessModelSpec {
+                    min_form_temperature: Some(0.0),
+                    ..spec.clone()
+                },
+                tiny_prm(&dir.join("base"), 48),
+            )
+            .is_err()
+        );
+
         let set = super::super::RewardSet::from_components(vec![super::super::RewardComponent {
             name: "prm".into(),
             weight: 0.5,
@@ -411,7 +470,10 @@ mod tests {
         .unwrap();
         let scored = set.score(&samples);
         assert!((scored[0].total.unwrap() - 0.5 * first.value).abs() < 1e-6);
-        assert_eq!(scored[0].steps, first.steps, "step rewards are not scaled by weight");
+        assert_eq!(
+            scored[0].steps, first.steps,
+            "step rewards are not scaled by weight"
+        );
         assert_eq!((scored[1].total, scored[1].steps.len()), (None, 0));
         assert!(scored[1].errors[0].starts_with("prm: reward model: "));
         assert!(scored[2].total.is_some());
