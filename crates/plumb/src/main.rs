@@ -80,6 +80,9 @@ enum Command {
     TrainPo(commands::reward::TrainArgs),
     /// Train a policy online (GRPO, RLOO, REINFORCE++, DAPO, GSPO, …) against reward functions.
     TrainRl(commands::reward::TrainArgs),
+    /// Math-Shepherd step labels: k policy completions from each step prefix, hard and soft
+    /// labels by reaching the gold answer, as step-labelled JSONL for train-prm.
+    LabelSteps(commands::rl::LabelStepsArgs),
     /// RewardBench-style report of a policy's implicit DPO rewards on a JSONL file or HH-RLHF.
     EvalPo(commands::policy::EvalPoArgs),
     /// Reward-guided decoding (best-of-n, soft best-of-n, rejection, ARGS, GenARM, controlled) of a
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::ScorePrm(args) => commands::process::score_prm(&cli.global, args),
         Command::TrainPo(args) => commands::policy::train_po(&cli.global, args),
         Command::TrainRl(args) => commands::rl::train_rl(&cli.global, args),
+        Command::LabelSteps(args) => commands::rl::label_steps(&cli.global, args),
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::Decode(args) => commands::decode::run(&cli.global, *args),
         Command::Overopt(args) => commands::overopt::run(&cli.global, *args),

@@ -66,6 +66,7 @@ mod tests {
                 total,
                 components: vec![total],
                 errors: Vec::new(),
+                steps: Vec::new(),
             })
             .collect()
     }

@@ -8,7 +8,9 @@
 //!   composable with weights; a failing function masks its sample instead of stopping the run;
 //! - [`prompts`], [`rollout`], [`task`], [`train`]: prompt sources, sampling and log-probs, the
 //!   rollout task of the training engine, and `plumb train-rl` end to end ([`recipe`]);
-//!   [`importance`] and [`filtration`]: the sampler correction and PF-PPO's row selection.
+//!   [`importance`] and [`filtration`]: the sampler correction and PF-PPO's row selection;
+//! - [`step_labels`]: Math-Shepherd's Monte-Carlo step labels from the policy's own rollouts
+//!   (`plumb label-steps`), the step-labelled JSONL `plumb train-prm` reads.
 
 pub mod algos;
 pub mod filtration;
@@ -17,6 +19,7 @@ pub mod prompts;
 pub mod recipe;
 pub mod rewards;
 pub mod rollout;
+pub mod step_labels;
 pub mod task;
 pub mod train;
 

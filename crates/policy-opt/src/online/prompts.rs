@@ -64,6 +64,36 @@ impl PromptSource {
         }
     }
 
+    /// The source a command-line flag names: `gsm8k:train`, `gsm8k:test`, `hh-rlhf:train`,
+    /// `hh-rlhf:dev`, or a JSONL path; the first `limit` prompts (0 = all).
+    pub fn from_flag(flag: &str, limit: usize) -> Result<PromptSource> {
+        Ok(match flag {
+            "gsm8k:train" => PromptSource::Gsm8k {
+                split: Gsm8kSplit::Train,
+                limit,
+            },
+            "gsm8k:test" => PromptSource::Gsm8k {
+                split: Gsm8kSplit::Test,
+                limit,
+            },
+            "hh-rlhf:train" => PromptSource::HhRlhf {
+                split: HhSplit::Train,
+                limit,
+            },
+            "hh-rlhf:dev" => PromptSource::HhRlhf {
+                split: HhSplit::Dev,
+                limit,
+            },
+            other if other.contains(':') && !Path::new(other).exists() => bail!(
+                "{other:?}: expected gsm8k:train, gsm8k:test, hh-rlhf:train, hh-rlhf:dev or a JSONL file"
+            ),
+            path => PromptSource::Jsonl {
+                path: PathBuf::from(path),
+                limit,
+            },
+        })
+    }
+
     /// Reads the prompts; `instruction`, when given, is appended to every GSM8K question (after
     /// a blank line). An empty result is an error.
     pub fn load(&self, data_dir: &Path, instruction: Option<&str>) -> Result<Vec<RlPrompt>> {

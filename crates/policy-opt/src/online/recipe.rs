@@ -433,6 +433,16 @@ impl RlRecipe {
         if self.rewards.is_empty() {
             bail!("the recipe has no [[reward]] tables: online RL needs at least one reward");
         }
+        if let AdvantageEstimator::ProcessRloo {
+            credit: super::algos::CreditAssignment::Min,
+        } = self.algorithm.estimator
+            && self.algorithm.kl.active()
+            && self.algorithm.kl.placement == KlPlacement::Reward
+        {
+            bail!(
+                "algorithm.kl: placement = \"reward\" puts the KL on every token, but the min-form credit of estimator \"process_rloo\" reads only the step-end tokens; use placement = \"loss\""
+            );
+        }
         let gae = matches!(self.algorithm.estimator, AdvantageEstimator::Gae { .. });
         match (&self.algorithm.critic, gae) {
             (None, true) => bail!(
@@ -572,6 +582,7 @@ mod tests {
                 "remax" => assert_eq!(estimator, "remax"),
                 "opo" => assert_eq!(estimator, "opo"),
                 "raft" => assert_eq!(estimator, "raft"),
+                "pure" => assert_eq!(estimator, "process_rloo"),
                 "ppo" | "pf-ppo" => {
                     assert_eq!(estimator, "gae");
                     assert!(recipe.algorithm.critic.is_some());
@@ -612,6 +623,7 @@ mod tests {
                 "opo",
                 "pf-ppo",
                 "ppo",
+                "pure",
                 "raft",
                 "reinforce-pp",
                 "remax",
@@ -655,5 +667,17 @@ mod tests {
             };
             assert!(err.contains(says), "{bad}: {err}");
         }
+        // PURE's min form reads only step-end tokens: a KL in the reward would be lost.
+        let r: RlRecipe = rm_core::recipe::parse(
+            text,
+            "pure",
+            &[
+                "algorithm.estimator={ name = \"process_rloo\" }".into(),
+                "algorithm.kl.placement=\"reward\"".into(),
+            ],
+        )
+        .unwrap();
+        let err = format!("{:#}", r.validate().unwrap_err());
+        assert!(err.contains("min-form credit"), "{err}");
     }
 }

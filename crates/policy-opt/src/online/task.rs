@@ -10,8 +10,10 @@
 //!    masked when the recipe says so;
 //! 3. the old policy's per-token log-probs (a full forward pass), the reference's when the KL
 //!    term is on (the LoRA-disabled policy, or the frozen snapshot under full fine-tuning);
-//! 4. token rewards (the sequence reward on the last token, minus `coef·kl_t` when the KL is
-//!    in the reward), then the recipe's advantage estimator with groups by prompt;
+//! 4. token rewards (the sequence reward on the last token, each process reward of a
+//!    `process_model` component on the last token of its step, minus `coef·kl_t` when the KL is
+//!    in the reward), then the recipe's advantage estimator with groups by prompt (and the step
+//!    mask, for PURE's min-form credit);
 //! 5. the truncated importance-sampling correction when the sampler's distribution differs from
 //!    the policy's (temperature, top-k/top-p): each token's advantage times
 //!    `min(π_old/q, cap)` (or the token masked when the ratio exceeds the cap), per token or
@@ -48,6 +50,7 @@ use super::filtration::policy_filtration;
 use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
 use super::recipe::{ConstraintBound, KlPlacement, PairLabel, RlRecipe};
+use super::rewards::process::step_end_tokens;
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
     Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
@@ -398,6 +401,62 @@ impl RlTask {
             })
             .collect();
         self.rewards.score(&samples)
+    }
+
+    /// Adds every included row's step rewards ([`ScoredSample::steps`]) to its token rewards on
+    /// the tokens the steps end on ([`super::rewards::process::step_end_tokens`]: the first
+    /// token whose decoded prefix covers the step's text; the last step on the last token) and
+    /// returns the step mask: 1 on those tokens and on every included row's last token (where
+    /// the sequence reward sits, so min-form credit sees the outcome too). Logs the mean number
+    /// of steps per rewarded row and the mean step reward when any row has steps.
+    fn place_step_rewards(
+        &self,
+        completions: &[Completion],
+        scored: &[ScoredSample],
+        included: &[bool],
+        width: usize,
+        token_rewards: &mut [Vec<f32>],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let tokenizer = &self.policy.lm.tokenizer;
+        let mut mask = vec![vec![0.0f32; width]; completions.len()];
+        let (mut rows, mut steps, mut total) = (0usize, 0usize, 0f64);
+        for (r, c) in completions.iter().enumerate() {
+            if !included[r] || c.tokens.is_empty() {
+                continue;
+            }
+            mask[r][c.tokens.len() - 1] = 1.0;
+            let rewards = &scored[r].steps;
+            if rewards.is_empty() {
+                continue;
+            }
+            let mut failed = None;
+            let ends: Vec<usize> = rewards.iter().map(|x| x.end).collect();
+            let at = step_end_tokens(&ends, c.tokens.len(), |k| {
+                match tokenizer.decode(&c.tokens[..=k], true) {
+                    Ok(text) => text.trim_start().len(),
+                    Err(e) => {
+                        failed = Some(e);
+                        usize::MAX
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e.context(format!("placing the step rewards of rollout {}", r + 1)));
+            }
+            for (&k, x) in at.iter().zip(rewards) {
+                token_rewards[r][k] += x.reward;
+                mask[r][k] = 1.0;
+                total += f64::from(x.reward);
+            }
+            rows += 1;
+            steps += rewards.len();
+        }
+        if rows > 0 {
+            metrics.insert("process/steps_per_row".into(), steps as f64 / rows as f64);
+            metrics.insert("process/step_reward_mean".into(), total / steps as f64);
+        }
+        Ok(mask)
     }
 
     /// Constrained RLHF (see [`super::recipe::ConstraintConfig`]): adds `s·λ·c` to each
@@ -803,6 +862,16 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 v
             })
             .collect();
+        // Process rewards: each step's reward on the token its step ends on (the step mask
+        // marks those tokens for min-form credit assignment).
+        let step_mask = self.place_step_rewards(
+            &completions,
+            &scored,
+            &included,
+            width,
+            &mut token_rewards,
+            &mut metrics,
+        )?;
         if self.kl_active() {
             let device = device_of(policy);
             let flat = |rows: &[Vec<f32>]| padded(rows, width).concat();
@@ -869,6 +938,7 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 group: &group,
                 values: values_padded.as_deref(),
                 reward_baselines: baselines.as_deref(),
+                step_mask: Some(&step_mask),
             },
         )?;
         let (advantages, returns) = (advantages.advantages, advantages.returns);

@@ -360,6 +360,47 @@ out_dir = "{out}"
         }
     }
 
+    /// Process rewards reach the trainer: a tiny PRM (`process_model`, each word a step, its
+    /// PURE step rewards soft-min transformed (T = 0.1) and scaled by 0.1, no sequence value)
+    /// beside the outcome reward, PURE's RLOO with sum-form returns (PURE's default credit
+    /// assignment). Every collection places step rewards (≥ 1 step per row, step rewards in
+    /// [−0.1, 0.1]) and the policy still learns the outcome task.
+    #[test]
+    fn process_rewards_from_a_prm_train_with_pure_credit() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("process");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let prm = crate::online::rewards::process::tiny_prm(&root.join("model"), 32);
+        prm.save(&root.join("prm")).unwrap();
+        let mut r = recipe(
+            &root,
+            "{ name = \"process_rloo\", credit = { form = \"sum\" } }",
+            "",
+        );
+        r.rewards.push(
+            toml::from_str(&format!(
+                "kind = \"process_model\"\npath = \"{}\"\ndelimiter = \" \"\nweight = 0.0\nstep_weight = 0.1\nmin_form_temperature = 0.1",
+                root.join("prm").display()
+            ))
+            .unwrap(),
+        );
+        let report = train_rl_policy(r, &request(&root)).unwrap();
+        let before = report.initial_eval.metrics["reward/keywords"];
+        let after = report.final_eval.metrics["reward/keywords"];
+        eprintln!("process_rloo (soft-min PRM rewards, sum form): {before} → {after}");
+        assert!(before < 0.5, "initial reward {before}");
+        assert!(after >= 0.75, "reward {before} → {after}");
+        let collects = read_records(&report.out_dir.join("metrics.jsonl"), "collect").unwrap();
+        assert_eq!(collects.len(), 12);
+        for c in &collects {
+            assert!(c["process/steps_per_row"].as_f64().unwrap() >= 1.0, "{c}");
+            let mean = c["process/step_reward_mean"].as_f64().unwrap();
+            assert!((-0.1..=0.1).contains(&mean), "{c}");
+        }
+        std::fs::remove_dir_all(&root).ok();
+    }
+
     /// Runs stopped after 6 steps and resumed end with the uninterrupted runs' metrics, record
     /// for record (wall time aside): GRPO with a k3 KL in the loss; PPO (the value head in the
     /// checkpoint) with an adaptive KL controller in the reward and a constraint multiplier

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AlgoError;
 use super::error::invalid;
+use super::process::{CreditAssignment, process_rloo_advantages};
 use super::rows::{check_len, check_rows, groups, masked_whiten, mean_std, row_lengths, to_f32};
 
 /// How GRPO scales the group-centred score.
@@ -99,6 +100,17 @@ pub enum AdvantageEstimator {
         #[serde(default = "one")]
         top_k: usize,
     },
+    /// PURE's RLOO on process returns (Cheng et al. 2025, "Stop Summation: Min-Form Credit
+    /// Assignment Is All Process Reward Model Needs for Reasoning"): token rewards carrying a
+    /// PRM's step rewards (and any outcome reward on the last token), returns by `credit`
+    /// (min form `G_t = min_{k≥t, s_k=1} r_k`, or sum form), minus the leave-one-out mean of
+    /// the group's per-token mean returns; see [`super::process::process_rloo_advantages`].
+    /// The min form reads `step_mask`.
+    ProcessRloo {
+        /// `{ form = "min" }` (default) or `{ form = "sum", gamma = 1.0 }`.
+        #[serde(default)]
+        credit: CreditAssignment,
+    },
 }
 
 fn one() -> usize {
@@ -118,6 +130,8 @@ pub struct AdvantageInput<'a> {
     pub values: Option<&'a [Vec<f32>]>,
     /// The greedy rollout's reward `b_i` (ReMax).
     pub reward_baselines: Option<&'a [f32]>,
+    /// `s_{i,t}`: 1 on the tokens that carry a process reward (step ends; min-form credit).
+    pub step_mask: Option<&'a [Vec<f32>]>,
 }
 
 /// Advantages and returns, `[B][T]`.
@@ -142,6 +156,7 @@ impl AdvantageEstimator {
             Self::Remax => "remax",
             Self::Opo => "opo",
             Self::Raft { .. } => "raft",
+            Self::ProcessRloo { .. } => "process_rloo",
         }
     }
 
@@ -154,6 +169,7 @@ impl AdvantageEstimator {
                 | Self::ReinforcePlusPlusBaseline
                 | Self::Opo
                 | Self::Raft { .. }
+                | Self::ProcessRloo { .. }
         )
     }
 
@@ -173,6 +189,9 @@ impl AdvantageEstimator {
                 unit("lam", lam)
             }
             Self::ReinforcePlusPlus { gamma } => unit("gamma", gamma),
+            Self::ProcessRloo {
+                credit: CreditAssignment::Sum { gamma },
+            } => unit("gamma", gamma),
             Self::Raft { top_k: 0 } => Err(invalid(what, "top_k", 0.0, "at least 1")),
             Self::Grpo { epsilon, .. } if !(epsilon.is_finite() && epsilon >= 0.0) => {
                 Err(invalid(what, "epsilon", epsilon, "a finite value >= 0"))
@@ -273,6 +292,27 @@ pub fn compute_advantages(
                 }
             }
             Ok(outcome(&a, mask))
+        }
+        AdvantageEstimator::ProcessRloo { credit } => {
+            let zeros;
+            let steps = match (input.step_mask, credit) {
+                (Some(s), _) => s,
+                (None, CreditAssignment::Sum { .. }) => {
+                    zeros = vec![vec![0.0; t]; b];
+                    &zeros
+                }
+                (None, CreditAssignment::Min) => {
+                    return Err(AlgoError::MissingInput {
+                        what,
+                        input: "step_mask",
+                    });
+                }
+            };
+            let adv = process_rloo_advantages(rewards, steps, mask, input.group, credit)?;
+            Ok(Advantages {
+                returns: adv.clone(),
+                advantages: adv,
+            })
         }
         AdvantageEstimator::ReinforcePlusPlusBaseline => {
             let mut a = scores(rewards);

@@ -19,6 +19,7 @@ fn run(
             group,
             values: None,
             reward_baselines: None,
+            step_mask: None,
         },
     )
 }
@@ -183,6 +184,7 @@ fn gae_matches_the_hand_worked_recursion() {
             group: &[],
             values: Some(&values),
             reward_baselines: None,
+            step_mask: None,
         },
     )
     .unwrap();
@@ -224,6 +226,7 @@ fn remax_subtracts_the_greedy_reward_on_the_mask() {
             group: &[],
             values: None,
             reward_baselines: Some(&[0.3]),
+            step_mask: None,
         },
     )
     .unwrap();

@@ -11,6 +11,8 @@
 //! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3), the in-reward penalty [`apply_kl_penalty`] and
 //!   the fixed / adaptive [`KlController`];
 //! - [`value_loss`]: the clipped value loss; [`entropy`]: per-token entropy from logits;
+//! - [`process`](mod@process): process rewards — PURE's min-form credit assignment and its
+//!   RLOO, PRIME's implicit process rewards and implicit-PRM loss;
 //! - [`reward_shaping`]: multi-component rewards (sum-then-normalise, GDPO), RTO's DPO token
 //!   rewards and MA-RLHF's macro-action advantages.
 //!
@@ -22,6 +24,7 @@ pub mod entropy;
 mod error;
 pub mod kl;
 pub mod policy_loss;
+pub mod process;
 pub mod reward_shaping;
 mod rows;
 pub mod value_loss;
@@ -32,6 +35,8 @@ mod advantage_tests;
 mod loss_tests;
 #[cfg(test)]
 mod misc_tests;
+#[cfg(test)]
+mod process_tests;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -47,6 +52,10 @@ pub use kl::{
     KlController, KlControllerConfig, KlEstimator, apply_kl_penalty, kl_penalty, kl_penalty_checked,
 };
 pub use policy_loss::{PolicyLoss, PolicyLossOutput, policy_loss};
+pub use process::{
+    CreditAssignment, approx_min_form, implicit_prm_loss, implicit_process_rewards,
+    process_returns, process_rloo_advantages, pure_step_reward,
+};
 pub use reward_shaping::{
     ComponentAggregation, aggregate_reward_components, dpo_token_rewards, macro_action_advantages,
 };

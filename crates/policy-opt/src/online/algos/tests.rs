@@ -110,6 +110,7 @@ fn run_case(case: &Value) -> (String, f64) {
                     group: &group,
                     values: values.as_deref(),
                     reward_baselines: baselines.as_deref(),
+                    step_mask: None,
                 },
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -8,6 +8,8 @@
 //! - [`length`]: a target length (L1 / LCPO) or DAPO's soft overlong punishment;
 //! - [`keywords`]: required / forbidden keywords;
 //! - [`overlap`]: BLEU (BLEUBERI) and ROUGE-L against reference texts;
+//! - [`process`](mod@process): a process reward model — a sequence value by an aggregation of
+//!   its step scores, and per-step rewards the trainer places on each step's last token;
 //! - [`shaping`]: pure functions on rewards — clipping, Gao et al.'s Clip and Delta mechanisms.
 //!
 //! # Failures mask samples, never the batch
@@ -45,6 +47,7 @@ pub mod length;
 pub mod math;
 pub mod model;
 pub mod overlap;
+pub mod process;
 pub mod shaping;
 
 use std::collections::HashSet;
@@ -62,6 +65,7 @@ pub use length::{LengthReward, LengthSpec, LengthUnit};
 pub use math::{AnswerExtraction, Gsm8kReward, Gsm8kSpec, extract_answer, parse_number};
 pub use model::{ModelReward, RewardModelSpec, RmTransform};
 pub use overlap::{BleuReward, BleuSmoothing, BleuSpec, RougeLReward, RougeLSpec, bleu, rouge_l};
+pub use process::{ProcessModelReward, ProcessModelSpec, StepRewardForm, split_steps};
 pub use shaping::{clip_process_rewards, clip_reward, delta_process_rewards};
 
 /// One sample to score: a prompt and the policy's completion.
@@ -95,11 +99,39 @@ pub enum RewardError {
     WrongCount { expected: usize, got: usize },
 }
 
+/// A process reward of one step of a completion.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReward {
+    /// Where the step ends: a byte offset into the completion text (exclusive).
+    pub end: usize,
+    pub reward: f32,
+}
+
+/// A sample's value and its step rewards (none for outcome-only functions).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub value: f32,
+    pub steps: Vec<StepReward>,
+}
+
 /// A reward function over prompt + completion.
 pub trait RewardFunction: Send + Sync {
     fn name(&self) -> &str;
     /// one result per sample, in order; an Err masks that sample (gets no reward) — the run goes on
     fn score_batch(&self, samples: &[RewardSample<'_>]) -> Vec<Result<f32, RewardError>>;
+    /// [`RewardFunction::score_batch`] with per-step rewards: process rewards override it; the
+    /// default has no steps.
+    fn score_with_steps(&self, samples: &[RewardSample<'_>]) -> Vec<Result<Scored, RewardError>> {
+        self.score_batch(samples)
+            .into_iter()
+            .map(|r| {
+                r.map(|value| Scored {
+                    value,
+                    steps: Vec::new(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Which reward function a `[[reward]]` table builds (`kind = "…"`) and its settings.
@@ -133,6 +165,9 @@ pub enum RewardSpec {
     RougeL(RougeLSpec),
     /// A judge LM's likelihood of a positive vs a negative user follow-up ([`follow_up`]).
     FollowUp(FollowUpSpec),
+    /// A process reward model: aggregated step scores, and step rewards at each step's end
+    /// ([`process`](mod@process)).
+    ProcessModel(ProcessModelSpec),
 }
 
 impl RewardSpec {
@@ -147,6 +182,7 @@ impl RewardSpec {
             RewardSpec::Bleu(_) => "bleu",
             RewardSpec::RougeL(_) => "rouge_l",
             RewardSpec::FollowUp(_) => "follow_up",
+            RewardSpec::ProcessModel(_) => "process_model",
         }
     }
 
@@ -176,6 +212,9 @@ impl RewardSpec {
             RewardSpec::Bleu(spec) => Box::new(BleuReward::new(name, spec.clone())?),
             RewardSpec::RougeL(spec) => Box::new(RougeLReward::new(name, spec.clone())?),
             RewardSpec::FollowUp(spec) => Box::new(FollowUpReward::load(name, spec, device)?),
+            RewardSpec::ProcessModel(spec) => {
+                Box::new(ProcessModelReward::load(name, spec, device)?)
+            }
         })
     }
 }
@@ -221,6 +260,10 @@ pub struct ScoredSample {
     pub components: Vec<Option<f32>>,
     /// "component: message" for each failure
     pub errors: Vec<String>,
+    /// The process rewards of every component that gives them, as they give them (a
+    /// `process_model` scales them by its `step_weight`, not by its `weight`); empty when the
+    /// sample is masked or no component gives step rewards.
+    pub steps: Vec<StepReward>,
 }
 
 impl RewardSet {
@@ -309,11 +352,12 @@ impl RewardSet {
                 total: None,
                 components: Vec::with_capacity(self.components.len()),
                 errors: Vec::new(),
+                steps: Vec::new(),
             })
             .collect();
         let mut totals = vec![Some(0f64); samples.len()];
         for c in &self.components {
-            let mut results = c.function.score_batch(samples);
+            let mut results = c.function.score_with_steps(samples);
             if results.len() != samples.len() {
                 let e = RewardError::WrongCount {
                     expected: samples.len(),
@@ -322,8 +366,16 @@ impl RewardSet {
                 results = vec![Err(e); samples.len()];
             }
             for ((scored, total), result) in out.iter_mut().zip(&mut totals).zip(results) {
-                match result.and_then(finite) {
-                    Ok(v) => {
+                let result = result.and_then(|s| {
+                    finite(s.value)?;
+                    match s.steps.iter().find(|x| !x.reward.is_finite()) {
+                        Some(x) => Err(RewardError::NonFinite(x.reward)),
+                        None => Ok(s),
+                    }
+                });
+                match result {
+                    Ok(Scored { value: v, steps }) => {
+                        scored.steps.extend(steps);
                         let v = match c.clip {
                             Some([lo, hi]) => clip_reward(v as f64, lo, hi) as f32,
                             None => v,
@@ -342,6 +394,9 @@ impl RewardSet {
             }
         }
         for (scored, total) in out.iter_mut().zip(totals) {
+            if total.is_none() {
+                scored.steps.clear();
+            }
             scored.total = total.map(|t| t as f32).filter(|t| t.is_finite());
             if total.is_some() && scored.total.is_none() {
                 scored.errors.push("total: non-finite weighted sum".into());
