@@ -30,6 +30,7 @@ pub mod plot;
 pub mod policy;
 pub mod recipe;
 pub mod sampling;
+pub mod shared_prompt;
 pub mod tokenize;
 pub mod train;
 pub mod types;

@@ -5,16 +5,18 @@
 //! a completion mask `m` `[B, T]`, the log-prob of token `t` is `log softmax(z[t−1])[y[t]]`
 //! (the first token has no prediction). Only tokens with `m[t] = 1` count:
 //! `sum = Σ_t m[t]·log p(y[t] | y[<t])`, `count = Σ_t m[t]`, `mean = sum / count`.
-//! Optionally the per-position `logsumexp(2·z[t−1])` (the full-vocabulary statistic WPO's
-//! weights need, log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z)).
+//! Optionally the per-position `logsumexp(2·z[t−1])` under the mask (the full-vocabulary
+//! statistic WPO's weights need, log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z)).
 //!
-//! Everything is batched tensor work (no host round-trips) and differentiable: on an autodiff
-//! device gradients flow into the logits and, through [`model_sequence_logprobs`], the model.
+//! Everything is batched tensor work and differentiable: on an autodiff device gradients flow
+//! into the logits and, through [`model_sequence_logprobs`], the model. On a model,
+//! [`head_logprobs`] runs the LM head only on the positions that predict a completion token
+//! (it reads the completion mask on the host to find them).
 //! Sequences shorter than two tokens predict nothing: their result is
 //! [`SequenceLogprobs::empty`], not an error.
 
-use anyhow::{Result, bail};
-use burn::tensor::{Device, Int, Tensor};
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::policy::CausalPolicy;
 
@@ -33,11 +35,11 @@ pub struct SequenceLogprobs {
     pub count: Tensor<1>,
     /// `[B]`: `sum / max(count, 1)`.
     pub mean: Tensor<1>,
-    /// `[B, T−1]`: `logsumexp(2·logits)` of the predicting position (not masked), when
+    /// `[B, T−1]`: `logsumexp(2·logits)` of the predicting position, times the mask, when
     /// requested.
     pub logsumexp_2x: Option<Tensor<2>>,
     /// `[B, T−1]`: `log Σ_v p_v² = logsumexp(2·logits) − 2·logsumexp(logits)` of the predicting
-    /// position (not masked, detached), requested with `logsumexp_2x`: the input of WPO's
+    /// position (times the mask, detached), requested with `logsumexp_2x`: the input of WPO's
     /// weights (`rm_losses::preference::DpoBatch::log_sum_sq_probs`).
     pub log_sum_sq_probs: Option<Tensor<2>>,
 }
@@ -78,9 +80,10 @@ pub fn sequence_logprobs(
 /// [`sequence_logprobs`] of `model` (any [`CausalPolicy`]: the module being trained, LoRA or
 /// not) on a padded batch: `input_ids` and `attention_mask` `[B, T]` (1 real, 0 pad; left or
 /// right padding), `completion_mask` `[B, T]` (1 on the tokens to score, a subset of the real
-/// ones). The LM head runs on the `T − 1` predicting positions only. Gradients flow into the
-/// model on autodiff devices. `T < 2` gives the [empty result](SequenceLogprobs::empty)
-/// without running the model; shapes that disagree are an error.
+/// ones). One pass through the backbone, then [`head_logprobs`]: the LM head runs on the
+/// positions that predict a completion token only. Gradients flow into the model on autodiff
+/// devices. `T < 2` gives the [empty result](SequenceLogprobs::empty) without running the
+/// model; shapes that disagree are an error.
 pub fn model_sequence_logprobs<P: CausalPolicy + ?Sized>(
     model: &P,
     input_ids: Tensor<2, Int>,
@@ -109,8 +112,153 @@ pub fn model_sequence_logprobs<P: CausalPolicy + ?Sized>(
         ));
     }
     let hidden = model.hidden_states(input_ids.clone(), attention_mask)?;
-    let predicting = model.logits(hidden.narrow(1, 0, t - 1));
-    predicted_logprobs(predicting, input_ids, completion_mask, with_logsumexp_2x)
+    head_logprobs(model, hidden, input_ids, completion_mask, with_logsumexp_2x)
+}
+
+/// The completion log-probs of `model`'s LM head on its hidden states `hidden` `[B, T, D]`
+/// (`input_ids` and `completion_mask` `[B, T]`), as [`sequence_logprobs`] gives them on the
+/// full logits — but the head (a `D × V` GEMM and a log-softmax over the vocabulary, and both
+/// again in the backward pass) runs only on the [`HeadPositions`] that predict a completion
+/// token. Prompt and padding positions, whose log-probs the mask zeroes anyway, cost nothing;
+/// in a DPO batch of chat pairs they are most of the `B·(T−1)` positions. Every output keeps
+/// its `[B, T−1]` shape and values. `T < 2` gives the [empty result](SequenceLogprobs::empty).
+pub fn head_logprobs<P: CausalPolicy + ?Sized>(
+    model: &P,
+    hidden: Tensor<3>,
+    input_ids: Tensor<2, Int>,
+    completion_mask: Tensor<2, Int>,
+    with_logsumexp_2x: bool,
+) -> Result<SequenceLogprobs> {
+    let [b, t, _] = hidden.dims();
+    check_shape("input ids", &input_ids, [b, t], "the hidden states' [B, T]")?;
+    check_shape(
+        "completion mask",
+        &completion_mask,
+        [b, t],
+        "the hidden states' [B, T]",
+    )?;
+    if t < 2 {
+        return Ok(SequenceLogprobs::empty(
+            b,
+            with_logsumexp_2x,
+            &hidden.device(),
+        ));
+    }
+    let positions = HeadPositions::of(&completion_mask)?;
+    let logits = positions.logits(model, hidden);
+    Ok(positions.logprobs(logits, input_ids, completion_mask, with_logsumexp_2x))
+}
+
+/// Where a batch's LM head must run: the positions `j` of the `[B, T]` batch (`T ≥ 2`) whose
+/// next token is scored, `completion_mask[r, j + 1] = 1`. [`Self::logits`] runs the head there
+/// only, [`Self::logprobs`] and [`Self::spread`] put per-position results back on the
+/// `[B, T−1]` grid of [`SequenceLogprobs`] (0 elsewhere). When every position is scored (or
+/// none: the full path then keeps the zero result attached to the model's graph) nothing is
+/// gathered and the head runs on all `B·(T−1)` predicting positions.
+pub enum HeadPositions {
+    /// All `[B, T−1]` predicting positions.
+    All,
+    /// The scored positions, as row-major indices `r·T + j` into the `[B·T]` positions.
+    Scored {
+        /// `[N]` indices, in row-major order.
+        index: Tensor<1, Int>,
+        /// `B`.
+        batch: usize,
+        /// `T`.
+        len: usize,
+    },
+}
+
+impl HeadPositions {
+    /// The positions of `completion_mask` `[B, T]` (`T ≥ 2`); its values are read on the host.
+    pub fn of(completion_mask: &Tensor<2, Int>) -> Result<Self> {
+        let [b, t] = completion_mask.dims();
+        if t < 2 {
+            bail!("completion mask is [{b}, {t}]: no position predicts a token (T < 2)");
+        }
+        let flags: Vec<i64> = completion_mask
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| anyhow!("reading the completion mask: {e:?}"))?;
+        let scored: Vec<i64> = (0..b)
+            .flat_map(|r| (0..t - 1).map(move |j| (r, j)))
+            .filter(|&(r, j)| flags[r * t + j + 1] != 0)
+            .map(|(r, j)| (r * t + j) as i64)
+            .collect();
+        if scored.is_empty() || scored.len() == b * (t - 1) {
+            return Ok(Self::All);
+        }
+        let n = scored.len();
+        Ok(Self::Scored {
+            index: Tensor::from_data(TensorData::new(scored, [n]), &completion_mask.device()),
+            batch: b,
+            len: t,
+        })
+    }
+
+    /// The LM head's logits at these positions of `hidden` `[B, T, D]`: `[B, T−1, V]` for
+    /// [`Self::All`], `[1, N, V]` (the `N` scored positions in row-major order) otherwise.
+    pub fn logits<P: CausalPolicy + ?Sized>(&self, model: &P, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = hidden.dims();
+        match self {
+            Self::All => model.logits(hidden.narrow(1, 0, t - 1)),
+            Self::Scored { index, .. } => {
+                let rows = index.dims()[0];
+                let picked = hidden.reshape([b * t, d]).select(0, index.clone());
+                model.logits(picked.reshape([1, rows, d]))
+            }
+        }
+    }
+
+    /// The [`SequenceLogprobs`] of `logits` from [`Self::logits`], with the batch's
+    /// `input_ids` and `completion_mask` `[B, T]`.
+    pub fn logprobs(
+        &self,
+        logits: Tensor<3>,
+        input_ids: Tensor<2, Int>,
+        completion_mask: Tensor<2, Int>,
+        with_logsumexp_2x: bool,
+    ) -> SequenceLogprobs {
+        let Self::Scored { index, .. } = self else {
+            return shifted_logprobs(logits, input_ids, completion_mask, with_logsumexp_2x);
+        };
+        let [_, rows, vocab] = logits.dims();
+        let [b, t] = input_ids.dims();
+        let targets = input_ids
+            .reshape([b * t])
+            .slice(1..)
+            .select(0, index.clone());
+        let out = row_logprobs(logits.reshape([rows, vocab]), targets, with_logsumexp_2x);
+        let spread = |v: Tensor<1>| self.spread(v.reshape([1, rows]));
+        SequenceLogprobs::of_tokens(
+            spread(out.token),
+            completion_mask.narrow(1, 1, t - 1).float(),
+            out.logsumexp_2x.map(spread),
+            out.log_sum_sq_probs.map(spread),
+        )
+    }
+
+    /// A per-position value computed on [`Self::logits`]' rows (`[B, T−1]` or `[1, N]`) on the
+    /// `[B, T−1]` grid, 0 at the positions that were not scored. The scatter's backward gathers
+    /// the gradient of the scored positions.
+    pub fn spread(&self, values: Tensor<2>) -> Tensor<2> {
+        let Self::Scored { index, batch, len } = self else {
+            return values;
+        };
+        let (b, t) = (*batch, *len);
+        let rows = index.dims()[0];
+        Tensor::<1>::zeros([b * t], &values.device())
+            .select_assign(
+                0,
+                index.clone(),
+                values.reshape([rows]),
+                IndexingUpdateOp::Add,
+            )
+            .reshape([b, t])
+            .narrow(1, 0, t - 1)
+    }
 }
 
 /// [`sequence_logprobs`] from the logits of the predicting positions only: `predicting`
@@ -175,33 +323,80 @@ fn shifted_logprobs(
     completion_mask: Tensor<2, Int>,
     with_logsumexp_2x: bool,
 ) -> SequenceLogprobs {
-    let [b, n, _] = predicting.dims();
-    let targets = input_ids.narrow(1, 1, n);
+    let [b, n, v] = predicting.dims();
+    let targets = input_ids.narrow(1, 1, n).reshape([b * n]);
     let mask = completion_mask.narrow(1, 1, n).float();
+    let out = row_logprobs(predicting.reshape([b * n, v]), targets, with_logsumexp_2x);
+    let token = out.token.reshape([b, n]) * mask.clone();
+    let masked = |l: Tensor<1>| l.reshape([b, n]) * mask.clone();
+    SequenceLogprobs::of_tokens(
+        token,
+        mask.clone(),
+        out.logsumexp_2x.map(masked),
+        out.log_sum_sq_probs.map(masked),
+    )
+}
+
+/// Per-row results of [`row_logprobs`].
+pub(crate) struct RowLogprobs {
+    /// `[N]`: `log softmax(z)[y]`.
+    pub token: Tensor<1>,
+    /// `[N]`: `logsumexp(2·z)`, when asked for.
+    pub logsumexp_2x: Option<Tensor<1>>,
+    /// `[N]`: `logsumexp(2·z) − 2·logsumexp(z)`, detached, when asked for.
+    pub log_sum_sq_probs: Option<Tensor<1>>,
+}
+
+/// The log-prob of `targets` `[N]` under each row of `logits` `[N, V]`, and optionally the
+/// statistics WPO needs.
+pub(crate) fn row_logprobs(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    with_logsumexp_2x: bool,
+) -> RowLogprobs {
+    let [rows, _] = logits.dims();
     // log p(y) = z_y − logsumexp(z), with the max taken out for stability (its gradient
     // cancels, so it is detached).
-    let max = predicting.clone().max_dim(2).detach();
-    let shifted = predicting.clone() - max.clone();
-    let lse = shifted.clone().exp().sum_dim(2).log() + max.clone();
+    let max = logits.clone().max_dim(1).detach();
+    let shifted = logits.clone() - max.clone();
+    let lse = shifted.clone().exp().sum_dim(1).log() + max.clone();
     let logsumexp_2x = with_logsumexp_2x.then(|| {
-        (shifted.mul_scalar(2.0).exp().sum_dim(2).log() + max.mul_scalar(2.0)).reshape([b, n])
+        (shifted.mul_scalar(2.0).exp().sum_dim(1).log() + max.mul_scalar(2.0)).reshape([rows])
     });
+    let lse = lse.reshape([rows]);
     let log_sum_sq_probs = logsumexp_2x
         .as_ref()
-        .map(|l2| (l2.clone() - lse.clone().reshape([b, n]).mul_scalar(2.0)).detach());
-    let target = predicting.gather(2, targets.reshape([b, n, 1]));
-    let token = (target - lse).reshape([b, n]) * mask.clone();
-    let sum = token.clone().sum_dim(1).reshape([b]);
-    let count = mask.clone().sum_dim(1).reshape([b]);
-    let mean = sum.clone() / count.clone().clamp_min(1.0);
-    SequenceLogprobs {
-        token_logprobs: token,
-        mask,
-        sum,
-        count,
-        mean,
+        .map(|l2| (l2.clone() - lse.clone().mul_scalar(2.0)).detach());
+    let target = logits.gather(1, targets.reshape([rows, 1])).reshape([rows]);
+    RowLogprobs {
+        token: target - lse,
         logsumexp_2x,
         log_sum_sq_probs,
+    }
+}
+
+impl SequenceLogprobs {
+    /// Sums, counts and means of masked per-token log-probs `token` `[B, T−1]` (0 where
+    /// `mask` is 0).
+    pub(crate) fn of_tokens(
+        token: Tensor<2>,
+        mask: Tensor<2>,
+        logsumexp_2x: Option<Tensor<2>>,
+        log_sum_sq_probs: Option<Tensor<2>>,
+    ) -> Self {
+        let [b, _] = token.dims();
+        let sum = token.clone().sum_dim(1).reshape([b]);
+        let count = mask.clone().sum_dim(1).reshape([b]);
+        let mean = sum.clone() / count.clone().clamp_min(1.0);
+        Self {
+            token_logprobs: token,
+            mask,
+            sum,
+            count,
+            mean,
+            logsumexp_2x,
+            log_sum_sq_probs,
+        }
     }
 }
 
@@ -383,7 +578,7 @@ mod tests {
                     let doubled: Vec<f32> = row.iter().map(|x| 2.0 * x).collect();
                     let m = doubled.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
                     let s2: f64 = doubled.iter().map(|&x| (x as f64 - m).exp()).sum();
-                    lse2.push((m + s2.ln()) as f32);
+                    lse2.push(if i >= from { (m + s2.ln()) as f32 } else { 0.0 });
                 }
                 naive.push((tokens, lse2, (n - from) as f32));
             }
@@ -426,8 +621,29 @@ mod tests {
                 assert_eq!(counts[r], *naive_count);
                 assert!((means[r] - naive_sum / naive_count).abs() < 1e-5);
             }
+            // The model path runs the head on the completion-predicting positions only; every
+            // output equals the full-logits path's, element for element.
             for (a, b) in vec1(via_model.sum).iter().zip(&sums) {
                 assert!((a - b).abs() < 1e-5, "model path vs logits path");
+            }
+            assert_eq!(vec1(via_model.count), counts);
+            assert_eq!(vec2(via_model.mask), vec2(out.mask.clone()));
+            for (what, a, b) in [
+                ("tokens", vec2(via_model.token_logprobs), tokens.clone()),
+                ("lse2", vec2(via_model.logsumexp_2x.unwrap()), lse2.clone()),
+                (
+                    "log Σp²",
+                    vec2(via_model.log_sum_sq_probs.unwrap()),
+                    vec2(out.log_sum_sq_probs.unwrap()),
+                ),
+            ] {
+                assert_eq!(a.len(), b.len(), "{what}");
+                for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (x - y).abs() < 1e-5,
+                        "{what} at {j}: {x} vs {y}, left {left}"
+                    );
+                }
             }
         }
     }
@@ -488,6 +704,33 @@ mod tests {
             let g: Vec<f32> = g.into_data().try_to_vec().unwrap();
             assert!(g.iter().all(|x| x.is_finite()), "{name}");
             assert!(g.iter().any(|&x| x != 0.0), "{name} gradient is zero");
+        }
+    }
+
+    #[test]
+    fn the_completion_only_head_has_the_full_heads_gradients() {
+        let device = test_device().autodiff();
+        let model = tiny_model(&device);
+        let int = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [2, 5]), &device);
+        let ids = int(vec![3, 4, 5, 6, 7, 0, 8, 9, 10, 11]);
+        let attn = int(vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 1]);
+        let comp = int(vec![0, 0, 0, 1, 1, 0, 0, 1, 1, 0]);
+        let weight = |grads: &burn::tensor::Gradients| -> Vec<f32> {
+            let g = model.layers[0].self_attn.q_proj.weight.val().grad(grads);
+            g.unwrap().into_data().try_to_vec().unwrap()
+        };
+        // The loss mixes every output WPO and DPO read.
+        let loss = |out: SequenceLogprobs| {
+            out.sum.sum() + out.logsumexp_2x.unwrap().sum().mul_scalar(0.01)
+        };
+        let head_only =
+            model_sequence_logprobs(&model, ids.clone(), attn.clone(), comp.clone(), true).unwrap();
+        let a = weight(&loss(head_only).backward());
+        let full = sequence_logprobs(model.forward(ids.clone(), attn), ids, comp, true).unwrap();
+        let b = weight(&loss(full).backward());
+        assert!(a.iter().any(|&x| x != 0.0));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
         }
     }
 

@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 
-use crate::logprobs::{SequenceLogprobs, model_sequence_logprobs, predicted_logprobs};
+use crate::logprobs::{SequenceLogprobs, head_logprobs, model_sequence_logprobs};
 use crate::lora;
 use crate::models::heads::ValueHead;
 use crate::sampling::IncrementalDecoder;
@@ -135,10 +135,12 @@ impl<P: Module + CausalPolicy> PolicyWithValue<P> {
         let hidden = self
             .policy
             .hidden_states(input_ids.clone(), attention_mask)?;
-        let predicting = hidden.narrow(1, 0, t - 1);
-        let values = self.value_head.forward(predicting.clone())?;
-        let logprobs = predicted_logprobs(
-            self.policy.logits(predicting),
+        let values = self
+            .value_head
+            .forward(hidden.clone().narrow(1, 0, t - 1))?;
+        let logprobs = head_logprobs(
+            &self.policy,
+            hidden,
             input_ids,
             completion_mask,
             with_logsumexp_2x,

@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use rm_core::burn::tensor::{Device, Tensor};
-use rm_core::logprobs::sequence_logprobs;
+use rm_core::logprobs::head_logprobs;
 use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
 use rm_core::policy::CausalPolicy;
 use rm_core::sampling::{FinishReason, SamplingConfig, generate};
+use rm_core::shared_prompt::shared_prompt_logprobs;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::rollout::collect_seed;
 
@@ -166,21 +167,26 @@ pub fn score_completions(
     let mut values = value_head.map(|_| Vec::with_capacity(completions.len()));
     for chunk in completions.chunks(batch.max(1)) {
         let seqs: Vec<Sequence> = chunk.iter().map(Completion::sequence).collect();
-        let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
-        let width = padded.seq_len - 1;
-        let hidden =
-            model.hidden_states(padded.ids_tensor(&device), padded.attention_tensor(&device))?;
-        let lp = sequence_logprobs(
-            model.logits(hidden.clone()),
-            padded.ids_tensor(&device),
-            padded.completion_tensor(&device),
-            false,
-        )?;
-        let lp = host(lp.token_logprobs, "log-probs")?;
-        let v = match value_head {
-            Some(head) => Some(host(head.forward(hidden.narrow(1, 0, width))?, "values")?),
-            None => None,
+        let width = seqs.iter().map(Sequence::len).max().unwrap_or(1) - 1;
+        let (lp, v) = match value_head {
+            // A group's completions share their prompt: it runs once.
+            None => (shared_prompt_logprobs(model, &seqs, pad_id, false)?, None),
+            Some(head) => {
+                let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
+                let hidden = model
+                    .hidden_states(padded.ids_tensor(&device), padded.attention_tensor(&device))?;
+                let values = host(head.forward(hidden.clone().narrow(1, 0, width))?, "values")?;
+                let lp = head_logprobs(
+                    model,
+                    hidden,
+                    padded.ids_tensor(&device),
+                    padded.completion_tensor(&device),
+                    false,
+                )?;
+                (lp, Some(values))
+            }
         };
+        let lp = host(lp.token_logprobs, "log-probs")?;
         for (row, c) in chunk.iter().enumerate() {
             let start = row * width + c.prompt_ids.len() - 1;
             let range = start..start + c.tokens.len();
@@ -201,4 +207,59 @@ pub fn completion_logprobs(
     batch: usize,
 ) -> Result<Vec<Vec<f32>>> {
     Ok(score_completions(model, None, completions, pad_id, batch)?.logprobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rm_core::device::test_device;
+    use rm_core::models::heads::ValueHeadConfig;
+    use rm_core::models::llama::CausalLm;
+
+    fn completion(prompt_index: usize, prompt_ids: &[u32], tokens: &[u32]) -> Completion {
+        Completion {
+            prompt_index,
+            prompt_ids: prompt_ids.to_vec(),
+            tokens: tokens.to_vec(),
+            text: String::new(),
+            truncated: false,
+            sampling_logprobs: vec![0.0; tokens.len()],
+            model_logprobs: vec![0.0; tokens.len()],
+        }
+    }
+
+    /// Groups of completions share their prompt's pass; with a value head every row runs in
+    /// full. Both give each completion token's log-prob, to float rounding.
+    #[test]
+    fn grouped_completions_score_as_rows_run_in_full() {
+        let dir = std::env::temp_dir().join(format!("plumb-rollout-{}", std::process::id()));
+        rm_core::fixtures::write_tiny_llama(&dir, 5).unwrap();
+        let device = test_device();
+        let model = CausalLm::load(&dir, &device).unwrap().model;
+        let head = ValueHeadConfig::new(16).init(&device);
+        let (a, b): (&[u32], &[u32]) = (&[3, 4, 5, 6, 7], &[8, 9]);
+        let completions = vec![
+            completion(0, a, &[10, 11, 12]),
+            completion(0, a, &[13]),
+            completion(0, a, &[14, 15, 16, 17, 18, 19]),
+            completion(1, b, &[20, 21]),
+            completion(1, b, &[22, 23, 24, 25]),
+            completion(1, b, &[26]),
+        ];
+        for batch in [6, 4] {
+            let shared = score_completions(&model, None, &completions, 0, batch).unwrap();
+            let full = score_completions(&model, Some(&head), &completions, 0, batch).unwrap();
+            assert!(shared.values.is_none() && full.values.is_some());
+            for (c, (x, y)) in completions
+                .iter()
+                .zip(shared.logprobs.iter().zip(&full.logprobs))
+            {
+                assert_eq!(x.len(), c.tokens.len());
+                assert_eq!(y.len(), c.tokens.len());
+                for (u, v) in x.iter().zip(y) {
+                    assert!(*u < 0.0 && (u - v).abs() < 1e-5, "{x:?} vs {y:?}");
+                }
+            }
+        }
+    }
 }

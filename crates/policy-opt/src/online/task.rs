@@ -29,7 +29,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
-use rm_core::logprobs::sequence_logprobs;
+use rm_core::logprobs::HeadPositions;
 use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
@@ -556,14 +556,13 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         let mask_t = tensor2(mask, [b, width], &device);
         let hidden =
             model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
-        let logits = model.logits(hidden.clone());
-        let logprobs = sequence_logprobs(
-            logits.clone(),
-            batch.ids_tensor(&device),
-            batch.completion_tensor(&device),
-            false,
-        )?
-        .token_logprobs;
+        // The LM head runs on the completion-predicting positions only.
+        let completion = batch.completion_tensor(&device);
+        let positions = HeadPositions::of(&completion)?;
+        let logits = positions.logits(model, hidden.clone());
+        let logprobs = positions
+            .logprobs(logits.clone(), batch.ids_tensor(&device), completion, false)
+            .token_logprobs;
         let pg = policy_loss(
             &algorithm.policy_loss,
             agg,
@@ -610,14 +609,13 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         }
         // The entropy bonus differentiates through the logits; logged alone, it is computed
         // off the graph.
-        let predicting = logits.narrow(1, 0, width);
         let entropy = if algorithm.entropy_coef > 0.0 {
-            let entropy = token_entropy(predicting);
+            let entropy = positions.spread(token_entropy(logits));
             let (entropy_mean, _) = aggregate(entropy.clone(), mask_t.clone(), agg, norm)?;
             loss = loss - entropy_mean.mul_scalar(algorithm.entropy_coef);
             entropy.detach()
         } else {
-            token_entropy(predicting.detach())
+            positions.spread(token_entropy(logits.detach()))
         };
         let entropy_tokens = (entropy * mask_t).sum().div_scalar(trained.max(1.0));
         metrics.push(Metric::device("entropy", entropy_tokens, token_weight));

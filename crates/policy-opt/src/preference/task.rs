@@ -4,6 +4,8 @@
 //! Each micro-batch of `B` pairs is one right-padded `[2B, T]` batch (chosen rows first, then
 //! the rejected ones, TRL's concatenated layout). The policy's per-token log-probs come with a
 //! graph; the reference's from the frozen reference module on the same device, without one.
+//! Both run each pair's prompt once for its two completions
+//! ([`rm_core::shared_prompt::shared_prompt_logprobs`]), with the same `[2B, T−1]` results.
 //! Evaluation pairs always form the same batches, so their reference log-probs are computed at
 //! the first evaluation and kept.
 
@@ -14,7 +16,7 @@ use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
-use rm_core::policy::CausalPolicy;
+use rm_core::shared_prompt::shared_prompt_logprobs;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
 
@@ -166,17 +168,13 @@ impl DpoTask {
         &self.template
     }
 
-    fn pad(&self, pairs: &[&EncodedPair]) -> Result<TokenBatch> {
-        let seqs: Vec<Sequence> = pairs
+    /// The `[2B]` rows of a micro-batch: every chosen sequence, then every rejected one.
+    fn sequences(&self, pairs: &[&EncodedPair]) -> Vec<Sequence> {
+        pairs
             .iter()
             .map(|p| p.chosen.clone())
             .chain(pairs.iter().map(|p| p.rejected.clone()))
-            .collect();
-        TokenBatch::pad(
-            &seqs,
-            self.template.lm.tokenizer.pad_id(),
-            PaddingSide::Right,
-        )
+            .collect()
     }
 
     /// The objective on `pairs` under `model`, the reference's per-token log-probs (DPO) given
@@ -189,23 +187,17 @@ impl DpoTask {
         pairs: &[&EncodedPair],
     ) -> Result<(ObjectiveOutput, Tensor<1>, Option<Tensor<2>>)> {
         let device = device_of(model);
-        let batch = self.pad(pairs)?;
-        let (ids, attention, completion) = (
-            batch.ids_tensor(&device),
-            batch.attention_tensor(&device),
-            batch.completion_tensor(&device),
-        );
+        let sequences = self.sequences(pairs);
+        let pad_id = self.template.lm.tokenizer.pad_id();
+        let batch = TokenBatch::pad(&sequences, pad_id, PaddingSide::Right)?;
+        let completion = batch.completion_tensor(&device);
         let weighting = self.objective.needs_log_sum_sq_probs();
-        let policy = model.completion_logprobs(
-            ids.clone(),
-            attention.clone(),
-            completion.clone(),
-            weighting,
-        )?;
+        // A pair's chosen and rejected rows share its prompt: each prompt runs once.
+        let policy = shared_prompt_logprobs(model, &sequences, pad_id, weighting)?;
         let ref_logps = match reference {
             RefLogps::None => None,
             RefLogps::Model(r) => Some(
-                r.completion_logprobs(ids, attention, completion.clone(), false)?
+                shared_prompt_logprobs(r, &sequences, pad_id, false)?
                     .token_logprobs
                     .detach(),
             ),

@@ -1,0 +1,311 @@
+//! Completion log-probs with every distinct prompt run through the model once.
+//!
+//! A DPO micro-batch holds each prompt twice (its chosen and its rejected completion), a GRPO
+//! group `G` times; HH-RLHF's multi-turn prompts are about 70% of a pair's tokens. Run as
+//! plain right-padded rows, the backbone (and, when training, its backward pass) goes over
+//! every prompt once per completion. [`shared_prompt_logprobs`] instead runs the distinct
+//! prompts once, left-padded, keeps their keys and values (the KV cache of
+//! [`LlamaModel::forward_hidden_with_cache`]), hands each completion row its prompt's cache
+//! (a `select` along the batch, whose backward pass adds the rows' gradients back onto the
+//! one prompt pass), and runs the completions on top. The LM head runs only on the
+//! positions that predict a completion token: the prompt's last position and the
+//! completion's own positions but its last.
+//!
+//! The result is laid out exactly as [`crate::logprobs::model_sequence_logprobs`] gives it for
+//! the right-padded batch of the same sequences ([`TokenBatch::pad`] with
+//! [`PaddingSide::Right`]), so objectives, metrics and cached reference log-probs see the
+//! same `[R, T−1]` tensors; the values agree to float rounding (attention sums run over the
+//! same keys in another blocking).
+//!
+//! It applies when every sequence is a non-empty prompt followed by a non-empty completion
+//! that runs to its end, and some prompt occurs twice; otherwise it falls back to the
+//! plain path.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::logprobs::{SequenceLogprobs, model_sequence_logprobs, row_logprobs};
+use crate::models::llama::{KvCache, LlamaModel};
+use crate::tokenize::{PaddingSide, Sequence, TokenBatch};
+
+/// Which rows share which prompt.
+#[derive(Debug, PartialEq)]
+struct SharingPlan {
+    /// The distinct prompts, in order of first appearance.
+    prompts: Vec<Vec<u32>>,
+    /// Row → index into `prompts`.
+    prompt_of: Vec<usize>,
+}
+
+impl SharingPlan {
+    /// The plan for `sequences`, or `None` when sharing does not apply (see the module docs).
+    fn of(sequences: &[Sequence]) -> Option<Self> {
+        let mut prompts: Vec<Vec<u32>> = Vec::new();
+        let mut index: HashMap<&[u32], usize> = HashMap::new();
+        let mut prompt_of = Vec::with_capacity(sequences.len());
+        for s in sequences {
+            let start = s.completion.iter().position(|&c| c)?;
+            if start == 0 || !s.completion[start..].iter().all(|&c| c) {
+                return None;
+            }
+            let prompt = &s.ids[..start];
+            let k = *index.entry(prompt).or_insert_with(|| {
+                prompts.push(prompt.to_vec());
+                prompts.len() - 1
+            });
+            prompt_of.push(k);
+        }
+        (prompts.len() < sequences.len()).then_some(Self { prompts, prompt_of })
+    }
+}
+
+/// The completion log-probs of `sequences` under `model` (see the module docs), laid out as
+/// the right-padded batch of `sequences` with `pad_id`; `with_logsumexp_2x` as in
+/// [`crate::logprobs`]. Differentiable on autodiff devices. An empty list is an error.
+pub fn shared_prompt_logprobs(
+    model: &LlamaModel,
+    sequences: &[Sequence],
+    pad_id: u32,
+    with_logsumexp_2x: bool,
+) -> Result<SequenceLogprobs> {
+    let device = model.embed_tokens.weight.val().device();
+    let Some(plan) = SharingPlan::of(sequences) else {
+        let batch = TokenBatch::pad(sequences, pad_id, PaddingSide::Right)?;
+        return model_sequence_logprobs(
+            model,
+            batch.ids_tensor(&device),
+            batch.attention_tensor(&device),
+            batch.completion_tensor(&device),
+            with_logsumexp_2x,
+        );
+    };
+    let rows = sequences.len();
+    let width = sequences.iter().map(Sequence::len).max().unwrap_or(0) - 1;
+
+    // The distinct prompts, left-padded: their last position is the last column.
+    let prompt_seqs: Vec<Sequence> = plan
+        .prompts
+        .iter()
+        .map(|p| Sequence::from_ids(p.clone()))
+        .collect();
+    let prompts = TokenBatch::pad(&prompt_seqs, pad_id, PaddingSide::Left)?;
+    let prompt_len = prompts.seq_len;
+    let mut cache = KvCache::default();
+    let prompt_hidden = model.forward_hidden_with_cache(
+        prompts.ids_tensor(&device),
+        prompts.attention_tensor(&device),
+        &mut cache,
+    )?;
+    let of_row = int1(plan.prompt_of.iter().map(|&k| k as i64).collect(), &device);
+    let select_rows = |t: Tensor<4>| t.select(0, of_row.clone());
+    cache.keys = cache.keys.into_iter().map(select_rows).collect();
+    cache.values = cache.values.into_iter().map(select_rows).collect();
+
+    // The completions, right-padded, after their prompts' cached positions.
+    let completions: Vec<Sequence> = sequences
+        .iter()
+        .zip(&plan.prompt_of)
+        .map(|(s, &k)| Sequence::from_ids(s.ids[plan.prompts[k].len()..].to_vec()))
+        .collect();
+    let tails = TokenBatch::pad(&completions, pad_id, PaddingSide::Right)?;
+    let tail_len = tails.seq_len;
+    let mask = Tensor::cat(
+        vec![
+            prompts.attention_tensor(&device).select(0, of_row.clone()),
+            tails.attention_tensor(&device),
+        ],
+        1,
+    );
+    let tail_hidden =
+        model.forward_hidden_with_cache(tails.ids_tensor(&device), mask, &mut cache)?;
+
+    // The state that predicts completion token m of row r: the prompt's last position for
+    // m = 0, the completion's position m − 1 after it.
+    let last = prompt_hidden
+        .narrow(1, prompt_len - 1, 1)
+        .select(0, of_row.clone());
+    let states = match tail_len {
+        1 => last,
+        _ => Tensor::cat(vec![last, tail_hidden.narrow(1, 0, tail_len - 1)], 1),
+    };
+    let d = states.dims()[2];
+    let (mut picked, mut targets, mut destinations) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, (tail, &k)) in completions.iter().zip(&plan.prompt_of).enumerate() {
+        let start = plan.prompts[k].len();
+        for (m, &id) in tail.ids.iter().enumerate() {
+            picked.push((r * tail_len + m) as i64);
+            targets.push(id as i64);
+            destinations.push((r * width + start + m - 1) as i64);
+        }
+    }
+    let scored = picked.len();
+    let logits = model.logits(
+        states
+            .reshape([rows * tail_len, d])
+            .select(0, int1(picked, &device))
+            .reshape([1, scored, d]),
+    );
+    let vocab = logits.dims()[2];
+    let out = row_logprobs(
+        logits.reshape([scored, vocab]),
+        int1(targets, &device),
+        with_logsumexp_2x,
+    );
+    let destinations = int1(destinations, &device);
+    let spread = |values: Tensor<1>| {
+        Tensor::<1>::zeros([rows * width], &device)
+            .select_assign(0, destinations.clone(), values, IndexingUpdateOp::Add)
+            .reshape([rows, width])
+    };
+    let shifted_mask: Vec<f32> = sequences
+        .iter()
+        .flat_map(|s| {
+            (1..=width).map(move |j| s.completion.get(j).map_or(0.0, |&c| c as u8 as f32))
+        })
+        .collect();
+    let mask = Tensor::from_data(TensorData::new(shifted_mask, [rows, width]), &device);
+    Ok(SequenceLogprobs::of_tokens(
+        spread(out.token),
+        mask,
+        out.logsumexp_2x.map(spread),
+        out.log_sum_sq_probs.map(spread),
+    ))
+}
+
+fn int1(values: Vec<i64>, device: &burn::tensor::Device) -> Tensor<1, Int> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::test_device;
+    use crate::models::llama::tests::tiny_model;
+
+    fn seq(prompt: &[u32], completion: &[u32]) -> Sequence {
+        Sequence {
+            ids: prompt.iter().chain(completion).copied().collect(),
+            completion: prompt
+                .iter()
+                .map(|_| false)
+                .chain(completion.iter().map(|_| true))
+                .collect(),
+        }
+    }
+
+    fn vec2(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Pairs with prompts of different lengths, a group of three on one prompt, a row alone.
+    fn sequences() -> Vec<Sequence> {
+        let (a, b, c): (&[u32], &[u32], &[u32]) = (&[3, 4, 5, 6], &[7, 8], &[9, 10, 11]);
+        vec![
+            seq(a, &[12, 13, 14]),
+            seq(b, &[15]),
+            seq(a, &[16, 17, 18, 19, 20]),
+            seq(b, &[21, 22, 23]),
+            seq(c, &[24, 25]),
+            seq(b, &[26, 27]),
+            seq(&[28], &[29, 30]),
+        ]
+    }
+
+    #[test]
+    fn the_plan_groups_rows_by_prompt_and_refuses_what_it_cannot_share() {
+        let plan = SharingPlan::of(&sequences()).unwrap();
+        assert_eq!(plan.prompts.len(), 4);
+        assert_eq!(plan.prompt_of, [0, 1, 0, 1, 2, 1, 3]);
+        // Every prompt distinct: nothing to share.
+        assert_eq!(SharingPlan::of(&[seq(&[3], &[4]), seq(&[5], &[6])]), None);
+        // A completion that does not run to the end, an empty prompt, no completion.
+        let mut gap = seq(&[3, 4], &[5, 6]);
+        gap.completion[3] = false;
+        for odd in [gap, seq(&[], &[5, 6]), seq(&[3, 4, 5], &[])] {
+            assert_eq!(SharingPlan::of(&[odd.clone(), odd]), None);
+        }
+    }
+
+    #[test]
+    fn shared_prompts_give_the_plain_paths_log_probs_and_gradients() {
+        let device = test_device().autodiff();
+        let model = tiny_model(&device);
+        let seqs = sequences();
+        let plain = || {
+            let batch = TokenBatch::pad(&seqs, 0, PaddingSide::Right).unwrap();
+            model_sequence_logprobs(
+                &model,
+                batch.ids_tensor(&device),
+                batch.attention_tensor(&device),
+                batch.completion_tensor(&device),
+                true,
+            )
+            .unwrap()
+        };
+        let (shared, plain) = (
+            shared_prompt_logprobs(&model, &seqs, 0, true).unwrap(),
+            plain(),
+        );
+        for (what, a, b) in [
+            (
+                "tokens",
+                shared.token_logprobs.clone(),
+                plain.token_logprobs.clone(),
+            ),
+            ("mask", shared.mask.clone(), plain.mask.clone()),
+            (
+                "lse2",
+                shared.logsumexp_2x.clone().unwrap(),
+                plain.logsumexp_2x.clone().unwrap(),
+            ),
+            (
+                "log Σp²",
+                shared.log_sum_sq_probs.clone().unwrap(),
+                plain.log_sum_sq_probs.clone().unwrap(),
+            ),
+        ] {
+            assert_eq!(a.dims(), b.dims(), "{what}");
+            let (a, b) = (vec2(a), vec2(b));
+            assert!(b.iter().any(|&x| x != 0.0), "{what}");
+            for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() < 1e-5, "{what} at {j}: {x} vs {y}");
+            }
+        }
+        // The same gradients, through the prompt passes shared by several rows.
+        let loss = |out: SequenceLogprobs| {
+            out.sum.sum() + out.logsumexp_2x.unwrap().sum().mul_scalar(0.01)
+        };
+        let grad = |grads: &burn::tensor::Gradients| -> Vec<f32> {
+            let q = model.layers[0]
+                .self_attn
+                .q_proj
+                .weight
+                .val()
+                .grad(grads)
+                .unwrap();
+            let e = model.embed_tokens.weight.val().grad(grads).unwrap();
+            let mut v: Vec<f32> = q.into_data().try_to_vec().unwrap();
+            v.extend(e.into_data().try_to_vec::<f32>().unwrap());
+            v
+        };
+        let a = grad(&loss(shared).backward());
+        let b = grad(&loss(plain).backward());
+        assert!(a.iter().all(|x| x.is_finite()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn unshareable_batches_take_the_plain_path_and_an_empty_one_is_an_error() {
+        let device = test_device();
+        let model = tiny_model(&device);
+        let seqs = [seq(&[3, 4], &[5, 6]), seq(&[7], &[8, 9, 10])];
+        let out = shared_prompt_logprobs(&model, &seqs, 0, false).unwrap();
+        assert_eq!(out.token_logprobs.dims(), [2, 3]);
+        assert!(shared_prompt_logprobs(&model, &[], 0, false).is_err());
+    }
+}
