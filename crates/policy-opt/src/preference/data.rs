@@ -43,14 +43,20 @@ pub fn encode_pairs(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let row = || format!("{source}: pair {} (0-based {i})", i + 1);
+            // One prompt cut for both responses (see `Policy::encode_shared`).
+            let [chosen, rejected]: [Sequence; 2] = policy
+                .encode_shared(&p.prompt, &[&p.chosen, &p.rejected])
+                .with_context(|| {
+                    format!(
+                        "{source}: pair {} (0-based {i}; response 1 = chosen, 2 = rejected)",
+                        i + 1
+                    )
+                })?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("two responses gave other than two sequences"))?;
             Ok(EncodedPair {
-                chosen: policy
-                    .encode(&p.prompt, &p.chosen)
-                    .with_context(|| format!("{}: chosen", row()))?,
-                rejected: policy
-                    .encode(&p.prompt, &p.rejected)
-                    .with_context(|| format!("{}: rejected", row()))?,
+                chosen,
+                rejected,
                 scores: p.scores,
             })
         })

@@ -166,30 +166,61 @@ impl Policy {
     /// completion (see the module docs for rendering and truncation). An empty response is an
     /// error: nothing would be predicted.
     pub fn encode(&self, prompt: &Prompt, response: &str) -> Result<Sequence> {
+        let mut rows = self.encode_shared(prompt, &[response])?;
+        Ok(rows.remove(0))
+    }
+
+    /// `prompt` followed by each of `responses`, as [`Policy::encode`] gives them, except that
+    /// the prompt is cut once, to fit beside the longest response: every row carries the same
+    /// prompt tokens. This is what a preference pair needs (both responses answer the same
+    /// context; TRL's concatenated chosen/rejected batch cuts a pair's prompt columns once),
+    /// and what lets [`crate::shared_prompt`] run the prompt once for all of them. An empty
+    /// response is an error naming it (1-based).
+    pub fn encode_shared(&self, prompt: &Prompt, responses: &[&str]) -> Result<Vec<Sequence>> {
         let template = self.spec.template;
         let tokenizer = &self.lm.tokenizer;
         // The prompt with the tokenizer's special tokens (BOS where its post-processor adds
         // one), the completion without: a continuation of the same text.
         let prompt_ids = tokenizer.encode(&template.render_prompt(prompt)?, true)?;
-        let mut completion = tokenizer.encode(&template.render_response(response), false)?;
-        if completion.is_empty() {
-            bail!("the response is empty: a completion needs at least one token");
-        }
         if prompt_ids.is_empty() {
             bail!("the prompt renders to no tokens");
         }
         let max_len = self.spec.max_len;
-        completion.truncate(max_len - 1);
-        let keep_prompt = (max_len - completion.len()).min(prompt_ids.len());
+        let completions = responses
+            .iter()
+            .enumerate()
+            .map(|(i, response)| {
+                let mut completion =
+                    tokenizer.encode(&template.render_response(response), false)?;
+                if completion.is_empty() {
+                    match responses.len() {
+                        1 => bail!("the response is empty: a completion needs at least one token"),
+                        _ => bail!(
+                            "response {} is empty: a completion needs at least one token",
+                            i + 1
+                        ),
+                    }
+                }
+                completion.truncate(max_len - 1);
+                Ok(completion)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let longest = completions.iter().map(Vec::len).max().unwrap_or(0);
+        let keep_prompt = (max_len - longest).min(prompt_ids.len());
         let prompt_ids = &prompt_ids[prompt_ids.len() - keep_prompt..];
-        let mut ids = prompt_ids.to_vec();
-        ids.extend_from_slice(&completion);
-        let mut flags = vec![false; prompt_ids.len()];
-        flags.resize(ids.len(), true);
-        Ok(Sequence {
-            ids,
-            completion: flags,
-        })
+        Ok(completions
+            .into_iter()
+            .map(|completion| {
+                let mut ids = prompt_ids.to_vec();
+                ids.extend_from_slice(&completion);
+                let mut flags = vec![false; prompt_ids.len()];
+                flags.resize(ids.len(), true);
+                Sequence {
+                    ids,
+                    completion: flags,
+                }
+            })
+            .collect())
     }
 
     /// Writes `model` (this policy's module after training) with this policy's spec and
@@ -326,6 +357,34 @@ mod tests {
         assert_eq!(t.completion, [false, true]);
         let err = policy.encode(&prompt, "").unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
+
+        // Responses encoded together share one prompt cut: room for the longest one.
+        let long = policy.lm.tokenizer.encode("t7 t8 t9", false).unwrap();
+        let pair = Policy {
+            spec: PolicySpec {
+                max_len: long.len() + 2,
+                ..policy.spec.clone()
+            },
+            ..tiny_policy(None, 0)
+        };
+        let both = pair.encode_shared(&prompt, &["t7 t8", "t7 t8 t9"]).unwrap();
+        let kept = &p[p.len() - 2..];
+        assert_eq!(both[0].ids, [kept, &c[..]].concat());
+        assert_eq!(both[1].ids, [kept, &long[..]].concat());
+        assert_eq!(
+            both[0].completion,
+            [vec![false; 2], vec![true; c.len()]].concat()
+        );
+        // Alone, the shorter response would keep one more prompt token.
+        assert_eq!(
+            pair.encode(&prompt, "t7 t8").unwrap().ids.len(),
+            kept.len() + c.len() + 1
+        );
+        let err = pair
+            .encode_shared(&prompt, &["t7", ""])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("response 2 is empty"), "{err}");
     }
 
     #[test]
