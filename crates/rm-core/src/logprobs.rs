@@ -155,18 +155,14 @@ pub fn head_logprobs<P: CausalPolicy + ?Sized>(
 /// `[B, T−1]` grid of [`SequenceLogprobs`] (0 elsewhere). When every position is scored (or
 /// none: the full path then keeps the zero result attached to the model's graph) nothing is
 /// gathered and the head runs on all `B·(T−1)` predicting positions.
-pub enum HeadPositions {
-    /// All `[B, T−1]` predicting positions.
-    All,
-    /// The scored positions, as row-major indices `r·T + j` into the `[B·T]` positions.
-    Scored {
-        /// `[N]` indices, in row-major order.
-        index: Tensor<1, Int>,
-        /// `B`.
-        batch: usize,
-        /// `T`.
-        len: usize,
-    },
+pub struct HeadPositions {
+    /// The scored positions as row-major indices `r·T + j` into the `[B·T]` positions; `None`:
+    /// all `[B, T−1]` predicting positions.
+    index: Option<Tensor<1, Int>>,
+    /// `B`.
+    batch: usize,
+    /// `T`.
+    len: usize,
 }
 
 impl HeadPositions {
@@ -187,24 +183,24 @@ impl HeadPositions {
             .filter(|&(r, j)| flags[r * t + j + 1] != 0)
             .map(|(r, j)| (r * t + j) as i64)
             .collect();
-        if scored.is_empty() || scored.len() == b * (t - 1) {
-            return Ok(Self::All);
-        }
         let n = scored.len();
-        Ok(Self::Scored {
-            index: Tensor::from_data(TensorData::new(scored, [n]), &completion_mask.device()),
+        let index = (n > 0 && n < b * (t - 1))
+            .then(|| Tensor::from_data(TensorData::new(scored, [n]), &completion_mask.device()));
+        Ok(Self {
+            index,
             batch: b,
             len: t,
         })
     }
 
-    /// The LM head's logits at these positions of `hidden` `[B, T, D]`: `[B, T−1, V]` for
-    /// [`Self::All`], `[1, N, V]` (the `N` scored positions in row-major order) otherwise.
+    /// The LM head's logits at these positions of `hidden` `[B, T, D]`: `[B, T−1, V]` when
+    /// every position is scored, `[1, N, V]` (the `N` scored positions in row-major order)
+    /// otherwise.
     pub fn logits<P: CausalPolicy + ?Sized>(&self, model: &P, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = hidden.dims();
-        match self {
-            Self::All => model.logits(hidden.narrow(1, 0, t - 1)),
-            Self::Scored { index, .. } => {
+        match &self.index {
+            None => model.logits(hidden.narrow(1, 0, t - 1)),
+            Some(index) => {
                 let rows = index.dims()[0];
                 let picked = hidden.reshape([b * t, d]).select(0, index.clone());
                 model.logits(picked.reshape([1, rows, d]))
@@ -221,7 +217,7 @@ impl HeadPositions {
         completion_mask: Tensor<2, Int>,
         with_logsumexp_2x: bool,
     ) -> SequenceLogprobs {
-        let Self::Scored { index, .. } = self else {
+        let Some(index) = &self.index else {
             return shifted_logprobs(logits, input_ids, completion_mask, with_logsumexp_2x);
         };
         let [_, rows, vocab] = logits.dims();
@@ -244,10 +240,10 @@ impl HeadPositions {
     /// `[B, T−1]` grid, 0 at the positions that were not scored. The scatter's backward gathers
     /// the gradient of the scored positions.
     pub fn spread(&self, values: Tensor<2>) -> Tensor<2> {
-        let Self::Scored { index, batch, len } = self else {
+        let Some(index) = &self.index else {
             return values;
         };
-        let (b, t) = (*batch, *len);
+        let (b, t) = (self.batch, self.len);
         let rows = index.dims()[0];
         Tensor::<1>::zeros([b * t], &values.device())
             .select_assign(
