@@ -21,9 +21,17 @@
 //!   per GRPO step, over `--iters` steps after one warm-up step.
 //!
 //! Run with `cargo xtask bench` (it fetches the models and makes the peer's venv), or
-//! `cargo bench --bench backbones -- [--peer-python PATH] [--threads N] [--iters N] [--only NAME]`.
-//! The peer is `benches/peer/backbones.py`, handed the workloads (ids included) as JSON; its
-//! figures come back as JSON on stdout. Results go to `runs/bench/backbones.{json,md}`.
+//! `cargo bench --bench backbones -- [--peer-python PATH] [--threads N] [--iters N] [--only NAME]
+//! [--device SPEC[,SPEC..]]`. The peer is `benches/peer/backbones.py`, handed the workloads (ids
+//! included) as JSON; its figures come back as JSON on stdout. Results go to
+//! `runs/bench/backbones.{json,md}`.
+//!
+//! `--device` takes `--device` values of `plumb` (rm-core's parser; default `flex`), several
+//! separated by commas: plumbline then runs every workload on each device in turn, the peer once,
+//! and the table has one row per workload and device (`cargo xtask tch -- bench` runs
+//! `--device flex,tch:cpu` in a build with the `tch` feature). flex's work runs on a rayon pool of
+//! `--threads` threads; LibTorch's intra-op pool reads `OMP_NUM_THREADS` when the process starts
+//! (the tch xtask sets it from `--threads`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +47,7 @@ use policy_opt::preference::objective::PreferenceObjective;
 use policy_opt::preference::task::DpoTask;
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
+use rm_core::device::DeviceSpec;
 use rm_core::logprobs::model_sequence_logprobs;
 use rm_core::models::bert::BertEmbedder;
 use rm_core::models::llama::CausalLm;
@@ -59,6 +68,8 @@ struct Options {
     threads: usize,
     iters: usize,
     only: Option<String>,
+    /// The devices plumbline runs on, resolved (`auto` becomes what it picks), in order.
+    devices: Vec<DeviceSpec>,
 }
 
 fn options() -> Result<Options> {
@@ -78,12 +89,29 @@ fn options() -> Result<Options> {
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
+    let devices = parse_devices(value("--device").as_deref().unwrap_or("flex"))?;
     Ok(Options {
         peer_python: value("--peer-python").map(PathBuf::from),
         threads,
         iters,
         only: value("--only"),
+        devices,
     })
+}
+
+/// `--device flex,tch:cpu`: each part parsed and resolved like `plumb --device`; an empty list
+/// or a device named twice is an error.
+fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>> {
+    let mut devices = Vec::new();
+    for part in list.split(',') {
+        let spec: DeviceSpec = part.parse().with_context(|| format!("--device {list}"))?;
+        let spec = spec.resolve().with_context(|| format!("--device {list}"))?;
+        if devices.contains(&spec) {
+            bail!("--device {list}: {spec} is named twice");
+        }
+        devices.push(spec);
+    }
+    Ok(devices)
 }
 
 /// One timed workload: what it does, its inputs, and how much work one iteration is.
@@ -178,8 +206,51 @@ fn main() -> Result<()> {
             );
         }
     }
-    let device = Device::flex();
     let text = hh_text()?;
+    // Workloads (their specs do not depend on the device) from the first device; seconds per
+    // iteration from each.
+    let mut workloads: Vec<Workload> = Vec::new();
+    let mut ours: Vec<Vec<f64>> = Vec::new();
+    for &spec in &opts.devices {
+        let device = spec
+            .device()
+            .with_context(|| format!("building device {spec}"))?;
+        eprintln!("plumbline on {spec}");
+        let (ws, secs) = measure(spec, &device, &opts, &text, &models)?;
+        if workloads.is_empty() {
+            workloads = ws;
+        } else if ws
+            .iter()
+            .map(|w| w.name)
+            .ne(workloads.iter().map(|w| w.name))
+        {
+            bail!("{spec} ran other workloads than {}", opts.devices[0]);
+        }
+        ours.push(secs);
+    }
+    let peer = match &opts.peer_python {
+        Some(python) => Some(run_peer(python, &workloads, &opts)?),
+        None => {
+            eprintln!("no --peer-python: printing plumbline's figures alone");
+            None
+        }
+    };
+    report(&workloads, &ours, peer.as_ref(), &opts)
+}
+
+/// Every wanted workload on `device` (`spec` names it): the workloads and plumbline's seconds
+/// per iteration of each.
+fn measure(
+    spec: DeviceSpec,
+    device: &Device,
+    opts: &Options,
+    text: &str,
+    models: &Path,
+) -> Result<(Vec<Workload>, Vec<f64>)> {
+    let device = device.clone();
+    let text = text.to_string();
+    let smollm2 = models.join("smollm2");
+    let minilm = models.join("minilm");
     let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| name.starts_with(o));
 
     let mut workloads: Vec<Workload> = Vec::new();
@@ -271,39 +342,32 @@ fn main() -> Result<()> {
 
     // DPO training steps with LoRA, as `plumb train-po` runs them.
     if wanted("dpo-step-lora") {
-        let (workload, secs) = dpo_step_lora(&device, &models, opts.iters)?;
+        let (workload, secs) = dpo_step_lora(&device, models, opts.iters)?;
         workloads.push(workload);
         ours.push(secs);
     }
 
     // GRPO steps (one collection + one optimizer step), as `plumb train-rl` runs them.
     if wanted("grpo-step-lora") {
-        let (workload, secs) = grpo_step_lora(&device, &models, opts.iters)?;
+        let (workload, secs) = grpo_step_lora(&device, models, opts.iters)?;
         workloads.push(workload);
         ours.push(secs);
     }
 
     for (w, secs) in workloads.iter().zip(&ours) {
         if w.per_step {
-            eprintln!("plumbline: {}: {secs:.3} {}", w.name, w.unit);
+            eprintln!("plumbline ({spec}): {}: {secs:.3} {}", w.name, w.unit);
             continue;
         }
         eprintln!(
-            "plumbline: {}: {:.3} s/iteration ({:.1} {})",
+            "plumbline ({spec}): {}: {:.3} s/iteration ({:.1} {})",
             w.name,
             secs,
             w.work / secs,
             w.unit
         );
     }
-    let peer = match &opts.peer_python {
-        Some(python) => Some(run_peer(python, &workloads, &opts)?),
-        None => {
-            eprintln!("no --peer-python: printing plumbline's figures alone");
-            None
-        }
-    };
-    report(&workloads, &ours, peer.as_ref(), &opts)
+    Ok((workloads, ours))
 }
 
 /// `dpo-step-lora`: `iters` optimizer steps of DPO after one warm-up step, each on the next
@@ -713,55 +777,31 @@ fn run_peer(python: &Path, workloads: &[Workload], opts: &Options) -> Result<Vec
         .collect()
 }
 
+/// The table (one row per workload and device; the peer's figure repeats on each device's row)
+/// and `runs/bench/backbones.{json,md}`. `ours[d][i]`: seconds per iteration of workload `i` on
+/// device `d`.
 fn report(
     workloads: &[Workload],
-    ours: &[f64],
+    ours: &[Vec<f64>],
     peer: Option<&Vec<f64>>,
     opts: &Options,
 ) -> Result<()> {
+    let devices: Vec<String> = opts.devices.iter().map(ToString::to_string).collect();
     let machine = format!(
-        "{} ({} threads for both sides; burn flex backend vs PyTorch CPU, f32)",
+        "{} ({} threads for both sides; burn {} backend vs PyTorch CPU, f32)",
         cpu_name(),
-        opts.threads
+        opts.threads,
+        devices.join(" and ")
     );
     let mut md = format!(
-        "machine: {machine}\nmedian of {} iterations after one warm-up\n\n| workload | plumbline | peer (PyTorch) | ratio plumbline/peer |\n|---|---|---|---|\n",
+        "machine: {machine}\nmedian of {} iterations after one warm-up\n\n| workload | device | plumbline | peer (PyTorch) | ratio plumbline/peer |\n|---|---|---|---|---|\n",
         opts.iters
     );
     let mut rows = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
-        if w.per_step {
-            let peer_secs = peer.map(|p| p[i]);
-            let ratio = peer_secs.map(|p| p / ours[i]);
-            md.push_str(&format!(
-                "| {} | {:.2} {} | {} | {} |\n",
-                w.name,
-                ours[i],
-                w.unit,
-                peer_secs.map_or("-".into(), |p| format!("{p:.2} {}", w.unit)),
-                ratio.map_or("-".into(), |r| format!("{r:.2}")),
-            ));
-            rows.push(json!({
-                "workload": w.name, "unit": w.unit, "plumbline": ours[i],
-                "peer": peer_secs, "ratio": ratio,
-            }));
-            continue;
+        for (device, ours) in devices.iter().zip(ours) {
+            table_row(&mut md, &mut rows, w, device, ours[i], peer.map(|p| p[i]));
         }
-        let ours_rate = w.work / ours[i];
-        let peer_rate = peer.map(|p| w.work / p[i]);
-        let ratio = peer_rate.map(|p| ours_rate / p);
-        md.push_str(&format!(
-            "| {} | {:.1} {} | {} | {} |\n",
-            w.name,
-            ours_rate,
-            w.unit,
-            peer_rate.map_or("-".into(), |p| format!("{p:.1} {}", w.unit)),
-            ratio.map_or("-".into(), |r| format!("{r:.2}")),
-        ));
-        rows.push(json!({
-            "workload": w.name, "unit": w.unit, "plumbline": ours_rate,
-            "peer": peer_rate, "ratio": ratio,
-        }));
     }
     if workloads.iter().any(|w| w.name == "dpo-step-lora") {
         md.push_str(&format!(
@@ -784,10 +824,54 @@ fn report(
     std::fs::write(dir.join("backbones.md"), &md)?;
     std::fs::write(
         dir.join("backbones.json"),
-        serde_json::to_vec_pretty(&json!({"machine": machine, "results": rows}))?,
+        serde_json::to_vec_pretty(
+            &json!({"machine": machine, "devices": devices, "results": rows}),
+        )?,
     )?;
     println!("written: {}", dir.join("backbones.{json,md}").display());
     Ok(())
+}
+
+/// One workload on one device: a Markdown row and a JSON record (both name the device).
+fn table_row(
+    md: &mut String,
+    rows: &mut Vec<Value>,
+    w: &Workload,
+    device: &str,
+    ours: f64,
+    peer_secs: Option<f64>,
+) {
+    if w.per_step {
+        let ratio = peer_secs.map(|p| p / ours);
+        md.push_str(&format!(
+            "| {} | {device} | {:.2} {} | {} | {} |\n",
+            w.name,
+            ours,
+            w.unit,
+            peer_secs.map_or("-".into(), |p| format!("{p:.2} {}", w.unit)),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+        ));
+        rows.push(json!({
+            "workload": w.name, "device": device, "unit": w.unit, "plumbline": ours,
+            "peer": peer_secs, "ratio": ratio,
+        }));
+        return;
+    }
+    let ours_rate = w.work / ours;
+    let peer_rate = peer_secs.map(|p| w.work / p);
+    let ratio = peer_rate.map(|p| ours_rate / p);
+    md.push_str(&format!(
+        "| {} | {device} | {:.1} {} | {} | {} |\n",
+        w.name,
+        ours_rate,
+        w.unit,
+        peer_rate.map_or("-".into(), |p| format!("{p:.1} {}", w.unit)),
+        ratio.map_or("-".into(), |r| format!("{r:.2}")),
+    ));
+    rows.push(json!({
+        "workload": w.name, "device": device, "unit": w.unit, "plumbline": ours_rate,
+        "peer": peer_rate, "ratio": ratio,
+    }));
 }
 
 fn cpu_name() -> String {

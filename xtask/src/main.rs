@@ -7,9 +7,11 @@
 //! cargo xtask fuzz           # cargo fuzz on the hostile-input parsers (GGUF, safetensors, JSONL, ...)
 //! cargo xtask demo           # the main job: train + evaluate a MiniLM reward model on HH-RLHF
 //! cargo xtask hf-export-check # plumb export → transformers / sentence-transformers / PEFT parity
+//! cargo xtask tch            # opt-in LibTorch backend: torch venv, build, `-- test`, `-- bench`
 //! ```
 
 mod models;
+mod tch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +55,13 @@ commands:
                                     (a SmolLM2 PRM, exported to TRL's PRM layout; trained for 2
                                     steps unless given), --only NAME
                                     (minilm-rm | smollm2-rm | policy | prm)
+  tch [-- build|test|bench ARGS|env]
+                                    burn's LibTorch backend (opt-in feature `tch`, not part of
+                                    `test`): makes .venv-tch with torch==2.9.0 from PyPI (the
+                                    version torch-sys 0.22 requires), builds with
+                                    LIBTORCH_USE_PYTORCH=1; `test` runs rm-core's unit tests and
+                                    the MiniLM/SmolLM2 golden parity with PLUMB_TEST_DEVICE=tch,
+                                    `bench` the backbones bench on flex and tch:cpu
   fuzz [--seconds N] [TARGET..]     cargo fuzz (nightly, or RUSTC_BOOTSTRAP=1 on stable) for
                                     N seconds (default 600) per target: gguf_reader,
                                     safetensors_header, jsonl_rows, recipe_toml, rm_spec,
@@ -83,6 +92,7 @@ fn run() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("demo") => demo(&root, &args[1..]),
         Some("hf-export-check") => hf_export_check(&root, &args[1..]),
+        Some("tch") => tch::run(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -37,7 +37,8 @@ struct Cli {
 /// Flags every command understands.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Compute device: auto, flex (CPU), wgpu, wgpu:N, wgpu:cpu, cuda, cuda:N.
+    /// Compute device: auto, flex (CPU), wgpu, wgpu:N, wgpu:cpu, cuda, cuda:N, tch (LibTorch
+    /// CPU, feature `tch`), tch:cuda:N.
     #[arg(long, global = true, default_value = "auto", env = "PLUMB_DEVICE")]
     pub device: rm_core::device::DeviceSpec,
     /// Dataset folder [default: $PLUMB_DATA_DIR, else ../shared/datasets].

@@ -5,7 +5,8 @@
 //! - [`data`]: streaming, checksum-verified loaders for HH-RLHF, GSM8K, PRM800K and generic JSONL;
 //! - [`tokenize`] and [`chat`]: `tokenizers`-based encoding with truncation, padding, prompt/completion
 //!   masks, and chat templates (ChatML, HH transcripts);
-//! - [`device`]: one parser from `auto|flex|wgpu[:N]|cuda:N` to a burn [`burn::tensor::Device`];
+//! - [`device`]: one parser from `auto|flex|wgpu[:N]|cuda:N|tch[:cuda:N]` to a burn
+//!   [`burn::tensor::Device`];
 //! - [`gguf`]: a hostile-input-safe GGUF v2/v3 reader with dequantization and tokenizer extraction;
 //! - [`models`]: backbones (BERT encoder, Llama-family decoder) with weight loading.
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rm_core::device::{DeviceSpec, WgpuAdapter, compiled_backends};
+use rm_core::device::{DeviceSpec, TchDevice, WgpuAdapter, compiled_backends};
 use rm_core::paths;
 
 use crate::GlobalArgs;
@@ -51,6 +51,12 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
             candidates.push(DeviceSpec::Cuda(0));
         } else {
             println!("  cuda: compiled in, but no NVIDIA device node (/dev/nvidia0)");
+        }
+    }
+    if cfg!(feature = "tch") {
+        candidates.push(DeviceSpec::Tch(TchDevice::Cpu));
+        if rm_core::device::nvidia_device_present() {
+            candidates.push(DeviceSpec::Tch(TchDevice::Cuda(0)));
         }
     }
     for spec in candidates {

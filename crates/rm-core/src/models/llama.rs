@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
+use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -616,7 +616,16 @@ impl LlamaAttention {
         // The query heads of one group become extra query rows of its key/value head: no copy
         // of the keys and values.
         let q = q.reshape([b, kvh, (h / kvh) * t, dh]);
-        let context = attention(
+        // burn-tch 0.22.1 hands the bool mask to torch's `scaled_dot_product_attention`, where
+        // `true` means "attend": the opposite of burn's contract (`true` = hidden), so on LibTorch
+        // every visible key would be hidden and every hidden one seen. There, take burn's
+        // reference implementation (same contract; a fully hidden row gives 0, as on flex).
+        let attend = if crate::device::is_libtorch(&q.device()) {
+            attention_fallback
+        } else {
+            attention
+        };
+        let context = attend(
             q,
             k.clone(),
             v.clone(),
