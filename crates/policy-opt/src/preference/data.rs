@@ -14,12 +14,18 @@ pub struct EncodedPair {
     pub rejected: Sequence,
     /// The responses' scores `[chosen, rejected]`, when the pair has them (CoPG, A-LoL).
     pub scores: Option<[f32; 2]>,
+    /// A response the reference sampled for the pair's prompt (SELM), on the same prompt cut.
+    pub sampled: Option<Sequence>,
+    /// Token-level rewards of the chosen and the rejected sequence (T-REG), one per position
+    /// `t` predicting token `t + 1` (`len − 1` each), 0 off the completion.
+    pub token_rewards: Option<[Vec<f32>; 2]>,
 }
 
 impl EncodedPair {
-    /// The longer of the two sequences.
+    /// The longest of the pair's sequences.
     pub fn len(&self) -> usize {
-        self.chosen.len().max(self.rejected.len())
+        let sampled = self.sampled.as_ref().map_or(0, Sequence::len);
+        self.chosen.len().max(self.rejected.len()).max(sampled)
     }
 
     /// Whether both sequences are empty (never, for pairs from [`encode_pairs`]).
@@ -58,6 +64,8 @@ pub fn encode_pairs(
                 chosen,
                 rejected,
                 scores: p.scores,
+                sampled: None,
+                token_rewards: None,
             })
         })
         .collect()

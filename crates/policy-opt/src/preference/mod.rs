@@ -3,8 +3,10 @@
 //!
 //! The objective ([`PreferenceObjective`], the `[objective]` section) is any combination of
 //! TRL's DPO loss types ([`rm_losses::preference::DpoConfig`], field names as TRL's
-//! `DPOConfig`), the reference-free ORPO, CPO, SimPO/AlphaPO, or the unpaired KTO,
-//! APO-zero unpaired and BCO ([`unpaired::UnpairedTask`]). The DPO reference is the policy before training: with LoRA the same module with
+//! `DPOConfig`), the reference-free ORPO, CPO, SimPO/AlphaPO, CoPG and A-LoL on scored
+//! pairs, SELM and T-REG (with what they add to each pair from the reference when the data is
+//! loaded: [`reference_samples`], [`token_rewards`]), or the unpaired KTO, APO-zero unpaired
+//! and BCO ([`unpaired::UnpairedTask`]). The DPO reference is the policy before training: with LoRA the same module with
 //! its adapters switched off ([`rm_core::policy::reference_policy`], no second copy of the
 //! weights), without LoRA a frozen snapshot.
 
@@ -14,8 +16,10 @@ pub mod judge;
 pub mod objective;
 pub mod recipe;
 pub mod reference_cache;
+pub mod reference_samples;
 pub mod scored;
 pub mod task;
+pub mod token_rewards;
 pub mod train;
 pub mod unpaired;
 

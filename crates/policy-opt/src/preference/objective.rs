@@ -18,7 +18,13 @@
 //! - `copg`: CoPG (Flet-Berliac et al. 2024, "Contrastive Policy Gradient"), on pairs whose two
 //!   responses carry sequence-level scores;
 //! - `alol`: A-LoL (Baheti et al. 2023, "Leftover Lunch"), an advantage-weighted offline policy
-//!   gradient on the same scored pairs, each pair's two responses being two samples of its prompt.
+//!   gradient on the same scored pairs, each pair's two responses being two samples of its prompt;
+//! - `selm`: SELM (Zhang et al. 2024, "Self-Exploring Language Models"), DPO plus an optimism
+//!   term on a response the reference samples for each pair's prompt when the data is loaded
+//!   ([`super::reference_samples`]);
+//! - `treg`: T-REG (Zhou et al. 2024, "T-REG: Preference Optimization with Token-Level Reward
+//!   Regularization"), DPO plus a regulariser towards token-level rewards the reference gives
+//!   itself by contrastive prompting when the data is loaded ([`super::token_rewards`]).
 //!
 //! KTO, APO-zero unpaired and BCO train on unpaired examples (`[data]` rows of shape
 //! `unpaired`, or pairs split into a desirable and an undesirable example); the others on pairs.
@@ -30,9 +36,10 @@
 
 use anyhow::{Result, bail};
 use rm_core::burn::tensor::Tensor;
+use rm_core::sampling::SamplingConfig;
 use rm_losses::preference::{
-    AlolVariant, Completions, DpoBatch, DpoConfig, KtoParams, ScoredSamples, alol_loss,
-    alphapo_loss, copg_loss, cpo_loss, dpo_loss, orpo_loss,
+    AlolVariant, Completions, DpoBatch, DpoConfig, KtoParams, ScoredSamples, TokenLogps, alol_loss,
+    alphapo_loss, copg_loss, cpo_loss, dpo_loss, orpo_loss, selm_loss, treg_loss,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -153,6 +160,97 @@ impl AlolConfig {
     }
 }
 
+/// How the reference samples SELM's exploration responses (one per training and evaluation
+/// pair, drawn once when the data is loaded, seeded from `train.seed`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReferenceSampling {
+    /// Most new tokens per response (the prompt is cut on the left to leave room for them).
+    pub max_new_tokens: usize,
+    /// Sampling temperature (> 0: SELM's responses are samples, not the greedy one).
+    pub temperature: f32,
+    /// Nucleus cut (1 = off).
+    pub top_p: f32,
+    /// Prompts per generation batch.
+    pub batch: usize,
+}
+
+impl Default for ReferenceSampling {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            batch: 8,
+        }
+    }
+}
+
+impl ReferenceSampling {
+    /// The sampler's settings (stop tokens are added from the policy by the caller).
+    pub fn sampling_config(&self, seed: u64) -> SamplingConfig {
+        SamplingConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed,
+            ..SamplingConfig::default()
+        }
+    }
+}
+
+/// SELM's settings (the official recipe's names: `beta`, `alpha`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelmConfig {
+    /// DPO's `β > 0`.
+    pub beta: f32,
+    /// `α ≥ 0`, the weight of the optimism term (0 = DPO; the paper's runs use 0.001).
+    pub alpha: f32,
+    /// How the reference's responses are sampled.
+    pub sample: ReferenceSampling,
+}
+
+impl Default for SelmConfig {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            alpha: 0.001,
+            sample: ReferenceSampling::default(),
+        }
+    }
+}
+
+/// T-REG's settings: DPO's `β`, the regulariser's weight `α`, and the two system prompts of
+/// the contrastive prompting that gives the token-level rewards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TregConfig {
+    /// DPO's `β > 0`.
+    pub beta: f32,
+    /// `α ≥ 0`, the weight of the token-level regulariser (0 = DPO).
+    pub alpha: f32,
+    /// The system prompt asking for a better response.
+    pub better_prompt: String,
+    /// The system prompt asking for a worse response.
+    pub worse_prompt: String,
+    /// Token rewards are clipped to `[−clip, clip]` (a token the two prompts disagree on by
+    /// more is an outlier of the prompting, not a stronger signal).
+    pub clip: f32,
+}
+
+impl Default for TregConfig {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            alpha: 1.0,
+            better_prompt: "You are a helpful, harmless and honest assistant. Answer safely, kindly and truthfully, and refuse to help with anything dangerous or unethical.".into(),
+            worse_prompt: "You are an unhelpful, harmful and dishonest assistant. Answer rudely and carelessly, and help with anything, however dangerous or unethical.".into(),
+            clip: 5.0,
+        }
+    }
+}
+
 /// The `[objective]` section; see the module docs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PreferenceObjective {
@@ -165,6 +263,8 @@ pub enum PreferenceObjective {
     Bco(BcoConfig),
     Copg(CopgConfig),
     Alol(AlolConfig),
+    Selm(SelmConfig),
+    Treg(TregConfig),
 }
 
 impl Default for PreferenceObjective {
@@ -173,7 +273,7 @@ impl Default for PreferenceObjective {
     }
 }
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 11] = [
     "dpo",
     "orpo",
     "cpo",
@@ -183,6 +283,8 @@ const KINDS: [&str; 9] = [
     "bco",
     "copg",
     "alol",
+    "selm",
+    "treg",
 ];
 
 impl<'de> Deserialize<'de> for PreferenceObjective {
@@ -208,6 +310,8 @@ impl<'de> Deserialize<'de> for PreferenceObjective {
             "bco" => serde_json::from_value(rest).map(Self::Bco),
             "copg" => serde_json::from_value(rest).map(Self::Copg),
             "alol" => serde_json::from_value(rest).map(Self::Alol),
+            "selm" => serde_json::from_value(rest).map(Self::Selm),
+            "treg" => serde_json::from_value(rest).map(Self::Treg),
             "simpo" => {
                 let defaults = CpoConfig {
                     cpo_alpha: 0.0,
@@ -253,12 +357,47 @@ impl Serialize for PreferenceObjective {
             Self::Bco(c) => ("bco", serde_json::to_value(c)),
             Self::Copg(c) => ("copg", serde_json::to_value(c)),
             Self::Alol(c) => ("alol", serde_json::to_value(c)),
+            Self::Selm(c) => ("selm", serde_json::to_value(c)),
+            Self::Treg(c) => ("treg", serde_json::to_value(c)),
         };
         let mut value = value.map_err(S::Error::custom)?;
         if let Some(map) = value.as_object_mut() {
             map.insert("kind".into(), kind.into());
         }
         value.serialize(s)
+    }
+}
+
+/// What a batch of `B` pairs gives an objective: `R = 2B` rows `[chosen…, rejected…]` (`3B`
+/// with SELM's reference samples after them, [`PreferenceObjective::samples_per_pair`]).
+pub struct ObjectiveInputs {
+    /// The policy's per-token log-probs, `[R, T−1]` (position `t` predicts token `t + 1`).
+    pub policy: Tensor<2>,
+    /// `log Σ_v p_v²` per position, `[R, T−1]` (WPO only).
+    pub log_sum_sq_probs: Option<Tensor<2>>,
+    /// The reference's per-token log-probs, `[R, T−1]`
+    /// (when [`needs_reference`](PreferenceObjective::needs_reference)).
+    pub reference: Option<Tensor<2>>,
+    /// The completion mask, `[R, T]`.
+    pub completion_mask: Tensor<2>,
+    /// The responses' scores, `[2B]` (when [`needs_scores`](PreferenceObjective::needs_scores)).
+    pub scores: Option<Tensor<1>>,
+    /// Token-level rewards aligned with `policy`'s positions, `[2B, T−1]`, 0 off the
+    /// completions (when [`needs_token_rewards`](PreferenceObjective::needs_token_rewards)).
+    pub token_rewards: Option<Tensor<2>>,
+}
+
+impl ObjectiveInputs {
+    /// Per-token log-probs and the mask only (reference-free objectives).
+    pub fn new(policy: Tensor<2>, completion_mask: Tensor<2>) -> Self {
+        Self {
+            policy,
+            log_sum_sq_probs: None,
+            reference: None,
+            completion_mask,
+            scores: None,
+            token_rewards: None,
+        }
     }
 }
 
@@ -277,7 +416,9 @@ impl PreferenceObjective {
             | Self::Kto(_)
             | Self::ApoZeroUnpaired(_)
             | Self::Bco(_)
-            | Self::Copg(_) => true,
+            | Self::Copg(_)
+            | Self::Selm(_)
+            | Self::Treg(_) => true,
             Self::Alol(c) => c.variant != AlolKind::RefFree,
             Self::Orpo(_) | Self::Cpo(_) | Self::Simpo(_) => false,
         }
@@ -286,6 +427,20 @@ impl PreferenceObjective {
     /// Whether the loss needs a score for each response (CoPG, A-LoL).
     pub fn needs_scores(&self) -> bool {
         matches!(self, Self::Copg(_) | Self::Alol(_))
+    }
+
+    /// Whether each pair needs token-level rewards (T-REG).
+    pub fn needs_token_rewards(&self) -> bool {
+        matches!(self, Self::Treg(_))
+    }
+
+    /// Rows per pair in a batch: 2, or 3 when the reference also samples a response per
+    /// pair (SELM).
+    pub fn samples_per_pair(&self) -> usize {
+        match self {
+            Self::Selm(_) => 3,
+            _ => 2,
+        }
     }
 
     /// Whether the objective trains on unpaired examples (KTO, APO-zero unpaired, BCO) rather
@@ -356,6 +511,48 @@ impl PreferenceObjective {
                     bail!("objective.beta must be finite and > 0, got {}", c.beta);
                 }
             }
+            Self::Selm(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+                if !(c.alpha.is_finite() && c.alpha >= 0.0) {
+                    bail!("objective.alpha must be finite and ≥ 0, got {}", c.alpha);
+                }
+                let s = &c.sample;
+                if s.max_new_tokens == 0 || s.batch == 0 {
+                    bail!(
+                        "objective.sample.max_new_tokens and objective.sample.batch must be at least 1"
+                    );
+                }
+                if !(s.temperature.is_finite() && s.temperature > 0.0) {
+                    bail!(
+                        "objective.sample.temperature must be finite and > 0 (SELM's responses are samples of the reference), got {}",
+                        s.temperature
+                    );
+                }
+                if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                    bail!("objective.sample.top_p must be in (0, 1], got {}", s.top_p);
+                }
+            }
+            Self::Treg(c) => {
+                if !(c.beta.is_finite() && c.beta > 0.0) {
+                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
+                }
+                if !(c.alpha.is_finite() && c.alpha >= 0.0) {
+                    bail!("objective.alpha must be finite and ≥ 0, got {}", c.alpha);
+                }
+                if !(c.clip.is_finite() && c.clip > 0.0) {
+                    bail!("objective.clip must be finite and > 0, got {}", c.clip);
+                }
+                if c.better_prompt.trim().is_empty() || c.worse_prompt.trim().is_empty() {
+                    bail!("objective.better_prompt and objective.worse_prompt must not be empty");
+                }
+                if c.better_prompt == c.worse_prompt {
+                    bail!(
+                        "objective.better_prompt and objective.worse_prompt are the same text: the contrastive token rewards would all be 0"
+                    );
+                }
+            }
             Self::Alol(c) => {
                 if c.variant != AlolKind::RefFree
                     && c.variant != AlolKind::Kl
@@ -399,21 +596,30 @@ impl PreferenceObjective {
             Self::Bco(c) => format!("bco, beta {}", c.beta),
             Self::Copg(c) => format!("copg, beta {}", c.beta),
             Self::Alol(c) => format!("alol {:?}, clip {}, beta {}", c.variant, c.clip, c.beta),
+            Self::Selm(c) => format!("selm, beta {}, alpha {}", c.beta, c.alpha),
+            Self::Treg(c) => format!("treg, beta {}, alpha {}", c.beta, c.alpha),
         }
     }
 
-    /// The loss of `2B` rows `[chosen…, rejected…]`: the policy's per-token log-probs `[2B, T−1]`
-    /// (`log_sum_sq_probs` with them for WPO), the reference's (when
-    /// [`needs_reference`](Self::needs_reference)), the completion mask `[2B, T]`, and the
-    /// responses' scores `[2B]` in the same order (when [`needs_scores`](Self::needs_scores)).
-    pub fn loss(
-        &self,
-        policy: Tensor<2>,
-        log_sum_sq_probs: Option<Tensor<2>>,
-        reference: Option<Tensor<2>>,
-        completion_mask: Tensor<2>,
-        scores: Option<Tensor<1>>,
-    ) -> Result<ObjectiveOutput> {
+    /// The loss of a batch of pairs ([`ObjectiveInputs`]).
+    pub fn loss(&self, inputs: ObjectiveInputs) -> Result<ObjectiveOutput> {
+        let ObjectiveInputs {
+            policy,
+            log_sum_sq_probs,
+            reference,
+            completion_mask,
+            scores,
+            token_rewards,
+        } = inputs;
+        if matches!(self, Self::Selm(_) | Self::Treg(_)) {
+            let Some(reference) = reference else {
+                bail!(
+                    "objective {} needs the reference's log-probs",
+                    self.describe()
+                );
+            };
+            return self.token_level_loss(policy, reference, completion_mask, token_rewards);
+        }
         if let Self::Dpo(config) = self {
             let Some(reference) = reference else {
                 bail!("DPO needs the reference's log-probs");
@@ -456,7 +662,9 @@ impl PreferenceObjective {
             | Self::ApoZeroUnpaired(_)
             | Self::Bco(_)
             | Self::Copg(_)
-            | Self::Alol(_) => {
+            | Self::Alol(_)
+            | Self::Selm(_)
+            | Self::Treg(_) => {
                 unreachable!("handled above")
             }
             Self::Orpo(c) => (
@@ -565,6 +773,72 @@ impl PreferenceObjective {
             rejected_rewards: half(&rewards, b),
         })
     }
+
+    /// SELM on `3B` rows `[chosen…, rejected…, sampled…]` and T-REG on `2B` rows with their
+    /// token rewards. Both log DPO's implicit rewards `β·Δ` of the chosen and rejected
+    /// completions.
+    fn token_level_loss(
+        &self,
+        policy: Tensor<2>,
+        reference: Tensor<2>,
+        completion_mask: Tensor<2>,
+        token_rewards: Option<Tensor<2>>,
+    ) -> Result<ObjectiveOutput> {
+        let [rows, width] = policy.dims();
+        let per_pair = self.samples_per_pair();
+        if rows == 0 || rows % per_pair != 0 {
+            bail!(
+                "objective {} takes {per_pair} rows per pair, got {rows}",
+                self.describe()
+            );
+        }
+        let b = rows / per_pair;
+        let mask = completion_mask.narrow(1, 1, width);
+        let part = |t: &Tensor<2>, k: usize| t.clone().narrow(0, k * b, b);
+        let sums = |t: &Tensor<2>, k| Completions::from_tokens(part(t, k), part(&mask, k));
+        let (loss, beta) = match self {
+            Self::Selm(c) => {
+                let loss = selm_loss(
+                    sums(&policy, 0)?.logps,
+                    sums(&policy, 1)?.logps,
+                    sums(&reference, 0)?.logps,
+                    sums(&reference, 1)?.logps,
+                    sums(&policy, 2)?.logps,
+                    sums(&reference, 2)?.logps,
+                    c.beta,
+                    c.alpha,
+                )?;
+                (loss, c.beta)
+            }
+            Self::Treg(c) => {
+                let Some(rewards) = token_rewards else {
+                    bail!("objective {} needs token-level rewards", self.describe());
+                };
+                let side =
+                    |k| TokenLogps::new(part(&policy, k), part(&reference, k), part(&mask, k));
+                let loss = treg_loss(
+                    side(0),
+                    side(1),
+                    part(&rewards, 0),
+                    part(&rewards, 1),
+                    c.beta,
+                    c.alpha,
+                )?;
+                (loss, c.beta)
+            }
+            _ => unreachable!("token-level objectives only"),
+        };
+        let reward = |k| -> Result<Tensor<1>> {
+            Ok((sums(&policy, k)?.logps - sums(&reference, k)?.logps)
+                .mul_scalar(beta)
+                .detach())
+        };
+        Ok(ObjectiveOutput {
+            loss,
+            chosen_rewards: reward(0)?,
+            rejected_rewards: reward(1)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +883,8 @@ mod tests {
             "[objective]\nkind = \"kto\"\ndesirable_weight = 1.33",
             "[objective]\nkind = \"apo_zero_unpaired\"\nbeta = 0.2",
             "[objective]\nkind = \"bco\"\nbeta = 0.3",
+            "[objective]\nkind = \"selm\"\nalpha = 0.01\nsample = { max_new_tokens = 32 }",
+            "[objective]\nkind = \"treg\"\nbetter_prompt = \"Be good.\"",
             "[objective]\nloss_type = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0, 0.5]",
         ] {
             let o = parse(text).unwrap();
@@ -666,13 +942,11 @@ mod tests {
             Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 0.0, -1.0, 0.5], [4]), &device);
         let run = |objective: PreferenceObjective, with_reference: bool| {
             objective
-                .loss(
-                    policy.clone(),
-                    None,
-                    with_reference.then(|| reference.clone()),
-                    mask.clone(),
-                    Some(scores.clone()),
-                )
+                .loss(ObjectiveInputs {
+                    reference: with_reference.then(|| reference.clone()),
+                    scores: Some(scores.clone()),
+                    ..ObjectiveInputs::new(policy.clone(), mask.clone())
+                })
                 .unwrap()
         };
         let values = |t: Tensor<1>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
@@ -700,10 +974,99 @@ mod tests {
         let clipped = run(alol(AlolKind::Alol, 0.5), true);
         assert!((values(clipped.loss)[0] - (2.25 + 1.5 * 0.25 * 0.7) / 4.0).abs() < 1e-6);
         let err = PreferenceObjective::Copg(CopgConfig { beta: 0.5 })
-            .loss(policy, None, Some(reference), mask, None)
+            .loss(ObjectiveInputs {
+                reference: Some(reference),
+                ..ObjectiveInputs::new(policy, mask)
+            })
             .err()
             .unwrap();
         assert!(err.to_string().contains("needs a score"), "{err}");
+    }
+
+    /// SELM and T-REG read their rows as laid out: 2 pairs, `T − 1 = 2`, every position a
+    /// completion token. Values are computed here in f64 from the formulas.
+    #[test]
+    fn selm_and_treg_match_their_formulas_on_hand_made_rows() {
+        use rm_core::burn::tensor::TensorData;
+        let device = rm_core::device::test_device();
+        let t2 = |v: &[f32], rows: usize, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), &device)
+        };
+        let sig_nll = |x: f64| (1.0 + (-x).exp()).ln();
+        // Rows: chosen 0, chosen 1, rejected 0, rejected 1, sampled 0, sampled 1.
+        let policy = [
+            -1.0f32, -0.5, -2.0, -0.25, -3.0, -1.0, -0.5, -0.5, -0.2, -0.3, -4.0, -1.0,
+        ];
+        let reference = [
+            -1.5f32, -0.5, -1.0, -1.0, -2.0, -1.5, -0.5, -1.0, -0.6, -0.4, -2.0, -2.0,
+        ];
+        let sums = |v: &[f32], row: usize| (v[2 * row] + v[2 * row + 1]) as f64;
+        let delta = |row| sums(&policy, row) - sums(&reference, row);
+        let (beta, alpha) = (0.5f64, 0.2f64);
+        let selm = PreferenceObjective::Selm(SelmConfig {
+            beta: beta as f32,
+            alpha: alpha as f32,
+            ..SelmConfig::default()
+        });
+        let out = selm
+            .loss(ObjectiveInputs {
+                reference: Some(t2(&reference, 6, 2)),
+                ..ObjectiveInputs::new(t2(&policy, 6, 2), t2(&[1.0; 18], 6, 3))
+            })
+            .unwrap();
+        let want = (0..2)
+            .map(|i| sig_nll(beta * (delta(i) - delta(2 + i))) + alpha * beta * delta(4 + i))
+            .sum::<f64>()
+            / 2.0;
+        let got = out.loss.into_scalar::<f32>() as f64;
+        assert!((got - want).abs() < 1e-5, "selm {got} vs {want}");
+        let rewards: Vec<f32> = out.chosen_rewards.into_data().iter::<f32>().collect();
+        assert!((rewards[1] as f64 - beta * delta(1)).abs() < 1e-6);
+        // T-REG on the first 4 rows, token rewards w per position.
+        let w = [0.5f32, -1.0, 2.0, 0.0, -0.5, 1.5, 1.0, 1.0];
+        let treg = PreferenceObjective::Treg(TregConfig {
+            beta: beta as f32,
+            alpha: alpha as f32,
+            ..TregConfig::default()
+        });
+        let out = treg
+            .loss(ObjectiveInputs {
+                reference: Some(t2(&reference[..8], 4, 2)),
+                token_rewards: Some(t2(&w, 4, 2)),
+                ..ObjectiveInputs::new(t2(&policy[..8], 4, 2), t2(&[1.0; 12], 4, 3))
+            })
+            .unwrap();
+        let weighted = |row: usize| {
+            (0..2)
+                .map(|k| (w[2 * row + k] * (policy[2 * row + k] - reference[2 * row + k])) as f64)
+                .sum::<f64>()
+        };
+        let want = (0..2)
+            .map(|i| {
+                sig_nll(beta * (delta(i) - delta(2 + i)))
+                    + alpha * (sig_nll(beta * weighted(i)) + sig_nll(beta * weighted(2 + i)))
+            })
+            .sum::<f64>()
+            / 2.0;
+        let got = out.loss.into_scalar::<f32>() as f64;
+        assert!((got - want).abs() < 1e-5, "treg {got} vs {want}");
+        // T-REG without its token rewards, SELM with rows that are not 3 per pair: errors.
+        let err = treg
+            .loss(ObjectiveInputs {
+                reference: Some(t2(&reference[..8], 4, 2)),
+                ..ObjectiveInputs::new(t2(&policy[..8], 4, 2), t2(&[1.0; 12], 4, 3))
+            })
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("token-level rewards"), "{err}");
+        let err = selm
+            .loss(ObjectiveInputs {
+                reference: Some(t2(&reference[..8], 4, 2)),
+                ..ObjectiveInputs::new(t2(&policy[..8], 4, 2), t2(&[1.0; 12], 4, 3))
+            })
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("3 rows per pair"), "{err}");
     }
 
     #[test]
@@ -759,7 +1122,7 @@ mod tests {
             ),
         ] {
             let out = objective
-                .loss(policy.clone(), None, None, mask.clone(), None)
+                .loss(ObjectiveInputs::new(policy.clone(), mask.clone()))
                 .unwrap();
             let got = value(out.loss);
             assert!(
@@ -769,7 +1132,7 @@ mod tests {
         }
         let dpo = PreferenceObjective::default();
         assert!(
-            dpo.loss(policy, None, None, mask, None).is_err(),
+            dpo.loss(ObjectiveInputs::new(policy, mask)).is_err(),
             "DPO without a reference"
         );
     }

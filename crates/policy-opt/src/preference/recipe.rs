@@ -164,6 +164,22 @@ mod tests {
             ("objective.sync_ref_model=true", "needs full fine-tuning"),
             ("objective.loss_weights=[1.0, 2.0]", "loss_weights"),
             ("objective={ kind = \"simpo\", beta = -1.0 }", "beta"),
+            (
+                "objective={ kind = \"selm\", alpha = -0.1 }",
+                "objective.alpha",
+            ),
+            (
+                "objective={ kind = \"selm\", sample = { temperature = 0.0 } }",
+                "objective.sample.temperature",
+            ),
+            (
+                "objective={ kind = \"treg\", better_prompt = \"x\", worse_prompt = \"x\" }",
+                "the same text",
+            ),
+            (
+                "objective={ kind = \"treg\", clip = 0.0 }",
+                "objective.clip",
+            ),
             ("eval.batch_size=0", "eval.batch_size"),
         ] {
             let r: PreferenceRecipe =

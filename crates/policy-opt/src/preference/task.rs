@@ -21,8 +21,9 @@ use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
 
 use super::data::EncodedPair;
-use super::objective::{ObjectiveOutput, PreferenceObjective};
+use super::objective::{ObjectiveInputs, ObjectiveOutput, PreferenceObjective};
 use super::reference_cache::{self, PairReference};
+use super::token_rewards;
 
 /// DPO-family training of a policy against a frozen reference.
 pub struct DpoTask {
@@ -59,7 +60,8 @@ const METRICS: [&str; 7] = [
 ];
 
 /// The per-batch values of [`METRICS`], on the device, each `[1]`, from the objective's
-/// output, the policy's summed completion log-probs `[2B]` and the reference's per-token ones.
+/// output, the policy's summed completion log-probs `[R]` and the reference's per-token ones
+/// `[R, T−1]`, of which the first `2B` rows (the pairs', not SELM's samples) are read.
 /// (`kl_estimate` is 0 for reference-free objectives.)
 fn batch_metrics(
     out: &ObjectiveOutput,
@@ -67,11 +69,10 @@ fn batch_metrics(
     ref_logps: Option<Tensor<2>>,
     pairs: usize,
 ) -> Vec<Tensor<1>> {
+    let rows = 2 * pairs;
+    let policy_sums = policy_sums.narrow(0, 0, rows);
     let ref_sums = match ref_logps {
-        Some(r) => {
-            let [rows, _] = r.dims();
-            r.sum_dim(1).reshape([rows])
-        }
+        Some(r) => r.narrow(0, 0, rows).sum_dim(1).reshape([rows]),
         None => policy_sums.clone().detach(),
     };
     let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
@@ -168,13 +169,24 @@ impl DpoTask {
         &self.template
     }
 
-    /// The `[2B]` rows of a micro-batch: every chosen sequence, then every rejected one.
-    fn sequences(&self, pairs: &[&EncodedPair]) -> Vec<Sequence> {
-        pairs
+    /// The `[2B]` rows of a micro-batch: every chosen sequence, then every rejected one (and
+    /// every reference sample after them for SELM, `[3B]`).
+    fn sequences(&self, pairs: &[&EncodedPair]) -> Result<Vec<Sequence>> {
+        let mut rows: Vec<Sequence> = pairs
             .iter()
             .map(|p| p.chosen.clone())
             .chain(pairs.iter().map(|p| p.rejected.clone()))
-            .collect()
+            .collect();
+        if self.objective.samples_per_pair() == 3 {
+            for p in pairs {
+                rows.push(
+                    p.sampled
+                        .clone()
+                        .context("a pair without the reference's sample reached SELM")?,
+                );
+            }
+        }
+        Ok(rows)
     }
 
     /// The objective on `pairs` under `model`, the reference's per-token log-probs (DPO) given
@@ -187,7 +199,7 @@ impl DpoTask {
         pairs: &[&EncodedPair],
     ) -> Result<(ObjectiveOutput, Tensor<1>, Option<Tensor<2>>)> {
         let device = device_of(model);
-        let sequences = self.sequences(pairs);
+        let sequences = self.sequences(pairs)?;
         let pad_id = self.template.lm.tokenizer.pad_id();
         let batch = TokenBatch::pad(&sequences, pad_id, PaddingSide::Right)?;
         let completion = batch.completion_tensor(&device);
@@ -220,13 +232,26 @@ impl DpoTask {
             true => Some(scores_tensor(pairs, &device)?),
             false => None,
         };
-        let out = self.objective.loss(
-            policy.token_logprobs,
-            lssp,
-            ref_logps.clone(),
-            completion.float(),
+        let token_rewards = match self.objective.needs_token_rewards() {
+            true => {
+                let rows = token_rewards::batch_rows(pairs)?;
+                let rows: Vec<&PairReference> = rows.iter().collect();
+                Some(reference_cache::batch_tensor(
+                    &rows,
+                    batch.seq_len - 1,
+                    &device,
+                ))
+            }
+            false => None,
+        };
+        let out = self.objective.loss(ObjectiveInputs {
+            policy: policy.token_logprobs,
+            log_sum_sq_probs: lssp,
+            reference: ref_logps.clone(),
+            completion_mask: completion.float(),
             scores,
-        )?;
+            token_rewards,
+        })?;
         Ok((out, policy.sum, ref_logps))
     }
 }
@@ -266,7 +291,7 @@ impl TrainTask<LlamaModel> for DpoTask {
         let metrics = batch_metrics(&out, sums, ref_logps, pairs.len());
         let tokens = pairs
             .iter()
-            .map(|p| p.chosen.len() + p.rejected.len())
+            .map(|p| p.chosen.len() + p.rejected.len() + p.sampled.as_ref().map_or(0, |s| s.len()))
             .sum();
         let mut output = LossOutput::new(out.loss, n).with_tokens(tokens);
         for (name, value) in METRICS.iter().zip(metrics) {
@@ -416,7 +441,7 @@ impl EpochTask<LlamaModel> for DpoTask {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::preference::data::encode_pairs;
     use rm_core::chat::ChatTemplate;

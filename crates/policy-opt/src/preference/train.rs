@@ -11,14 +11,18 @@ use rm_core::models::policy_folder::Policy;
 use rm_core::train::{
     EpochTask, Evaluation, RESUMABLE_TRAIN_FIELDS, RunDir, TrainOutcome, Trainer,
 };
+use rm_core::types::PreferencePair;
 use rm_pipeline::train::TrainRequest;
 use serde_json::json;
 
-use super::data::encode_pairs;
+use super::data::{EncodedPair, encode_pairs};
+use super::objective::PreferenceObjective;
 use super::recipe::PreferenceRecipe;
 use super::reference_cache::{CacheStatus, load_or_compute};
+use super::reference_samples::{attach_samples, sample_responses};
 use super::scored::fill_scores;
 use super::task::DpoTask;
+use super::token_rewards::fill_token_rewards;
 use super::unpaired::{UnpairedTask, encode_unpaired};
 use crate::online::rewards::RewardSet;
 
@@ -64,6 +68,41 @@ fn run_task(
         None => task.evaluate(&model.valid())?,
     };
     Ok((initial_eval, outcome, final_eval))
+}
+
+/// Mixed into `train.seed` for the evaluation pairs' SELM samples (a stream of their own).
+const EVAL_SAMPLE_SEED: u64 = 0x5E1A_E7A1;
+
+/// What some objectives add to the encoded pairs before training: SELM's reference samples,
+/// T-REG's contrastive token rewards (both from the reference, once).
+fn prepare_pairs(
+    recipe: &PreferenceRecipe,
+    policy: &Policy,
+    reference: Option<&LlamaModel>,
+    encoded: &mut [EncodedPair],
+    pairs: &[PreferencePair],
+    source: &str,
+    seed: u64,
+) -> Result<()> {
+    match &recipe.objective {
+        PreferenceObjective::Selm(c) => {
+            let reference = reference.context("SELM samples from the reference")?;
+            let samples = sample_responses(policy, reference, pairs, &c.sample, seed, source)?;
+            attach_samples(encoded, samples, recipe.model.max_len, source)
+        }
+        PreferenceObjective::Treg(c) => {
+            let reference = reference.context("T-REG scores tokens with the reference")?;
+            fill_token_rewards(
+                policy,
+                reference,
+                encoded,
+                c,
+                recipe.eval.batch_size,
+                source,
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Trains a policy with the recipe's objective (pairs or unpaired examples by its kind); see
@@ -150,8 +189,32 @@ pub fn train_preference_policy(
                 fill_scores(pairs, rewards.as_ref(), &source)?;
             }
         }
-        let train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
-        let eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
+        let mut train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
+        let mut eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
+        for (encoded, pairs, source, seed) in [
+            (
+                &mut train,
+                &train_pairs,
+                recipe.data.train.describe(),
+                recipe.train.seed,
+            ),
+            (
+                &mut eval,
+                &eval_pairs,
+                recipe.data.eval.describe(),
+                recipe.train.seed ^ EVAL_SAMPLE_SEED,
+            ),
+        ] {
+            prepare_pairs(
+                &recipe,
+                &policy,
+                reference.as_ref(),
+                encoded,
+                pairs,
+                &source,
+                seed,
+            )?;
+        }
         let truncated = train.iter().filter(|p| p.reaches(max_len)).count();
         eprintln!(
             "{} training pairs ({truncated} reach max_len {max_len} and lose prompt tokens on the left), {} evaluation pairs; {} step(s) of {} pairs; objective {}",
@@ -403,6 +466,42 @@ out_dir = "{out}"
             use rm_core::train::TrainTask;
             let again = task.evaluate(&model).unwrap().metrics["loss"];
             assert!((again - after).abs() < 1e-5, "{again} vs {after}");
+        }
+    }
+
+    /// SELM (with the reference's samples) and T-REG (with contrastive token rewards) on the
+    /// learnable preference: both start where their formulas say the policy-equals-reference
+    /// point is (SELM: ln 2, the optimism term is 0; T-REG: (1 + 2α)·ln 2, every weighted
+    /// log-ratio is 0), win every pair after training, and lower their loss.
+    #[test]
+    fn selm_and_treg_learn_with_what_the_reference_adds_to_each_pair() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        for (extra, start) in [
+            (
+                "kind = \"selm\"\nalpha = 0.05\nsample = { max_new_tokens = 4, temperature = 1.0 }",
+                std::f64::consts::LN_2,
+            ),
+            (
+                "kind = \"treg\"\nalpha = 0.5\nbetter_prompt = \"w40 w41\"\nworse_prompt = \"w42 w43\"",
+                2.0 * std::f64::consts::LN_2,
+            ),
+        ] {
+            let root = temp(&format!("token-level-{}", extra.len()));
+            rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+            write_pairs(&root.join("pairs.jsonl"));
+            let report =
+                train_preference_policy(recipe(&root, true, extra), &request(&root)).unwrap();
+            let m = |e: &Evaluation, k: &str| e.metrics[k];
+            let before = m(&report.initial_eval, "loss");
+            assert!(
+                (before - start).abs() < 1e-5,
+                "{extra}: {before} vs {start}"
+            );
+            assert_eq!(m(&report.initial_eval, "reward_margin"), 0.0);
+            let after = m(&report.final_eval, "loss");
+            assert!(after < 0.5 * before, "{extra}: loss {before} → {after}");
+            assert_eq!(m(&report.final_eval, "reward_accuracy"), 1.0, "{extra}");
+            assert!(m(&report.final_eval, "reward_margin") > 1.0, "{extra}");
         }
     }
 
