@@ -10,6 +10,7 @@
 //! its adapters switched off ([`rm_core::policy::reference_policy`], no second copy of the
 //! weights), without LoRA a frozen snapshot.
 
+pub mod augment;
 pub mod data;
 pub mod eval;
 pub mod judge;

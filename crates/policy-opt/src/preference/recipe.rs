@@ -10,6 +10,7 @@ use rm_core::train::TrainConfig;
 use rm_pipeline::recipe::DataConfig;
 use serde::{Deserialize, Serialize};
 
+use super::augment::RewardAugmentConfig;
 use super::objective::PreferenceObjective;
 use super::reference_cache::ReferenceConfig;
 use crate::online::rewards::RewardComponentConfig;
@@ -74,6 +75,9 @@ pub struct PreferenceRecipe {
     /// objectives that read them (`copg`, `alol`; [`super::scored`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reward: Vec<RewardComponentConfig>,
+    /// Reward-augmented training pairs ([`super::augment`]), when the section is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_augment: Option<RewardAugmentConfig>,
 }
 
 impl PreferenceRecipe {
@@ -103,9 +107,18 @@ impl PreferenceRecipe {
                 );
             }
         }
-        if !self.reward.is_empty() && !self.objective.needs_scores() {
+        if let Some(augment) = &self.reward_augment {
+            augment.validate()?;
+            if self.objective.is_unpaired() {
+                bail!(
+                    "[reward_augment] conditions preference pairs; objective {} trains on unpaired examples",
+                    self.objective.describe()
+                );
+            }
+        }
+        if !self.reward.is_empty() && !self.needs_train_scores() {
             bail!(
-                "[[reward]] tables score the pairs for the objectives that read scores (kind = \"copg\" or \"alol\"); objective {} does not: remove them",
+                "[[reward]] tables score the pairs for the objectives that read scores (kind = \"copg\" or \"alol\") and for [reward_augment]; objective {} without [reward_augment] does not: remove them",
                 self.objective.describe()
             );
         }
@@ -116,6 +129,12 @@ impl PreferenceRecipe {
             );
         }
         Ok(())
+    }
+
+    /// Whether the training pairs need a score per response (the objective reads them, or
+    /// `[reward_augment]` conditions on them).
+    pub fn needs_train_scores(&self) -> bool {
+        self.objective.needs_scores() || self.reward_augment.is_some()
     }
 
     /// What defines the run (compared on `--resume`).
@@ -194,6 +213,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("loss_type"), "{err:#}");
+    }
+
+    #[test]
+    fn the_shipped_selm_treg_and_reward_augmented_recipes_parse_and_validate() {
+        use super::super::objective::{SelmConfig, TregConfig};
+        for (text, name) in [
+            (
+                include_str!("../../../../recipes/selm-smollm2-hh.toml"),
+                "selm",
+            ),
+            (
+                include_str!("../../../../recipes/treg-smollm2-hh.toml"),
+                "treg",
+            ),
+            (
+                include_str!("../../../../recipes/rdpo-smollm2-hh.toml"),
+                "rdpo",
+            ),
+        ] {
+            let r: PreferenceRecipe = rm_core::recipe::parse(text, name, &[]).unwrap();
+            r.validate().unwrap();
+            match (name, &r.objective) {
+                ("selm", PreferenceObjective::Selm(c)) => {
+                    assert_eq!((c.alpha, c.sample.max_new_tokens), (0.001, 64));
+                    assert_eq!(c.sample, SelmConfig::default().sample);
+                }
+                ("treg", PreferenceObjective::Treg(c)) => {
+                    assert_eq!(c, &TregConfig::default());
+                }
+                ("rdpo", PreferenceObjective::Dpo(_)) => {
+                    assert!(r.reward_augment.is_some() && r.needs_train_scores());
+                    assert_eq!(r.reward.len(), 1);
+                }
+                (name, other) => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use rm_core::types::PreferencePair;
 use rm_pipeline::train::TrainRequest;
 use serde_json::json;
 
+use super::augment::augment_pairs;
 use super::data::{EncodedPair, encode_pairs};
 use super::objective::PreferenceObjective;
 use super::recipe::PreferenceRecipe;
@@ -177,17 +178,31 @@ pub fn train_preference_policy(
     } else {
         let mut train_pairs = recipe.data.train.load(&request.data_dir)?;
         let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
-        if recipe.objective.needs_scores() {
+        if recipe.needs_train_scores() {
             let rewards = match recipe.reward.is_empty() {
                 true => None,
                 false => Some(RewardSet::build(&recipe.reward, &request.device)?),
             };
-            for (pairs, source) in [
-                (&mut train_pairs, recipe.data.train.describe()),
-                (&mut eval_pairs, recipe.data.eval.describe()),
-            ] {
-                fill_scores(pairs, rewards.as_ref(), &source)?;
+            fill_scores(
+                &mut train_pairs,
+                rewards.as_ref(),
+                &recipe.data.train.describe(),
+            )?;
+            if recipe.objective.needs_scores() {
+                fill_scores(
+                    &mut eval_pairs,
+                    rewards.as_ref(),
+                    &recipe.data.eval.describe(),
+                )?;
             }
+        }
+        if let Some(augment) = &recipe.reward_augment {
+            let before = train_pairs.len();
+            train_pairs = augment_pairs(&train_pairs, augment, &recipe.data.train.describe())?;
+            eprintln!(
+                "reward-augmented: {before} scored training pairs → {} conditioned pairs",
+                train_pairs.len()
+            );
         }
         let mut train = encode_pairs(&policy, &train_pairs, &recipe.data.train.describe())?;
         let mut eval = encode_pairs(&policy, &eval_pairs, &recipe.data.eval.describe())?;
@@ -503,6 +518,37 @@ out_dir = "{out}"
             assert_eq!(m(&report.final_eval, "reward_accuracy"), 1.0, "{extra}");
             assert!(m(&report.final_eval, "reward_margin") > 1.0, "{extra}");
         }
+    }
+
+    /// `[reward_augment]` with a `[[reward]]` function: the 8 pairs become 24 training pairs
+    /// (each original and its two conditioned orderings; the scores 1 and 0 differ), so 2
+    /// epochs of 4-pair steps are 12 steps; DPO still wins every evaluation pair. Unpaired
+    /// objectives refuse the section.
+    #[test]
+    fn reward_augmented_pairs_feed_the_trainer() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        #[derive(serde::Deserialize)]
+        struct Rewards {
+            reward: Vec<crate::online::rewards::RewardComponentConfig>,
+        }
+        let rewards: Rewards =
+            toml::from_str("[[reward]]\nkind = \"keywords\"\nrequired = [\"w20\"]").unwrap();
+        let root = temp("augmented");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_pairs(&root.join("pairs.jsonl"));
+        let mut r = recipe(&root, true, "");
+        r.reward = rewards.reward;
+        r.reward_augment = Some(crate::preference::augment::RewardAugmentConfig::default());
+        r.train.epochs = 2;
+        let report = train_preference_policy(r.clone(), &request(&root)).unwrap();
+        assert_eq!(report.outcome.steps, 12);
+        let m = |e: &Evaluation, k: &str| e.metrics[k];
+        assert!(m(&report.final_eval, "loss") < m(&report.initial_eval, "loss"));
+        assert_eq!(m(&report.final_eval, "reward_accuracy"), 1.0);
+        let mut kto = r;
+        kto.objective = PreferenceObjective::Kto(Default::default());
+        let err = format!("{:#}", kto.validate().unwrap_err());
+        assert!(err.contains("unpaired"), "{err}");
     }
 
     /// CoPG and A-LoL on pairs scored by a `[[reward]]` function (1 for a response holding

@@ -134,11 +134,12 @@ pub fn superhf_loss(
     Ok(nll + kl.mul_scalar(kl_coef))
 }
 
-/// A preference pair with both completions scored, the input of [`reward_augment`].
+/// A preference pair with both completions scored, the input of [`reward_augment`]; `P` is the
+/// prompt (text, or a caller's richer prompt type).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ScoredPair {
+pub struct ScoredPair<P = String> {
     /// The prompt `x`.
-    pub prompt: String,
+    pub prompt: P,
     /// The preferred completion `y_w`.
     pub chosen: String,
     /// The dispreferred completion `y_l`.
@@ -151,23 +152,29 @@ pub struct ScoredPair {
 
 /// A preference pair (prompt, chosen, rejected), the output of [`reward_augment`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PreferencePair {
+pub struct PreferencePair<P = String> {
     /// The (possibly reward-conditioned) prompt.
-    pub prompt: String,
+    pub prompt: P,
     /// The preferred completion.
     pub chosen: String,
     /// The dispreferred completion.
     pub rejected: String,
 }
 
-/// The default reward-conditioning of a prompt (the paper's scheme, in our words): a preamble
-/// naming the target overall score on a 1–10 scale, a blank line, then the prompt. Integral
-/// scores print without a fraction (`7`, not `7.0`).
-pub fn condition_on_score(prompt: &str, score: f32) -> String {
+/// The instruction [`condition_on_score`] puts before a prompt: the target overall score on a
+/// 1–10 scale. Integral scores print without a fraction (`7`, not `7.0`).
+pub fn score_instruction(score: f32) -> String {
     format!(
         "Write a response to the instruction below that would earn this target score \
-         (1 = worst, 10 = best).\nOverall score: {score}\n\n{prompt}"
+         (1 = worst, 10 = best).\nOverall score: {score}"
     )
+}
+
+/// The default reward-conditioning of a prompt (the paper's scheme, in our words): a preamble
+/// naming the target overall score on a 1–10 scale ([`score_instruction`]), a blank line, then
+/// the prompt.
+pub fn condition_on_score(prompt: &str, score: f32) -> String {
+    format!("{}\n\n{prompt}", score_instruction(score))
 }
 
 /// Reward-augmented DPO's data transform (Zhang et al. 2024, "Reward-Augmented Data Enhances
@@ -187,11 +194,11 @@ pub fn condition_on_score(prompt: &str, score: f32) -> String {
 /// original row when asked.
 ///
 /// Errors: a non-finite score.
-pub fn reward_augment(
-    pairs: &[ScoredPair],
-    condition: impl Fn(&str, f32) -> String,
+pub fn reward_augment<P: Clone>(
+    pairs: &[ScoredPair<P>],
+    condition: impl Fn(&P, f32) -> P,
     keep_original: bool,
-) -> Result<Vec<PreferencePair>, LossError> {
+) -> Result<Vec<PreferencePair<P>>, LossError> {
     let mut rows = Vec::with_capacity(pairs.len() * (2 + keep_original as usize));
     for (i, p) in pairs.iter().enumerate() {
         if !p.score_chosen.is_finite() || !p.score_rejected.is_finite() {
@@ -347,7 +354,7 @@ mod tests {
 
     #[test]
     fn reward_augment_conditions_both_orderings() {
-        let cond = |p: &str, s: f32| format!("[{s}] {p}");
+        let cond = |p: &String, s: f32| format!("[{s}] {p}");
         let rows = reward_augment(&[pair(8.0, 3.5), pair(5.0, 5.0)], cond, false).unwrap();
         let expected = vec![
             PreferencePair {

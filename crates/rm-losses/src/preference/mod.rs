@@ -48,7 +48,7 @@ pub use dpo::{
 };
 pub use filtering::{
     PreferencePair, RaftKeep, ScoredPair, condition_on_score, raft_select, reward_augment,
-    superhf_loss,
+    score_instruction, superhf_loss,
 };
 pub use offline_pg::{AlolVariant, ScoredSamples, alol_loss, copg_loss};
 pub use pro::pro_loss;
