@@ -217,6 +217,25 @@ pub enum PairLabel {
     /// Yuan et al. 2024, with the implicit reward as the judge as in CREAM, Wang et al. 2025 —
     /// without CREAM's cross-iteration consistency regulariser).
     Implicit,
+    /// DNO-Prct's pair (Rosset et al. 2024, "Direct Nash Optimization", Algorithm 2): the
+    /// `[[reward]]` totals act as a Bradley–Terry preference oracle, `P(y_i ≻ y_j) =
+    /// σ(r_i − r_j)`; each completion's win-rate against the others of its group is
+    /// `r(y_i) = mean_{j≠i} P(y_i ≻ y_j)`, and the best and worst by win-rate form the pair when
+    /// their win-rates differ by at least `min_gap`.
+    WinRate,
+}
+
+/// Which log-probs anchor online DPO's log-ratios `Δ = log π − log π_anchor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineDpoReference {
+    /// The reference policy (the policy before training).
+    #[default]
+    Initial,
+    /// The previous iterate `π_t`, the policy that sampled the collection (its log-probs are
+    /// the collection's old log-probs): DNO's mirror-descent step, so each iteration stays
+    /// close to the last one rather than to the start. Needs no reference model.
+    PreviousIterate,
 }
 
 /// `[algorithm.online_dpo]`: each collection samples `group_size` completions per prompt,
@@ -231,6 +250,20 @@ pub struct OnlineDpoConfig {
     pub label: PairLabel,
     #[serde(default)]
     pub dpo: rm_losses::preference::DpoConfig,
+    /// What the log-ratios are taken against (DNO: `previous_iterate`).
+    #[serde(default)]
+    pub reference: OnlineDpoReference,
+    /// `label = "win_rate"`: the least win-rate gap a pair needs (0 keeps every group whose
+    /// completions do not all tie).
+    #[serde(default)]
+    pub min_gap: f32,
+}
+
+impl OnlineDpoConfig {
+    /// Whether collections need the reference model's log-probs.
+    pub fn needs_reference(&self) -> bool {
+        self.reference == OnlineDpoReference::Initial || self.label == PairLabel::Implicit
+    }
 }
 
 /// Which side of its threshold a constrained component must stay on.
@@ -379,6 +412,17 @@ pub struct RlRecipe {
 }
 
 impl RlRecipe {
+    /// Whether collections compute the reference model's log-probs (a KL term, or online DPO
+    /// anchored at the initial policy or labelling by the implicit reward).
+    pub fn needs_reference(&self) -> bool {
+        self.algorithm.kl.active()
+            || self
+                .algorithm
+                .online_dpo
+                .as_ref()
+                .is_some_and(OnlineDpoConfig::needs_reference)
+    }
+
     /// Reads a recipe file with `--set` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         rm_core::recipe::load(path, overrides)
@@ -492,6 +536,23 @@ impl RlRecipe {
             if o.dpo.sync_ref_model {
                 bail!("algorithm.online_dpo: sync_ref_model (TR-DPO) is not supported online");
             }
+            if !(o.min_gap.is_finite() && o.min_gap >= 0.0) {
+                bail!(
+                    "algorithm.online_dpo.min_gap must be finite and ≥ 0, got {}",
+                    o.min_gap
+                );
+            }
+            if o.min_gap > 0.0 && o.label != PairLabel::WinRate {
+                bail!(
+                    "algorithm.online_dpo.min_gap is a win-rate gap: it applies to label = \"win_rate\" only"
+                );
+            }
+            if o.label == PairLabel::Implicit && o.reference == OnlineDpoReference::PreviousIterate
+            {
+                bail!(
+                    "algorithm.online_dpo: label = \"implicit\" with reference = \"previous_iterate\" would rank every completion at 0 (the previous iterate is the sampler); use reference = \"initial\""
+                );
+            }
         }
         self.algorithm.kl.controller()?;
         for (i, c) in self.algorithm.constraints.iter().enumerate() {
@@ -568,8 +629,13 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             let algorithm = name.split("-smollm2").next().unwrap().to_string();
-            if algorithm == "online-dpo" {
-                assert!(recipe.algorithm.online_dpo.is_some());
+            if algorithm == "online-dpo" || algorithm == "dno" {
+                let o = recipe.algorithm.online_dpo.as_ref().unwrap();
+                assert_eq!(algorithm == "dno", o.label == PairLabel::WinRate);
+                assert_eq!(
+                    algorithm == "dno",
+                    o.reference == OnlineDpoReference::PreviousIterate && !recipe.needs_reference()
+                );
                 seen.push(algorithm);
                 continue;
             }
@@ -615,6 +681,7 @@ mod tests {
             [
                 "cispo",
                 "dapo",
+                "dno",
                 "dr-grpo",
                 "grpo",
                 "grpo",
@@ -665,6 +732,22 @@ mod tests {
                 Ok(r) => format!("{:#}", r.validate().unwrap_err()),
                 Err(e) => format!("{e:#}"),
             };
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let online = include_str!("../../../../recipes/online-dpo-smollm2-hh.toml");
+        for (bad, says) in [
+            ("algorithm.online_dpo.min_gap=0.1", "win_rate\" only"),
+            (
+                "algorithm.online_dpo={ label = \"win_rate\", min_gap = -1.0 }",
+                "min_gap must be finite",
+            ),
+            (
+                "algorithm.online_dpo={ label = \"implicit\", reference = \"previous_iterate\" }",
+                "rank every completion at 0",
+            ),
+        ] {
+            let r: RlRecipe = rm_core::recipe::parse(online, "online-dpo", &[bad.into()]).unwrap();
+            let err = format!("{:#}", r.validate().unwrap_err());
             assert!(err.contains(says), "{bad}: {err}");
         }
         // PURE's min form reads only step-end tokens: a KL in the reward would be lost.

@@ -49,7 +49,7 @@ use super::algos::{
 use super::filtration::policy_filtration;
 use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
-use super::recipe::{ConstraintBound, KlPlacement, PairLabel, RlRecipe};
+use super::recipe::{ConstraintBound, KlPlacement, OnlineDpoReference, PairLabel, RlRecipe};
 use super::rewards::process::step_end_tokens;
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
@@ -268,7 +268,7 @@ impl RlTask {
 
     /// Whether collections compute the reference's log-probs.
     fn needs_reference(&self) -> bool {
-        self.kl_active() || self.recipe.algorithm.online_dpo.is_some()
+        self.recipe.needs_reference()
     }
 
     /// Online DPO's pair of each prompt: among its included rows, the best and the worst by
@@ -325,9 +325,14 @@ impl RlTask {
         let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
         let (b2, width) = (batch.batch_size, batch.seq_len - 1);
         let mut reference = vec![0.0f32; b2 * width];
+        let previous_iterate = config.reference == OnlineDpoReference::PreviousIterate;
         for (i, row) in rows.iter().enumerate() {
+            let anchor = match previous_iterate {
+                true => &row.old_logprobs,
+                false => &row.ref_logprobs,
+            };
             let start = i * width + row.prompt_len - 1;
-            reference[start..start + row.ref_logprobs.len()].copy_from_slice(&row.ref_logprobs);
+            reference[start..start + anchor.len()].copy_from_slice(anchor);
         }
         let completion = batch.completion_tensor(&device);
         let policy = model
@@ -985,6 +990,10 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                     .iter()
                     .map(|s| f64::from(s.total.unwrap_or(0.0)))
                     .collect(),
+                PairLabel::WinRate => scored
+                    .iter()
+                    .map(|s| f64::from(s.total.unwrap_or(0.0)))
+                    .collect(),
                 PairLabel::Implicit => old
                     .iter()
                     .zip(&reference)
@@ -994,7 +1003,15 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                     })
                     .collect(),
             };
-            self.pairs = self.label_pairs(&included, &score);
+            self.pairs = match config.label {
+                PairLabel::WinRate => win_rate_pairs(
+                    &included,
+                    &score,
+                    self.recipe.rollout.group_size,
+                    config.min_gap,
+                )?,
+                PairLabel::Reward | PairLabel::Implicit => self.label_pairs(&included, &score),
+            };
             let gaps: Vec<f64> = self
                 .pairs
                 .iter()
@@ -1061,5 +1078,68 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             items: self.recipe.buffer_size(),
             metrics,
         })
+    }
+}
+
+/// DNO-Prct's pair of each group of `g` rows ([`PairLabel::WinRate`]): among the group's
+/// included rows, the win-rates under the Bradley–Terry oracle `P(y_i ≻ y_j) = σ(s_i − s_j)`
+/// ([`rm_losses::preference::dno_win_rates`]), then the best and worst by win-rate when their
+/// gap reaches `min_gap` ([`rm_losses::preference::dno_select_pairs`]); rows of the buffer.
+pub(crate) fn win_rate_pairs(
+    included: &[bool],
+    score: &[f64],
+    g: usize,
+    min_gap: f32,
+) -> Result<Vec<Option<(usize, usize)>>> {
+    use rm_losses::preference::{dno_select_pairs, dno_win_rates};
+    (0..included.len() / g)
+        .map(|p| {
+            let rows: Vec<usize> = (p * g..(p + 1) * g).filter(|&r| included[r]).collect();
+            let k = rows.len();
+            if k < 2 {
+                return Ok(None);
+            }
+            let mut preferences = vec![0.5f32; k * k];
+            for (a, &i) in rows.iter().enumerate() {
+                for (b, &j) in rows.iter().enumerate() {
+                    let gap = score[i] - score[j];
+                    preferences[a * k + b] = (1.0 / (1.0 + (-gap).exp())) as f32;
+                }
+            }
+            let rates = dno_win_rates(&preferences, k).map_err(|e| anyhow!("DNO: {e}"))?;
+            let pair = dno_select_pairs(&rates, k, min_gap).map_err(|e| anyhow!("DNO: {e}"))?[0];
+            Ok(pair.map(|(w, l)| (rows[w], rows[l])))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod win_rate_tests {
+    use super::win_rate_pairs;
+
+    /// Groups of 4: win-rates under σ(s_i − s_j) order rows as their scores do, so the pair is
+    /// the best and the worst; an excluded row takes no part; a group
+    /// with fewer than 2 included rows, all-equal scores, or a gap under `min_gap` gives none.
+    #[test]
+    fn dno_pairs_are_the_best_and_worst_by_win_rate() {
+        let score = [1.0, 3.0, 2.0, 2.5, 0.0, 0.0, 0.0, 0.0, 5.0, -5.0, 1.0, 0.0];
+        let all = [true; 12];
+        let pairs = win_rate_pairs(&all, &score, 4, 0.0).unwrap();
+        assert_eq!(pairs, vec![Some((1, 0)), None, Some((8, 9))]);
+        let mut some = all;
+        some[9] = false;
+        some[1] = false;
+        let pairs = win_rate_pairs(&some, &score, 4, 0.0).unwrap();
+        assert_eq!(pairs, vec![Some((3, 0)), None, Some((8, 11))]);
+        // Group 1's win-rates: (σ(−2) + σ(−1) + σ(−1.5))/3 = 0.1902 for the worst and
+        // (σ(2) + σ(1) + σ(0.5))/3 = 0.7448 for the best: a gap of 0.5546.
+        let loose = win_rate_pairs(&all, &score, 4, 0.55).unwrap();
+        let strict = win_rate_pairs(&all, &score, 4, 0.56).unwrap();
+        assert_eq!((loose[0], strict[0]), (Some((1, 0)), None));
+        let lone = [true, false, false, false];
+        assert_eq!(
+            win_rate_pairs(&lone, &score[..4], 4, 0.0).unwrap(),
+            vec![None]
+        );
     }
 }

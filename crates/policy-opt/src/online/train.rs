@@ -78,7 +78,7 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     );
     let policy = Policy::build(&recipe.model, &device)?;
     let model = policy.lm.model.clone();
-    let needs_reference = recipe.algorithm.kl.active() || recipe.algorithm.online_dpo.is_some();
+    let needs_reference = recipe.needs_reference();
     let snapshot = match (&recipe.model.lora, needs_reference) {
         (None, true) => Some(model.clone().no_grad()),
         _ => None,
@@ -254,6 +254,12 @@ out_dir = "{out}"
             (
                 "{ name = \"grpo\" }",
                 "online_dpo = { dpo = { beta = 0.5 } }",
+            ),
+            // DNO-Prct: the pair by win-rate under the reward's Bradley–Terry oracle, the
+            // loss against the previous iterate (no reference model).
+            (
+                "{ name = \"grpo\" }",
+                "online_dpo = { label = \"win_rate\", reference = \"previous_iterate\", dpo = { beta = 0.5 } }",
             ),
             // Multi-objective GRPO (GDPO): a second objective, each normalised in its group.
             (
