@@ -147,6 +147,39 @@ impl PairSource {
         Ok(examples)
     }
 
+    /// Reads rankings, for listwise objectives (PRO): rows of shape `rankings` as they are;
+    /// pairs (HH-RLHF, shape `pairs`) as rankings of two (chosen rank 0, rejected rank 1, with
+    /// the pair's scores when it has them). `limit` counts rows. An empty result is an error.
+    pub fn load_rankings(&self, data_dir: &Path) -> Result<Vec<rm_core::types::Ranking>> {
+        let rankings: Vec<rm_core::types::Ranking> = match self {
+            PairSource::Jsonl {
+                path,
+                shape: PairShape::Rankings,
+                limit,
+            } => {
+                let mut rows = generic::load_rankings(path)?;
+                if *limit > 0 {
+                    rows.truncate(*limit);
+                }
+                rows
+            }
+            _ => self
+                .load(data_dir)?
+                .into_iter()
+                .map(|p| rm_core::types::Ranking {
+                    prompt: p.prompt,
+                    responses: vec![p.chosen, p.rejected],
+                    ranks: vec![0, 1],
+                    scores: p.scores.map(|s| s.to_vec()),
+                })
+                .collect(),
+        };
+        if rankings.is_empty() {
+            bail!("{}: no rankings", self.describe());
+        }
+        Ok(rankings)
+    }
+
     /// A one-line description for messages.
     pub fn describe(&self) -> String {
         match self {

@@ -14,6 +14,7 @@ pub mod augment;
 pub mod data;
 pub mod eval;
 pub mod judge;
+pub mod listwise;
 pub mod objective;
 pub mod recipe;
 pub mod reference_cache;

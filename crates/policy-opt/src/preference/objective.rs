@@ -24,7 +24,10 @@
 //!   ([`super::reference_samples`]);
 //! - `treg`: T-REG (Zhou et al. 2024, "T-REG: Preference Optimization with Token-Level Reward
 //!   Regularization"), DPO plus a regulariser towards token-level rewards the reference gives
-//!   itself by contrastive prompting when the data is loaded ([`super::token_rewards`]).
+//!   itself by contrastive prompting when the data is loaded ([`super::token_rewards`]);
+//! - `pro`: PRO (Song et al. 2023, "Preference Ranking Optimization for Human Alignment"), a
+//!   listwise loss over rankings of a prompt's responses with temperatures set by their reward
+//!   gaps, plus the best response's NLL ([`super::listwise`]); reference-free.
 //!
 //! KTO, APO-zero unpaired and BCO train on unpaired examples (`[data]` rows of shape
 //! `unpaired`, or pairs split into a desirable and an undesirable example); the others on pairs.
@@ -37,6 +40,8 @@
 use anyhow::{Result, bail};
 use rm_core::burn::tensor::Tensor;
 use rm_core::sampling::SamplingConfig;
+
+pub use super::listwise::ProConfig;
 use rm_losses::preference::{
     AlolVariant, Completions, DpoBatch, DpoConfig, KtoParams, ScoredSamples, TokenLogps, alol_loss,
     alphapo_loss, copg_loss, cpo_loss, dpo_loss, orpo_loss, selm_loss, treg_loss,
@@ -251,6 +256,22 @@ impl Default for TregConfig {
     }
 }
 
+/// `objective.beta` must be finite and positive.
+fn positive_beta(beta: f32) -> Result<()> {
+    if !(beta.is_finite() && beta > 0.0) {
+        bail!("objective.beta must be finite and > 0, got {beta}");
+    }
+    Ok(())
+}
+
+/// `objective.{name}` must be finite and ≥ 0.
+fn non_negative(name: &str, value: f32) -> Result<()> {
+    if !(value.is_finite() && value >= 0.0) {
+        bail!("objective.{name} must be finite and ≥ 0, got {value}");
+    }
+    Ok(())
+}
+
 /// The `[objective]` section; see the module docs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PreferenceObjective {
@@ -265,6 +286,7 @@ pub enum PreferenceObjective {
     Alol(AlolConfig),
     Selm(SelmConfig),
     Treg(TregConfig),
+    Pro(ProConfig),
 }
 
 impl Default for PreferenceObjective {
@@ -273,7 +295,7 @@ impl Default for PreferenceObjective {
     }
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "dpo",
     "orpo",
     "cpo",
@@ -285,6 +307,7 @@ const KINDS: [&str; 11] = [
     "alol",
     "selm",
     "treg",
+    "pro",
 ];
 
 impl<'de> Deserialize<'de> for PreferenceObjective {
@@ -312,6 +335,7 @@ impl<'de> Deserialize<'de> for PreferenceObjective {
             "alol" => serde_json::from_value(rest).map(Self::Alol),
             "selm" => serde_json::from_value(rest).map(Self::Selm),
             "treg" => serde_json::from_value(rest).map(Self::Treg),
+            "pro" => serde_json::from_value(rest).map(Self::Pro),
             "simpo" => {
                 let defaults = CpoConfig {
                     cpo_alpha: 0.0,
@@ -359,6 +383,7 @@ impl Serialize for PreferenceObjective {
             Self::Alol(c) => ("alol", serde_json::to_value(c)),
             Self::Selm(c) => ("selm", serde_json::to_value(c)),
             Self::Treg(c) => ("treg", serde_json::to_value(c)),
+            Self::Pro(c) => ("pro", serde_json::to_value(c)),
         };
         let mut value = value.map_err(S::Error::custom)?;
         if let Some(map) = value.as_object_mut() {
@@ -420,13 +445,18 @@ impl PreferenceObjective {
             | Self::Selm(_)
             | Self::Treg(_) => true,
             Self::Alol(c) => c.variant != AlolKind::RefFree,
-            Self::Orpo(_) | Self::Cpo(_) | Self::Simpo(_) => false,
+            Self::Orpo(_) | Self::Cpo(_) | Self::Simpo(_) | Self::Pro(_) => false,
         }
     }
 
     /// Whether the loss needs a score for each response (CoPG, A-LoL).
     pub fn needs_scores(&self) -> bool {
         matches!(self, Self::Copg(_) | Self::Alol(_))
+    }
+
+    /// Whether the objective trains on rankings of several responses (PRO) rather than pairs.
+    pub fn is_listwise(&self) -> bool {
+        matches!(self, Self::Pro(_))
     }
 
     /// Whether each pair needs token-level rewards (T-REG).
@@ -469,55 +499,29 @@ impl PreferenceObjective {
                 }
             }
             Self::Cpo(c) | Self::Simpo(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
+                positive_beta(c.beta)?;
                 if !(0.0..0.5).contains(&c.label_smoothing) {
                     bail!(
                         "objective.label_smoothing must be in [0, 0.5), got {}",
                         c.label_smoothing
                     );
                 }
-                if !(c.cpo_alpha.is_finite() && c.cpo_alpha >= 0.0) {
-                    bail!(
-                        "objective.cpo_alpha must be finite and ≥ 0, got {}",
-                        c.cpo_alpha
-                    );
-                }
+                non_negative("cpo_alpha", c.cpo_alpha)?;
                 if !(c.simpo_gamma.is_finite() && c.alpha.is_finite()) {
                     bail!("objective.simpo_gamma and objective.alpha must be finite");
                 }
             }
             Self::Kto(c) | Self::ApoZeroUnpaired(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
-                for (name, w) in [
-                    ("desirable_weight", c.desirable_weight),
-                    ("undesirable_weight", c.undesirable_weight),
-                ] {
-                    if !(w.is_finite() && w >= 0.0) {
-                        bail!("objective.{name} must be finite and ≥ 0, got {w}");
-                    }
-                }
+                positive_beta(c.beta)?;
+                non_negative("desirable_weight", c.desirable_weight)?;
+                non_negative("undesirable_weight", c.undesirable_weight)?;
             }
-            Self::Bco(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
-            }
-            Self::Copg(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
+            Self::Bco(BcoConfig { beta }) | Self::Copg(CopgConfig { beta }) => {
+                positive_beta(*beta)?;
             }
             Self::Selm(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
-                if !(c.alpha.is_finite() && c.alpha >= 0.0) {
-                    bail!("objective.alpha must be finite and ≥ 0, got {}", c.alpha);
-                }
+                positive_beta(c.beta)?;
+                non_negative("alpha", c.alpha)?;
                 let s = &c.sample;
                 if s.max_new_tokens == 0 || s.batch == 0 {
                     bail!(
@@ -535,12 +539,8 @@ impl PreferenceObjective {
                 }
             }
             Self::Treg(c) => {
-                if !(c.beta.is_finite() && c.beta > 0.0) {
-                    bail!("objective.beta must be finite and > 0, got {}", c.beta);
-                }
-                if !(c.alpha.is_finite() && c.alpha >= 0.0) {
-                    bail!("objective.alpha must be finite and ≥ 0, got {}", c.alpha);
-                }
+                positive_beta(c.beta)?;
+                non_negative("alpha", c.alpha)?;
                 if !(c.clip.is_finite() && c.clip > 0.0) {
                     bail!("objective.clip must be finite and > 0, got {}", c.clip);
                 }
@@ -553,6 +553,7 @@ impl PreferenceObjective {
                     );
                 }
             }
+            Self::Pro(c) => non_negative("sft_weight", c.sft_weight)?,
             Self::Alol(c) => {
                 if c.variant != AlolKind::RefFree
                     && c.variant != AlolKind::Kl
@@ -560,9 +561,7 @@ impl PreferenceObjective {
                 {
                     bail!("objective.clip must be in (0, 1], got {}", c.clip);
                 }
-                if !(c.beta.is_finite() && c.beta >= 0.0) {
-                    bail!("objective.beta must be finite and ≥ 0, got {}", c.beta);
-                }
+                non_negative("beta", c.beta)?;
             }
         }
         Ok(())
@@ -598,6 +597,7 @@ impl PreferenceObjective {
             Self::Alol(c) => format!("alol {:?}, clip {}, beta {}", c.variant, c.clip, c.beta),
             Self::Selm(c) => format!("selm, beta {}, alpha {}", c.beta, c.alpha),
             Self::Treg(c) => format!("treg, beta {}, alpha {}", c.beta, c.alpha),
+            Self::Pro(c) => format!("pro, sft_weight {}", c.sft_weight),
         }
     }
 
@@ -641,6 +641,12 @@ impl PreferenceObjective {
                 self.describe()
             );
         }
+        if self.is_listwise() {
+            bail!(
+                "objective {} trains on rankings (super::listwise), not pairs",
+                self.describe()
+            );
+        }
         if self.needs_scores() {
             let Some(scores) = scores else {
                 bail!(
@@ -664,7 +670,8 @@ impl PreferenceObjective {
             | Self::Copg(_)
             | Self::Alol(_)
             | Self::Selm(_)
-            | Self::Treg(_) => {
+            | Self::Treg(_)
+            | Self::Pro(_) => {
                 unreachable!("handled above")
             }
             Self::Orpo(c) => (
@@ -885,6 +892,7 @@ mod tests {
             "[objective]\nkind = \"bco\"\nbeta = 0.3",
             "[objective]\nkind = \"selm\"\nalpha = 0.01\nsample = { max_new_tokens = 32 }",
             "[objective]\nkind = \"treg\"\nbetter_prompt = \"Be good.\"",
+            "[objective]\nkind = \"pro\"\nsft_weight = 0.2",
             "[objective]\nloss_type = [\"sigmoid\", \"sft\"]\nloss_weights = [1.0, 0.5]",
         ] {
             let o = parse(text).unwrap();

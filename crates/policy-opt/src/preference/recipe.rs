@@ -109,10 +109,15 @@ impl PreferenceRecipe {
         }
         if let Some(augment) = &self.reward_augment {
             augment.validate()?;
-            if self.objective.is_unpaired() {
+            if self.objective.is_unpaired() || self.objective.is_listwise() {
                 bail!(
-                    "[reward_augment] conditions preference pairs; objective {} trains on unpaired examples",
-                    self.objective.describe()
+                    "[reward_augment] conditions preference pairs; objective {} trains on {}",
+                    self.objective.describe(),
+                    if self.objective.is_listwise() {
+                        "rankings"
+                    } else {
+                        "unpaired examples"
+                    }
                 );
             }
         }
@@ -216,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_selm_treg_and_reward_augmented_recipes_parse_and_validate() {
+    fn the_shipped_selm_treg_pro_and_reward_augmented_recipes_parse_and_validate() {
         use super::super::objective::{SelmConfig, TregConfig};
         for (text, name) in [
             (
@@ -242,6 +247,7 @@ mod tests {
                 ("treg", PreferenceObjective::Treg(c)) => {
                     assert_eq!(c, &TregConfig::default());
                 }
+                ("pro", PreferenceObjective::Pro(c)) => assert_eq!(c.sft_weight, 0.05),
                 ("rdpo", PreferenceObjective::Dpo(_)) => {
                     assert!(r.reward_augment.is_some() && r.needs_train_scores());
                     assert_eq!(r.reward.len(), 1);

@@ -115,20 +115,8 @@ pub fn attach_samples(
 mod tests {
     use super::*;
     use crate::preference::data::encode_pairs;
-    use crate::preference::task::tests::tiny_policy;
+    use crate::preference::task::tests::{pair, tiny_policy};
     use rm_core::device::test_device;
-    use rm_core::types::Prompt;
-
-    fn pair(prompt: &str, chosen: &str, rejected: &str) -> PreferencePair {
-        PreferencePair {
-            prompt: Prompt::Text(prompt.into()),
-            chosen: chosen.into(),
-            rejected: rejected.into(),
-            margin: None,
-            subset: None,
-            scores: None,
-        }
-    }
 
     /// Samples follow the pair's own prompt cut, are reproducible from the seed, and differ
     /// between seeds; a sample longer than the room left is cut to `max_len`.

@@ -451,7 +451,7 @@ pub(crate) mod tests {
     use rm_core::types::{PreferencePair, Prompt};
     use rm_losses::preference::{DpoConfig, DpoLossType};
 
-    fn pair(prompt: &str, chosen: &str, rejected: &str) -> PreferencePair {
+    pub(crate) fn pair(prompt: &str, chosen: &str, rejected: &str) -> PreferencePair {
         PreferencePair {
             prompt: Prompt::Text(prompt.into()),
             chosen: chosen.into(),

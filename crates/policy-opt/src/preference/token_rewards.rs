@@ -156,11 +156,11 @@ pub fn batch_rows(pairs: &[&EncodedPair]) -> Result<Vec<PairReference>> {
 mod tests {
     use super::*;
     use crate::preference::data::encode_pairs;
-    use crate::preference::task::tests::tiny_policy;
+    use crate::preference::task::tests::{pair, tiny_policy};
     use rm_core::device::test_device;
     use rm_core::policy::CausalPolicy;
     use rm_core::tokenize::{PaddingSide, TokenBatch};
-    use rm_core::types::{PreferencePair, Prompt};
+    use rm_core::types::Prompt;
 
     /// The per-token log-probs of one sequence under `policy`'s module, computed on its own.
     fn row_logprobs(policy: &Policy, seq: &Sequence) -> Vec<f32> {
@@ -192,14 +192,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plumb-treg-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
         let policy = tiny_policy(&dir, false, &device);
-        let pairs = vec![PreferencePair {
-            prompt: Prompt::Text("w3 w4 w5".into()),
-            chosen: "w6 w7 w8".into(),
-            rejected: "w9".into(),
-            margin: None,
-            subset: None,
-            scores: None,
-        }];
+        let pairs = vec![pair("w3 w4 w5", "w6 w7 w8", "w9")];
         let mut encoded = encode_pairs(&policy, &pairs, "test").unwrap();
         let config = TregConfig {
             better_prompt: "w40 w41".into(),

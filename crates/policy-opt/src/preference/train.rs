@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::augment::augment_pairs;
 use super::data::{EncodedPair, encode_pairs};
+use super::listwise::{ListwiseTask, encode_rankings};
 use super::objective::PreferenceObjective;
 use super::recipe::PreferenceRecipe;
 use super::reference_cache::{CacheStatus, load_or_compute};
@@ -149,7 +150,27 @@ pub fn train_preference_policy(
         progress: request.progress,
     };
     let mut reference_cache = None;
-    let (initial_eval, outcome, final_eval) = if recipe.objective.is_unpaired() {
+    let (initial_eval, outcome, final_eval) = if let PreferenceObjective::Pro(config) =
+        &recipe.objective
+    {
+        let train_rows = recipe.data.train.load_rankings(&request.data_dir)?;
+        let eval_rows = recipe.data.eval.load_rankings(&request.data_dir)?;
+        let train = encode_rankings(&policy, &train_rows, &recipe.data.train.describe())?;
+        let eval = encode_rankings(&policy, &eval_rows, &recipe.data.eval.describe())?;
+        let responses: usize = train.iter().map(|r| r.sequences.len()).sum();
+        eprintln!(
+            "{} training rankings ({responses} responses), {} evaluation rankings; {} step(s) of {} rankings; objective {}",
+            train.len(),
+            eval.len(),
+            recipe.train.epoch_steps(train.len())?,
+            recipe.train.batch_size,
+            recipe.objective.describe(),
+        );
+        write_recipe()?;
+        let mut task =
+            ListwiseTask::new(train, eval, config.clone(), policy, recipe.eval.batch_size)?;
+        run_task(&trainer, &run, model, &mut task)?
+    } else if recipe.objective.is_unpaired() {
         let reference = reference.context("unpaired objectives need a reference")?;
         let train_rows = recipe.data.train.load_unpaired(&request.data_dir)?;
         let eval_rows = recipe.data.eval.load_unpaired(&request.data_dir)?;
@@ -520,6 +541,60 @@ out_dir = "{out}"
         }
     }
 
+    /// PRO on rankings of three responses (JSONL `shape = "rankings"`, ranks only, so rewards
+    /// `−rank`): the best response ends up the most likely of its ranking (length-normalised)
+    /// for every evaluation prompt, and the loss falls. `[reward_augment]` is refused with it.
+    #[test]
+    fn pro_learns_rankings_of_three() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("pro");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        let rows: Vec<String> = (0..8)
+            .map(|i| {
+                json!({
+                    "prompt": format!("w{} w{}", 2 + i, 3 + i),
+                    "responses": ["w30 w31", format!("w20 w21 w{}", 22 + i % 3), "w25 w26"],
+                    "ranks": [2, 0, 1],
+                })
+                .to_string()
+            })
+            .collect();
+        let path = root.join("rankings.jsonl");
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let mut r = recipe(&root, true, "");
+        r.objective = PreferenceObjective::Pro(Default::default());
+        let source = rm_pipeline::recipe::PairSource::Jsonl {
+            path,
+            shape: rm_pipeline::recipe::PairShape::Rankings,
+            limit: 0,
+        };
+        r.data.train = source.clone();
+        r.data.eval = source;
+        let report = train_preference_policy(r.clone(), &request(&root)).unwrap();
+        let m = |e: &Evaluation, k: &str| e.metrics[k];
+        let (before, after) = (
+            m(&report.initial_eval, "loss"),
+            m(&report.final_eval, "loss"),
+        );
+        assert!(after < 0.5 * before, "loss {before} → {after}");
+        assert_eq!(m(&report.final_eval, "top1_accuracy"), 1.0);
+        assert_eq!(report.outcome.steps, 24);
+        r.reward_augment = Some(Default::default());
+        let err = format!("{:#}", r.validate().unwrap_err());
+        assert!(err.contains("trains on rankings"), "{err}");
+    }
+
+    /// One `[[reward]]` function: 1 for a response holding `w20` (every chosen one), else 0.
+    fn w20_reward() -> Vec<crate::online::rewards::RewardComponentConfig> {
+        #[derive(serde::Deserialize)]
+        struct Rewards {
+            reward: Vec<crate::online::rewards::RewardComponentConfig>,
+        }
+        toml::from_str::<Rewards>("[[reward]]\nkind = \"keywords\"\nrequired = [\"w20\"]")
+            .unwrap()
+            .reward
+    }
+
     /// `[reward_augment]` with a `[[reward]]` function: the 8 pairs become 24 training pairs
     /// (each original and its two conditioned orderings; the scores 1 and 0 differ), so 2
     /// epochs of 4-pair steps are 12 steps; DPO still wins every evaluation pair. Unpaired
@@ -527,17 +602,12 @@ out_dir = "{out}"
     #[test]
     fn reward_augmented_pairs_feed_the_trainer() {
         let _seeded = rm_core::device::seeded_test_lock();
-        #[derive(serde::Deserialize)]
-        struct Rewards {
-            reward: Vec<crate::online::rewards::RewardComponentConfig>,
-        }
-        let rewards: Rewards =
-            toml::from_str("[[reward]]\nkind = \"keywords\"\nrequired = [\"w20\"]").unwrap();
+        let rewards = w20_reward();
         let root = temp("augmented");
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         write_pairs(&root.join("pairs.jsonl"));
         let mut r = recipe(&root, true, "");
-        r.reward = rewards.reward;
+        r.reward = rewards;
         r.reward_augment = Some(crate::preference::augment::RewardAugmentConfig::default());
         r.train.epochs = 2;
         let report = train_preference_policy(r.clone(), &request(&root)).unwrap();
@@ -559,12 +629,7 @@ out_dir = "{out}"
     #[test]
     fn scored_objectives_learn_from_pairs_scored_by_reward_functions() {
         let _seeded = rm_core::device::seeded_test_lock();
-        #[derive(serde::Deserialize)]
-        struct Rewards {
-            reward: Vec<crate::online::rewards::RewardComponentConfig>,
-        }
-        let rewards: Rewards =
-            toml::from_str("[[reward]]\nkind = \"keywords\"\nrequired = [\"w20\"]").unwrap();
+        let rewards = w20_reward();
         for extra in ["kind = \"copg\"", "kind = \"alol\"\nclip = 0.5"] {
             let root = temp(&format!("scored-{}", extra.len()));
             rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
@@ -576,7 +641,7 @@ out_dir = "{out}"
             );
             assert!(err.contains("pair 1 (and 7 more) has no scores"), "{err}");
             let mut scored = unscored;
-            scored.reward = rewards.reward.clone();
+            scored.reward = rewards.clone();
             scored.train.out_dir = root.join("scored-run");
             let report = train_preference_policy(scored, &request(&root)).unwrap();
             let m = |e: &Evaluation, k: &str| e.metrics[k];
@@ -597,7 +662,7 @@ out_dir = "{out}"
         }
         let root = temp("scored-dpo");
         let mut dpo = recipe(&root, true, "");
-        dpo.reward = rewards.reward;
+        dpo.reward = rewards;
         let err = format!("{:#}", dpo.validate().unwrap_err());
         assert!(err.contains("does not: remove them"), "{err}");
     }
