@@ -75,7 +75,10 @@ pub fn fill_token_rewards(
 ) -> Result<()> {
     let pad_id = policy.lm.tokenizer.pad_id();
     let mut scored = Vec::with_capacity(2);
-    for instruction in [&config.better_prompt, &config.worse_prompt] {
+    for (which, instruction) in [
+        ("better", &config.better_prompt),
+        ("worse", &config.worse_prompt),
+    ] {
         let prefix = instruction_ids(policy, instruction)?;
         let leading = leading_special_tokens(policy, instruction)?.min(prefix.len());
         let conditioned: Vec<EncodedPair> = pairs
@@ -93,7 +96,7 @@ pub fn fill_token_rewards(
             done += n;
             if done % (16 * batch.max(1)) < n || done == pairs.len() {
                 eprintln!(
-                    "{source}: T-REG token rewards, {done} of {} pairs scored under one of the 2 prompts",
+                    "{source}: T-REG token rewards, {done} of {} pairs scored under the {which} prompt",
                     pairs.len()
                 );
             }
