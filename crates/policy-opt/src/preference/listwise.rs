@@ -22,6 +22,8 @@ use rm_core::types::Ranking;
 use rm_losses::preference::pro_loss;
 use serde::{Deserialize, Serialize};
 
+use super::task::evaluation_from_sums;
+
 /// PRO's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -236,24 +238,7 @@ impl TrainTask<LlamaModel> for ListwiseTask {
                 None => weighted,
             });
         }
-        let n = self.eval.len() as f64;
-        let values: Vec<f32> = sums
-            .context("the evaluation set is empty")?
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(|e| anyhow!("reading the evaluation: {e:?}"))?;
-        let loss = values[0] as f64 / n;
-        let mut metrics: std::collections::BTreeMap<String, f64> = METRICS
-            .iter()
-            .zip(&values[1..])
-            .map(|(name, v)| (name.to_string(), *v as f64 / n))
-            .collect();
-        metrics.insert("loss".into(), loss);
-        Ok(Evaluation {
-            metrics,
-            score: -loss,
-        })
+        evaluation_from_sums(sums, &METRICS, self.eval.len())
     }
 
     fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {

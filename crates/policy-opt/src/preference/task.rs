@@ -270,6 +270,33 @@ fn scores_tensor(pairs: &[&EncodedPair], device: &Device) -> Result<Tensor<1>> {
     Ok(Tensor::from_data(TensorData::new(values, [n]), device))
 }
 
+/// An evaluation from `sums`, the example-weighted sums over `n` examples of `[loss,
+/// metrics…]` (the metrics named by `names`); the score is `−loss` (lower loss is better).
+pub(crate) fn evaluation_from_sums(
+    sums: Option<Tensor<1>>,
+    names: &[&str],
+    n: usize,
+) -> Result<Evaluation> {
+    let values: Vec<f32> = sums
+        .context("the evaluation set is empty")?
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(|e| anyhow!("reading the evaluation: {e:?}"))?;
+    let n = n as f64;
+    let loss = values[0] as f64 / n;
+    let mut metrics: std::collections::BTreeMap<String, f64> = names
+        .iter()
+        .zip(&values[1..])
+        .map(|(name, v)| (name.to_string(), *v as f64 / n))
+        .collect();
+    metrics.insert("loss".into(), loss);
+    Ok(Evaluation {
+        metrics,
+        score: -loss,
+    })
+}
+
 /// Where a batch's reference log-probs come from.
 enum RefLogps<'a> {
     None,
@@ -303,7 +330,6 @@ impl TrainTask<LlamaModel> for DpoTask {
     /// Loss and [`METRICS`] over the evaluation pairs; the score is `−loss` (the best model is
     /// the one with the lowest evaluation loss).
     fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
-        let device = device_of(model);
         let frozen_reference = match &self.reference {
             Some(r) if self.eval_reference.is_empty() => Some(r.valid()),
             _ => None,
@@ -338,25 +364,7 @@ impl TrainTask<LlamaModel> for DpoTask {
         if frozen_reference.is_some() {
             self.eval_reference = computed;
         }
-        let n = self.eval.len() as f64;
-        let values: Vec<f32> = sums
-            .context("the evaluation set is empty")?
-            .to_device(&device)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(|e| anyhow!("reading the evaluation: {e:?}"))?;
-        let loss = values[0] as f64 / n;
-        let mut metrics: std::collections::BTreeMap<String, f64> = METRICS
-            .iter()
-            .zip(&values[1..])
-            .map(|(name, v)| (name.to_string(), *v as f64 / n))
-            .collect();
-        metrics.insert("loss".into(), loss);
-        Ok(Evaluation {
-            metrics,
-            score: -loss,
-        })
+        evaluation_from_sums(sums, &METRICS, self.eval.len())
     }
 
     fn save_model(&self, model: &LlamaModel, dir: &Path) -> Result<()> {
