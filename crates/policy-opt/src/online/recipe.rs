@@ -648,6 +648,11 @@ mod tests {
                 "remax" => assert_eq!(estimator, "remax"),
                 "opo" => assert_eq!(estimator, "opo"),
                 "raft" => assert_eq!(estimator, "raft"),
+                "superhf" => {
+                    assert_eq!(estimator, "raft");
+                    assert!(recipe.algorithm.kl.active());
+                    assert_eq!(recipe.algorithm.kl.placement, KlPlacement::Loss);
+                }
                 "pure" => assert_eq!(estimator, "process_rloo"),
                 "ppo" | "pf-ppo" => {
                     assert_eq!(estimator, "gae");
@@ -694,7 +699,8 @@ mod tests {
                 "raft",
                 "reinforce-pp",
                 "remax",
-                "rloo"
+                "rloo",
+                "superhf"
             ]
         );
     }
