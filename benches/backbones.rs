@@ -841,36 +841,24 @@ fn table_row(
     ours: f64,
     peer_secs: Option<f64>,
 ) {
-    if w.per_step {
-        let ratio = peer_secs.map(|p| p / ours);
-        md.push_str(&format!(
-            "| {} | {device} | {:.2} {} | {} | {} |\n",
-            w.name,
-            ours,
-            w.unit,
-            peer_secs.map_or("-".into(), |p| format!("{p:.2} {}", w.unit)),
-            ratio.map_or("-".into(), |r| format!("{r:.2}")),
-        ));
-        rows.push(json!({
-            "workload": w.name, "device": device, "unit": w.unit, "plumbline": ours,
-            "peer": peer_secs, "ratio": ratio,
-        }));
-        return;
-    }
-    let ours_rate = w.work / ours;
-    let peer_rate = peer_secs.map(|p| w.work / p);
-    let ratio = peer_rate.map(|p| ours_rate / p);
+    // Per-step workloads report seconds, the others a rate (work per second); the ratio is
+    // peer seconds over ours either way (for rates, ours over the peer's).
+    let (value, decimals) = match w.per_step {
+        true => (ours, 2),
+        false => (w.work / ours, 1),
+    };
+    let peer = peer_secs.map(|p| if w.per_step { p } else { w.work / p });
+    let ratio = peer_secs.map(|p| p / ours);
     md.push_str(&format!(
-        "| {} | {device} | {:.1} {} | {} | {} |\n",
+        "| {} | {device} | {value:.decimals$} {} | {} | {} |\n",
         w.name,
-        ours_rate,
         w.unit,
-        peer_rate.map_or("-".into(), |p| format!("{p:.1} {}", w.unit)),
+        peer.map_or("-".into(), |p| format!("{p:.decimals$} {}", w.unit)),
         ratio.map_or("-".into(), |r| format!("{r:.2}")),
     ));
     rows.push(json!({
-        "workload": w.name, "device": device, "unit": w.unit, "plumbline": ours_rate,
-        "peer": peer_rate, "ratio": ratio,
+        "workload": w.name, "device": device, "unit": w.unit, "plumbline": value,
+        "peer": peer, "ratio": ratio,
     }));
 }
 
