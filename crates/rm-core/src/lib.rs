@@ -17,6 +17,7 @@ pub use tokenizers;
 pub mod allocator;
 pub mod chat;
 pub mod checkpoint;
+pub mod completion_logits;
 pub mod data;
 pub mod device;
 pub mod export;

@@ -193,6 +193,12 @@ impl HeadPositions {
         })
     }
 
+    /// Whether the head runs on every predicting position (`[B, T−1, V]` logits) rather than on
+    /// the scored ones only.
+    pub fn all_scored(&self) -> bool {
+        self.index.is_none()
+    }
+
     /// The LM head's logits at these positions of `hidden` `[B, T, D]`: `[B, T−1, V]` when
     /// every position is scored, `[1, N, V]` (the `N` scored positions in row-major order)
     /// otherwise.

@@ -23,11 +23,13 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::logprobs::{SequenceLogprobs, model_sequence_logprobs, row_logprobs};
+use crate::completion_logits::CompletionLogits;
+use crate::logprobs::{HeadPositions, SequenceLogprobs, model_sequence_logprobs, row_logprobs};
 use crate::models::llama::{KvCache, LlamaModel};
+use crate::policy::CausalPolicy;
 use crate::tokenize::{PaddingSide, Sequence, TokenBatch};
 
 /// Which rows share which prompt.
@@ -70,16 +72,29 @@ pub fn shared_prompt_logprobs(
     pad_id: u32,
     with_logsumexp_2x: bool,
 ) -> Result<SequenceLogprobs> {
+    Ok(shared_prompt_forward(model, sequences, pad_id, with_logsumexp_2x, 0)?.0)
+}
+
+/// [`shared_prompt_logprobs`], and the LM head's full-vocabulary logits on the completion
+/// tokens of the first `logits_rows` sequences ([`CompletionLogits`]; `None` when
+/// `logits_rows` is 0). The logits are the ones the log-probs come from (one head pass, one
+/// graph). `logits_rows` above the number of sequences is an error.
+pub fn shared_prompt_forward(
+    model: &LlamaModel,
+    sequences: &[Sequence],
+    pad_id: u32,
+    with_logsumexp_2x: bool,
+    logits_rows: usize,
+) -> Result<(SequenceLogprobs, Option<CompletionLogits>)> {
+    if logits_rows > sequences.len() {
+        bail!(
+            "logits of {logits_rows} rows asked of a batch of {}",
+            sequences.len()
+        );
+    }
     let device = model.embed_tokens.weight.val().device();
     let Some(plan) = SharingPlan::of(sequences) else {
-        let batch = TokenBatch::pad(sequences, pad_id, PaddingSide::Right)?;
-        return model_sequence_logprobs(
-            model,
-            batch.ids_tensor(&device),
-            batch.attention_tensor(&device),
-            batch.completion_tensor(&device),
-            with_logsumexp_2x,
-        );
+        return plain_forward(model, sequences, pad_id, with_logsumexp_2x, logits_rows);
     };
     let rows = sequences.len();
     let width = sequences.iter().map(Sequence::len).max().unwrap_or(0) - 1;
@@ -140,16 +155,16 @@ pub fn shared_prompt_logprobs(
             destinations.push((r * width + start + m - 1) as i64);
         }
     }
-    let scored = picked.len();
+    let scored_rows = picked.len();
     let logits = model.logits(
         states
             .reshape([rows * tail_len, d])
             .select(0, int1(picked, &device))
-            .reshape([1, scored, d]),
+            .reshape([1, scored_rows, d]),
     );
     let vocab = logits.dims()[2];
     let out = row_logprobs(
-        logits.reshape([scored, vocab]),
+        logits.clone().reshape([scored_rows, vocab]),
         int1(targets, &device),
         with_logsumexp_2x,
     );
@@ -166,12 +181,91 @@ pub fn shared_prompt_logprobs(
         })
         .collect();
     let mask = Tensor::from_data(TensorData::new(shifted_mask, [rows, width]), &device);
-    Ok(SequenceLogprobs::of_tokens(
-        spread(out.token),
-        mask,
-        out.logsumexp_2x.map(spread),
-        out.log_sum_sq_probs.map(spread),
+    let completion_logits = (logits_rows > 0).then(|| {
+        // Row r's completion tokens follow each other in `picked`, from `offset`.
+        let mut offset = 0;
+        let scored: Vec<Vec<(usize, usize)>> = completions
+            .iter()
+            .zip(&plan.prompt_of)
+            .take(logits_rows)
+            .map(|(tail, &k)| {
+                let start = plan.prompts[k].len();
+                let entries = (0..tail.ids.len())
+                    .map(|m| (offset + m, start + m - 1))
+                    .collect();
+                offset += tail.ids.len();
+                entries
+            })
+            .collect();
+        CompletionLogits::from_scored(logits.clone().reshape([scored_rows, vocab]), &scored)
+    });
+    Ok((
+        SequenceLogprobs::of_tokens(
+            spread(out.token),
+            mask,
+            out.logsumexp_2x.map(spread),
+            out.log_sum_sq_probs.map(spread),
+        ),
+        completion_logits,
     ))
+}
+
+/// The unshared path: the right-padded batch through the backbone, the head on the scored
+/// positions ([`HeadPositions`]), and their logits for the first `logits_rows` rows.
+fn plain_forward(
+    model: &LlamaModel,
+    sequences: &[Sequence],
+    pad_id: u32,
+    with_logsumexp_2x: bool,
+    logits_rows: usize,
+) -> Result<(SequenceLogprobs, Option<CompletionLogits>)> {
+    let device = model.embed_tokens.weight.val().device();
+    let batch = TokenBatch::pad(sequences, pad_id, PaddingSide::Right)?;
+    let (ids, completion) = (batch.ids_tensor(&device), batch.completion_tensor(&device));
+    if logits_rows == 0 || batch.seq_len < 2 {
+        let out = model_sequence_logprobs(
+            model,
+            ids,
+            batch.attention_tensor(&device),
+            completion,
+            with_logsumexp_2x,
+        )?;
+        let logits = (logits_rows > 0).then(|| {
+            let vocab = model.embed_tokens.weight.val().dims()[0];
+            CompletionLogits::from_scored(
+                Tensor::zeros([0, vocab], &device),
+                &vec![Vec::new(); logits_rows],
+            )
+        });
+        return Ok((out, logits));
+    }
+    let hidden = model.hidden_states(ids.clone(), batch.attention_tensor(&device))?;
+    let positions = HeadPositions::of(&completion)?;
+    let logits = positions.logits(model, hidden);
+    // The head ran on the scored positions in row-major order (all of them when every
+    // position is scored, the same order).
+    let t = batch.seq_len;
+    let mut next = 0;
+    let mut scored = Vec::with_capacity(logits_rows);
+    for (r, s) in sequences.iter().enumerate() {
+        let mut entries = Vec::new();
+        for j in 0..t - 1 {
+            let counted = s.completion.get(j + 1).copied().unwrap_or(false);
+            if positions.all_scored() || counted {
+                if counted && r < logits_rows {
+                    entries.push((next, j));
+                }
+                next += 1;
+            }
+        }
+        if r < logits_rows {
+            scored.push(entries);
+        }
+    }
+    let [_, rows, vocab] = logits.dims();
+    let compact = CompletionLogits::from_scored(logits.clone().reshape([rows, vocab]), &scored);
+    let out = positions.logprobs(logits, ids, completion, with_logsumexp_2x);
+    Ok((out, Some(compact)))
 }
 
 fn int1(values: Vec<i64>, device: &burn::tensor::Device) -> Tensor<1, Int> {
@@ -307,5 +401,75 @@ mod tests {
         let out = shared_prompt_logprobs(&model, &seqs, 0, false).unwrap();
         assert_eq!(out.token_logprobs.dims(), [2, 3]);
         assert!(shared_prompt_logprobs(&model, &[], 0, false).is_err());
+    }
+
+    /// The compact completion logits are the full forward's logits at the positions that
+    /// predict each completion token, on the shared and on the plain path; gathering the
+    /// per-token log-probs onto their grid gives log-softmax of those logits at the tokens.
+    #[test]
+    fn completion_logits_are_the_full_logits_at_the_completion_positions() {
+        let device = test_device();
+        let model = tiny_model(&device);
+        let shareable = sequences();
+        let unshareable = vec![seq(&[3, 4], &[5, 6]), seq(&[7], &[8, 9, 10])];
+        for (seqs, rows) in [(shareable, 5), (unshareable, 2)] {
+            let batch = TokenBatch::pad(&seqs, 0, PaddingSide::Right).unwrap();
+            let full = model.logits(
+                model
+                    .hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))
+                    .unwrap(),
+            );
+            let [_, t, vocab] = full.dims();
+            let full: Vec<f32> = full.into_data().try_to_vec().unwrap();
+            let (out, logits) = shared_prompt_forward(&model, &seqs, 0, false, rows).unwrap();
+            let logits = logits.unwrap();
+            let width = seqs[..rows]
+                .iter()
+                .map(|s| s.completion.iter().filter(|&&c| c).count())
+                .max()
+                .unwrap();
+            assert_eq!(logits.logits.dims(), [rows, width, vocab]);
+            let compact: Vec<f32> = logits.logits.clone().into_data().try_to_vec().unwrap();
+            let positions: Vec<i64> = logits
+                .positions
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .unwrap();
+            let mask = vec2(logits.mask.clone());
+            let gathered = vec2(logits.gather(out.token_logprobs.clone()));
+            for (r, s) in seqs[..rows].iter().enumerate() {
+                let start = s.completion.iter().position(|&c| c).unwrap();
+                for m in 0..width {
+                    let k = r * width + m;
+                    let scored = start + m < s.ids.len();
+                    assert_eq!(mask[k], if scored { 1.0 } else { 0.0 }, "row {r} token {m}");
+                    if !scored {
+                        assert_eq!(gathered[k], 0.0);
+                        continue;
+                    }
+                    let column = start + m - 1;
+                    assert_eq!(positions[k], column as i64);
+                    let expected = &full[(r * t + column) * vocab..][..vocab];
+                    let got = &compact[k * vocab..][..vocab];
+                    for (x, y) in got.iter().zip(expected) {
+                        assert!((x - y).abs() < 1e-4, "row {r} token {m}: {x} vs {y}");
+                    }
+                    let max = expected.iter().cloned().fold(f32::MIN, f32::max);
+                    let lse = max + expected.iter().map(|z| (z - max).exp()).sum::<f32>().ln();
+                    let logp = expected[s.ids[start + m] as usize] - lse;
+                    assert!(
+                        (gathered[k] - logp).abs() < 1e-4,
+                        "{} vs {logp}",
+                        gathered[k]
+                    );
+                }
+            }
+        }
+        let seqs = sequences();
+        assert!(shared_prompt_forward(&model, &seqs, 0, false, seqs.len() + 1).is_err());
+        let (_, none) = shared_prompt_forward(&model, &seqs, 0, false, 0).unwrap();
+        assert!(none.is_none());
     }
 }

@@ -5,8 +5,9 @@
 //! TRL's DPO loss types ([`rm_losses::preference::DpoConfig`], field names as TRL's
 //! `DPOConfig`), the reference-free ORPO, CPO, SimPO/AlphaPO, CoPG and A-LoL on scored
 //! pairs, SELM and T-REG (with what they add to each pair from the reference when the data is
-//! loaded: [`reference_samples`], [`token_rewards`]), or the unpaired KTO, APO-zero unpaired
-//! and BCO ([`unpaired::UnpairedTask`]). The DPO reference is the policy before training: with LoRA the same module with
+//! loaded: [`reference_samples`], [`token_rewards`]), RRPO and AlignDistil (on the
+//! completions' full-vocabulary logits: [`vocab_level`]), PRO on rankings ([`listwise`]), or
+//! the unpaired KTO, APO-zero unpaired and BCO ([`unpaired::UnpairedTask`]). The DPO reference is the policy before training: with LoRA the same module with
 //! its adapters switched off ([`rm_core::policy::reference_policy`], no second copy of the
 //! weights), without LoRA a frozen snapshot.
 
@@ -24,6 +25,7 @@ pub mod task;
 pub mod token_rewards;
 pub mod train;
 pub mod unpaired;
+pub mod vocab_level;
 
 pub use eval::{ImplicitRewardScorer, PolicyEvalRequest, evaluate_policy};
 pub use judge::{JudgeOutcome, JudgeRequest, judged_win_rate};

@@ -27,7 +27,13 @@
 //!   itself by contrastive prompting when the data is loaded ([`super::token_rewards`]);
 //! - `pro`: PRO (Song et al. 2023, "Preference Ranking Optimization for Human Alignment"), a
 //!   listwise loss over rankings of a prompt's responses with temperatures set by their reward
-//!   gaps, plus the best response's NLL ([`super::listwise`]); reference-free.
+//!   gaps, plus the best response's NLL ([`super::listwise`]); reference-free;
+//! - `rrpo`: RRPO (Sarkar & Etemad 2025, "Refined Regularized Preference Optimization"), a DPO
+//!   margin over paired sub-sequences plus a token-wise KL to the reference over the whole
+//!   vocabulary ([`super::vocab_level`]);
+//! - `aligndistil`: AlignDistil (Zhang et al. 2025, "Token-Level Language Model Alignment as
+//!   Adaptive Policy Distillation"), token-level distillation of the dataset's completions into
+//!   a teacher composed from a DPO model (`teacher`) and the reference ([`super::vocab_level`]).
 //!
 //! KTO, APO-zero unpaired and BCO train on unpaired examples (`[data]` rows of shape
 //! `unpaired`, or pairs split into a desirable and an undesirable example); the others on pairs.
@@ -42,6 +48,8 @@ use rm_core::burn::tensor::Tensor;
 use rm_core::sampling::SamplingConfig;
 
 pub use super::listwise::ProConfig;
+use super::vocab_level::VocabInputs;
+pub use super::vocab_level::{AlignDistilConfig, RrpoConfig, Segmentation};
 use rm_losses::preference::{
     AlolVariant, Completions, DpoBatch, DpoConfig, KtoParams, ScoredSamples, TokenLogps, alol_loss,
     alphapo_loss, copg_loss, cpo_loss, dpo_loss, orpo_loss, selm_loss, treg_loss,
@@ -287,6 +295,8 @@ pub enum PreferenceObjective {
     Selm(SelmConfig),
     Treg(TregConfig),
     Pro(ProConfig),
+    Rrpo(RrpoConfig),
+    AlignDistil(AlignDistilConfig),
 }
 
 impl Default for PreferenceObjective {
@@ -295,7 +305,7 @@ impl Default for PreferenceObjective {
     }
 }
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 14] = [
     "dpo",
     "orpo",
     "cpo",
@@ -308,6 +318,8 @@ const KINDS: [&str; 12] = [
     "selm",
     "treg",
     "pro",
+    "rrpo",
+    "aligndistil",
 ];
 
 impl<'de> Deserialize<'de> for PreferenceObjective {
@@ -336,6 +348,8 @@ impl<'de> Deserialize<'de> for PreferenceObjective {
             "selm" => serde_json::from_value(rest).map(Self::Selm),
             "treg" => serde_json::from_value(rest).map(Self::Treg),
             "pro" => serde_json::from_value(rest).map(Self::Pro),
+            "rrpo" => serde_json::from_value(rest).map(Self::Rrpo),
+            "aligndistil" => serde_json::from_value(rest).map(Self::AlignDistil),
             "simpo" => {
                 let defaults = CpoConfig {
                     cpo_alpha: 0.0,
@@ -384,6 +398,8 @@ impl Serialize for PreferenceObjective {
             Self::Selm(c) => ("selm", serde_json::to_value(c)),
             Self::Treg(c) => ("treg", serde_json::to_value(c)),
             Self::Pro(c) => ("pro", serde_json::to_value(c)),
+            Self::Rrpo(c) => ("rrpo", serde_json::to_value(c)),
+            Self::AlignDistil(c) => ("aligndistil", serde_json::to_value(c)),
         };
         let mut value = value.map_err(S::Error::custom)?;
         if let Some(map) = value.as_object_mut() {
@@ -410,6 +426,9 @@ pub struct ObjectiveInputs {
     /// Token-level rewards aligned with `policy`'s positions, `[2B, T−1]`, 0 off the
     /// completions (when [`needs_token_rewards`](PreferenceObjective::needs_token_rewards)).
     pub token_rewards: Option<Tensor<2>>,
+    /// Full-vocabulary logits of the completions (when
+    /// [`logits_rows`](PreferenceObjective::logits_rows) is not 0).
+    pub vocab: Option<VocabInputs>,
 }
 
 impl ObjectiveInputs {
@@ -422,6 +441,7 @@ impl ObjectiveInputs {
             completion_mask,
             scores: None,
             token_rewards: None,
+            vocab: None,
         }
     }
 }
@@ -443,7 +463,9 @@ impl PreferenceObjective {
             | Self::Bco(_)
             | Self::Copg(_)
             | Self::Selm(_)
-            | Self::Treg(_) => true,
+            | Self::Treg(_)
+            | Self::Rrpo(_)
+            | Self::AlignDistil(_) => true,
             Self::Alol(c) => c.variant != AlolKind::RefFree,
             Self::Orpo(_) | Self::Cpo(_) | Self::Simpo(_) | Self::Pro(_) => false,
         }
@@ -457,6 +479,20 @@ impl PreferenceObjective {
     /// Whether the objective trains on rankings of several responses (PRO) rather than pairs.
     pub fn is_listwise(&self) -> bool {
         matches!(self, Self::Pro(_))
+    }
+
+    /// How many of a batch's first rows (`[chosen…, rejected…]` of `pairs` pairs) the loss needs
+    /// full-vocabulary logits of: RRPO's chosen rows, AlignDistil's every row, else none.
+    pub fn logits_rows(&self, pairs: usize) -> usize {
+        super::vocab_level::logits_rows(self, pairs)
+    }
+
+    /// AlignDistil's teacher models: the DPO model and the optional contrast model.
+    pub fn teacher_models(&self) -> Option<(&std::path::Path, Option<&std::path::Path>)> {
+        match self {
+            Self::AlignDistil(c) => Some((c.teacher.as_path(), c.contrast.as_deref())),
+            _ => None,
+        }
     }
 
     /// Whether each pair needs token-level rewards (T-REG).
@@ -554,6 +590,11 @@ impl PreferenceObjective {
                 }
             }
             Self::Pro(c) => non_negative("sft_weight", c.sft_weight)?,
+            Self::Rrpo(c) => {
+                positive_beta(c.beta)?;
+                non_negative("alpha", c.alpha)?;
+            }
+            Self::AlignDistil(c) => c.validate()?,
             Self::Alol(c) => {
                 if c.variant != AlolKind::RefFree
                     && c.variant != AlolKind::Kl
@@ -598,6 +639,16 @@ impl PreferenceObjective {
             Self::Selm(c) => format!("selm, beta {}, alpha {}", c.beta, c.alpha),
             Self::Treg(c) => format!("treg, beta {}, alpha {}", c.beta, c.alpha),
             Self::Pro(c) => format!("pro, sft_weight {}", c.sft_weight),
+            Self::Rrpo(c) => format!(
+                "rrpo, beta {}, alpha {}, segments {:?}",
+                c.beta, c.alpha, c.segments
+            ),
+            Self::AlignDistil(c) => format!(
+                "aligndistil, teacher {}, beta {}, extrapolation {}",
+                c.teacher.display(),
+                c.beta,
+                c.extrapolation
+            ),
         }
     }
 
@@ -610,7 +661,25 @@ impl PreferenceObjective {
             completion_mask,
             scores,
             token_rewards,
+            vocab,
         } = inputs;
+        if matches!(self, Self::Rrpo(_) | Self::AlignDistil(_)) {
+            let (Some(reference), Some(vocab)) = (reference, vocab) else {
+                bail!(
+                    "objective {} needs the reference's log-probs and the completions' logits",
+                    self.describe()
+                );
+            };
+            let width = policy.dims()[1];
+            let mask = completion_mask.narrow(1, 1, width);
+            return match self {
+                Self::Rrpo(c) => super::vocab_level::rrpo(c, policy, reference, mask, vocab),
+                Self::AlignDistil(c) => {
+                    super::vocab_level::aligndistil(c, policy, reference, mask, vocab)
+                }
+                _ => unreachable!("logit-level objectives only"),
+            };
+        }
         if matches!(self, Self::Selm(_) | Self::Treg(_)) {
             let Some(reference) = reference else {
                 bail!(
@@ -671,7 +740,9 @@ impl PreferenceObjective {
             | Self::Alol(_)
             | Self::Selm(_)
             | Self::Treg(_)
-            | Self::Pro(_) => {
+            | Self::Pro(_)
+            | Self::Rrpo(_)
+            | Self::AlignDistil(_) => {
                 unreachable!("handled above")
             }
             Self::Orpo(c) => (

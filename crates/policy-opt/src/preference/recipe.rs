@@ -258,6 +258,54 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_rrpo_and_aligndistil_recipes_parse_and_validate() {
+        use super::super::objective::{RrpoConfig, Segmentation};
+        const RRPO: &str = include_str!("../../../../recipes/rrpo-smollm2-hh.toml");
+        const DISTIL: &str = include_str!("../../../../recipes/aligndistil-smollm2-hh.toml");
+        let r: PreferenceRecipe = rm_core::recipe::parse(RRPO, "rrpo", &[]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(
+            r.objective,
+            PreferenceObjective::Rrpo(RrpoConfig::default())
+        );
+        assert_eq!(r.objective.logits_rows(4), 4);
+        let r: PreferenceRecipe = rm_core::recipe::parse(DISTIL, "aligndistil", &[]).unwrap();
+        r.validate().unwrap();
+        let PreferenceObjective::AlignDistil(c) = &r.objective else {
+            panic!("aligndistil expected: {:?}", r.objective);
+        };
+        assert_eq!(c.teacher, std::path::Path::new("runs/dpo-smollm2-hh/final"));
+        assert!(c.length_normalize && c.contrast.is_none());
+        assert_eq!(r.objective.logits_rows(4), 8);
+        // Round trip through the run folder's recipe.toml.
+        let text = toml::to_string_pretty(&r).unwrap();
+        let back: PreferenceRecipe = rm_core::recipe::parse(&text, "again", &[]).unwrap();
+        assert_eq!(back.objective, r.objective);
+        for (text, bad, says) in [
+            (RRPO, "objective.alpha=-1.0", "objective.alpha"),
+            (
+                RRPO,
+                "objective.segments=\"words\"",
+                "unknown variant `words`",
+            ),
+            (DISTIL, "objective.teacher=\"\"", "objective.teacher"),
+            (DISTIL, "objective.temperature=0.0", "objective.temperature"),
+            (DISTIL, "reference.precompute=true", "reference.precompute"),
+        ] {
+            let err = match rm_core::recipe::parse::<PreferenceRecipe>(text, "bad", &[bad.into()]) {
+                Ok(r) => format!("{:#}", r.validate().unwrap_err()),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let whole: PreferenceRecipe =
+            rm_core::recipe::parse(RRPO, "rrpo", &["objective.segments=\"whole\"".into()]).unwrap();
+        assert!(
+            matches!(whole.objective, PreferenceObjective::Rrpo(c) if c.segments == Segmentation::Whole)
+        );
+    }
+
+    #[test]
     fn the_shipped_copg_recipe_parses_and_switches_to_alol() {
         use super::super::objective::{AlolKind, CopgConfig};
         const COPG: &str = include_str!("../../../../recipes/copg-smollm2-hh.toml");

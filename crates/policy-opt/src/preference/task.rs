@@ -14,9 +14,10 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::completion_logits::CompletionLogits;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
-use rm_core::shared_prompt::shared_prompt_logprobs;
+use rm_core::shared_prompt::shared_prompt_forward;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{EpochTask, Evaluation, LossOutput, Metric, TrainTask};
 
@@ -24,6 +25,7 @@ use super::data::EncodedPair;
 use super::objective::{ObjectiveInputs, ObjectiveOutput, PreferenceObjective};
 use super::reference_cache::{self, PairReference};
 use super::token_rewards;
+use super::vocab_level::{VocabInputs, segment_grid};
 
 /// DPO-family training of a policy against a frozen reference.
 pub struct DpoTask {
@@ -41,6 +43,26 @@ pub struct DpoTask {
     train_reference: Option<Vec<PairReference>>,
     /// Optimizer steps taken (TR-DPO's refresh schedule; part of the task state).
     steps: u64,
+    /// AlignDistil's frozen teacher models, on the training device.
+    teachers: Option<Teachers>,
+}
+
+/// The frozen models of AlignDistil's teacher distribution.
+#[derive(Clone)]
+pub struct Teachers {
+    /// The DPO model.
+    pub dpo: LlamaModel,
+    /// The model the teacher extrapolates away from (`None`: the reference).
+    pub contrast: Option<LlamaModel>,
+}
+
+impl Teachers {
+    fn valid(&self) -> Self {
+        Self {
+            dpo: self.dpo.valid(),
+            contrast: self.contrast.as_ref().map(|c| c.valid()),
+        }
+    }
 }
 
 /// The checkpoint file holding TR-DPO's refreshed reference.
@@ -126,7 +148,22 @@ impl DpoTask {
             eval_reference: Vec::new(),
             train_reference: None,
             steps: 0,
+            teachers: None,
         })
+    }
+
+    /// Gives AlignDistil its teacher models (frozen, on the training device).
+    ///
+    /// Errors: the objective has no teacher.
+    pub fn with_teachers(mut self, teachers: Teachers) -> Result<Self> {
+        if self.objective.teacher_models().is_none() {
+            anyhow::bail!(
+                "objective {} takes no teacher models",
+                self.objective.describe()
+            );
+        }
+        self.teachers = Some(teachers);
+        Ok(self)
     }
 
     /// The TR-DPO settings when the objective refreshes its reference.
@@ -196,6 +233,7 @@ impl DpoTask {
         &self,
         model: &LlamaModel,
         reference: RefLogps<'_>,
+        teachers: Option<&Teachers>,
         pairs: &[&EncodedPair],
     ) -> Result<(ObjectiveOutput, Tensor<1>, Option<Tensor<2>>)> {
         let device = device_of(model);
@@ -204,15 +242,20 @@ impl DpoTask {
         let batch = TokenBatch::pad(&sequences, pad_id, PaddingSide::Right)?;
         let completion = batch.completion_tensor(&device);
         let weighting = self.objective.needs_log_sum_sq_probs();
+        let logits_rows = self.objective.logits_rows(pairs.len());
+        let contrast = teachers.and_then(|t| t.contrast.as_ref());
         // A pair's chosen and rejected rows share its prompt: each prompt runs once.
-        let policy = shared_prompt_logprobs(model, &sequences, pad_id, weighting)?;
+        let (policy, policy_logits) =
+            shared_prompt_forward(model, &sequences, pad_id, weighting, logits_rows)?;
+        let mut reference_logits = None;
         let ref_logps = match reference {
             RefLogps::None => None,
-            RefLogps::Model(r) => Some(
-                shared_prompt_logprobs(r, &sequences, pad_id, false)?
-                    .token_logprobs
-                    .detach(),
-            ),
+            RefLogps::Model(r) => {
+                let rows = if contrast.is_some() { 0 } else { logits_rows };
+                let (out, logits) = shared_prompt_forward(r, &sequences, pad_id, false, rows)?;
+                reference_logits = logits.map(CompletionLogits::detach);
+                Some(out.token_logprobs.detach())
+            }
             RefLogps::Known(data) => Some(Tensor::from_data(data.clone(), &device)),
             RefLogps::Precomputed(rows) => Some(reference_cache::batch_tensor(
                 &rows,
@@ -244,6 +287,46 @@ impl DpoTask {
             }
             false => None,
         };
+        let vocab = match policy_logits {
+            None => None,
+            Some(policy_logits) => {
+                let logits_of = |m: &LlamaModel| -> Result<Tensor<3>> {
+                    let (_, l) = shared_prompt_forward(m, &sequences, pad_id, false, logits_rows)?;
+                    Ok(l.context("no logits came back")?.logits.detach())
+                };
+                let reference = match (contrast, reference_logits) {
+                    (Some(c), _) => logits_of(c)?,
+                    (None, Some(l)) => l.logits,
+                    (None, None) => anyhow::bail!(
+                        "objective {} needs the reference model's logits (precomputed or cached reference log-probs do not hold them)",
+                        self.objective.describe()
+                    ),
+                };
+                let teacher = match (self.objective.teacher_models(), teachers) {
+                    (None, _) => None,
+                    (Some(_), Some(t)) => Some(logits_of(&t.dpo)?),
+                    (Some(_), None) => anyhow::bail!(
+                        "objective {} needs its teacher models",
+                        self.objective.describe()
+                    ),
+                };
+                let segments = match &self.objective {
+                    super::objective::PreferenceObjective::Rrpo(c) => Some(segment_grid(
+                        &sequences,
+                        c.segments,
+                        batch.seq_len - 1,
+                        &device,
+                    )?),
+                    _ => None,
+                };
+                Some(VocabInputs {
+                    policy: policy_logits,
+                    reference,
+                    teacher,
+                    segments,
+                })
+            }
+        };
         let out = self.objective.loss(ObjectiveInputs {
             policy: policy.token_logprobs,
             log_sum_sq_probs: lssp,
@@ -251,6 +334,7 @@ impl DpoTask {
             completion_mask: completion.float(),
             scores,
             token_rewards,
+            vocab,
         })?;
         Ok((out, policy.sum, ref_logps))
     }
@@ -313,7 +397,8 @@ impl TrainTask<LlamaModel> for DpoTask {
             (None, Some(r)) => RefLogps::Model(r),
             (None, None) => RefLogps::None,
         };
-        let (out, sums, ref_logps) = self.forward(model, reference, &pairs)?;
+        let (out, sums, ref_logps) =
+            self.forward(model, reference, self.teachers.as_ref(), &pairs)?;
         let n = pairs.len() as f64;
         let metrics = batch_metrics(&out, sums, ref_logps, pairs.len());
         let tokens = pairs
@@ -330,10 +415,13 @@ impl TrainTask<LlamaModel> for DpoTask {
     /// Loss and [`METRICS`] over the evaluation pairs; the score is `−loss` (the best model is
     /// the one with the lowest evaluation loss).
     fn evaluate(&mut self, model: &LlamaModel) -> Result<Evaluation> {
+        // The logit-level objectives need the reference's logits, which are not cached.
+        let uncached = self.objective.logits_rows(1) > 0;
         let frozen_reference = match &self.reference {
-            Some(r) if self.eval_reference.is_empty() => Some(r.valid()),
+            Some(r) if uncached || self.eval_reference.is_empty() => Some(r.valid()),
             _ => None,
         };
+        let teachers = self.teachers.as_ref().map(Teachers::valid);
         let cached = !self.eval_reference.is_empty();
         let mut sums: Option<Tensor<1>> = None;
         let chunks: Vec<Vec<&EncodedPair>> = self
@@ -348,7 +436,8 @@ impl TrainTask<LlamaModel> for DpoTask {
                 None if cached => RefLogps::Known(&self.eval_reference[k]),
                 None => RefLogps::None,
             };
-            let (out, policy_sums, ref_logps) = self.forward(model, reference, pairs)?;
+            let (out, policy_sums, ref_logps) =
+                self.forward(model, reference, teachers.as_ref(), pairs)?;
             if let (Some(_), Some(r)) = (&frozen_reference, &ref_logps) {
                 computed.push(r.clone().into_data());
             }

@@ -26,6 +26,7 @@ use super::scored::fill_scores;
 use super::task::DpoTask;
 use super::token_rewards::fill_token_rewards;
 use super::unpaired::{UnpairedTask, encode_unpaired};
+use super::vocab_level::load_teachers;
 use crate::online::rewards::RewardSet;
 
 /// What a preference-optimisation run produced.
@@ -295,6 +296,16 @@ pub fn train_preference_policy(
         if let Some(rows) = precomputed {
             task = task.with_train_reference(rows)?;
         }
+        if let Some((teacher, contrast)) = recipe.objective.teacher_models() {
+            let vocab = model.embed_tokens.weight.val().dims()[0];
+            task = task.with_teachers(load_teachers(
+                teacher,
+                contrast,
+                vocab,
+                &request.models_dir,
+                &device,
+            )?)?;
+        }
         run_task(&trainer, &run, model, &mut task)?
     };
     let final_dir = out.join("final");
@@ -539,6 +550,64 @@ out_dir = "{out}"
             assert_eq!(m(&report.final_eval, "reward_accuracy"), 1.0, "{extra}");
             assert!(m(&report.final_eval, "reward_margin") > 1.0, "{extra}");
         }
+    }
+
+    /// RRPO and AlignDistil read the completions' full-vocabulary logits. RRPO starts at ln 2
+    /// (no margin, no KL) and learns the preference. AlignDistil distils into a teacher built
+    /// from a DPO policy trained here first (and the reference): its loss (a KL to the
+    /// teacher) falls, and the student's implicit rewards come to prefer the chosen responses
+    /// as its teacher's do. A teacher folder that does not exist is an error naming it.
+    #[test]
+    fn rrpo_and_aligndistil_learn_from_the_completions_logits() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("vocab-level");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_pairs(&root.join("pairs.jsonl"));
+        let m = |e: &Evaluation, k: &str| e.metrics[k];
+
+        let rrpo = train_preference_policy(
+            recipe(&root, true, "kind = \"rrpo\"\nalpha = 0.01"),
+            &request(&root),
+        )
+        .unwrap();
+        let before = m(&rrpo.initial_eval, "loss");
+        assert!((before - std::f64::consts::LN_2).abs() < 1e-5, "{before}");
+        let after = m(&rrpo.final_eval, "loss");
+        assert!(after < 0.5 * before, "rrpo: loss {before} → {after}");
+        assert_eq!(m(&rrpo.final_eval, "reward_accuracy"), 1.0);
+
+        // The DPO teacher is the RRPO run's policy (a preference-trained LoRA policy).
+        let teacher = rrpo.final_dir.clone();
+        let with_teacher = |teacher: &std::path::Path, out: &str| {
+            let mut r = recipe(
+                &root,
+                true,
+                &format!(
+                    "kind = \"aligndistil\"\nteacher = {:?}\nextrapolation = 1.0",
+                    teacher.display().to_string()
+                ),
+            );
+            r.train.out_dir = root.join(out);
+            r
+        };
+        let distil =
+            train_preference_policy(with_teacher(&teacher, "distil"), &request(&root)).unwrap();
+        let before = m(&distil.initial_eval, "loss");
+        let after = m(&distil.final_eval, "loss");
+        assert!(before > 0.0, "{before}");
+        assert!(after < 0.5 * before, "aligndistil: loss {before} → {after}");
+        assert_eq!(m(&distil.initial_eval, "reward_margin"), 0.0);
+        assert_eq!(m(&distil.final_eval, "reward_accuracy"), 1.0);
+        assert!(m(&distil.final_eval, "reward_margin") > 0.0);
+
+        let missing = root.join("no-such-policy");
+        let err = train_preference_policy(with_teacher(&missing, "missing"), &request(&root))
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("no-such-policy") && msg.contains("teacher"),
+            "{msg}"
+        );
     }
 
     /// PRO on rankings of three responses (JSONL `shape = "rankings"`, ranks only, so rewards
