@@ -106,6 +106,17 @@ impl PairwiseObjective {
         }
     }
 
+    /// Whether the loss pins the rewards' common offset. Both objectives see only the
+    /// differences `r_c − r_r`, so a constant added to every reward (a reward head's bias)
+    /// changes nothing — its gradient is 0 but for float rounding, which Adam would blow up to
+    /// full-size steps — unless the centering penalty `λ·mean((r_c + r_r)²)` is on.
+    pub fn identifies_offset(&self) -> bool {
+        match *self {
+            PairwiseObjective::BradleyTerry { centering, .. }
+            | PairwiseObjective::Distillation { centering } => centering > 0.0,
+        }
+    }
+
     /// Checks the hyper-parameters without a batch (for validating a recipe up front).
     pub fn validate(&self) -> Result<(), LossError> {
         match *self {

@@ -323,7 +323,10 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         toml::to_string_pretty(&recipe)?.as_bytes(),
     )?;
 
-    let model = bundle.model.clone();
+    let model = match recipe.objective.identifies_offset() {
+        true => bundle.model.clone(),
+        false => bundle.model.clone().with_frozen_head_bias(),
+    };
     let mut task = RewardTask {
         train,
         eval,

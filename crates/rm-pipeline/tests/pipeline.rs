@@ -74,6 +74,23 @@ fn train_then_evaluate_and_score_on_a_slice_of_hh_rlhf() {
     );
     let spec = rm_core::models::reward::RewardModelBundle::read_spec(&report.final_dir).unwrap();
     assert_eq!(spec.normalization.as_ref().unwrap().count, 16);
+    // Bradley–Terry sees reward differences only: the head's bias is not trained and stays 0
+    // (what LlamaForSequenceClassification, which has none, needs for `plumb export`).
+    let trained = rm_core::models::reward::RewardModelBundle::load(
+        &report.final_dir,
+        &rm_core::device::test_device(),
+    )
+    .unwrap();
+    let bias: Vec<f32> = trained
+        .model
+        .head
+        .bias
+        .unwrap()
+        .val()
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert_eq!(bias, vec![0.0]);
 
     // A second fresh run into the same folder is refused; --overwrite starts over.
     let err = train_reward_model(slice_recipe(&tmp, &[]), &request(RunMode::Fresh)).unwrap_err();

@@ -327,6 +327,14 @@ impl RewardModel {
         let hidden = self.backbone.hidden(ids, mask.clone());
         self.head.forward(pooling.pool(hidden, mask))
     }
+
+    /// The same model with the head's bias frozen where it is (no gradient, so no optimizer
+    /// step moves it): for objectives that see only reward differences, where the bias is not
+    /// identified ([`rm_losses`]' `PairwiseObjective::identifies_offset`).
+    pub fn with_frozen_head_bias(mut self) -> Self {
+        self.head.bias = self.head.bias.map(|b| b.set_require_grad(false));
+        self
+    }
 }
 
 /// The checkpoint names of a reward model: the backbone's HF names, the head as `score.*`.
