@@ -242,14 +242,15 @@ def token_classification_probs(model, tok, seqs: list[tuple[list[int], list[int]
 
 
 def trl_tokenize_row():
-    try:
-        from trl import PRMTrainer
-    except ImportError:
+    """TRL's PRMTrainer.tokenize_row. trl 1.16 (the pinned peer) no longer ships PRMTrainer; an
+    older trl put first on PYTHONPATH provides it, e.g.
+    `pip install --no-deps --target /tmp/oldtrl trl==0.21.0` and `PYTHONPATH=/tmp/oldtrl`."""
+    for module in ("trl", "trl.experimental.prm", "trl.trainer.prm_trainer"):
         try:
-            from trl.experimental.prm import PRMTrainer
-        except ImportError:
-            return None
-    return PRMTrainer.tokenize_row
+            return getattr(__import__(module, fromlist=["PRMTrainer"]), "PRMTrainer").tokenize_row
+        except (ImportError, AttributeError):
+            continue
+    return None
 
 
 def check_prm(args, rows_path: str) -> None:
@@ -273,9 +274,9 @@ def check_prm(args, rows_path: str) -> None:
     # tokenized apart, BOS prepended when the tokenizer has one), read where its labels are.
     tokenize_row = trl_tokenize_row()
     if tokenize_row is None:
-        print("  (trl has no PRMTrainer here: TRL's tokenize_row not compared)")
+        print("  (this trl has no PRMTrainer: TRL's tokenize_row not compared; see trl_tokenize_row)")
         return
-    trl_seqs, same = [], 0
+    trl_seqs, same, same_but_bos = [], 0, 0
     for (p, steps), (ids, _) in zip(PRM_ROWS, seqs):
         prefix = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
         row = tokenize_row({"prompt": prefix, "completions": steps, "labels": [True] * len(steps)}, tok, sep,
@@ -283,7 +284,10 @@ def check_prm(args, rows_path: str) -> None:
         ends = [i for i, l in enumerate(row["labels"]) if l != -100]
         trl_seqs.append((row["input_ids"], ends))
         same += row["input_ids"] == ids
-    print(f"  TRL PRMTrainer.tokenize_row gives plumbline's ids for {same} of {len(seqs)} solutions (bos_token {tok.bos_token!r})")
+        # TRL prepends the BOS id to a prompt the chat template already opens with it (SmolLM2's
+        # bos_token is <|im_start|>), so its rows can start with it twice.
+        same_but_bos += row["input_ids"][0] == tok.bos_token_id and row["input_ids"][1:] == ids
+    print(f"  TRL PRMTrainer.tokenize_row gives plumbline's ids for {same} of {len(seqs)} solutions, and {same_but_bos} more but for one extra leading BOS (bos_token {tok.bos_token!r})")
     trl_probs = token_classification_probs(model, tok, trl_seqs)
     d = max_diff(sum(trl_probs, []), sum(source, []))
     print(f"  TRL-tokenized step probs vs plumbline: max abs diff {d:.3e} (information: differs only where the ids differ)")
