@@ -197,7 +197,7 @@ pub fn shared_prompt_forward(
                 entries
             })
             .collect();
-        CompletionLogits::from_scored(logits.clone().reshape([scored_rows, vocab]), &scored)
+        CompletionLogits::from_scored(logits.clone().reshape([scored_rows, vocab]), &scored, width)
     });
     Ok((
         SequenceLogprobs::of_tokens(
@@ -233,8 +233,9 @@ fn plain_forward(
         let logits = (logits_rows > 0).then(|| {
             let vocab = model.embed_tokens.weight.val().dims()[0];
             CompletionLogits::from_scored(
-                Tensor::zeros([0, vocab], &device),
+                Tensor::zeros([1, vocab], &device),
                 &vec![Vec::new(); logits_rows],
+                batch.seq_len.saturating_sub(1),
             )
         });
         return Ok((out, logits));
@@ -263,7 +264,8 @@ fn plain_forward(
         }
     }
     let [_, rows, vocab] = logits.dims();
-    let compact = CompletionLogits::from_scored(logits.clone().reshape([rows, vocab]), &scored);
+    let compact =
+        CompletionLogits::from_scored(logits.clone().reshape([rows, vocab]), &scored, t - 1);
     let out = positions.logprobs(logits, ids, completion, with_logsumexp_2x);
     Ok((out, Some(compact)))
 }
@@ -428,8 +430,8 @@ mod tests {
                 .map(|s| s.completion.iter().filter(|&&c| c).count())
                 .max()
                 .unwrap();
-            assert_eq!(logits.logits.dims(), [rows, width, vocab]);
-            let compact: Vec<f32> = logits.logits.clone().into_data().try_to_vec().unwrap();
+            assert_eq!(logits.logits().dims(), [rows, width, vocab]);
+            let compact: Vec<f32> = logits.logits().into_data().try_to_vec().unwrap();
             let positions: Vec<i64> = logits
                 .positions
                 .clone()
@@ -439,6 +441,21 @@ mod tests {
                 .unwrap();
             let mask = vec2(logits.mask.clone());
             let gathered = vec2(logits.gather(out.token_logprobs.clone()));
+            // A per-row statistic of the scored rows (the sum of their logits), spread back
+            // onto the [N, T−1] grid.
+            let scored = logits.scored.dims()[0];
+            let sums = logits.scored.clone().sum_dim(1).reshape([scored]);
+            let spread = vec2(logits.spread(sums));
+            assert_eq!(spread.len(), rows * (t - 1));
+            let completion_cells: usize = seqs[..rows]
+                .iter()
+                .map(|s| s.completion.iter().filter(|&&c| c).count())
+                .sum();
+            assert_eq!(scored, completion_cells);
+            assert_eq!(
+                spread.iter().filter(|&&v| v != 0.0).count(),
+                completion_cells
+            );
             for (r, s) in seqs[..rows].iter().enumerate() {
                 let start = s.completion.iter().position(|&c| c).unwrap();
                 for m in 0..width {
@@ -452,6 +469,9 @@ mod tests {
                     let column = start + m - 1;
                     assert_eq!(positions[k], column as i64);
                     let expected = &full[(r * t + column) * vocab..][..vocab];
+                    let sum: f32 = expected.iter().sum();
+                    let at = spread[r * (t - 1) + column];
+                    assert!((at - sum).abs() < 1e-3 * (1.0 + sum.abs()), "{at} vs {sum}");
                     let got = &compact[k * vocab..][..vocab];
                     for (x, y) in got.iter().zip(expected) {
                         assert!((x - y).abs() < 1e-4, "row {r} token {m}: {x} vs {y}");

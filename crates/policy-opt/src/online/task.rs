@@ -21,7 +21,10 @@
 //!
 //! The loss of a micro-batch: the recipe's policy loss (clip, GSPO, CISPO) aggregated by its
 //! mode with the weight that keeps accumulation exact, plus `coef·agg(kl)` when the KL is in
-//! the loss, minus `entropy_coef·agg(entropy)`.
+//! the loss, minus `entropy_coef·agg(entropy)`. Its forward pass runs each distinct prompt of
+//! the micro-batch once ([`rm_core::shared_prompt`]: a group's completions share their
+//! prompt's pass, in the loss as in the collection), except with a critic, whose value head
+//! reads the hidden states of every position.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,12 +32,14 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use rm_core::burn::module::Module;
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::completion_logits::CompletionLogits;
 use rm_core::logprobs::HeadPositions;
 use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
 use rm_core::policy::{CausalPolicy, PolicyWithValue, reference_policy};
 use rm_core::sampling::SamplingConfig;
+use rm_core::shared_prompt::shared_prompt_forward;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{
     Collected, Evaluation, LossOutput, Metric, RolloutTask, StepValues, TrainTask, epoch_order,
@@ -47,6 +52,7 @@ use super::algos::{
     token_entropy,
 };
 use super::filtration::policy_filtration;
+use super::implicit_prm::ImplicitPrm;
 use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
 use super::recipe::{ConstraintBound, KlPlacement, OnlineDpoReference, PairLabel, RlRecipe};
@@ -127,6 +133,8 @@ pub struct RlTask {
     eval_sampling: SamplingConfig,
     correction: ImportanceCorrection,
     buffer: Vec<BufferRow>,
+    /// PRIME's implicit PRM, when the recipe has one.
+    implicit_prm: Option<ImplicitPrm>,
     /// Online DPO: each prompt's (chosen, rejected) rows of the buffer, when it has a pair.
     pairs: Vec<Option<(usize, usize)>>,
 }
@@ -159,6 +167,33 @@ fn reward_metrics(
         let (mean, std) = mean_std(&values);
         metrics.insert(format!("{prefix}reward/{name}"), mean);
         metrics.insert(format!("{prefix}reward_std/{name}"), std);
+    }
+}
+
+/// The LM head's logits of a loss micro-batch: on the scored positions of the shared-prompt
+/// pass, or at [`HeadPositions`] of the plain one.
+/// (One lives per micro-batch, on the stack: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+enum HeadOutput {
+    Scored(CompletionLogits),
+    Positions(HeadPositions, Tensor<3>),
+}
+
+impl HeadOutput {
+    /// The per-token entropy on the `[B, T−1]` grid (0 off the scored positions), through the
+    /// logits' graph or off it.
+    fn entropy(&self, with_graph: bool) -> Tensor<2> {
+        let graph = |t: Tensor<3>| if with_graph { t } else { t.detach() };
+        match self {
+            Self::Scored(logits) => {
+                let [rows, vocab] = logits.scored.dims();
+                let per_row = token_entropy(graph(logits.scored.clone().reshape([1, rows, vocab])));
+                logits.spread(per_row.reshape([rows]))
+            }
+            Self::Positions(positions, logits) => {
+                positions.spread(token_entropy(graph(logits.clone())))
+            }
+        }
     }
 }
 
@@ -250,8 +285,77 @@ impl RlTask {
             eval_sampling,
             correction,
             buffer: Vec::new(),
+            implicit_prm: None,
             pairs: Vec::new(),
         })
+    }
+
+    /// Gives the task PRIME's implicit PRM (`[algorithm.implicit_prm]`).
+    pub fn with_implicit_prm(mut self, prm: ImplicitPrm) -> Result<Self> {
+        if self.recipe.algorithm.implicit_prm.is_none() {
+            bail!("the recipe has no [algorithm.implicit_prm]");
+        }
+        self.implicit_prm = Some(prm);
+        Ok(self)
+    }
+
+    /// The implicit PRM, when the task has one.
+    pub fn implicit_prm(&self) -> Option<&ImplicitPrm> {
+        self.implicit_prm.as_ref()
+    }
+
+    /// PRIME: updates the implicit PRM on the collection's outcome labels (the `label`
+    /// component above its threshold, on the rows that train), then adds its token rewards
+    /// `coef·β·(log π_φ − log π_ref)` to those rows' token rewards. Logs `prm/*`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_implicit_process_rewards(
+        prm: &mut ImplicitPrm,
+        names: &[String],
+        (pad, batch): (u32, usize),
+        completions: &[Completion],
+        scored: &[ScoredSample],
+        included: &[bool],
+        reference: &[Vec<f32>],
+        token_rewards: &mut [Vec<f32>],
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let config = prm.config().clone();
+        let c = names
+            .iter()
+            .position(|n| n == &config.label)
+            .with_context(|| format!("no reward component {:?}", config.label))?;
+        let labels: Vec<Option<f32>> = (0..completions.len())
+            .map(|r| {
+                let value = scored[r].components[c].filter(|_| included[r])?;
+                Some(if f64::from(value) > config.threshold {
+                    1.0
+                } else {
+                    0.0
+                })
+            })
+            .collect();
+        if let Some(update) = prm.update(completions, reference, &labels, pad)? {
+            metrics.insert("prm/loss".into(), update.loss);
+            metrics.insert("prm/accuracy".into(), update.accuracy);
+            metrics.insert(
+                "prm/positive_rate".into(),
+                update.positives as f64 / update.labelled.max(1) as f64,
+            );
+        }
+        let rewards = prm.token_rewards(completions, reference, pad, batch)?;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (r, row) in rewards.iter().enumerate() {
+            if !included[r] {
+                continue;
+            }
+            for (t, &x) in row.iter().enumerate() {
+                token_rewards[r][t] += (config.coef * f64::from(x)) as f32;
+                sum += f64::from(x);
+            }
+            count += row.len();
+        }
+        metrics.insert("prm/token_reward_mean".into(), sum / count.max(1) as f64);
+        Ok(())
     }
 
     /// The reference of the frozen `policy` (same device).
@@ -559,15 +663,32 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         let norm = Some(self.recipe.rollout.sampling.max_new_tokens);
         let agg = algorithm.loss_aggregation;
         let mask_t = tensor2(mask, [b, width], &device);
-        let hidden =
-            model.hidden_states(batch.ids_tensor(&device), batch.attention_tensor(&device))?;
-        // The LM head runs on the completion-predicting positions only.
-        let completion = batch.completion_tensor(&device);
-        let positions = HeadPositions::of(&completion)?;
-        let logits = positions.logits(model, hidden.clone());
-        let logprobs = positions
-            .logprobs(logits.clone(), batch.ids_tensor(&device), completion, false)
-            .token_logprobs;
+        // The LM head runs on the completion-predicting positions only. Without a critic, the
+        // rows of one prompt (a group's completions) share its pass; the critic reads the
+        // hidden states of every position, so it takes the plain right-padded pass.
+        let (logprobs, head_output, hidden) = match critic {
+            false => {
+                let pad = self.policy.lm.tokenizer.pad_id();
+                let (out, logits) = shared_prompt_forward(model, &seqs, pad, false, b)?;
+                let logits = logits.context("the policy's pass gave no logits")?;
+                (out.token_logprobs, HeadOutput::Scored(logits), None)
+            }
+            true => {
+                let ids = batch.ids_tensor(&device);
+                let hidden = model.hidden_states(ids.clone(), batch.attention_tensor(&device))?;
+                let completion = batch.completion_tensor(&device);
+                let positions = HeadPositions::of(&completion)?;
+                let logits = positions.logits(model, hidden.clone());
+                let logprobs = positions
+                    .logprobs(logits.clone(), ids, completion, false)
+                    .token_logprobs;
+                (
+                    logprobs,
+                    HeadOutput::Positions(positions, logits),
+                    Some(hidden),
+                )
+            }
+        };
         let pg = policy_loss(
             &algorithm.policy_loss,
             agg,
@@ -585,7 +706,7 @@ impl<M: RlModel> TrainTask<M> for RlTask {
             Metric::device("pg_clipfrac_lower", pg.clipfrac_lower, token_weight),
             Metric::device("ppo_kl", pg.ppo_kl, token_weight),
         ];
-        if let (Some(head), Some(c)) = (head, &algorithm.critic) {
+        if let (Some(head), Some(c), Some(hidden)) = (head, &algorithm.critic, hidden) {
             let vpreds = head.forward(hidden.narrow(1, 0, width))?;
             let value = clipped_value_loss(
                 vpreds,
@@ -615,12 +736,12 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         // The entropy bonus differentiates through the logits; logged alone, it is computed
         // off the graph.
         let entropy = if algorithm.entropy_coef > 0.0 {
-            let entropy = positions.spread(token_entropy(logits));
+            let entropy = head_output.entropy(true);
             let (entropy_mean, _) = aggregate(entropy.clone(), mask_t.clone(), agg, norm)?;
             loss = loss - entropy_mean.mul_scalar(algorithm.entropy_coef);
             entropy.detach()
         } else {
-            positions.spread(token_entropy(logits.detach()))
+            head_output.entropy(false)
         };
         let entropy_tokens = (entropy * mask_t).sum().div_scalar(trained.max(1.0));
         metrics.push(Metric::device("entropy", entropy_tokens, token_weight));
@@ -702,6 +823,21 @@ impl<M: RlModel> TrainTask<M> for RlTask {
             kl: self.kl.clone(),
             multipliers: self.multipliers.clone(),
         })?)
+    }
+
+    /// PRIME's implicit PRM and its optimizer, when the task has one.
+    fn save_state_files(&self, dir: &Path) -> Result<()> {
+        match &self.implicit_prm {
+            Some(prm) => prm.save_state(dir),
+            None => Ok(()),
+        }
+    }
+
+    fn load_state_files(&mut self, dir: &Path) -> Result<()> {
+        match &mut self.implicit_prm {
+            Some(prm) => prm.load_state(dir),
+            None => Ok(()),
+        }
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<()> {
@@ -875,6 +1011,21 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             &mut token_rewards,
             &mut metrics,
         )?;
+        let names = self.rewards.component_names();
+        let shapes = (pad, self.forward_batch());
+        if let Some(prm) = self.implicit_prm.as_mut() {
+            Self::add_implicit_process_rewards(
+                prm,
+                &names,
+                shapes,
+                &completions,
+                &scored,
+                &included,
+                &reference,
+                &mut token_rewards,
+                &mut metrics,
+            )?;
+        }
         if self.kl_active() {
             let device = device_of(policy);
             let flat = |rows: &[Vec<f32>]| padded(rows, width).concat();

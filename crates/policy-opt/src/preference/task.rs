@@ -292,11 +292,11 @@ impl DpoTask {
             Some(policy_logits) => {
                 let logits_of = |m: &LlamaModel| -> Result<Tensor<3>> {
                     let (_, l) = shared_prompt_forward(m, &sequences, pad_id, false, logits_rows)?;
-                    Ok(l.context("no logits came back")?.logits.detach())
+                    Ok(l.context("no logits came back")?.logits().detach())
                 };
                 let reference = match (contrast, reference_logits) {
                     (Some(c), _) => logits_of(c)?,
-                    (None, Some(l)) => l.logits,
+                    (None, Some(l)) => l.logits(),
                     (None, None) => anyhow::bail!(
                         "objective {} needs the reference model's logits (precomputed or cached reference log-probs do not hold them)",
                         self.objective.describe()

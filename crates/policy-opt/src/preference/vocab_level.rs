@@ -218,7 +218,7 @@ pub(crate) fn rrpo(
             rejected: TokenLogps::new(half(&policy, b), half(&reference, b), half(&mask, b)),
             chosen_segments: chosen_logits.gather(half(&segments, 0)),
             rejected_segments: half(&segments, b),
-            policy_chosen_logits: chosen_logits.logits.clone(),
+            policy_chosen_logits: chosen_logits.logits(),
             reference_chosen_logits: vocab.reference,
         },
         count.max(1),
@@ -248,7 +248,7 @@ pub(crate) fn aligndistil(
         .teacher
         .context("AlignDistil needs its teacher's logits")?;
     let loss = aligndistil_loss(
-        vocab.policy.logits,
+        vocab.policy.logits(),
         teacher,
         vocab.reference,
         vocab.policy.mask,
