@@ -9,11 +9,13 @@
 //! - [`prompts`], [`rollout`], [`task`], [`train`]: prompt sources, sampling and log-probs, the
 //!   rollout task of the training engine, and `plumb train-rl` end to end ([`recipe`]);
 //!   [`importance`] and [`filtration`]: the sampler correction and PF-PPO's row selection;
+//!   [`implicit_prm`]: PRIME's implicit process reward model, updated online;
 //! - [`step_labels`]: Math-Shepherd's Monte-Carlo step labels from the policy's own rollouts
 //!   (`plumb label-steps`), the step-labelled JSONL `plumb train-prm` reads.
 
 pub mod algos;
 pub mod filtration;
+pub mod implicit_prm;
 pub mod importance;
 pub mod prompts;
 pub mod recipe;

@@ -202,6 +202,10 @@ pub struct AlgorithmConfig {
     /// Online (iterative) DPO instead of a policy gradient: see [`OnlineDpoConfig`].
     #[serde(default)]
     pub online_dpo: Option<OnlineDpoConfig>,
+    /// PRIME's implicit process reward model, updated online on the rollouts' outcome labels
+    /// ([`super::implicit_prm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_prm: Option<super::implicit_prm::ImplicitPrmConfig>,
 }
 
 /// How online DPO picks each prompt's pair among its completions.
@@ -416,11 +420,24 @@ impl RlRecipe {
     /// anchored at the initial policy or labelling by the implicit reward).
     pub fn needs_reference(&self) -> bool {
         self.algorithm.kl.active()
+            || self.algorithm.implicit_prm.is_some()
             || self
                 .algorithm
                 .online_dpo
                 .as_ref()
                 .is_some_and(OnlineDpoConfig::needs_reference)
+    }
+
+    /// The `[[reward]]` components' names (their `name`, else their kind), in order.
+    pub fn component_names(&self) -> Vec<String> {
+        self.rewards
+            .iter()
+            .map(|r| {
+                r.name
+                    .clone()
+                    .unwrap_or_else(|| r.spec.kind_name().to_string())
+            })
+            .collect()
     }
 
     /// Reads a recipe file with `--set` overrides.
@@ -554,18 +571,18 @@ impl RlRecipe {
                 );
             }
         }
+        if let Some(prm) = &self.algorithm.implicit_prm {
+            prm.validate(&self.component_names())?;
+            if self.algorithm.online_dpo.is_some() {
+                bail!(
+                    "algorithm.implicit_prm adds process rewards to the policy gradient's token rewards; online DPO reads no token rewards — remove one of them"
+                );
+            }
+        }
         self.algorithm.kl.controller()?;
         for (i, c) in self.algorithm.constraints.iter().enumerate() {
             let what = format!("algorithm.constraints[{i}] ({})", c.component);
-            let component_names: Vec<String> = self
-                .rewards
-                .iter()
-                .map(|r| {
-                    r.name
-                        .clone()
-                        .unwrap_or_else(|| r.spec.kind_name().to_string())
-                })
-                .collect();
+            let component_names = self.component_names();
             if !component_names.contains(&c.component) {
                 bail!(
                     "{what}: no [[reward]] component of that name (components: {})",
@@ -654,6 +671,12 @@ mod tests {
                     assert_eq!(recipe.algorithm.kl.placement, KlPlacement::Loss);
                 }
                 "pure" => assert_eq!(estimator, "process_rloo"),
+                "prime" => {
+                    assert_eq!(estimator, "process_rloo");
+                    let prm = recipe.algorithm.implicit_prm.as_ref().unwrap();
+                    assert_eq!((prm.label.as_str(), prm.beta), ("gsm8k", 0.05));
+                    assert!(recipe.needs_reference() && !recipe.algorithm.kl.active());
+                }
                 "ppo" | "pf-ppo" => {
                     assert_eq!(estimator, "gae");
                     assert!(recipe.algorithm.critic.is_some());
@@ -695,6 +718,7 @@ mod tests {
                 "opo",
                 "pf-ppo",
                 "ppo",
+                "prime",
                 "pure",
                 "raft",
                 "reinforce-pp",
@@ -732,6 +756,18 @@ mod tests {
                 "clip_ratio_low",
             ),
             ("reward=[]", "no [[reward]]"),
+            (
+                "algorithm.implicit_prm={ label = \"correct\" }",
+                "names no [[reward]] component",
+            ),
+            (
+                "algorithm.implicit_prm={ label = \"gsm8k\", beta = 0.0 }",
+                "implicit_prm.beta",
+            ),
+            (
+                "algorithm.implicit_prm={ label = \"gsm8k\", micro_batch = 0 }",
+                "micro_batch",
+            ),
         ] {
             let r: Result<RlRecipe> = rm_core::recipe::parse(text, "grpo", &[bad.into()]);
             let err = match r {

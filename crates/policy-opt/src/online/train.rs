@@ -16,6 +16,7 @@ use rm_core::train::{
 use rm_pipeline::train::TrainRequest;
 use serde_json::json;
 
+use super::implicit_prm::ImplicitPrm;
 use super::recipe::RlRecipe;
 use super::rewards::RewardSet;
 use super::task::{RlModel, RlTask};
@@ -56,6 +57,10 @@ fn run_task<M: RlModel>(
     };
     Ok((initial_eval, outcome, final_eval))
 }
+
+/// The folder of the run folder the final implicit PRM (`[algorithm.implicit_prm]`) is
+/// written to, as a policy folder.
+pub const IMPLICIT_PRM_DIR: &str = "implicit_prm";
 
 /// Trains a policy online with the recipe's algorithm; see the module docs.
 pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<RlReport> {
@@ -115,6 +120,13 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
         eval_prompts,
         snapshot,
     )?;
+    if let Some(config) = &recipe.algorithm.implicit_prm {
+        // φ starts from the policy's starting weights, every weight trainable.
+        let mut model_config = recipe.model.clone();
+        model_config.lora = None;
+        let template = Policy::build(&model_config, &device)?;
+        task = task.with_implicit_prm(ImplicitPrm::new(config.clone(), template))?;
+    }
     let (initial_eval, outcome, final_eval) = match &recipe.algorithm.critic {
         None => run_task(&trainer, &run, model, &mut task, &rollout)?,
         Some(_) => {
@@ -127,6 +139,11 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
             run_task(&trainer, &run, model, &mut task, &rollout)?
         }
     };
+    if let Some(prm) = task.implicit_prm() {
+        let dir = out.join(IMPLICIT_PRM_DIR);
+        prm.save_model(&dir)?;
+        eprintln!("implicit PRM: {}", dir.display());
+    }
     let threads = rayon::current_num_threads();
     let summary = json!({
         "recipe": recipe,
@@ -408,6 +425,71 @@ out_dir = "{out}"
         std::fs::remove_dir_all(&root).ok();
     }
 
+    /// PRIME: the implicit PRM φ (full fine-tuning of the starting weights) learns the
+    /// outcome labels online — its cross-entropy on each collection falls and its sign
+    /// agreement with the labels rises — while its dense token rewards and the outcome reward
+    /// train the policy with PRIME's RLOO. The final φ is a policy folder whose implicit reward
+    /// `β·Σ log π_φ/π_ref` ranks a completion with the keyword above one without it.
+    #[test]
+    fn prime_updates_its_implicit_prm_online_and_trains_the_policy() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("prime");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let r = recipe(
+            &root,
+            "{ name = \"process_rloo\", credit = { form = \"sum\" } }",
+            "implicit_prm = { label = \"keywords\", beta = 0.5, lr = 0.01, coef = 0.2, epochs = 2, micro_batch = 8 }",
+        );
+        let report = train_rl_policy(r.clone(), &request(&root)).unwrap();
+        let before = report.initial_eval.metrics["reward/keywords"];
+        let after = report.final_eval.metrics["reward/keywords"];
+        eprintln!("PRIME: reward {before} → {after}");
+        assert!(after >= 0.75, "reward {before} → {after}");
+        let collects = read_records(&report.out_dir.join("metrics.jsonl"), "collect").unwrap();
+        let series = |k: &str| -> Vec<f64> {
+            collects
+                .iter()
+                .filter_map(|c| c.get(k).and_then(|v| v.as_f64()))
+                .collect()
+        };
+        let (loss, accuracy) = (series("prm/loss"), series("prm/accuracy"));
+        eprintln!("PRIME: φ loss {loss:?}, accuracy {accuracy:?}");
+        assert_eq!(loss.len(), collects.len());
+        assert!(
+            (loss[0] - std::f64::consts::LN_2).abs() < 1e-5,
+            "φ = π_ref: {}",
+            loss[0]
+        );
+        let late = |v: &[f64]| v[v.len() - 4..].iter().sum::<f64>() / 4.0;
+        assert!(late(&loss) < 0.5 * loss[0], "{loss:?}");
+        assert!(late(&accuracy) > 0.8, "{accuracy:?}");
+        assert!(series("prm/token_reward_mean").len() == collects.len());
+
+        let device = test_device();
+        let phi = Policy::load(&report.out_dir.join(IMPLICIT_PRM_DIR), &device).unwrap();
+        let base = Policy::build(&r.model, &device).unwrap();
+        let prompt = rm_core::types::Prompt::Text("w12 w22".into());
+        let implicit = |response: &str| {
+            let seq = phi.encode(&prompt, response).unwrap();
+            let lp = |m: &rm_core::models::llama::LlamaModel| {
+                rm_core::shared_prompt::shared_prompt_logprobs(
+                    m,
+                    std::slice::from_ref(&seq),
+                    0,
+                    false,
+                )
+                .unwrap()
+                .sum
+                .into_scalar::<f32>()
+            };
+            lp(&phi.lm.model) - lp(&base.lm.model)
+        };
+        let (with, without) = (implicit("w7 w3 w4"), implicit("w5 w3 w4"));
+        assert!(with > without + 0.5, "{with} vs {without}");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
     /// Runs stopped after 6 steps and resumed end with the uninterrupted runs' metrics, record
     /// for record (wall time aside): GRPO with a k3 KL in the loss; PPO (the value head in the
     /// checkpoint) with an adaptive KL controller in the reward and a constraint multiplier
@@ -426,6 +508,11 @@ out_dir = "{out}"
                 "kl = { estimator = \"k3\", coef = 0.05 }",
             ),
             ("ppo", "{ name = \"gae\", gamma = 1.0, lam = 0.95 }", ppo),
+            (
+                "prime",
+                "{ name = \"process_rloo\", credit = { form = \"sum\" } }",
+                "implicit_prm = { label = \"keywords\", beta = 0.5, lr = 0.01 }",
+            ),
         ] {
             let with_out = |out: &str, max_steps: Option<u64>| {
                 let mut r = recipe(&root, estimator, extra);
@@ -456,6 +543,17 @@ out_dir = "{out}"
             let (split, all) = (records("split"), records("whole"));
             assert_eq!(split, all, "{tag}");
             assert!(whole.final_eval.metrics["kl_ref"].abs() > 0.0);
+            if tag == "prime" {
+                // φ moved, so the checkpoint had an implicit PRM and its optimizer to restore.
+                let losses: Vec<f64> = all
+                    .iter()
+                    .filter_map(|r| r.get("prm/loss").and_then(|v| v.as_f64()))
+                    .collect();
+                assert!(
+                    losses.len() >= 3 && (losses[2] - losses[0]).abs() > 1e-4,
+                    "{losses:?}"
+                );
+            }
             if tag == "ppo" {
                 // The controller and the multiplier moved, so the resume had state to restore.
                 let collects: Vec<&serde_json::Value> =
