@@ -28,9 +28,10 @@ pub fn train_po(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
 fn print_report(r: &PreferenceReport) {
     print_before_after("before (reference)", &r.initial_eval, &r.final_eval);
     println!(
-        "\ntrained {} steps, {:.2} pairs/s ({} threads); best eval loss {:.4} at step {}",
+        "\ntrained {} steps, {:.2} {}/s ({} threads); best eval loss {:.4} at step {}",
         r.outcome.steps,
         r.outcome.examples_per_second,
+        r.example_unit,
         r.threads,
         r.outcome.best_score.map_or(f64::NAN, |s| -s),
         r.outcome.best_step.unwrap_or(0)

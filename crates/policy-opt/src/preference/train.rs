@@ -50,6 +50,8 @@ pub struct PreferenceReport {
     pub plot_error: Option<String>,
     /// Where the precomputed reference log-probs came from (`[reference] precompute`).
     pub reference_cache: Option<CacheStatus>,
+    /// What one training example is: "pairs", "rankings" (PRO) or "examples" (unpaired).
+    pub example_unit: &'static str,
 }
 
 /// The reference's own evaluation (where DPO starts; it also fills the evaluation reference
@@ -334,6 +336,13 @@ pub fn train_preference_policy(
         plot,
         plot_error,
         reference_cache,
+        example_unit: if recipe.objective.is_listwise() {
+            "rankings"
+        } else if recipe.objective.is_unpaired() {
+            "examples"
+        } else {
+            "pairs"
+        },
     })
 }
 
@@ -570,6 +579,7 @@ out_dir = "{out}"
             &request(&root),
         )
         .unwrap();
+        assert_eq!(rrpo.example_unit, "pairs");
         let before = m(&rrpo.initial_eval, "loss");
         assert!((before - std::f64::consts::LN_2).abs() < 1e-5, "{before}");
         let after = m(&rrpo.final_eval, "loss");
@@ -640,6 +650,7 @@ out_dir = "{out}"
         r.data.train = source.clone();
         r.data.eval = source;
         let report = train_preference_policy(r.clone(), &request(&root)).unwrap();
+        assert_eq!(report.example_unit, "rankings");
         let m = |e: &Evaluation, k: &str| e.metrics[k];
         let (before, after) = (
             m(&report.initial_eval, "loss"),
@@ -761,6 +772,7 @@ out_dir = "{out}"
                 };
             }
             let report = train_preference_policy(recipe, &request(&root)).unwrap();
+            assert_eq!(report.example_unit, "examples");
             let before = report.initial_eval.metrics["loss"];
             let after = report.final_eval.metrics["loss"];
             // At the start the policy is its reference: every reward is 0, KTO's and APO's
