@@ -282,14 +282,7 @@ mod tests {
     use crate::models::llama::tests::tiny_model;
 
     fn seq(prompt: &[u32], completion: &[u32]) -> Sequence {
-        Sequence {
-            ids: prompt.iter().chain(completion).copied().collect(),
-            completion: prompt
-                .iter()
-                .map(|_| false)
-                .chain(completion.iter().map(|_| true))
-                .collect(),
-        }
+        Sequence::prompt_completion(prompt, completion)
     }
 
     fn vec2(t: Tensor<2>) -> Vec<f32> {

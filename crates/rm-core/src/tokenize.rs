@@ -91,6 +91,17 @@ impl Sequence {
         Self { ids, completion }
     }
 
+    /// `prompt` followed by `completion`, the completion's tokens flagged.
+    pub fn prompt_completion(prompt: &[u32], completion: &[u32]) -> Self {
+        let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        let mut flags = vec![false; prompt.len()];
+        flags.resize(ids.len(), true);
+        Self {
+            ids,
+            completion: flags,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

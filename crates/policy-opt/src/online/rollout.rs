@@ -46,11 +46,7 @@ pub struct Completion {
 impl Completion {
     /// Prompt + completion as one sequence, the completion flagged.
     pub fn sequence(&self) -> Sequence {
-        let mut ids = self.prompt_ids.clone();
-        ids.extend_from_slice(&self.tokens);
-        let mut completion = vec![false; self.prompt_ids.len()];
-        completion.resize(ids.len(), true);
-        Sequence { ids, completion }
+        Sequence::prompt_completion(&self.prompt_ids, &self.tokens)
     }
 }
 

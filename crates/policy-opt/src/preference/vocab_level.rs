@@ -379,14 +379,7 @@ mod tests {
     #[test]
     fn the_segment_grid_labels_the_predicting_columns() {
         let device = rm_core::device::test_device();
-        let seq = |prompt: &[u32], completion: &[u32]| Sequence {
-            ids: prompt.iter().chain(completion).copied().collect(),
-            completion: prompt
-                .iter()
-                .map(|_| false)
-                .chain(completion.iter().map(|_| true))
-                .collect(),
-        };
+        let seq = Sequence::prompt_completion;
         let rows = [seq(&[7, 8], &[1, 10, 2]), seq(&[7, 8], &[1, 2])];
         let (grid, n) = segment_grid(&rows, Segmentation::Diff, 4, &device).unwrap();
         assert_eq!(n, 1);
