@@ -438,7 +438,7 @@ impl TrainTask<LlamaModel> for DpoTask {
             };
             let (out, policy_sums, ref_logps) =
                 self.forward(model, reference, teachers.as_ref(), pairs)?;
-            if let (Some(_), Some(r)) = (&frozen_reference, &ref_logps) {
+            if let (Some(_), Some(r), false) = (&frozen_reference, &ref_logps, uncached) {
                 computed.push(r.clone().into_data());
             }
             let n = pairs.len() as f32;
@@ -450,7 +450,7 @@ impl TrainTask<LlamaModel> for DpoTask {
                 None => weighted,
             });
         }
-        if frozen_reference.is_some() {
+        if frozen_reference.is_some() && !uncached {
             self.eval_reference = computed;
         }
         evaluation_from_sums(sums, &METRICS, self.eval.len())
