@@ -8,18 +8,26 @@
 //!   pairs JSONL, or on HH-RLHF;
 //! - [`score::score_rows`]: rewards of JSONL rows (raw, normalized, log-sigmoid);
 //! - [`ensemble::train_ensemble`] / [`ensemble::evaluate_ensemble`]: reward-model ensembles
-//!   (a recipe's `[ensemble]` section), each member and each aggregation evaluated.
+//!   (a recipe's `[ensemble]` section), each member and each aggregation evaluated;
+//! - [`collaborative::train_collaborative`]: two reward models trained by peer review with a
+//!   curriculum (a recipe's `[collaborative]` section), saved as a two-member ensemble;
+//! - [`more`]: a recipe's `[more]` section, several preference sets weighted by MORE;
+//! - [`strength`]: a recipe's `[preference_strength]` section, an ensemble's vote on each
+//!   training pair turned into label flips and adaptive margins before training.
 //!
 //! Why a crate of its own: the pipeline needs the objectives (`rm-losses`) and the RewardBench
 //! report (`bench-harness`), and `bench-harness` itself stands on `rm-core`, so neither
 //! `rm-core` nor the CLI is the right home; DPO (`policy-opt`) and PRM (`rm-process`) pipelines
 //! sit in their crates the same way, all on the one trainer in `rm_core::train`.
 
+pub mod collaborative;
 pub mod ensemble;
 pub mod eval;
+pub mod more;
 pub mod recipe;
 pub mod reports;
 pub mod score;
+pub mod strength;
 pub mod train;
 
 pub use recipe::{DataConfig, EvalConfig, PairShape, PairSource, RewardRecipe};

@@ -9,7 +9,7 @@ use rm_core::data::{generic, hh_rlhf};
 use rm_core::models::reward::RewardModelConfig;
 use rm_core::train::TrainConfig;
 use rm_core::types::{PreferencePair, UnpairedExample};
-use rm_ensembles::EnsembleConfig;
+use rm_ensembles::{CollaborativeConfig, EnsembleConfig, LabelNoise, PreferenceStrengthConfig};
 use rm_losses::PairwiseObjective;
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +221,45 @@ pub struct DataConfig {
     /// member by `[ensemble] bootstrap = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_seed: Option<u64>,
+    /// Flip the labels of a seeded share of the training pairs (robustness studies; see
+    /// [`rm_ensembles::LabelNoise`]). Applied before any bootstrap resample; evaluation pairs
+    /// are never touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_noise: Option<LabelNoise>,
+}
+
+impl DataConfig {
+    /// The training pairs as the trainer sees them: read, with `label_noise` flips (chosen ↔
+    /// rejected; `scores` swapped, `margin` negated), then the bootstrap resample; beside each
+    /// pair, whether its label was flipped.
+    pub fn load_train(&self, data_dir: &Path) -> Result<(Vec<PreferencePair>, Vec<bool>)> {
+        let mut pairs = self.train.load(data_dir)?;
+        let mut flipped = vec![false; pairs.len()];
+        if let Some(noise) = &self.label_noise {
+            flipped = noise.flips(pairs.len());
+            for (p, &f) in pairs.iter_mut().zip(&flipped) {
+                if f {
+                    std::mem::swap(&mut p.chosen, &mut p.rejected);
+                    p.scores = p.scores.map(|[c, r]| [r, c]);
+                    p.margin = p.margin.map(|m| -m);
+                }
+            }
+            eprintln!(
+                "label noise: flipped {} of {} training pairs (rate {}, seed {})",
+                flipped.iter().filter(|&&f| f).count(),
+                pairs.len(),
+                noise.rate,
+                noise.seed
+            );
+        }
+        if let Some(seed) = self.bootstrap_seed {
+            let picks = rm_ensembles::bootstrap_indices(pairs.len(), seed);
+            pairs = picks.iter().map(|&i| pairs[i].clone()).collect();
+            flipped = picks.iter().map(|&i| flipped[i]).collect();
+            eprintln!("bootstrap resample of the training pairs (seed {seed})");
+        }
+        Ok((pairs, flipped))
+    }
 }
 
 /// The `[eval]` section.
@@ -258,6 +297,17 @@ pub struct RewardRecipe {
     /// Train an ensemble of reward models instead of one (see [`rm_ensembles::EnsembleConfig`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleConfig>,
+    /// Train two reward models that review each other's batches (see
+    /// [`rm_ensembles::collaborative`]); the result is a two-member ensemble folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collaborative: Option<CollaborativeConfig>,
+    /// Score the training pairs with an ensemble first, then flip the ones it votes against
+    /// and/or give each an adaptive margin (see [`rm_ensembles::preference_strength`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_strength: Option<PreferenceStrengthConfig>,
+    /// Train on several preference sets weighted by MORE (see [`crate::more`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<crate::more::MoreConfig>,
 }
 
 /// The built-in recipe of `plumb quickstart` / `cargo xtask demo` (`recipes/rm-minilm-hh.toml`).
@@ -283,6 +333,37 @@ impl RewardRecipe {
         }
         if let Some(ensemble) = &self.ensemble {
             ensemble.validate()?;
+        }
+        if let Some(noise) = &self.data.label_noise {
+            noise.validate()?;
+        }
+        if let Some(strength) = &self.preference_strength {
+            strength.validate()?;
+            let margin = matches!(
+                self.objective,
+                PairwiseObjective::BradleyTerry { margin: true, .. }
+            );
+            if strength.adaptive_margin.is_some() && !margin {
+                bail!(
+                    "preference_strength.adaptive_margin sets a margin per pair, which only kind = \"bradley-terry\" with margin = true reads: set objective.margin = true"
+                );
+            }
+        }
+        if let Some(more) = &self.more {
+            more.validate(&self.objective)?;
+            if self.collaborative.is_some() {
+                bail!(
+                    "the recipe has both [more] and [collaborative]: collaborative training reads one preference set; use one of the two"
+                );
+            }
+        }
+        if let Some(collaborative) = &self.collaborative {
+            collaborative.validate()?;
+            if self.ensemble.is_some() {
+                bail!(
+                    "the recipe has both [ensemble] and [collaborative]: a collaborative run trains its own pair of models (a two-member ensemble); use one of the two"
+                );
+            }
         }
         Ok(())
     }
@@ -347,6 +428,52 @@ mod tests {
         }
     }
 
+    /// Every shipped `train-rm` recipe parses and validates, and the sections that pick a
+    /// trainer land where the trainer looks for them.
+    #[test]
+    fn every_shipped_reward_recipe_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.starts_with("rm-") && name.ends_with(".toml")) {
+                continue;
+            }
+            let r = RewardRecipe::load(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            r.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            seen.push(name);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "rm-collaborative-minilm-hh.toml",
+                "rm-ensemble-minilm-hh.toml",
+                "rm-minilm-hh.toml",
+                "rm-more-minilm-hh.toml",
+                "rm-smollm2-lora-hh.toml",
+                "rm-strength-minilm-hh.toml"
+            ]
+        );
+        let crm = RewardRecipe::load(&dir.join("rm-collaborative-minilm-hh.toml"), &[]).unwrap();
+        assert_eq!(crm.collaborative.unwrap().drop_rate, 0.2);
+        let strength = RewardRecipe::load(&dir.join("rm-strength-minilm-hh.toml"), &[])
+            .unwrap()
+            .preference_strength
+            .unwrap();
+        assert_eq!(
+            strength.flip,
+            Some(rm_ensembles::FlipRule::Lowest { fraction: 0.1 })
+        );
+        assert_eq!(strength.adaptive_margin, Some(1.0));
+        let more = RewardRecipe::load(&dir.join("rm-more-minilm-hh.toml"), &[])
+            .unwrap()
+            .more
+            .unwrap();
+        assert_eq!(more.sources.len(), 1);
+    }
+
     #[test]
     fn rankings_expand_into_every_ordered_pair_with_score_margins() {
         let r = rm_core::types::Ranking {
@@ -360,6 +487,51 @@ mod tests {
         assert!(pairs.iter().all(|p| p.chosen == "b"));
         assert_eq!(pairs[0].margin, Some(1.5));
         assert_eq!(pairs[0].scores, Some([2.0, 0.5]));
+    }
+
+    /// `label_noise` flips exactly its share of the training pairs (responses and scores
+    /// swapped, margins negated) and says which; a bootstrap resample carries the flags along.
+    #[test]
+    fn label_noise_flips_pairs_and_reports_which() {
+        let dir = std::env::temp_dir().join(format!("plumb-noise-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pairs.jsonl");
+        let rows: String = (0..10)
+            .map(|i| {
+                format!(
+                    "{{\"prompt\": \"q{i}\", \"chosen\": \"good{i}\", \"rejected\": \"bad{i}\", \"margin\": 2.0, \"scores\": [3.0, 1.0]}}\n"
+                )
+            })
+            .collect();
+        std::fs::write(&path, rows).unwrap();
+        let source = PairSource::Jsonl {
+            path,
+            shape: PairShape::Pairs,
+            limit: 0,
+        };
+        let mut data = DataConfig {
+            train: source.clone(),
+            eval: source,
+            bootstrap_seed: None,
+            label_noise: Some(LabelNoise {
+                rate: 0.3,
+                seed: 11,
+            }),
+        };
+        let (pairs, flipped) = data.load_train(&dir).unwrap();
+        assert_eq!(flipped.iter().filter(|&&f| f).count(), 3);
+        for (p, &f) in pairs.iter().zip(&flipped) {
+            assert_eq!(p.chosen.starts_with("bad"), f);
+            assert_eq!(p.margin, Some(if f { -2.0 } else { 2.0 }));
+            assert_eq!(p.scores, Some(if f { [1.0, 3.0] } else { [3.0, 1.0] }));
+        }
+        data.bootstrap_seed = Some(4);
+        let (resampled, flags) = data.load_train(&dir).unwrap();
+        assert_eq!(resampled.len(), 10);
+        for (p, &f) in resampled.iter().zip(&flags) {
+            assert_eq!(p.chosen.starts_with("bad"), f);
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// Pairs split into a desirable and an undesirable example each; unpaired rows are read as

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bench_harness::data::rows_from_pairs;
 use bench_harness::{RewardModelScorer, V1Report, evaluate_v1};
-use rm_core::burn::tensor::{Device, Tensor, TensorData};
+use rm_core::burn::tensor::{Device, Int, Tensor, TensorData};
 use rm_core::models::reward::{RewardModel, RewardModelBundle, SPEC_FILE};
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::{
@@ -52,14 +52,18 @@ pub struct TrainReport {
     pub plot: Option<PathBuf>,
     /// Why the plot is missing, when it is.
     pub plot_error: Option<String>,
+    /// What `[preference_strength]` did to the training pairs, when the recipe has it.
+    pub preference_strength: Option<crate::strength::StrengthSummary>,
 }
 
 /// A preference pair, tokenized, with what the objective needs of it.
-struct EncodedPair {
-    chosen: Sequence,
-    rejected: Sequence,
+pub(crate) struct EncodedPair {
+    pub(crate) chosen: Sequence,
+    pub(crate) rejected: Sequence,
     margin: Option<f32>,
     soft_label: Option<f32>,
+    /// Which preference set the pair comes from (`[more]`: 0 = `[data] train`).
+    pub(crate) source: usize,
 }
 
 /// What the objective needs from each pair, checked up front with the pair named.
@@ -93,7 +97,7 @@ fn objective_inputs(
     }
 }
 
-fn encode_pairs(
+pub(crate) fn encode_pairs(
     bundle: &RewardModelBundle,
     pairs: &[PreferencePair],
     objective: &PairwiseObjective,
@@ -115,6 +119,7 @@ fn encode_pairs(
                     .with_context(|| format!("{source}: pair {i}: rejected"))?,
                 margin,
                 soft_label,
+                source: 0,
             })
         })
         .collect()
@@ -128,51 +133,97 @@ pub struct RewardTask {
     objective: PairwiseObjective,
     template: RewardModelBundle,
     eval_batch: usize,
+    /// MORE's weighting of several preference sets (`[more]`).
+    more: Option<crate::more::MoreState>,
 }
 
 impl RewardTask {
-    /// Rewards of the chosen and rejected responses of `pairs` in one forward pass, and the
-    /// objective's batch.
     fn batch(
         &self,
         model: &RewardModel,
         pairs: &[&EncodedPair],
         device: &Device,
     ) -> Result<PairwiseRewards> {
-        let b = pairs.len();
-        let seqs: Vec<Sequence> = pairs
-            .iter()
-            .map(|p| p.chosen.clone())
-            .chain(pairs.iter().map(|p| p.rejected.clone()))
-            .collect();
-        let batch = TokenBatch::pad(&seqs, self.template.spec.pad_id, PaddingSide::Right)?;
-        let r = model
-            .forward(
-                batch.ids_tensor(device),
-                batch.attention_tensor(device),
-                self.template.spec.pooling,
-            )
-            .narrow(1, 0, 1)
-            .reshape([2 * b]);
-        let mut out = PairwiseRewards::new(r.clone().narrow(0, 0, b), r.narrow(0, b, b));
-        let column =
-            |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [b]), device);
-        if pairs.iter().all(|p| p.margin.is_some()) {
-            out = out.with_margin(column(
-                pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect(),
-            ));
-        }
-        if pairs.iter().all(|p| p.soft_label.is_some()) {
-            out = out.with_soft_label(column(
-                pairs.iter().map(|p| p.soft_label.unwrap_or(0.5)).collect(),
-            ));
-        }
-        Ok(out)
+        pair_rewards(model, &self.template, pairs, device)
+    }
+}
+
+/// Rewards of the chosen and rejected responses of `pairs` in one forward pass of `model`
+/// (padded and pooled as `template` says), with the pairs' margins and soft labels, as the
+/// objective's batch.
+pub(crate) fn pair_rewards(
+    model: &RewardModel,
+    template: &RewardModelBundle,
+    pairs: &[&EncodedPair],
+    device: &Device,
+) -> Result<PairwiseRewards> {
+    let b = pairs.len();
+    let seqs: Vec<Sequence> = pairs
+        .iter()
+        .map(|p| p.chosen.clone())
+        .chain(pairs.iter().map(|p| p.rejected.clone()))
+        .collect();
+    let batch = TokenBatch::pad(&seqs, template.spec.pad_id, PaddingSide::Right)?;
+    let r = model
+        .forward(
+            batch.ids_tensor(device),
+            batch.attention_tensor(device),
+            template.spec.pooling,
+        )
+        .narrow(1, 0, 1)
+        .reshape([2 * b]);
+    Ok(with_pair_inputs(
+        PairwiseRewards::new(r.clone().narrow(0, 0, b), r.narrow(0, b, b)),
+        pairs,
+        device,
+    ))
+}
+
+/// `rewards` with the pairs' margins and soft labels, when every pair has one.
+pub(crate) fn with_pair_inputs(
+    mut out: PairwiseRewards,
+    pairs: &[&EncodedPair],
+    device: &Device,
+) -> PairwiseRewards {
+    let b = pairs.len();
+    let column = |values: Vec<f32>| Tensor::<1>::from_data(TensorData::new(values, [b]), device);
+    if pairs.iter().all(|p| p.margin.is_some()) {
+        out = out.with_margin(column(
+            pairs.iter().map(|p| p.margin.unwrap_or(0.0)).collect(),
+        ));
+    }
+    if pairs.iter().all(|p| p.soft_label.is_some()) {
+        out = out.with_soft_label(column(
+            pairs.iter().map(|p| p.soft_label.unwrap_or(0.5)).collect(),
+        ));
+    }
+    out
+}
+
+/// `batch` restricted to the pairs `indices` (margins and soft labels too).
+pub(crate) fn select_pairs(
+    batch: PairwiseRewards,
+    indices: &[usize],
+    device: &Device,
+) -> PairwiseRewards {
+    let idx = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [indices.len()],
+        ),
+        device,
+    );
+    let pick = |t: Tensor<1>| t.select(0, idx.clone());
+    PairwiseRewards {
+        chosen: pick(batch.chosen),
+        rejected: pick(batch.rejected),
+        margin: batch.margin.map(pick),
+        soft_label: batch.soft_label.map(pick),
     }
 }
 
 /// Fraction of pairs whose chosen reward is higher, on the device.
-fn win_rate(batch: &PairwiseRewards) -> Tensor<1> {
+pub(crate) fn win_rate(batch: &PairwiseRewards) -> Tensor<1> {
     (batch.chosen.clone() - batch.rejected.clone())
         .greater_elem(0.0)
         .float()
@@ -183,14 +234,24 @@ impl TrainTask<RewardModel> for RewardTask {
     fn loss(&mut self, model: &RewardModel, examples: &[usize]) -> Result<LossOutput> {
         let device = model.head.weight.val().device();
         let pairs: Vec<&EncodedPair> = examples.iter().map(|&i| &self.train[i]).collect();
-        let batch = self.batch(model, &pairs, &device)?;
-        let accuracy = win_rate(&batch);
-        let loss = self.objective.loss(batch)?;
         let n = examples.len() as f64;
         let tokens = pairs
             .iter()
             .map(|p| p.chosen.len() + p.rejected.len())
             .sum();
+        if let Some(more) = &mut self.more {
+            let out = more.loss(model, &self.template, &self.objective, &pairs, &device)?;
+            let mut output = LossOutput::new(out.loss, n)
+                .with(Metric::device("accuracy", win_rate(&out.rewards), n))
+                .with_tokens(tokens);
+            for m in out.metrics {
+                output = output.with(m);
+            }
+            return Ok(output);
+        }
+        let batch = self.batch(model, &pairs, &device)?;
+        let accuracy = win_rate(&batch);
+        let loss = self.objective.loss(batch)?;
         Ok(LossOutput::new(loss, n)
             .with(Metric::device("accuracy", accuracy, n))
             .with_tokens(tokens))
@@ -199,11 +260,13 @@ impl TrainTask<RewardModel> for RewardTask {
     fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {
         let device = model.head.weight.val().device();
         let mut sums: Option<Tensor<1>> = None;
+        let mut deltas = Vec::new();
         let pairs_per_batch = (self.eval_batch / 2).max(1);
         for chunk in self.eval.chunks(pairs_per_batch) {
             let refs: Vec<&EncodedPair> = chunk.iter().collect();
             let batch = self.batch(model, &refs, &device)?;
             let n = chunk.len() as f64;
+            deltas.push(batch.chosen.clone() - batch.rejected.clone());
             let wins = win_rate(&batch).mul_scalar(n);
             let loss = self.objective.loss(batch)?.mul_scalar(n);
             let both = Tensor::cat(vec![wins, loss], 0);
@@ -213,17 +276,23 @@ impl TrainTask<RewardModel> for RewardTask {
             });
         }
         let n = self.eval.len() as f64;
-        let values: Vec<f32> = sums
-            .context("the evaluation set is empty")?
+        let sums = sums.context("the evaluation set is empty")?;
+        let values: Vec<f32> = Tensor::cat([vec![sums], deltas].concat(), 0)
             .into_data()
             .convert::<f32>()
             .try_to_vec()
             .map_err(|e| anyhow::anyhow!("reading the evaluation: {e:?}"))?;
         let accuracy = values[0] as f64 / n;
+        // Calibration of σ(r_c − r_r) (10-bin ECE; On Diversified Preferences, Zeng et al.).
+        let pairs: Vec<(f32, f32)> = values[2..].iter().map(|&d| (d, 0.0)).collect();
+        let ece = bench_harness::robustness::calibration(&pairs)
+            .context("the evaluation's calibration")?
+            .ece;
         Ok(Evaluation {
             metrics: [
                 ("accuracy".to_string(), accuracy),
                 ("loss".to_string(), values[1] as f64 / n),
+                ("ece".to_string(), ece),
             ]
             .into_iter()
             .collect(),
@@ -239,6 +308,21 @@ impl TrainTask<RewardModel> for RewardTask {
             device: self.template.device.clone(),
         }
         .save(dir)
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(self
+            .more
+            .as_ref()
+            .map_or(serde_json::Value::Null, |m| m.state()))
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<()> {
+        match &mut self.more {
+            Some(more) => more.restore(&state),
+            None if state.is_null() => Ok(()),
+            None => bail!("the checkpoint holds MORE state, but the recipe has no [more] section"),
+        }
     }
 }
 
@@ -257,6 +341,11 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
     if recipe.ensemble.is_some() {
         bail!(
             "the recipe has an [ensemble] section: train it with rm_pipeline::ensemble::train_ensemble (plumb train-rm does)"
+        );
+    }
+    if recipe.collaborative.is_some() {
+        bail!(
+            "the recipe has a [collaborative] section: train it with rm_pipeline::collaborative::train_collaborative (plumb train-rm does)"
         );
     }
     let out = recipe.train.out_dir.clone();
@@ -279,21 +368,44 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
             bundle.spec.attributes
         );
     }
-    let mut train_pairs = recipe.data.train.load(&request.data_dir)?;
-    if let Some(seed) = recipe.data.bootstrap_seed {
-        train_pairs = rm_ensembles::bootstrap_indices(train_pairs.len(), seed)
-            .into_iter()
-            .map(|i| train_pairs[i].clone())
-            .collect();
-        eprintln!("bootstrap resample of the training pairs (seed {seed})");
-    }
-    let eval_pairs = recipe.data.eval.load(&request.data_dir)?;
-    let train = encode_pairs(
+    let (mut train_pairs, injected) = recipe.data.load_train(&request.data_dir)?;
+    let preference_strength = recipe
+        .preference_strength
+        .as_ref()
+        .map(|c| {
+            crate::strength::apply_preference_strength(
+                c,
+                &mut train_pairs,
+                &injected,
+                &request.device,
+                &out,
+            )
+        })
+        .transpose()?;
+    let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+    crate::strength::zero_eval_margins(recipe.preference_strength.as_ref(), &mut eval_pairs);
+    let mut train = encode_pairs(
         &bundle,
         &train_pairs,
         &recipe.objective,
         &recipe.data.train.describe(),
     )?;
+    if let Some(more) = &recipe.more {
+        let mut counts = vec![train.len()];
+        for (k, source) in more.sources.iter().enumerate() {
+            let pairs = source.load(&request.data_dir)?;
+            let mut encoded = encode_pairs(&bundle, &pairs, &recipe.objective, &source.describe())?;
+            encoded.iter_mut().for_each(|p| p.source = k + 1);
+            counts.push(encoded.len());
+            train.extend(encoded);
+        }
+        eprintln!(
+            "MORE: {} preference sets, {counts:?} pairs (momentum {}, {:?} normalization)",
+            counts.len(),
+            more.momentum,
+            more.normalize
+        );
+    }
     let mut eval = encode_pairs(
         &bundle,
         &eval_pairs,
@@ -333,6 +445,10 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         objective: recipe.objective.clone(),
         template: bundle,
         eval_batch: recipe.eval.batch_size,
+        more: recipe
+            .more
+            .as_ref()
+            .map(|m| crate::more::MoreState::new(m.weighting(), m.sources.len() + 1)),
     };
     let trainer = Trainer {
         config: recipe.train.clone(),
@@ -361,21 +477,7 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
 
     // Normalization from the evaluation responses' rewards, stored with the final model.
     let mut bundle = scorer.bundle;
-    let texts: Vec<String> = rows
-        .iter()
-        .flat_map(|r| {
-            [
-                bundle.text(&r.prompt, &r.chosen),
-                bundle.text(&r.prompt, &r.rejected),
-            ]
-        })
-        .collect::<Result<_>>()?;
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    bundle.fit_normalization(&refs, recipe.eval.batch_size)?;
-    rm_core::checkpoint::write_bytes_atomically(
-        &final_dir.join(SPEC_FILE),
-        serde_json::to_string_pretty(&bundle.spec)?.as_bytes(),
-    )?;
+    store_normalization(&mut bundle, &rows, recipe.eval.batch_size, &final_dir)?;
 
     write_report_pair(
         &out.join("report.json"),
@@ -393,6 +495,8 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         "best_step": outcome.best_step,
         "best_dev_accuracy": outcome.best_score,
         "threads": threads,
+        "flipped_by_label_noise": injected.iter().filter(|&&f| f).count(),
+        "preference_strength": preference_strength,
     });
     crate::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = crate::reports::draw_curves(&run.metrics_path(), &out);
@@ -406,5 +510,31 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         threads,
         plot,
         plot_error,
+        preference_strength,
     })
+}
+
+/// Fits the reward normalization `(r − μ) / σ` on the rewards of every chosen and rejected
+/// response of `rows`, and rewrites the model folder `dir`'s spec with it.
+pub(crate) fn store_normalization(
+    bundle: &mut RewardModelBundle,
+    rows: &[bench_harness::V1Row],
+    batch_size: usize,
+    dir: &Path,
+) -> Result<()> {
+    let texts: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                bundle.text(&r.prompt, &r.chosen),
+                bundle.text(&r.prompt, &r.rejected),
+            ]
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    bundle.fit_normalization(&refs, batch_size)?;
+    rm_core::checkpoint::write_bytes_atomically(
+        &dir.join(SPEC_FILE),
+        serde_json::to_string_pretty(&bundle.spec)?.as_bytes(),
+    )
 }

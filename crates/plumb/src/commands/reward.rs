@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use rm_core::train::RunMode;
+use rm_pipeline::collaborative::{CollaborativeReport, train_collaborative};
 use rm_pipeline::ensemble::{EnsembleTrainReport, train_ensemble};
 use rm_pipeline::eval::{EvalFormat, EvalInput, EvalRequest, evaluate_reward_model};
 use rm_pipeline::score::{ScoreRequest, TransformKind, score_rows, score_transform};
@@ -98,9 +99,36 @@ pub fn train_rm(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
         print_ensemble_report(&report);
         return Ok(());
     }
+    if recipe.collaborative.is_some() {
+        let report = train_collaborative(recipe, &request)?;
+        print_collaborative_report(&report);
+        return Ok(());
+    }
     let report = train_reward_model(recipe, &request)?;
     print_train_report(&report);
     Ok(())
+}
+
+fn print_collaborative_report(r: &CollaborativeReport) {
+    println!("\n{}", r.evaluation.to_markdown());
+    println!(
+        "trained both models {} steps in {:.1}s ({:.2} pairs/s); {} training pairs had their labels flipped by data.label_noise",
+        r.outcome.steps, r.outcome.train_seconds, r.outcome.examples_per_second, r.flipped_pairs
+    );
+    if let (Some(step), Some(score)) = (r.outcome.best_step, r.outcome.best_score) {
+        println!("best mean member dev accuracy {score:.4} at step {step}");
+    }
+    println!(
+        "pair: {} (member-0, member-1, ensemble.json)  report: {}  metrics: {}",
+        r.final_dir.display(),
+        r.out_dir.join("report.json").display(),
+        r.out_dir.join("metrics.jsonl").display()
+    );
+    match (&r.plot, &r.plot_error) {
+        (Some(p), _) => println!("plot: {}", p.display()),
+        (None, Some(e)) => println!("no plot: {e}"),
+        _ => {}
+    }
 }
 
 fn print_ensemble_report(r: &EnsembleTrainReport) {
@@ -172,6 +200,21 @@ fn print_train_report(r: &TrainReport) {
         r.out_dir.join("report.json").display(),
         r.out_dir.join("metrics.jsonl").display()
     );
+    if let Some(s) = &r.preference_strength {
+        println!(
+            "preference strength ({}, {} member(s)): {} of {} training pairs voted against, {} flipped{}{}; per pair: {}",
+            s.ensemble.display(),
+            s.members,
+            s.voted_against,
+            s.pairs,
+            s.flipped,
+            s.flipped_injected
+                .map_or(String::new(), |n| format!(" ({n} undo injected noise)")),
+            s.mean_margin
+                .map_or(String::new(), |m| format!(", mean adaptive margin {m:.4}")),
+            s.file.display()
+        );
+    }
     print_plot(r.plot.as_deref(), r.plot_error.as_deref());
 }
 

@@ -324,8 +324,13 @@ impl RewardModel {
         mask: Tensor<2, Int>,
         pooling: Pooling,
     ) -> Tensor<2> {
+        self.head.forward(self.pooled(ids, mask, pooling))
+    }
+
+    /// The pooled features `[B, D]` the head reads (`forward` = `head(pooled)`).
+    pub fn pooled(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>, pooling: Pooling) -> Tensor<2> {
         let hidden = self.backbone.hidden(ids, mask.clone());
-        self.head.forward(pooling.pool(hidden, mask))
+        pooling.pool(hidden, mask)
     }
 
     /// The same model with the head's bias frozen where it is (no gradient, so no optimizer
