@@ -38,8 +38,8 @@ use crate::ensemble::{EnsembleEvaluation, evaluate_ensemble};
 use crate::recipe::RewardRecipe;
 use crate::reports::write_report_pair;
 use crate::train::{
-    EncodedPair, TrainRequest, encode_pairs, pair_rewards, select_pairs, store_normalization,
-    win_rate,
+    EncodedPair, PreparedPairs, TrainRequest, pair_rewards, prepare_pairs, select_pairs,
+    store_normalization, win_rate,
 };
 
 /// The two reward models of a collaborative run, trained as one module.
@@ -296,41 +296,13 @@ pub fn train_collaborative(
     );
     let bundle = RewardModelBundle::build(&recipe.model, recipe.train.seed, &device)?;
     let peer = RewardModelBundle::build(&recipe.model, peer_seed, &device)?;
-    if bundle.spec.attributes.len() != 1 {
-        bail!(
-            "collaborative training is pairwise and needs one attribute, the recipe names {:?}",
-            bundle.spec.attributes
-        );
-    }
-    let (mut train_pairs, flipped) = recipe.data.load_train(&request.data_dir)?;
-    let preference_strength = recipe
-        .preference_strength
-        .as_ref()
-        .map(|c| {
-            crate::strength::apply_preference_strength(
-                c,
-                &mut train_pairs,
-                &flipped,
-                &request.device,
-                &out,
-            )
-        })
-        .transpose()?;
-    let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
-    crate::strength::zero_eval_margins(recipe.preference_strength.as_ref(), &mut eval_pairs);
-    let train = encode_pairs(
-        &bundle,
-        &train_pairs,
-        &recipe.objective,
-        &recipe.data.train.describe(),
-    )?;
-    let mut eval = encode_pairs(
-        &bundle,
-        &eval_pairs,
-        &recipe.objective,
-        &recipe.data.eval.describe(),
-    )?;
-    eval.sort_by_key(|p| std::cmp::Reverse(p.chosen.len().max(p.rejected.len())));
+    let PreparedPairs {
+        injected: flipped,
+        eval_pairs,
+        train,
+        eval,
+        preference_strength,
+    } = prepare_pairs(&recipe, request, &bundle, &out)?;
     // The curriculum spans the whole schedule, as the learning rate's does: `max_steps` stops a
     // run early without changing what each step computes (so a stopped run resumes exactly).
     let total_steps = rm_core::train::TrainConfig {

@@ -18,7 +18,6 @@
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor};
 use rm_core::models::reward::{RewardModel, RewardModelBundle};
-use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
 use rm_core::train::Metric;
 use rm_ensembles::more::{head_gradient, min_norm_weights, normalize_gradients};
 use rm_ensembles::{GradientNormalization, MoreWeighting};
@@ -121,12 +120,7 @@ impl MoreState {
         device: &Device,
     ) -> Result<MoreLoss> {
         let b = pairs.len();
-        let seqs: Vec<Sequence> = pairs
-            .iter()
-            .map(|p| p.chosen.clone())
-            .chain(pairs.iter().map(|p| p.rejected.clone()))
-            .collect();
-        let batch = TokenBatch::pad(&seqs, template.spec.pad_id, PaddingSide::Right)?;
+        let batch = crate::train::pair_token_batch(template, pairs)?;
         let features = model.pooled(
             batch.ids_tensor(device),
             batch.attention_tensor(device),

@@ -158,12 +158,7 @@ pub(crate) fn pair_rewards(
     device: &Device,
 ) -> Result<PairwiseRewards> {
     let b = pairs.len();
-    let seqs: Vec<Sequence> = pairs
-        .iter()
-        .map(|p| p.chosen.clone())
-        .chain(pairs.iter().map(|p| p.rejected.clone()))
-        .collect();
-    let batch = TokenBatch::pad(&seqs, template.spec.pad_id, PaddingSide::Right)?;
+    let batch = pair_token_batch(template, pairs)?;
     let r = model
         .forward(
             batch.ids_tensor(device),
@@ -177,6 +172,19 @@ pub(crate) fn pair_rewards(
         pairs,
         device,
     ))
+}
+
+/// The chosen responses of `pairs`, then their rejected ones, padded on the right.
+pub(crate) fn pair_token_batch(
+    template: &RewardModelBundle,
+    pairs: &[&EncodedPair],
+) -> Result<TokenBatch> {
+    let seqs: Vec<Sequence> = pairs
+        .iter()
+        .map(|p| p.chosen.clone())
+        .chain(pairs.iter().map(|p| p.rejected.clone()))
+        .collect();
+    TokenBatch::pad(&seqs, template.spec.pad_id, PaddingSide::Right)
 }
 
 /// `rewards` with the pairs' margins and soft labels, when every pair has one.
@@ -362,34 +370,13 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         request.data_dir.display()
     );
     let bundle = RewardModelBundle::build(&recipe.model, recipe.train.seed, &device)?;
-    if bundle.spec.attributes.len() != 1 {
-        bail!(
-            "pairwise training needs one attribute, the recipe names {:?} (multi-attribute training arrives with rm-multiobj)",
-            bundle.spec.attributes
-        );
-    }
-    let (mut train_pairs, injected) = recipe.data.load_train(&request.data_dir)?;
-    let preference_strength = recipe
-        .preference_strength
-        .as_ref()
-        .map(|c| {
-            crate::strength::apply_preference_strength(
-                c,
-                &mut train_pairs,
-                &injected,
-                &request.device,
-                &out,
-            )
-        })
-        .transpose()?;
-    let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
-    crate::strength::zero_eval_margins(recipe.preference_strength.as_ref(), &mut eval_pairs);
-    let mut train = encode_pairs(
-        &bundle,
-        &train_pairs,
-        &recipe.objective,
-        &recipe.data.train.describe(),
-    )?;
+    let PreparedPairs {
+        injected,
+        eval_pairs,
+        mut train,
+        eval,
+        preference_strength,
+    } = prepare_pairs(&recipe, request, &bundle, &out)?;
     if let Some(more) = &recipe.more {
         let mut counts = vec![train.len()];
         for (k, source) in more.sources.iter().enumerate() {
@@ -406,14 +393,6 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
             more.normalize
         );
     }
-    let mut eval = encode_pairs(
-        &bundle,
-        &eval_pairs,
-        &recipe.objective,
-        &recipe.data.eval.describe(),
-    )?;
-    // Length-sorted evaluation batches pad less.
-    eval.sort_by_key(|p| std::cmp::Reverse(p.chosen.len().max(p.rejected.len())));
     let truncated = train
         .iter()
         .filter(|p| {
@@ -510,6 +489,70 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
         threads,
         plot,
         plot_error,
+        preference_strength,
+    })
+}
+
+/// The pairs of a pairwise recipe as every pairwise trainer needs them.
+pub(crate) struct PreparedPairs {
+    /// Which training pairs `[data] label_noise` flipped.
+    pub(crate) injected: Vec<bool>,
+    pub(crate) eval_pairs: Vec<PreferencePair>,
+    pub(crate) train: Vec<EncodedPair>,
+    /// Sorted by length (evaluation batches pad less).
+    pub(crate) eval: Vec<EncodedPair>,
+    pub(crate) preference_strength: Option<crate::strength::StrengthSummary>,
+}
+
+/// Loads the recipe's pairs (label noise, bootstrap, `[preference_strength]` applied; dev
+/// margins zeroed where adaptive margins are trained) and encodes them with `bundle`'s
+/// tokenizer, after checking the model has the one attribute pairwise training needs.
+pub(crate) fn prepare_pairs(
+    recipe: &RewardRecipe,
+    request: &TrainRequest,
+    bundle: &RewardModelBundle,
+    out: &Path,
+) -> Result<PreparedPairs> {
+    if bundle.spec.attributes.len() != 1 {
+        bail!(
+            "pairwise training needs one attribute, the recipe names {:?} (multi-attribute training is rm-multiobj's)",
+            bundle.spec.attributes
+        );
+    }
+    let (mut train_pairs, injected) = recipe.data.load_train(&request.data_dir)?;
+    let preference_strength = recipe
+        .preference_strength
+        .as_ref()
+        .map(|c| {
+            crate::strength::apply_preference_strength(
+                c,
+                &mut train_pairs,
+                &injected,
+                &request.device,
+                out,
+            )
+        })
+        .transpose()?;
+    let mut eval_pairs = recipe.data.eval.load(&request.data_dir)?;
+    crate::strength::zero_eval_margins(recipe.preference_strength.as_ref(), &mut eval_pairs);
+    let train = encode_pairs(
+        bundle,
+        &train_pairs,
+        &recipe.objective,
+        &recipe.data.train.describe(),
+    )?;
+    let mut eval = encode_pairs(
+        bundle,
+        &eval_pairs,
+        &recipe.objective,
+        &recipe.data.eval.describe(),
+    )?;
+    eval.sort_by_key(|p| std::cmp::Reverse(p.chosen.len().max(p.rejected.len())));
+    Ok(PreparedPairs {
+        injected,
+        eval_pairs,
+        train,
+        eval,
         preference_strength,
     })
 }

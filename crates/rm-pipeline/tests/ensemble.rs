@@ -5,39 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use rm_core::train::RunMode;
+use rm_pipeline::RewardRecipe;
 use rm_pipeline::ensemble::{Aggregation, ENSEMBLE_FILE, EnsembleSpec, train_ensemble};
 use rm_pipeline::eval::{EvalInput, EvalRequest, evaluate_reward_model};
 use rm_pipeline::score::{ScoreRequest, score_rows};
-use rm_pipeline::{RewardRecipe, TrainRequest};
+
+mod common;
+
+use common::{request, write_pairs};
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("plumbline-ensemble-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-fn request(root: &Path, mode: RunMode) -> TrainRequest {
-    TrainRequest {
-        data_dir: root.to_path_buf(),
-        models_dir: root.to_path_buf(),
-        device: rm_core::device::test_device(),
-        mode,
-        progress: false,
-    }
-}
-
-/// Pairs whose chosen response has more `w7`s (a pattern a member can pick up).
-fn write_pairs(path: &Path, n: usize) {
-    let rows: String = (0..n)
-        .map(|i| {
-            let filler = format!("w{}", 10 + i % 30);
-            format!(
-                "{{\"prompt\": \"w3 w4 {filler}\", \"chosen\": \"w7 w7 {filler}\", \"rejected\": \"w8 {filler} w9 w12 w13\"}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(path, rows).unwrap();
+    common::tmp(&format!("ensemble-{name}"))
 }
 
 fn recipe(root: &Path) -> RewardRecipe {
