@@ -12,7 +12,8 @@
 //! - [`implicit`]: DPO implicit rewards (`reference`, `sum`, `avg`, `norm`);
 //! - [`reward_model_scorer`]: plumbline reward models as a [`Scorer`];
 //! - [`robustness`]: probes of scores on pairs: length bias, calibration (ECE), consistency
-//!   under meaning-preserving edits.
+//!   under meaning-preserving edits;
+//! - [`math_probe`]: the RewardMATH-style one-correct-vs-many probe on GSM8K.
 //!
 //! The scoring itself works on `f32` scores; no tensors here. Every formula's source in
 //! allenai/reward-bench is named in its module's docs.
@@ -20,6 +21,7 @@
 pub mod data;
 pub mod eval;
 pub mod implicit;
+pub mod math_probe;
 pub mod reward_model_scorer;
 pub mod robustness;
 pub mod sections;

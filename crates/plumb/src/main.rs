@@ -94,6 +94,9 @@ enum Command {
     Overopt(Box<commands::overopt::OveroptArgs>),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
+    /// RewardMATH-style probe: GSM8K's correct solution against N rule-made incorrect ones
+    /// (one-vs-all accuracy, MRR, pairwise accuracy, each beside chance).
+    ProbeMath(commands::reward::ProbeMathArgs),
     /// Rewards of (prompt, response) rows as JSONL, batched by length.
     Score(commands::reward::ScoreArgs),
     /// A reward-model or policy folder out to Hugging Face (transformers, sentence-transformers,
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => commands::decode::run(&cli.global, *args),
         Command::Overopt(args) => commands::overopt::run(&cli.global, *args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
+        Command::ProbeMath(args) => commands::reward::probe_math(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),
         Command::Export(args) => commands::export::run(&cli.global, args),
         Command::Multiobj(cmd) => commands::multiobj::run(&cli.global, cmd),

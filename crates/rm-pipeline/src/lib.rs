@@ -11,6 +11,7 @@
 //!   (a recipe's `[ensemble]` section), each member and each aggregation evaluated;
 //! - [`collaborative::train_collaborative`]: two reward models trained by peer review with a
 //!   curriculum (a recipe's `[collaborative]` section), saved as a two-member ensemble;
+//! - [`math_probe::probe_math`]: the RewardMATH-style one-correct-vs-many probe on GSM8K;
 //! - [`more`]: a recipe's `[more]` section, several preference sets weighted by MORE;
 //! - [`strength`]: a recipe's `[preference_strength]` section, an ensemble's vote on each
 //!   training pair turned into label flips and adaptive margins before training.
@@ -23,6 +24,7 @@
 pub mod collaborative;
 pub mod ensemble;
 pub mod eval;
+pub mod math_probe;
 pub mod more;
 pub mod recipe;
 pub mod reports;

@@ -92,6 +92,49 @@ fn train_then_evaluate_and_score_on_a_slice_of_hh_rlhf() {
         .unwrap();
     assert_eq!(bias, vec![0.0]);
 
+    // The GSM8K one-correct-vs-many probe on the trained model: 3 problems × (1 + 4)
+    // solutions, the rows written beside the report, every score a valid value at or above
+    // its floor.
+    let probe = |split: &str| {
+        rm_pipeline::math_probe::probe_math(&rm_pipeline::math_probe::MathProbeRequest {
+            rm: report.final_dir.clone(),
+            data_dir: for_tests::data_dir(),
+            split: split.into(),
+            limit: 3,
+            incorrect: 4,
+            seed: 0,
+            batch_size: 8,
+            device: rm_core::device::test_device(),
+            aggregation: None,
+            out: tmp.join("probe.json"),
+        })
+    };
+    let math = probe("test").unwrap();
+    assert_eq!(
+        (math.scores.problems, math.scores.incorrect_per_problem),
+        (3, 4)
+    );
+    let s = &math.scores;
+    assert!((s.one_vs_all_accuracy * 3.0 - (s.one_vs_all_accuracy * 3.0).round()).abs() < 1e-9);
+    assert!(
+        (0.2 - 1e-12..=1.0).contains(&s.mean_reciprocal_rank),
+        "{s:?}"
+    );
+    assert!((s.pairwise_accuracy * 12.0 - (s.pairwise_accuracy * 12.0).round()).abs() < 1e-9);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&math.rows_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r["rejected"].as_array().unwrap().len() == 4)
+    );
+    assert!(tmp.join("probe.md").is_file());
+    let err = probe("dev").unwrap_err();
+    assert!(format!("{err:#}").contains("train and test"), "{err:#}");
+
     // A second fresh run into the same folder is refused; --overwrite starts over.
     let err = train_reward_model(slice_recipe(&tmp, &[]), &request(RunMode::Fresh)).unwrap_err();
     assert!(format!("{err:#}").contains("--resume"), "{err:#}");

@@ -377,6 +377,52 @@ pub enum TransformArg {
 }
 
 #[derive(Args, Debug)]
+pub struct ProbeMathArgs {
+    /// A reward-model folder or an ensemble folder.
+    #[arg(long)]
+    pub rm: PathBuf,
+    /// GSM8K split from the data dir.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// The first N problems (0 = all).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Incorrect solutions per problem (RewardMATH uses 9).
+    #[arg(long, default_value_t = 9)]
+    pub incorrect: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// For an ensemble folder: the aggregation [default: the ensemble's].
+    #[arg(long)]
+    pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
+}
+
+/// `plumb probe-math`: writes the report (--out FILE.json, FILE.md beside it, the rows as
+/// FILE.rows.jsonl; default probe-math.json) and prints the table.
+pub fn probe_math(global: &GlobalArgs, args: ProbeMathArgs) -> Result<()> {
+    let report = rm_pipeline::math_probe::probe_math(&rm_pipeline::math_probe::MathProbeRequest {
+        rm: args.rm,
+        data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+        split: args.split,
+        limit: args.limit,
+        incorrect: args.incorrect,
+        seed: args.seed,
+        batch_size: args.batch_size,
+        device: global.device.device()?,
+        aggregation: args.aggregation,
+        out: global
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("probe-math.json")),
+    })?;
+    println!("{}", report.to_markdown());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 pub struct ScoreArgs {
     /// A reward-model folder written by `plumb train-rm`, or an ensemble folder (ensemble.json).
     #[arg(long)]
