@@ -33,7 +33,7 @@ pub struct ScorerResult {
     pub name: String,
     /// RewardBench-v1 overall accuracy (on HH-RLHF: correct / pairs).
     pub accuracy: f64,
-    /// `None` when the probes were not asked for (or are undefined, e.g. constant rewards).
+    /// `None` when undefined (e.g. constant rewards or every pair of one length order).
     pub length_bias: Option<LengthBias>,
     pub calibration: Option<Calibration>,
     pub consistency: Vec<Consistency>,
@@ -189,15 +189,8 @@ pub fn evaluate_ensemble(
     let result = |name: String, scores: &[f32], after: &[Vec<f32>]| -> Result<ScorerResult> {
         let scored = V1Scored::of_rows(rows, scores);
         let accuracy = v1_report(&name, &scored).overall;
-        if !probes {
-            return Ok(ScorerResult {
-                name,
-                accuracy,
-                length_bias: None,
-                calibration: None,
-                consistency: Vec::new(),
-            });
-        }
+        // Length bias and calibration come from these scores alone; only the consistency
+        // probes (`probes`) score edited texts.
         let pairs = as_pairs(scores);
         let with_len: Vec<ScoredPair> = pairs
             .iter()
