@@ -390,8 +390,8 @@ pub fn train_collaborative(
         "train_pairs_per_s": outcome.examples_per_second,
         "flipped_training_pairs": flipped_pairs,
         "preference_strength": preference_strength,
-        "member_dev_accuracy": evaluation.members.iter().map(|m| json!({"member": m.name, "dev_accuracy": m.accuracy})).collect::<Vec<_>>(),
-        "aggregation_dev_accuracy": evaluation.aggregations.iter().map(|a| json!({"aggregation": a.name, "dev_accuracy": a.accuracy})).collect::<Vec<_>>(),
+        "member_dev_accuracy": evaluation.member_accuracies_json(),
+        "aggregation_dev_accuracy": evaluation.aggregation_accuracies_json(),
         "best_step": outcome.best_step,
         "best_mean_member_dev_accuracy": outcome.best_score,
     });

@@ -111,6 +111,22 @@ impl EnsembleEvaluation {
         s
     }
 
+    /// `[{member, dev_accuracy}, …]` for a run's summary.
+    pub fn member_accuracies_json(&self) -> serde_json::Value {
+        self.members
+            .iter()
+            .map(|m| json!({"member": m.name, "dev_accuracy": m.accuracy}))
+            .collect()
+    }
+
+    /// `[{aggregation, dev_accuracy}, …]` for a run's summary.
+    pub fn aggregation_accuracies_json(&self) -> serde_json::Value {
+        self.aggregations
+            .iter()
+            .map(|a| json!({"aggregation": a.name, "dev_accuracy": a.accuracy}))
+            .collect()
+    }
+
     /// The result named `name` (a member's path or an aggregation's label).
     pub fn get(&self, name: &str) -> Option<&ScorerResult> {
         self.members
@@ -419,8 +435,8 @@ pub fn train_ensemble(
     let summary = json!({
         "recipe": recipe,
         "members": members,
-        "member_dev_accuracy": evaluation.members.iter().map(|m| json!({"member": m.name, "dev_accuracy": m.accuracy})).collect::<Vec<_>>(),
-        "aggregation_dev_accuracy": evaluation.aggregations.iter().map(|a| json!({"aggregation": a.name, "dev_accuracy": a.accuracy})).collect::<Vec<_>>(),
+        "member_dev_accuracy": evaluation.member_accuracies_json(),
+        "aggregation_dev_accuracy": evaluation.aggregation_accuracies_json(),
         "aggregation": config.aggregation,
         "seconds": start.elapsed().as_secs_f64(),
     });
