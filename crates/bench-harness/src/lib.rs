@@ -13,11 +13,13 @@
 //! - [`reward_model_scorer`]: plumbline reward models as a [`Scorer`];
 //! - [`robustness`]: probes of scores on pairs: length bias, calibration (ECE), consistency
 //!   under meaning-preserving edits;
-//! - [`math_probe`]: the RewardMATH-style one-correct-vs-many probe on GSM8K.
+//! - [`math_probe`]: the RewardMATH-style one-correct-vs-many probe on GSM8K;
+//! - [`contrast`]: contrast instructions (response and instruction consistency).
 //!
 //! The scoring itself works on `f32` scores; no tensors here. Every formula's source in
 //! allenai/reward-bench is named in its module's docs.
 
+pub mod contrast;
 pub mod data;
 pub mod eval;
 pub mod implicit;

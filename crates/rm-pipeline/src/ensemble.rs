@@ -3,12 +3,17 @@
 //! (each a normal run folder, resumable; a finished member is skipped on `--resume`), writes
 //! `ensemble.json`, and evaluates every member and every aggregation on the evaluation pairs
 //! ([`evaluate_ensemble`], also behind `eval-rm` on an ensemble folder), with the robustness
-//! probes of [`bench_harness::robustness`].
+//! probes of [`bench_harness::robustness`] and the contrast instructions of
+//! [`bench_harness::contrast`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bench_harness::contrast::{
+    ContrastConfig, ContrastConsistency, ContrastPair, ContrastScores, contrast_consistency,
+    contrast_instructions,
+};
 use bench_harness::data::rows_from_pairs;
 use bench_harness::robustness::{
     Calibration, Consistency, LengthBias, Perturbation, ScoredPair, calibration, consistency,
@@ -37,6 +42,10 @@ pub struct ScorerResult {
     pub length_bias: Option<LengthBias>,
     pub calibration: Option<Calibration>,
     pub consistency: Vec<Consistency>,
+    /// Contrast instructions built from the evaluation prompts and their chosen responses
+    /// (with the probes; `None` when no two prompts are similar enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<ContrastConsistency>,
 }
 
 /// An ensemble's evaluation: each member, then each aggregation.
@@ -102,6 +111,21 @@ impl EnsembleEvaluation {
             }
             s += "\n";
         }
+        if let Some(first) = self.members.first().and_then(|m| m.contrast.as_ref()) {
+            s += &format!(
+                "\nContrast instructions: {} instances (pairs of similar evaluation prompts, each with its chosen response). Random scores: 0.5 per comparison, 0.25 for both; a scorer blind to the prompt: 0.5 for responses and 0 for both.\n\n",
+                first.instances
+            );
+            s += "| scorer | response consistency | both | instruction consistency | both |\n|---|---|---|---|---|\n";
+            for r in self.members.iter().chain(&self.aggregations) {
+                if let Some(c) = &r.contrast {
+                    s += &format!(
+                        "| {} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                        r.name, c.response, c.response_both, c.instruction, c.instruction_both
+                    );
+                }
+            }
+        }
         if let Some(lb) = self.members.first().and_then(|m| m.length_bias.as_ref()) {
             s += &format!(
                 "\n{} pairs have the chosen response shorter, {} longer (characters).\n",
@@ -163,8 +187,52 @@ fn as_pairs(scores: &[f32]) -> Vec<(f32, f32)> {
 /// of the edited responses.
 type Perturbed = (Perturbation, Vec<(bool, bool)>, RewardMatrix);
 
-/// Scores `rows` with every member once (and once per perturbation when `probes`), then
-/// reports each member and each of `aggregations` from the same reward matrices.
+/// The crossed items `(I_a, R_b)`, `(I_b, R_a)` of each contrast instance, interleaved; `R` is
+/// a row's chosen response.
+fn contrast_items<'a>(rows: &'a [V1Row], instances: &[ContrastPair]) -> Vec<ScoreItem<'a>> {
+    instances
+        .iter()
+        .flat_map(|p| {
+            [
+                ScoreItem {
+                    prompt: &rows[p.a].prompt,
+                    response: &rows[p.b].chosen,
+                },
+                ScoreItem {
+                    prompt: &rows[p.b].prompt,
+                    response: &rows[p.a].chosen,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Contrast consistency of one scorer: `pair_scores` are its (chosen, rejected) rewards of the
+/// rows, `crossed` its rewards of [`contrast_items`].
+fn contrast_of(
+    instances: &[ContrastPair],
+    pair_scores: &[f32],
+    crossed: &[f32],
+) -> Result<Option<ContrastConsistency>> {
+    if instances.is_empty() {
+        return Ok(None);
+    }
+    let scores: Vec<ContrastScores> = instances
+        .iter()
+        .zip(crossed.chunks_exact(2))
+        .map(|(p, x)| ContrastScores {
+            aa: pair_scores[2 * p.a],
+            ab: x[0],
+            bb: pair_scores[2 * p.b],
+            ba: x[1],
+        })
+        .collect();
+    contrast_consistency(&scores).map(Some)
+}
+
+/// Scores `rows` with every member once (and, when `probes`, once per perturbation and once
+/// for the contrast instructions' crossed items), then reports each member and each of
+/// `aggregations` from the same reward matrices.
 pub fn evaluate_ensemble(
     ensemble: &Ensemble,
     rows: &[V1Row],
@@ -181,7 +249,21 @@ pub fn evaluate_ensemble(
         .collect();
     let matrix = ensemble.member_rewards(&pair_items(rows, &original), 0, batch_size)?;
     let mut perturbed: Vec<Perturbed> = Vec::new();
+    let mut instances = Vec::new();
+    let mut crossed = None;
     if probes {
+        let own: Vec<(&rm_core::types::Prompt, &str)> = rows
+            .iter()
+            .map(|r| (&r.prompt, r.chosen.as_str()))
+            .collect();
+        instances = contrast_instructions(&own, ContrastConfig::default())?;
+        if !instances.is_empty() {
+            crossed = Some(
+                ensemble
+                    .member_rewards(&contrast_items(rows, &instances), 0, batch_size)
+                    .context("scoring the contrast instructions")?,
+            );
+        }
         for kind in Perturbation::ALL {
             let edited: Vec<(String, String)> = original
                 .iter()
@@ -202,7 +284,11 @@ pub fn evaluate_ensemble(
         .iter()
         .map(|r| (r.chosen.chars().count(), r.rejected.chars().count()))
         .collect();
-    let result = |name: String, scores: &[f32], after: &[Vec<f32>]| -> Result<ScorerResult> {
+    let result = |name: String,
+                  scores: &[f32],
+                  after: &[Vec<f32>],
+                  crossed: Option<Vec<f32>>|
+     -> Result<ScorerResult> {
         let scored = V1Scored::of_rows(rows, scores);
         let accuracy = v1_report(&name, &scored).overall;
         // Length bias and calibration come from these scores alone; only the consistency
@@ -229,6 +315,10 @@ pub fn evaluate_ensemble(
             length_bias: length_bias(&with_len).ok(),
             calibration: Some(calibration(&pairs)?),
             consistency,
+            contrast: match crossed {
+                Some(x) => contrast_of(&instances, scores, &x)?,
+                None => None,
+            },
         })
     };
     let members = ensemble
@@ -240,7 +330,8 @@ pub fn evaluate_ensemble(
                 .iter()
                 .map(|(_, _, p)| p.row(k).to_vec())
                 .collect();
-            result(m.name.clone(), matrix.row(k), &after)
+            let crossed = crossed.as_ref().map(|c| c.row(k).to_vec());
+            result(m.name.clone(), matrix.row(k), &after, crossed)
         })
         .collect::<Result<_>>()?;
     let aggregations = aggregations
@@ -250,7 +341,8 @@ pub fn evaluate_ensemble(
                 .iter()
                 .map(|(_, _, p)| a.apply(p))
                 .collect::<Result<Vec<_>>>()?;
-            result(a.label(), &a.apply(&matrix)?, &after)
+            let crossed = crossed.as_ref().map(|c| a.apply(c)).transpose()?;
+            result(a.label(), &a.apply(&matrix)?, &after, crossed)
         })
         .collect::<Result<_>>()?;
     Ok(EnsembleEvaluation {

@@ -67,8 +67,8 @@ pub struct EvalRequest {
     /// For an ensemble folder: the aggregation reported first (default: `ensemble.json`'s);
     /// the other standard rules are reported beside it.
     pub aggregation: Option<Aggregation>,
-    /// Add the robustness probes (length bias, calibration, consistency under edits) for the
-    /// model, or each member and aggregation of an ensemble.
+    /// Add the robustness probes (length bias, calibration, consistency under edits, contrast
+    /// instructions) for the model, or each member and aggregation of an ensemble.
     pub probes: bool,
 }
 

@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use bench_harness::ScoreItem;
+use bench_harness::contrast::{ContrastScores, contrast_consistency};
 use rm_core::train::RunMode;
+use rm_core::types::Prompt;
 use rm_pipeline::RewardRecipe;
-use rm_pipeline::ensemble::{Aggregation, ENSEMBLE_FILE, EnsembleSpec, train_ensemble};
+use rm_pipeline::ensemble::{Aggregation, ENSEMBLE_FILE, Ensemble, EnsembleSpec, train_ensemble};
 use rm_pipeline::eval::{EvalInput, EvalRequest, evaluate_reward_model};
 use rm_pipeline::score::{ScoreRequest, score_rows};
 
@@ -116,6 +119,45 @@ fn two_members_train_into_an_ensemble_folder_and_resume_skips_them() {
             r.name
         );
     }
+    // Contrast instructions: the 6 dev prompts "w3 w4 w1x" are pairwise 2/4 similar, so the
+    // greedy matching makes instances (0,1), (2,3), (4,5); member 0's figures equal a direct
+    // scoring of the four combinations of each.
+    let ensemble = Ensemble::load(&out, &rm_core::device::test_device()).unwrap();
+    let dev: Vec<(Prompt, String)> = (10..16)
+        .map(|i| (Prompt::Text(format!("w3 w4 w{i}")), format!("w7 w7 w{i}")))
+        .collect();
+    let items: Vec<ScoreItem> = [(0, 1), (2, 3), (4, 5)]
+        .iter()
+        .flat_map(|&(a, b)| [(a, a), (a, b), (b, b), (b, a)])
+        .map(|(p, r)| ScoreItem {
+            prompt: &dev[p].0,
+            response: &dev[r].1,
+        })
+        .collect();
+    let direct = ensemble.member_rewards(&items, 0, 8).unwrap();
+    let scores: Vec<ContrastScores> = direct
+        .row(0)
+        .chunks_exact(4)
+        .map(|x| ContrastScores {
+            aa: x[0],
+            ab: x[1],
+            bb: x[2],
+            ba: x[3],
+        })
+        .collect();
+    let expected = contrast_consistency(&scores).unwrap();
+    let got = ev.members[0].contrast.as_ref().unwrap();
+    assert_eq!(got.instances, 3);
+    for (g, e) in [
+        (got.response, expected.response),
+        (got.instruction, expected.instruction),
+        (got.response_both, expected.response_both),
+        (got.instruction_both, expected.instruction_both),
+    ] {
+        assert!((g - e).abs() < 1e-9, "{got:?} vs {expected:?}");
+    }
+    assert!(ev.aggregations.iter().all(|a| a.contrast.is_some()));
+
     // With two members the median is the mean.
     assert_eq!(
         ev.get("mean").unwrap().accuracy,
@@ -133,7 +175,9 @@ fn two_members_train_into_an_ensemble_folder_and_resume_skips_them() {
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        md.contains("member-1/final") && md.contains("brme(λ=0.5)"),
+        md.contains("member-1/final")
+            && md.contains("brme(λ=0.5)")
+            && md.contains("Contrast instructions: 3 instances"),
         "{md}"
     );
 

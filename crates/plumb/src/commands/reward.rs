@@ -306,8 +306,10 @@ pub struct EvalRmArgs {
     #[arg(long)]
     pub aggregation: Option<rm_pipeline::ensemble::Aggregation>,
     /// Add robustness probes: length bias (correlation of reward with length; accuracy when
-    /// chosen is shorter/longer), calibration (ECE of σ(r_c − r_r), reliability table), and
-    /// consistency under whitespace/punctuation/sentence-order edits.
+    /// chosen is shorter/longer), calibration (ECE of σ(r_c − r_r), reliability table),
+    /// consistency under whitespace/punctuation/sentence-order edits, and contrast
+    /// instructions (pairs of lexically similar prompts with their chosen responses: does the
+    /// own response win for each prompt, the own prompt for each response?).
     #[arg(long)]
     pub probes: bool,
 }
