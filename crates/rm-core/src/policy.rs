@@ -92,6 +92,19 @@ pub struct PolicyWithValue<P: Module> {
     pub value_head: ValueHead,
 }
 
+/// A policy and a separate critic: PPO's actor-critic with its own value model (a causal LM of
+/// the same tokenizer, its hidden states read by a scalar head), as OpenRLHF and verl run PPO by
+/// default. The critic's weights are all trained (no adapters); the policy's as configured.
+#[derive(Module, Debug)]
+pub struct PolicyWithCritic<P: Module> {
+    /// The causal LM being aligned.
+    pub policy: P,
+    /// The value model's backbone.
+    pub critic: P,
+    /// `D_critic → 1` on the critic's hidden states.
+    pub value_head: ValueHead,
+}
+
 /// The log-probs and values of one [`PolicyWithValue::forward`].
 #[derive(Clone, Debug)]
 pub struct PolicyValueOutput {

@@ -9,7 +9,7 @@
 //! `seq-mean-token-sum-norm`; DAPO = clip-higher + `drop_uniform_groups` + the overlong length
 //! reward; RLOO / REINFORCE++ / ReMax / OPO = their estimator; GSPO / CISPO = their loss.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rm_core::models::policy_folder::PolicyModelConfig;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::algos::{
     AdvantageEstimator, ComponentAggregation, KlControllerConfig, KlEstimator, LossAggregation,
-    PolicyLoss,
+    P3oClip, PolicyLoss,
 };
 use super::prompts::PromptSource;
 use super::rewards::RewardComponentConfig;
@@ -195,13 +195,17 @@ pub struct AlgorithmConfig {
     /// (see [`ConstraintConfig`]).
     #[serde(default)]
     pub constraints: Vec<ConstraintConfig>,
-    /// PPO's critic: a value head on the policy's hidden states (shared backbone), trained with
-    /// the clipped value loss; needed by (and only used by) `estimator = { name = "gae" }`.
+    /// PPO's critic: a value head on the policy's hidden states (shared backbone) or on a
+    /// separate value model's (`model`), trained with the clipped value loss; needed by (and only
+    /// used by) `estimator = { name = "gae" }`.
     #[serde(default)]
     pub critic: Option<CriticConfig>,
     /// Online (iterative) DPO instead of a policy gradient: see [`OnlineDpoConfig`].
     #[serde(default)]
     pub online_dpo: Option<OnlineDpoConfig>,
+    /// P3O instead of a per-row policy gradient: see [`P3oConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p3o: Option<P3oConfig>,
     /// PRIME's implicit process reward model, updated online on the rollouts' outcome labels
     /// ([`super::implicit_prm`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,8 +222,10 @@ pub enum PairLabel {
     #[default]
     Reward,
     /// By the policy's own implicit reward `β·Σ_t (log π_old − log π_ref)` (self-rewarding,
-    /// Yuan et al. 2024, with the implicit reward as the judge as in CREAM, Wang et al. 2025 —
-    /// without CREAM's cross-iteration consistency regulariser).
+    /// Yuan et al. 2024, with the implicit reward as the judge as in CREAM, Wang et al. 2025;
+    /// `cream = true` adds CREAM's cross-iteration consistency regulariser). The policy must
+    /// differ from its reference at the start, or every reward is 0: start from a trained
+    /// policy folder (its LoRA adapters continue, the reference is its base).
     Implicit,
     /// DNO-Prct's pair (Rosset et al. 2024, "Direct Nash Optimization", Algorithm 2): the
     /// `[[reward]]` totals act as a Bradley–Terry preference oracle, `P(y_i ≻ y_j) =
@@ -261,6 +267,15 @@ pub struct OnlineDpoConfig {
     /// completions do not all tie).
     #[serde(default)]
     pub min_gap: f32,
+    /// CREAM (Wang et al. 2025, "CREAM: Consistency Regularized Self-Rewarding Language
+    /// Models"), with `label = "implicit"`: each collection's completions are also ranked by
+    /// the previous collection's policy; the consistency rate `C` (mean `(τ_b + 1)/2` of
+    /// Kendall's τ-b between the two rankings per prompt,
+    /// [`crate::online::algos::consistency`]) makes the loss `C·L(y_w, y_l) + (1 − C)·L(y_l,
+    /// y_w)`. The first collection has no previous iterate and trains with `C = 1`. The
+    /// previous iterate is part of every checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cream: bool,
 }
 
 impl OnlineDpoConfig {
@@ -268,6 +283,29 @@ impl OnlineDpoConfig {
     pub fn needs_reference(&self) -> bool {
         self.reference == OnlineDpoReference::Initial || self.label == PairLabel::Implicit
     }
+}
+
+/// `[algorithm.p3o]`: Pairwise Proximal Policy Optimization (Wu et al. 2023, "Pairwise
+/// Proximal Policy Optimization: Harnessing Relative Feedback for LLM Alignment"). Each
+/// collection samples `group_size` completions per prompt; every pair `(y_i, y_j)` of a
+/// prompt's included completions trains on the difference of their sequence rewards
+/// `Δ = R_i − R_j` (the `[[reward]]` total, minus the KL penalty when `algorithm.kl` puts it in
+/// the reward; process rewards included), with sequence-level importance ratios clipped
+/// jointly or separately ([`crate::online::algos::pairwise`]). Only reward differences within a
+/// prompt enter, so no baseline or value model is needed. `estimator`, `policy_loss` and
+/// `loss_aggregation` are unused; batches count prompts, the loss is the mean over their pairs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P3oConfig {
+    #[serde(default)]
+    pub clip: P3oClip,
+    /// ε of the clip range `[1 − ε, 1 + ε]` (default 0.2).
+    #[serde(default = "p3o_clip_ratio")]
+    pub clip_ratio: f64,
+}
+
+fn p3o_clip_ratio() -> f64 {
+    0.2
 }
 
 /// Which side of its threshold a constrained component must stay on.
@@ -317,6 +355,12 @@ pub struct CriticConfig {
     /// How far a new value may move from the collection's before the clipped term takes over.
     #[serde(default = "cliprange_value")]
     pub cliprange_value: f64,
+    /// A separate value model: a causal-LM folder with the policy's tokenizer (e.g. the
+    /// policy's own base, or a smaller model of its family), every weight trained, its value head
+    /// on its own hidden states. Absent: the head sits on the policy's hidden states (shared
+    /// backbone). Saved beside the policy as `critic.safetensors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
 }
 
 fn vf_coef() -> f64 {
@@ -455,9 +499,9 @@ impl RlRecipe {
 
     /// Items in every buffer: prompts × group size rows, or one pair per prompt for online DPO.
     pub fn buffer_size(&self) -> usize {
-        match self.algorithm.online_dpo {
-            Some(_) => self.rollout.prompts_per_iteration,
-            None => self.rollout.prompts_per_iteration * self.rollout.group_size,
+        match (&self.algorithm.online_dpo, &self.algorithm.p3o) {
+            (None, None) => self.rollout.prompts_per_iteration * self.rollout.group_size,
+            _ => self.rollout.prompts_per_iteration,
         }
     }
 
@@ -564,10 +608,51 @@ impl RlRecipe {
                     "algorithm.online_dpo.min_gap is a win-rate gap: it applies to label = \"win_rate\" only"
                 );
             }
+            if o.cream && o.label != PairLabel::Implicit {
+                bail!(
+                    "algorithm.online_dpo.cream regularises the policy's own (implicit) labels: set label = \"implicit\""
+                );
+            }
             if o.label == PairLabel::Implicit && o.reference == OnlineDpoReference::PreviousIterate
             {
                 bail!(
                     "algorithm.online_dpo: label = \"implicit\" with reference = \"previous_iterate\" would rank every completion at 0 (the previous iterate is the sampler); use reference = \"initial\""
+                );
+            }
+            if o.label == PairLabel::Implicit
+                && !self
+                    .model
+                    .policy
+                    .join(rm_core::models::policy_folder::POLICY_SPEC_FILE)
+                    .is_file()
+            {
+                bail!(
+                    "algorithm.online_dpo: label = \"implicit\" ranks by β·Σ(log π − log π_ref), which is 0 for every completion while the policy is still its reference; set model.policy to a trained policy folder (a train-po or train-rl output: its LoRA adapters continue, the reference is its base), not {}",
+                    self.model.policy.display()
+                );
+            }
+        }
+        if let Some(p) = &self.algorithm.p3o {
+            if !(p.clip_ratio.is_finite() && p.clip_ratio > 0.0 && p.clip_ratio < 1.0) {
+                bail!(
+                    "algorithm.p3o.clip_ratio must be in (0, 1), got {}",
+                    p.clip_ratio
+                );
+            }
+            if self.rollout.group_size < 2 {
+                bail!("algorithm.p3o needs rollout.group_size ≥ 2 to form pairs");
+            }
+            if self.algorithm.online_dpo.is_some() {
+                bail!("algorithm.p3o and algorithm.online_dpo are two algorithms: keep one");
+            }
+            if self.algorithm.critic.is_some() || self.algorithm.entropy_coef > 0.0 {
+                bail!(
+                    "algorithm.p3o needs no value model and has no entropy term: remove [algorithm.critic] and entropy_coef"
+                );
+            }
+            if self.algorithm.kl.active() && self.algorithm.kl.placement == KlPlacement::Loss {
+                bail!(
+                    "algorithm.p3o takes the KL penalty in the reward (as the paper): set algorithm.kl.placement = \"reward\""
                 );
             }
         }
@@ -656,6 +741,13 @@ mod tests {
                 seen.push(algorithm);
                 continue;
             }
+            if algorithm == "p3o" {
+                let p = recipe.algorithm.p3o.as_ref().unwrap();
+                assert_eq!((p.clip, p.clip_ratio), (P3oClip::Joint, 0.2));
+                assert_eq!(recipe.buffer_size(), recipe.rollout.prompts_per_iteration);
+                seen.push(algorithm);
+                continue;
+            }
             let estimator = recipe.algorithm.estimator.name();
             let loss = recipe.algorithm.policy_loss.name();
             match algorithm.as_str() {
@@ -716,6 +808,7 @@ mod tests {
                 "gspo",
                 "online-dpo",
                 "opo",
+                "p3o",
                 "pf-ppo",
                 "ppo",
                 "prime",
@@ -780,6 +873,10 @@ mod tests {
         for (bad, says) in [
             ("algorithm.online_dpo.min_gap=0.1", "win_rate\" only"),
             (
+                "algorithm.online_dpo.cream=true",
+                "set label = \"implicit\"",
+            ),
+            (
                 "algorithm.online_dpo={ label = \"win_rate\", min_gap = -1.0 }",
                 "min_gap must be finite",
             ),
@@ -789,6 +886,24 @@ mod tests {
             ),
         ] {
             let r: RlRecipe = rm_core::recipe::parse(online, "online-dpo", &[bad.into()]).unwrap();
+            let err = format!("{:#}", r.validate().unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let p3o = include_str!("../../../../recipes/p3o-smollm2-hh.toml");
+        for (bad, says) in [
+            (
+                "algorithm.p3o.clip_ratio=0.0",
+                "p3o.clip_ratio must be in (0, 1)",
+            ),
+            ("rollout.group_size=1", "p3o needs rollout.group_size ≥ 2"),
+            (
+                "algorithm.kl.placement=\"loss\"",
+                "KL penalty in the reward",
+            ),
+            ("algorithm.entropy_coef=0.01", "no entropy term"),
+            ("algorithm.online_dpo={}", "keep one"),
+        ] {
+            let r: RlRecipe = rm_core::recipe::parse(p3o, "p3o", &[bad.into()]).unwrap();
             let err = format!("{:#}", r.validate().unwrap_err());
             assert!(err.contains(says), "{bad}: {err}");
         }

@@ -148,26 +148,51 @@ fn host(t: Tensor<2>, what: &str) -> Result<Vec<f32>> {
         .map_err(|e| anyhow!("reading {what}: {e:?}"))
 }
 
-/// The per-token log-probs of each completion's tokens under `model`, and the values of
-/// `value_head` on its hidden states when given (one forward pass per `batch` rows,
-/// right-padded; no graph is kept when `model` is a frozen copy).
+/// Where [`score_completions`] reads values from.
+#[derive(Clone, Copy, Debug)]
+pub enum ValueSource<'a> {
+    /// No critic: log-probs only.
+    None,
+    /// A value head on the policy's own hidden states (one pass for both).
+    Shared(&'a ValueHead),
+    /// A value head on a separate value model's hidden states (a second pass, the same tokens).
+    Separate(&'a LlamaModel, &'a ValueHead),
+}
+
+/// The per-token log-probs of each completion's tokens under `model`, and the values of the
+/// critic `values` names (one forward pass per `batch` rows, right-padded; no graph is kept
+/// when the models are frozen copies).
 pub fn score_completions(
     model: &LlamaModel,
-    value_head: Option<&ValueHead>,
+    values: ValueSource<'_>,
     completions: &[Completion],
     pad_id: u32,
     batch: usize,
 ) -> Result<CompletionScores> {
     let device = device_of(model);
     let mut logprobs = Vec::with_capacity(completions.len());
-    let mut values = value_head.map(|_| Vec::with_capacity(completions.len()));
+    let value_source = values;
+    let mut values = match value_source {
+        ValueSource::None => None,
+        _ => Some(Vec::with_capacity(completions.len())),
+    };
     for chunk in completions.chunks(batch.max(1)) {
         let seqs: Vec<Sequence> = chunk.iter().map(Completion::sequence).collect();
         let width = seqs.iter().map(Sequence::len).max().unwrap_or(1) - 1;
-        let (lp, v) = match value_head {
+        let (lp, v) = match value_source {
             // A group's completions share their prompt: it runs once.
-            None => (shared_prompt_logprobs(model, &seqs, pad_id, false)?, None),
-            Some(head) => {
+            ValueSource::None => (shared_prompt_logprobs(model, &seqs, pad_id, false)?, None),
+            ValueSource::Separate(critic, head) => {
+                let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
+                let hidden = critic
+                    .hidden_states(padded.ids_tensor(&device), padded.attention_tensor(&device))?;
+                let values = host(head.forward(hidden.narrow(1, 0, width))?, "values")?;
+                (
+                    shared_prompt_logprobs(model, &seqs, pad_id, false)?,
+                    Some(values),
+                )
+            }
+            ValueSource::Shared(head) => {
                 let padded = TokenBatch::pad(&seqs, pad_id, PaddingSide::Right)?;
                 let hidden = model
                     .hidden_states(padded.ids_tensor(&device), padded.attention_tensor(&device))?;
@@ -202,7 +227,7 @@ pub fn completion_logprobs(
     pad_id: u32,
     batch: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    Ok(score_completions(model, None, completions, pad_id, batch)?.logprobs)
+    Ok(score_completions(model, ValueSource::None, completions, pad_id, batch)?.logprobs)
 }
 
 #[cfg(test)]
@@ -225,7 +250,8 @@ mod tests {
     }
 
     /// Groups of completions share their prompt's pass; with a value head every row runs in
-    /// full. Both give each completion token's log-prob, to float rounding.
+    /// full. Both give each completion token's log-prob, to float rounding; a separate critic
+    /// of the same weights gives the shared head's values.
     #[test]
     fn grouped_completions_score_as_rows_run_in_full() {
         let dir = std::env::temp_dir().join(format!("plumb-rollout-{}", std::process::id()));
@@ -242,10 +268,34 @@ mod tests {
             completion(1, b, &[22, 23, 24, 25]),
             completion(1, b, &[26]),
         ];
+        let critic = CausalLm::load(&dir, &device).unwrap().model;
         for batch in [6, 4] {
-            let shared = score_completions(&model, None, &completions, 0, batch).unwrap();
-            let full = score_completions(&model, Some(&head), &completions, 0, batch).unwrap();
+            let shared =
+                score_completions(&model, ValueSource::None, &completions, 0, batch).unwrap();
+            let full =
+                score_completions(&model, ValueSource::Shared(&head), &completions, 0, batch)
+                    .unwrap();
             assert!(shared.values.is_none() && full.values.is_some());
+            // The same weights as a separate critic give the same values and log-probs.
+            let separate = score_completions(
+                &model,
+                ValueSource::Separate(&critic, &head),
+                &completions,
+                0,
+                batch,
+            )
+            .unwrap();
+            for (x, y) in separate
+                .values
+                .as_ref()
+                .unwrap()
+                .iter()
+                .flatten()
+                .zip(full.values.as_ref().unwrap().iter().flatten())
+            {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+            assert_eq!(separate.logprobs, shared.logprobs);
             for (c, (x, y)) in completions
                 .iter()
                 .zip(shared.logprobs.iter().zip(&full.logprobs))

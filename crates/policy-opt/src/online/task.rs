@@ -37,7 +37,7 @@ use rm_core::logprobs::HeadPositions;
 use rm_core::models::heads::ValueHead;
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::Policy;
-use rm_core::policy::{CausalPolicy, PolicyWithValue, reference_policy};
+use rm_core::policy::{CausalPolicy, PolicyWithCritic, PolicyWithValue, reference_policy};
 use rm_core::sampling::SamplingConfig;
 use rm_core::shared_prompt::shared_prompt_forward;
 use rm_core::tokenize::{PaddingSide, Sequence, TokenBatch};
@@ -48,28 +48,44 @@ use serde::{Deserialize, Serialize};
 
 use super::algos::{
     AdvantageEstimator, AdvantageInput, ComponentAggregation, KlController, aggregate,
-    aggregate_reward_components, clipped_value_loss, compute_advantages, kl_penalty, policy_loss,
-    token_entropy,
+    aggregate_reward_components, clipped_value_loss, compute_advantages, consistency_rate,
+    kl_penalty, p3o_loss, policy_loss, token_entropy,
 };
 use super::filtration::policy_filtration;
 use super::implicit_prm::ImplicitPrm;
 use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
-use super::recipe::{ConstraintBound, KlPlacement, OnlineDpoReference, PairLabel, RlRecipe};
+use super::recipe::{
+    ConstraintBound, KlPlacement, OnlineDpoReference, P3oConfig, PairLabel, RlRecipe,
+};
 use super::rewards::process::step_end_tokens;
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
 use super::rollout::{
-    Completion, CompletionScores, Sampled, completion_logprobs, device_of, sample,
+    Completion, CompletionScores, Sampled, ValueSource, completion_logprobs, device_of, sample,
     score_completions, with_stop_tokens,
 };
 
-/// What online RL trains: a causal LM, with or without PPO's value head.
+/// What online RL trains: a causal LM, with or without PPO's value head (on the policy's
+/// hidden states or on a separate value model's).
 pub trait RlModel: Module + Sized {
     /// The causal LM.
     fn policy(&self) -> &LlamaModel;
-    /// The critic, when the model has one.
+    /// The critic's head, when the model has one.
     fn value_head(&self) -> Option<&ValueHead> {
         None
+    }
+    /// The separate value model under the head (`None`: the head reads the policy's hidden
+    /// states).
+    fn critic(&self) -> Option<&LlamaModel> {
+        None
+    }
+    /// Where values come from.
+    fn value_source(&self) -> ValueSource<'_> {
+        match (self.value_head(), self.critic()) {
+            (None, _) => ValueSource::None,
+            (Some(head), None) => ValueSource::Shared(head),
+            (Some(head), Some(critic)) => ValueSource::Separate(critic, head),
+        }
     }
 }
 
@@ -88,6 +104,24 @@ impl RlModel for PolicyWithValue<LlamaModel> {
         Some(&self.value_head)
     }
 }
+
+impl RlModel for PolicyWithCritic<LlamaModel> {
+    fn policy(&self) -> &LlamaModel {
+        &self.policy
+    }
+
+    fn value_head(&self) -> Option<&ValueHead> {
+        Some(&self.value_head)
+    }
+
+    fn critic(&self) -> Option<&LlamaModel> {
+        Some(&self.critic)
+    }
+}
+
+/// The file a PPO policy folder with a separate value model keeps that model's weights in
+/// (beside its value head, [`VALUE_HEAD_FILE`]).
+pub const CRITIC_FILE: &str = "critic.safetensors";
 
 /// The file a PPO policy folder keeps its value head in.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
@@ -137,7 +171,16 @@ pub struct RlTask {
     implicit_prm: Option<ImplicitPrm>,
     /// Online DPO: each prompt's (chosen, rejected) rows of the buffer, when it has a pair.
     pairs: Vec<Option<(usize, usize)>>,
+    /// P3O: each prompt's pairs of buffer rows `(i, j)` with `Δ = R_i − R_j`.
+    p3o_pairs: Vec<Vec<(usize, usize, f32)>>,
+    /// CREAM: the policy that sampled the previous collection (frozen), and the consistency
+    /// rate of the current collection's labels (1 without a previous iterate).
+    previous_iterate: Option<LlamaModel>,
+    cream_rate: f64,
 }
+
+/// Where a checkpoint keeps CREAM's previous iterate (a policy folder).
+const CREAM_PREVIOUS_DIR: &str = "cream_previous_iterate";
 
 /// Means and standard deviations of the scored samples, per component and total.
 fn reward_metrics(
@@ -287,6 +330,9 @@ impl RlTask {
             buffer: Vec::new(),
             implicit_prm: None,
             pairs: Vec::new(),
+            p3o_pairs: Vec::new(),
+            previous_iterate: None,
+            cream_rate: 1.0,
         })
     }
 
@@ -447,18 +493,38 @@ impl RlTask {
                 false,
             )?
             .token_logprobs;
+        let reference = tensor2(reference, [b2, width], &device);
+        let mask = completion.float();
         let out = config
             .dpo
             .loss(rm_losses::preference::DpoBatch::new(
-                policy,
-                tensor2(reference, [b2, width], &device),
-                completion.float(),
+                policy.clone(),
+                reference.clone(),
+                mask.clone(),
             ))
             .map_err(|e| anyhow!("online DPO: {e}"))?;
+        let mut loss = out.loss.clone();
+        if config.cream && self.cream_rate < 1.0 {
+            // CREAM: C·L(y_w, y_l) + (1 − C)·L(y_l, y_w), the reversed pairs from the same
+            // pass (rows [chosen…, rejected…] swapped halves).
+            let p = pairs.len();
+            let swap =
+                |t: Tensor<2>| Tensor::cat(vec![t.clone().narrow(0, p, p), t.narrow(0, 0, p)], 0);
+            let reversed = config
+                .dpo
+                .loss(rm_losses::preference::DpoBatch::new(
+                    swap(policy),
+                    swap(reference),
+                    swap(mask),
+                ))
+                .map_err(|e| anyhow!("online DPO (CREAM's reversed pairs): {e}"))?;
+            let c = self.cream_rate;
+            loss = loss.mul_scalar(c) + reversed.loss.mul_scalar(1.0 - c);
+        }
         let n = pairs.len() as f64;
         let margin = out.chosen_rewards.clone() - out.rejected_rewards.clone();
         let accuracy = margin.clone().greater_elem(0.0).float().mean();
-        Ok(LossOutput::new(out.loss, n)
+        Ok(LossOutput::new(loss, n)
             .with_tokens(batch.lengths.iter().sum())
             .with(Metric::device(
                 "reward_chosen",
@@ -472,6 +538,71 @@ impl RlTask {
             ))
             .with(Metric::device("reward_margin", margin.mean(), n))
             .with(Metric::device("reward_accuracy", accuracy, n)))
+    }
+
+    /// P3O's loss ([`p3o_loss`]) on every pair of the prompts `items`, weighted by the number
+    /// of pairs.
+    fn p3o_loss(
+        &self,
+        model: &LlamaModel,
+        items: &[usize],
+        config: &P3oConfig,
+    ) -> Result<LossOutput> {
+        let device = device_of(model);
+        let mut pairs = Vec::new();
+        for &i in items {
+            let prompt_pairs = self
+                .p3o_pairs
+                .get(i)
+                .ok_or_else(|| anyhow!("pair item {i} out of range"))?;
+            pairs.extend_from_slice(prompt_pairs);
+        }
+        if pairs.is_empty() {
+            return Ok(LossOutput::new(Tensor::zeros([1], &device), 0.0));
+        }
+        let rows: Vec<&BufferRow> = pairs
+            .iter()
+            .map(|p| &self.buffer[p.0])
+            .chain(pairs.iter().map(|p| &self.buffer[p.1]))
+            .collect();
+        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
+        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let (b2, width) = (batch.batch_size, batch.seq_len - 1);
+        let mut old = vec![0.0f32; b2 * width];
+        let mut mask = vec![0.0f32; b2 * width];
+        for (i, row) in rows.iter().enumerate() {
+            let start = i * width + row.prompt_len - 1;
+            let n = row.old_logprobs.len();
+            old[start..start + n].copy_from_slice(&row.old_logprobs);
+            mask[start..start + n].copy_from_slice(&row.mask);
+        }
+        let logprobs = model
+            .completion_logprobs(
+                batch.ids_tensor(&device),
+                batch.attention_tensor(&device),
+                batch.completion_tensor(&device),
+                false,
+            )?
+            .token_logprobs;
+        let delta: Vec<f32> = pairs.iter().map(|p| p.2).collect();
+        let n = pairs.len();
+        let out = p3o_loss(
+            config.clip,
+            config.clip_ratio,
+            tensor2(old, [b2, width], &device),
+            logprobs,
+            tensor2(mask, [b2, width], &device),
+            Tensor::from_data(TensorData::new(delta, [n]), &device),
+        )?;
+        Ok(LossOutput::new(out.loss.clone(), out.pairs)
+            .with_tokens(batch.lengths.iter().sum())
+            .with(Metric::device("pg_loss", out.loss, out.pairs))
+            .with(Metric::device("pg_clipfrac", out.clipfrac, out.pairs))
+            .with(Metric::device(
+                "p3o_log_ratio_abs",
+                out.log_ratio_abs,
+                out.pairs,
+            )))
     }
 
     /// The prompts of iteration `iteration` (indices into the training prompts): positions
@@ -620,9 +751,13 @@ impl RlTask {
 impl<M: RlModel> TrainTask<M> for RlTask {
     fn loss(&mut self, model: &M, items: &[usize]) -> Result<LossOutput> {
         let head = model.value_head();
+        let separate_critic = model.critic();
         let model = model.policy();
         if self.recipe.algorithm.online_dpo.is_some() {
             return self.online_dpo_loss(model, items);
+        }
+        if let Some(config) = &self.recipe.algorithm.p3o {
+            return self.p3o_loss(model, items, config);
         }
         let device = device_of(model);
         let rows: Vec<&BufferRow> = items
@@ -663,17 +798,25 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         let norm = Some(self.recipe.rollout.sampling.max_new_tokens);
         let agg = algorithm.loss_aggregation;
         let mask_t = tensor2(mask, [b, width], &device);
-        // The LM head runs on the completion-predicting positions only. Without a critic, the
-        // rows of one prompt (a group's completions) share its pass; the critic reads the
-        // hidden states of every position, so it takes the plain right-padded pass.
-        let (logprobs, head_output, hidden) = match critic {
-            false => {
+        // The LM head runs on the completion-predicting positions only. Without a critic on
+        // the policy, the rows of one prompt (a group's completions) share its pass; a critic
+        // reads the hidden states of every position, so it takes the plain right-padded pass
+        // (of the policy when shared, of its own model when separate).
+        let (logprobs, head_output, hidden) = match (critic, separate_critic) {
+            (false, _) | (true, Some(_)) => {
                 let pad = self.policy.lm.tokenizer.pad_id();
                 let (out, logits) = shared_prompt_forward(model, &seqs, pad, false, b)?;
                 let logits = logits.context("the policy's pass gave no logits")?;
-                (out.token_logprobs, HeadOutput::Scored(logits), None)
+                let hidden = match separate_critic {
+                    Some(c) => Some(c.hidden_states(
+                        batch.ids_tensor(&device),
+                        batch.attention_tensor(&device),
+                    )?),
+                    None => None,
+                };
+                (out.token_logprobs, HeadOutput::Scored(logits), hidden)
             }
-            true => {
+            (true, None) => {
                 let ids = batch.ids_tensor(&device);
                 let hidden = model.hidden_states(ids.clone(), batch.attention_tensor(&device))?;
                 let completion = batch.completion_tensor(&device);
@@ -815,6 +958,9 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         if let Some(head) = model.value_head() {
             rm_core::train::save_all_params(head, &dir.join(VALUE_HEAD_FILE))?;
         }
+        if let Some(critic) = model.critic() {
+            rm_core::train::save_all_params(critic, &dir.join(CRITIC_FILE))?;
+        }
         Ok(())
     }
 
@@ -825,19 +971,35 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         })?)
     }
 
-    /// PRIME's implicit PRM and its optimizer, when the task has one.
+    /// PRIME's implicit PRM and its optimizer, and CREAM's previous iterate, when the task has
+    /// them.
     fn save_state_files(&self, dir: &Path) -> Result<()> {
-        match &self.implicit_prm {
-            Some(prm) => prm.save_state(dir),
-            None => Ok(()),
+        if let Some(prm) = &self.implicit_prm {
+            prm.save_state(dir)?;
         }
+        if let Some(previous) = &self.previous_iterate {
+            self.policy
+                .save(previous, &dir.join(CREAM_PREVIOUS_DIR))
+                .context("saving CREAM's previous iterate")?;
+        }
+        Ok(())
     }
 
     fn load_state_files(&mut self, dir: &Path) -> Result<()> {
-        match &mut self.implicit_prm {
-            Some(prm) => prm.load_state(dir),
-            None => Ok(()),
+        if let Some(prm) = &mut self.implicit_prm {
+            prm.load_state(dir)?;
         }
+        let previous = dir.join(CREAM_PREVIOUS_DIR);
+        self.previous_iterate = match previous.is_dir() {
+            true => {
+                let device = device_of(&self.policy.lm.model);
+                let loaded = Policy::load(&previous, &device)
+                    .with_context(|| format!("CREAM's previous iterate {}", previous.display()))?;
+                Some(loaded.lm.model.valid())
+            }
+            false => None,
+        };
+        Ok(())
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<()> {
@@ -901,7 +1063,7 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             values,
         } = score_completions(
             policy,
-            model.value_head(),
+            model.value_source(),
             &completions,
             pad,
             self.forward_batch(),
@@ -1058,6 +1220,39 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 self.kl.update(token_mean, n);
             }
         }
+        // P3O: every pair of a prompt's included rows, on the final (KL-shaped) returns.
+        let p3o_pairs: Vec<Vec<(usize, usize, f32)>> = match &self.recipe.algorithm.p3o {
+            None => Vec::new(),
+            Some(_) => {
+                let returns: Vec<f32> = (0..n)
+                    .map(|r| token_rewards[r][..lengths[r]].iter().sum())
+                    .collect();
+                let pairs: Vec<Vec<(usize, usize, f32)>> = (0..prompts.len())
+                    .map(|p| {
+                        let rows: Vec<usize> =
+                            (p * g..(p + 1) * g).filter(|&r| included[r]).collect();
+                        rows.iter()
+                            .enumerate()
+                            .flat_map(|(k, &i)| {
+                                rows[k + 1..]
+                                    .iter()
+                                    .map(move |&j| (i, j))
+                                    .collect::<Vec<_>>()
+                            })
+                            .map(|(i, j)| (i, j, returns[i] - returns[j]))
+                            .collect()
+                    })
+                    .collect();
+                let gaps: Vec<f64> = pairs
+                    .iter()
+                    .flatten()
+                    .map(|p| f64::from(p.2.abs()))
+                    .collect();
+                metrics.insert("pairs".into(), gaps.len() as f64);
+                metrics.insert("pair_reward_gap".into(), mean_std(&gaps).0);
+                pairs
+            }
+        };
         let baselines = if matches!(self.recipe.algorithm.estimator, AdvantageEstimator::Remax) {
             let greedy = SamplingConfig {
                 temperature: 0.0,
@@ -1173,8 +1368,38 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 .collect();
             metrics.insert("pairs".into(), gaps.len() as f64);
             metrics.insert("pair_reward_gap".into(), mean_std(&gaps).0);
+            if config.cream {
+                self.cream_rate = match &self.previous_iterate {
+                    None => 1.0,
+                    Some(previous) => {
+                        let before =
+                            completion_logprobs(previous, &completions, pad, self.forward_batch())?;
+                        let beta = f64::from(config.dpo.beta);
+                        let previous_score: Vec<f64> = before
+                            .iter()
+                            .zip(&reference)
+                            .map(|(o, r)| {
+                                beta * o.iter().zip(r).map(|(a, b)| f64::from(a - b)).sum::<f64>()
+                            })
+                            .collect();
+                        let groups: Vec<(Vec<f64>, Vec<f64>)> = (0..prompts.len())
+                            .map(|p| {
+                                let rows = (p * g..(p + 1) * g).filter(|&r| included[r]);
+                                (
+                                    rows.clone().map(|r| score[r]).collect(),
+                                    rows.map(|r| previous_score[r]).collect(),
+                                )
+                            })
+                            .collect();
+                        consistency_rate(&groups).unwrap_or(1.0)
+                    }
+                };
+                metrics.insert("cream_consistency".into(), self.cream_rate);
+                self.previous_iterate = Some(policy.clone());
+            }
         }
         self.buffer = buffer;
+        self.p3o_pairs = p3o_pairs;
         self.multipliers = multipliers;
         let total_tokens = lengths.iter().sum::<usize>().max(1) as f64;
         reward_metrics("", &self.rewards.component_names(), &scored, &mut metrics);

@@ -3,13 +3,15 @@
 //! folders, `metrics.jsonl` (collect, train and eval records), `summary.json`, `recipe.toml`
 //! and `curves.png` in the run folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use rm_core::burn::module::Module;
+use rm_core::burn::tensor::Device;
 use rm_core::models::heads::ValueHeadConfig;
+use rm_core::models::llama::CausalLm;
 use rm_core::models::policy_folder::Policy;
-use rm_core::policy::PolicyWithValue;
+use rm_core::policy::{PolicyWithCritic, PolicyWithValue};
 use rm_core::train::{
     Evaluation, RESUMABLE_TRAIN_FIELDS, RunDir, TrainOutcome, TrainTask, Trainer,
 };
@@ -17,7 +19,7 @@ use rm_pipeline::train::TrainRequest;
 use serde_json::json;
 
 use super::implicit_prm::ImplicitPrm;
-use super::recipe::RlRecipe;
+use super::recipe::{CriticConfig, RlRecipe};
 use super::rewards::RewardSet;
 use super::task::{RlModel, RlTask};
 
@@ -62,6 +64,27 @@ fn run_task<M: RlModel>(
 /// written to, as a policy folder.
 pub const IMPLICIT_PRM_DIR: &str = "implicit_prm";
 
+/// PPO's separate value model from `path` (resolved like `model.policy`): a causal LM whose
+/// vocabulary is the policy's (the critic reads the policy's token ids).
+fn load_critic(
+    path: &Path,
+    models_dir: &Path,
+    vocabulary: usize,
+    device: &Device,
+) -> Result<CausalLm> {
+    let path = rm_core::paths::resolve_model_path(path, models_dir);
+    let critic = CausalLm::load(&path, device)
+        .with_context(|| format!("algorithm.critic.model {}", path.display()))?;
+    if critic.config.vocab_size != vocabulary {
+        bail!(
+            "algorithm.critic.model {}: its vocabulary has {} tokens, the policy's {vocabulary}; the critic reads the policy's token ids, so it needs the policy's tokenizer",
+            path.display(),
+            critic.config.vocab_size
+        );
+    }
+    Ok(critic)
+}
+
 /// Trains a policy online with the recipe's algorithm; see the module docs.
 pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<RlReport> {
     recipe.model.policy =
@@ -84,7 +107,9 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     let policy = Policy::build(&recipe.model, &device)?;
     let model = policy.lm.model.clone();
     let needs_reference = recipe.needs_reference();
-    let snapshot = match (&recipe.model.lora, needs_reference) {
+    // A LoRA policy (configured, or a LoRA policy folder continued) has its base, adapters
+    // off, as the reference; a fully fine-tuned one a frozen copy of its start.
+    let snapshot = match (&policy.spec.lora, needs_reference) {
         (None, true) => Some(model.clone().no_grad()),
         _ => None,
     };
@@ -112,6 +137,7 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     };
     let rollout = recipe.rollout_config();
     let hidden_size = policy.lm.config.hidden_size;
+    let vocabulary = policy.lm.config.vocab_size;
     let mut task = RlTask::new(
         recipe.clone(),
         policy,
@@ -129,11 +155,24 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     }
     let (initial_eval, outcome, final_eval) = match &recipe.algorithm.critic {
         None => run_task(&trainer, &run, model, &mut task, &rollout)?,
-        Some(_) => {
+        Some(CriticConfig { model: None, .. }) => {
             // PPO: a value head on the policy's hidden states (one backbone pass for both).
             let value_head = ValueHeadConfig::new(hidden_size).init(&device);
             let model = PolicyWithValue {
                 policy: model,
+                value_head,
+            };
+            run_task(&trainer, &run, model, &mut task, &rollout)?
+        }
+        Some(CriticConfig {
+            model: Some(path), ..
+        }) => {
+            // PPO with a separate value model: its own backbone (every weight trained) and head.
+            let critic = load_critic(path, &request.models_dir, vocabulary, &device)?;
+            let value_head = ValueHeadConfig::new(critic.config.hidden_size).init(&device);
+            let model = PolicyWithCritic {
+                policy: model,
+                critic: critic.model,
                 value_head,
             };
             run_task(&trainer, &run, model, &mut task, &rollout)?
@@ -251,7 +290,7 @@ out_dir = "{out}"
         }
     }
 
-    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head), online RAFT and online DPO teach a tiny policy to say `w7`: the held-out (greedy)
+    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head on the policy or a separate value model), online RAFT, online DPO and P3O teach a tiny policy to say `w7`: the held-out (greedy)
     /// reward rises from below 0.5 to at least 0.75 within 24 steps (PPO and RAFT: 32, REINFORCE++: 48; GDPO's two-objective total rises by 0.4 of its 1.5); the run logs collect
     /// records with the reward and the rollout throughput, and train records with the clip
     /// fraction and entropy.
@@ -266,6 +305,11 @@ out_dir = "{out}"
                 "{ name = \"gae\", gamma = 1.0, lam = 0.95 }",
                 "critic = { vf_coef = 0.5, cliprange_value = 0.5 }",
             ),
+            // PPO with a separate value model (the tiny model again, every weight trained).
+            (
+                "{ name = \"gae\", gamma = 1.0, lam = 0.95 }",
+                "critic = { vf_coef = 0.5, cliprange_value = 0.5, model = \"models/model\" }",
+            ),
             ("{ name = \"raft\", top_k = 1 }", ""),
             // Online DPO: one (best, worst) pair per prompt, labelled by the reward.
             (
@@ -278,6 +322,10 @@ out_dir = "{out}"
                 "{ name = \"grpo\" }",
                 "online_dpo = { label = \"win_rate\", reference = \"previous_iterate\", dpo = { beta = 0.5 } }",
             ),
+            // P3O: every pair of a prompt's completions, jointly and separately clipped
+            // sequence ratios.
+            ("{ name = \"grpo\" }", "p3o = { clip = \"joint\" }"),
+            ("{ name = \"grpo\" }", "p3o = { clip = \"separate\" }"),
             // Multi-objective GRPO (GDPO): a second objective, each normalised in its group.
             (
                 "{ name = \"grpo\" }",
@@ -301,10 +349,18 @@ out_dir = "{out}"
             }
             let critic = extra.contains("critic");
             let online_dpo = extra.contains("online_dpo");
+            // Online DPO and P3O batch prompts (their pairs), not rows.
+            let p3o = extra.contains("p3o");
             if online_dpo {
-                // Four pairs per collection, one step each: twice the collections for the
+                // Four prompts per collection, one step each: twice the collections for the
                 // same 24 steps.
                 r.train.batch_size = 4;
+            }
+            if p3o {
+                // Two prompts (up to twelve pairs) per step, two steps per collection: the
+                // second step is off the sampling policy, where the clipping acts.
+                r.train.batch_size = 2;
+                r.train.micro_batch_size = Some(1);
             }
             // The critic starts untrained and RAFT learns from one response in four: these get
             // a few more iterations. REINFORCE++'s batch-whitened advantages carry no
@@ -363,9 +419,21 @@ out_dir = "{out}"
                         .any(|t| t["reward_margin"].as_f64().unwrap() > 0.0)
                 );
             }
+            if p3o {
+                // Six pairs per prompt of four completions; the clip acts on second steps.
+                assert!(collects.iter().all(|c| c["pairs"].as_f64().unwrap() == 24.0));
+                assert!(train.iter().all(|r| r.get("p3o_log_ratio_abs").is_some()));
+                assert!(
+                    train
+                        .iter()
+                        .any(|r| r["pg_clipfrac"].as_f64().unwrap() > 0.0)
+                );
+            }
             if !online_dpo {
-                assert!(train.iter().all(|r| r["entropy"].as_f64().unwrap() > 0.0));
                 assert!(train.iter().all(|r| r.get("pg_clipfrac").is_some()));
+            }
+            if !(online_dpo || p3o) {
+                assert!(train.iter().all(|r| r["entropy"].as_f64().unwrap() > 0.0));
             }
             // The saved policy is the trained one: it loads and says w7 greedily.
             let loaded = Policy::load(&report.final_dir, &test_device()).unwrap();
@@ -376,6 +444,13 @@ out_dir = "{out}"
                     .join(super::super::task::VALUE_HEAD_FILE)
                     .is_file(),
                 critic
+            );
+            assert_eq!(
+                report
+                    .final_dir
+                    .join(super::super::task::CRITIC_FILE)
+                    .is_file(),
+                extra.contains("model =")
             );
             if critic {
                 assert!(train.iter().all(|r| r["vf_loss"].as_f64().unwrap() >= 0.0));
@@ -509,6 +584,11 @@ out_dir = "{out}"
             ),
             ("ppo", "{ name = \"gae\", gamma = 1.0, lam = 0.95 }", ppo),
             (
+                "ppo-critic",
+                "{ name = \"gae\", gamma = 1.0, lam = 0.95 }",
+                "critic = { vf_coef = 0.5, model = \"models/model\" }",
+            ),
+            (
                 "prime",
                 "{ name = \"process_rloo\", credit = { form = \"sum\" } }",
                 "implicit_prm = { label = \"keywords\", beta = 0.5, lr = 0.01 }",
@@ -573,6 +653,86 @@ out_dir = "{out}"
                 assert!(train.iter().all(|t| t.get("vf_loss").is_some()));
             }
         }
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// Self-rewarding with CREAM, continuing a policy folder: a tiny policy first learns a bit
+    /// with reward-labelled online DPO; then its own implicit reward (against its base, the
+    /// adapters off) labels the pairs and the previous iterate's ranking sets the consistency
+    /// rate. The first collection has no previous iterate (rate 1), later ones a rate in
+    /// [0, 1]; a run stopped after two iterations resumes (the previous iterate restored from
+    /// the checkpoint) to the uninterrupted run's records. Starting from a fresh model (the
+    /// policy still its reference) is refused, as are adapters unlike the folder's.
+    #[test]
+    fn cream_self_rewarding_continues_a_policy_folder_and_resumes_exactly() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("cream");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let grpo = "{ name = \"grpo\" }";
+        let mut start = recipe(&root, grpo, "online_dpo = { dpo = { beta = 0.5 } }");
+        start.rollout.iterations = 6;
+        start.train.batch_size = 4;
+        start.train.out_dir = root.join("start");
+        let started = train_rl_policy(start, &request(&root)).unwrap();
+        let cream = "online_dpo = { label = \"implicit\", cream = true, dpo = { beta = 0.5 } }";
+        let mut fresh = recipe(&root, grpo, cream);
+        fresh.train.batch_size = 4;
+        let err = format!("{:#}", fresh.validate().unwrap_err());
+        assert!(err.contains("trained policy folder"), "{err}");
+        let with_out = |out: &str, max_steps: Option<u64>| {
+            let mut r = recipe(&root, grpo, cream);
+            r.model.policy = started.final_dir.clone();
+            r.model.lora = None;
+            r.rollout.iterations = 4;
+            r.train.batch_size = 4;
+            r.train.out_dir = root.join(out);
+            r.train.max_steps = max_steps;
+            r.train.save_every = Some(1);
+            r
+        };
+        let mut unlike = with_out("unlike", None);
+        unlike.model.lora = Some(rm_core::lora::LoraConfig::new(2, 4.0, &["q_proj"]));
+        let err = format!(
+            "{:#}",
+            train_rl_policy(unlike, &request(&root)).unwrap_err()
+        );
+        assert!(err.contains("differs from the adapters"), "{err}");
+        let whole = train_rl_policy(with_out("whole", None), &request(&root)).unwrap();
+        train_rl_policy(with_out("split", Some(2)), &request(&root)).unwrap();
+        let mut resume = request(&root);
+        resume.mode = RunMode::Resume {
+            allow_changes: false,
+        };
+        train_rl_policy(with_out("split", None), &resume).unwrap();
+        let records = |out: &str| -> Vec<serde_json::Value> {
+            let path = root.join(out).join("metrics.jsonl");
+            ["collect", "train"]
+                .iter()
+                .flat_map(|k| read_records(&path, k).unwrap())
+                .map(without_wall_time)
+                .collect()
+        };
+        assert_eq!(records("split"), records("whole"));
+        let collects = read_records(&whole.out_dir.join("metrics.jsonl"), "collect").unwrap();
+        let rates: Vec<f64> = collects
+            .iter()
+            .map(|c| c["cream_consistency"].as_f64().unwrap())
+            .collect();
+        assert_eq!(rates.len(), 4);
+        assert_eq!(rates[0], 1.0, "no previous iterate at the first collection");
+        assert!(rates.iter().all(|r| (0.0..=1.0).contains(r)), "{rates:?}");
+        // Two iterations rank some group differently, so the regulariser acts.
+        assert!(rates[1..].iter().any(|&r| r < 1.0), "{rates:?}");
+        // The policy differs from its base from the start, so its own reward forms pairs.
+        assert!(collects[0]["pairs"].as_f64().unwrap() > 0.0);
+        // The continued policy is a LoRA folder over the same base.
+        let loaded = Policy::load(&whole.final_dir, &test_device()).unwrap();
+        assert_eq!(
+            loaded.spec.base,
+            std::path::absolute(root.join("model")).unwrap()
+        );
+        assert!(loaded.spec.lora.is_some());
         std::fs::remove_dir_all(&root).ok();
     }
 

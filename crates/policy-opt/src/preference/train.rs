@@ -135,7 +135,9 @@ pub fn train_preference_policy(
     );
     let policy = Policy::build(&recipe.model, &device)?;
     let model = policy.lm.model.clone();
-    let reference = match (recipe.objective.needs_reference(), &recipe.model.lora) {
+    // A LoRA policy (configured, or a LoRA policy folder continued) has its base, adapters
+    // off, as the reference.
+    let reference = match (recipe.objective.needs_reference(), &policy.spec.lora) {
         (false, _) => None,
         (true, Some(_)) => Some(rm_core::policy::reference_policy(&model)?),
         (true, None) => Some(model.clone().no_grad()),

@@ -50,7 +50,8 @@ pub const POLICY_WEIGHTS: &str = "model.safetensors";
 #[serde(deny_unknown_fields)]
 pub struct PolicyModelConfig {
     /// The model to start from: an HF folder (config.json, *.safetensors, tokenizer.json), a
-    /// `.gguf` file, or a folder holding one.
+    /// `.gguf` file, or a folder holding one; or a policy folder, whose training continues (see
+    /// [`Policy::build`]).
     pub policy: PathBuf,
     /// Tokens per prompt + completion.
     #[serde(default = "default_max_len")]
@@ -131,12 +132,35 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 impl Policy {
     /// A fresh policy from `config`: the model loaded on `device`, LoRA adapters attached (base
-    /// frozen) when configured.
+    /// frozen) when configured. When `config.policy` is a policy folder (a trained policy, e.g.
+    /// the last round of iterative DPO), training continues it: a LoRA folder's adapters are
+    /// loaded and stay trainable over its frozen base (so the reference, the adapters switched
+    /// off, is that base), `config.lora` must then be absent or the folder's own; a fully
+    /// fine-tuned folder's weights are loaded whole.
     pub fn build(config: &PolicyModelConfig, device: &Device) -> Result<Self> {
         if config.max_len < 4 {
             bail!("model.max_len {} is too small (at least 4)", config.max_len);
         }
         let base = absolute(&config.policy)?;
+        if base.join(POLICY_SPEC_FILE).is_file() {
+            let mut policy = Self::load(&base, device)
+                .with_context(|| format!("model.policy {}", config.policy.display()))?;
+            if config.lora.is_some() && config.lora != policy.spec.lora {
+                bail!(
+                    "model.lora differs from the adapters of the policy folder {} ({:?}); leave model.lora out to continue training them",
+                    config.policy.display(),
+                    policy.spec.lora
+                );
+            }
+            if let Some(lora) = &policy.spec.lora {
+                policy.lm.model.set_adapter_dropout(lora.dropout);
+            }
+            policy.spec.max_len = config.max_len;
+            if let Some(template) = config.template {
+                policy.spec.template = template;
+            }
+            return Ok(policy);
+        }
         let mut lm = CausalLm::load(&base, device)
             .with_context(|| format!("model.policy {}", config.policy.display()))?;
         let positions = lm.config.max_position_embeddings;

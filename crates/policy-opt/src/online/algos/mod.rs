@@ -5,11 +5,12 @@
 //! - [`advantage`]: [`AdvantageEstimator`] (GAE, GRPO / Dr. GRPO, RLOO, REINFORCE++ and its
 //!   baseline form, ReMax, OPO) and [`compute_advantages`], host-side on `[B][T]` rows;
 //! - [`policy_loss`](mod@policy_loss): [`PolicyLoss`] (PPO clip with clip-higher and dual clip,
-//!   GSPO, CISPO) on burn tensors, with verl's metrics;
+//!   GSPO, CISPO) on burn tensors, with verl's metrics; [`pairwise`]: P3O's pairwise loss;
 //! - [`aggregation`]: [`LossAggregation`] and [`aggregate`], whose `(mean, weight)` compose
 //!   exactly over micro-batches;
 //! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3), the in-reward penalty [`apply_kl_penalty`] and
 //!   the fixed / adaptive [`KlController`];
+//! - [`consistency`]: CREAM's consistency rate (Kendall's τ-b between two iterations' rankings);
 //! - [`value_loss`]: the clipped value loss; [`entropy`]: per-token entropy from logits;
 //! - [`process`](mod@process): process rewards — PURE's min-form credit assignment and its
 //!   RLOO, PRIME's implicit process rewards and implicit-PRM loss;
@@ -20,9 +21,11 @@
 
 pub mod advantage;
 pub mod aggregation;
+pub mod consistency;
 pub mod entropy;
 mod error;
 pub mod kl;
+pub mod pairwise;
 pub mod policy_loss;
 pub mod process;
 pub mod reward_shaping;
@@ -46,11 +49,13 @@ pub use advantage::{
     AdvantageEstimator, AdvantageInput, Advantages, GrpoScale, compute_advantages,
 };
 pub use aggregation::{LossAggregation, aggregate};
+pub use consistency::{consistency_rate, kendall_tau_b};
 pub use entropy::token_entropy;
 pub use error::AlgoError;
 pub use kl::{
     KlController, KlControllerConfig, KlEstimator, apply_kl_penalty, kl_penalty, kl_penalty_checked,
 };
+pub use pairwise::{P3oClip, P3oOutput, p3o_loss};
 pub use policy_loss::{PolicyLoss, PolicyLossOutput, policy_loss};
 pub use process::{
     CreditAssignment, approx_min_form, implicit_prm_loss, implicit_process_rewards,
