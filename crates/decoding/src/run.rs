@@ -359,7 +359,8 @@ pub struct DecodeRequest {
     /// A policy folder (`plumb train-po`) or a model folder.
     pub policy: PathBuf,
     pub scorer: ScorerSpec,
-    /// GenARM's guide: a causal-LM folder (an autoregressive reward model).
+    /// The guide: GenARM's autoregressive reward model, Transfer Q*'s baseline policy (a
+    /// causal-LM folder or a policy folder).
     pub arm: Option<PathBuf>,
     pub input: PromptSource,
     pub prompts: usize,
@@ -422,6 +423,12 @@ pub fn run_decode(
     }
     let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
     let mut model = DecodeModel::load(&request.policy, &request.device)?;
+    if config.strategy.needs_guide() && request.arm.is_none() {
+        return Err(DecodeError::config(
+            "arm",
+            format!("{} needs a guide model (--arm DIR)", config.strategy.name()),
+        ));
+    }
     if let Some(arm) = &request.arm {
         if !arm.exists() {
             return Err(DecodeError::File {
@@ -429,10 +436,19 @@ pub fn run_decode(
                 reason: "no such guide model folder".into(),
             });
         }
-        model = model.with_guide(
+        // A causal-LM folder, or a policy folder (e.g. a DPO policy as Transfer Q*'s baseline).
+        let guide = if arm
+            .join(rm_core::models::policy_folder::POLICY_SPEC_FILE)
+            .is_file()
+        {
+            rm_core::models::policy_folder::Policy::load(arm, &request.device)
+                .map_err(DecodeError::model)?
+                .lm
+        } else {
             rm_core::models::llama::CausalLm::load(arm, &request.device)
-                .map_err(DecodeError::model)?,
-        );
+                .map_err(DecodeError::model)?
+        };
+        model = model.with_guide(guide);
     }
     // The searches score steps with their own delimiter and aggregation.
     let scorer = match (&request.scorer, &config.strategy) {

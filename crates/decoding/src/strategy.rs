@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rm_core::models::llama::CausalLm;
 use rm_core::sampling::{SamplingConfig, argmax, check_logits, choose_token, generate};
 use rm_core::types::Prompt;
 use serde::{Deserialize, Serialize};
@@ -33,8 +34,8 @@ fn default_max_new_tokens() -> usize {
 }
 
 /// A reward-guided decoding method and its parameters. In TOML, the `[strategy]` table with
-/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "genarm" | "controlled"
-/// | "beam-search" | "dvts" | "mcts"` (the searches' step settings in `[strategy.steps]`,
+/// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "lookahead" | "transfer-q"
+/// | "genarm" | "controlled" | "beam-search" | "dvts" | "mcts"` (the searches' step settings in `[strategy.steps]`,
 /// [`StepParams`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
@@ -78,6 +79,20 @@ pub enum Strategy {
     /// DeAL-style lookahead: ARGS whose candidates are scored after a greedy continuation of
     /// `depth` more tokens.
     Lookahead {
+        top_k: usize,
+        depth: usize,
+        weight: f32,
+        #[serde(default)]
+        temperature: f32,
+    },
+    /// Transfer Q* (Chakraborty et al. 2024, "Transfer Q Star: Principled Decoding for LLM
+    /// Alignment", direct transfer): each of the policy's `top_k` candidate tokens `z` gets the
+    /// estimate `Q*(s, z) = r(x, y_<t z y_BL)` of a baseline aligned model's continuation
+    /// `y_BL` (the guide, [`DecodeModel::with_guide`]: e.g. a DPO policy; `depth` greedy tokens,
+    /// where the paper samples a full rollout), and the token is chosen by
+    /// `logit + weight · Q*` — greedy at temperature 0, else sampled. With the policy itself as
+    /// the baseline it is the lookahead strategy.
+    TransferQ {
         top_k: usize,
         depth: usize,
         weight: f32,
@@ -234,6 +249,12 @@ impl DecodeConfig {
                 depth: _,
                 weight,
                 temperature: t,
+            }
+            | Strategy::TransferQ {
+                top_k,
+                depth: _,
+                weight,
+                temperature: t,
             } => {
                 positive("top_k", *top_k)?;
                 if !weight.is_finite() {
@@ -316,12 +337,19 @@ impl Strategy {
             Strategy::Rejection { .. } => "rejection",
             Strategy::Args { .. } => "args",
             Strategy::Lookahead { .. } => "lookahead",
+            Strategy::TransferQ { .. } => "transfer-q",
             Strategy::GenArm { .. } => "genarm",
             Strategy::Controlled { .. } => "controlled",
             Strategy::BeamSearch { .. } => "beam-search",
             Strategy::Dvts { .. } => "dvts",
             Strategy::Mcts { .. } => "mcts",
         }
+    }
+
+    /// Whether the strategy reads a guide model (`--arm`): GenARM's autoregressive reward model,
+    /// Transfer Q*'s baseline policy.
+    pub fn needs_guide(&self) -> bool {
+        matches!(self, Strategy::GenArm { .. } | Strategy::TransferQ { .. })
     }
 
     /// Whether the strategy searches over steps with a process reward model.
@@ -374,6 +402,10 @@ pub enum Detail {
         steered_tokens: usize,
     },
     Lookahead {
+        /// Tokens chosen against the policy's own argmax.
+        steered_tokens: usize,
+    },
+    TransferQ {
         /// Tokens chosen against the policy's own argmax.
         steered_tokens: usize,
     },
@@ -537,6 +569,38 @@ pub(crate) fn decode_one(
                 reward,
                 generated,
                 Detail::Lookahead { steered_tokens },
+            )
+        }
+        Strategy::TransferQ {
+            top_k,
+            depth,
+            weight,
+            temperature,
+        } => {
+            let baseline = model.guide.as_ref().ok_or_else(|| {
+                DecodeError::config(
+                    "arm",
+                    "transfer-q rolls candidates out with a baseline model: give --arm DIR",
+                )
+            })?;
+            let (tokens, reward, generated, detail) = args_with_rollouts(
+                model,
+                baseline,
+                prompt,
+                ids,
+                (top_k, depth),
+                weight,
+                &sampling(temperature, 1.0, seed),
+                scorer,
+            )?;
+            let Detail::Args { steered_tokens } = detail else {
+                unreachable!("args() reports Detail::Args")
+            };
+            (
+                tokens,
+                reward,
+                generated,
+                Detail::TransferQ { steered_tokens },
             )
         }
         Strategy::GenArm { alpha, temperature } => genarm(
@@ -744,6 +808,31 @@ fn args(
     config: &SamplingConfig,
     scorer: &mut Counted<'_>,
 ) -> Result<Outcome> {
+    args_with_rollouts(
+        model,
+        &model.lm,
+        prompt,
+        ids,
+        (top_k, depth),
+        weight,
+        config,
+        scorer,
+    )
+}
+
+/// [`args`] whose candidates are continued by `rollout` (the policy itself for the lookahead,
+/// a baseline model for Transfer Q*).
+#[allow(clippy::too_many_arguments)]
+fn args_with_rollouts(
+    model: &DecodeModel,
+    rollout: &CausalLm,
+    prompt: &Prompt,
+    ids: &[u32],
+    (top_k, depth): (usize, usize),
+    weight: f32,
+    config: &SamplingConfig,
+    scorer: &mut Counted<'_>,
+) -> Result<Outcome> {
     let lm = &model.lm;
     let (mut batch, mut logits) = Batch::prefill(lm, &[ids.to_vec()])?;
     let mut rng = row_rng(config.seed, 0);
@@ -781,7 +870,8 @@ fn args(
                 .map(|&c| [tokens.as_slice(), &[c]].concat())
                 .collect();
             if depth > 0 {
-                let looked = greedy_lookahead(model, ids, &continued, depth, &config.stop_tokens)?;
+                let looked =
+                    greedy_lookahead(rollout, ids, &continued, depth, &config.stop_tokens)?;
                 for (row, extra) in continued.iter_mut().zip(looked) {
                     lookahead_tokens += extra.len();
                     row.extend(extra);
@@ -825,14 +915,14 @@ fn args(
 /// Greedy continuations of up to `depth` tokens of each `rows[i]` (the response so far, after
 /// the prompt `ids`); a row whose last token is a stop token is not continued.
 fn greedy_lookahead(
-    model: &DecodeModel,
+    lm: &CausalLm,
     ids: &[u32],
     rows: &[Vec<u32>],
     depth: usize,
     stop: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     let full: Vec<Vec<u32>> = rows.iter().map(|r| [ids, r.as_slice()].concat()).collect();
-    let (mut batch, mut logits) = Batch::prefill(&model.lm, &full)?;
+    let (mut batch, mut logits) = Batch::prefill(lm, &full)?;
     let mut out = vec![Vec::new(); rows.len()];
     let mut done: Vec<bool> = rows
         .iter()
@@ -860,6 +950,12 @@ fn greedy_lookahead(
     Ok(out)
 }
 
+/// The `k` highest-logit token ids, for the tests.
+#[cfg(test)]
+pub(crate) fn top_k_ids_for_tests(logits: &[f32], k: usize) -> Vec<u32> {
+    top_k_ids(logits, k)
+}
+
 /// [`greedy_lookahead`] with the model's stop tokens, for the tests.
 #[cfg(test)]
 pub(crate) fn greedy_lookahead_for_tests(
@@ -868,7 +964,7 @@ pub(crate) fn greedy_lookahead_for_tests(
     rows: &[Vec<u32>],
     depth: usize,
 ) -> Result<Vec<Vec<u32>>> {
-    greedy_lookahead(model, ids, rows, depth, &model.stop_tokens())
+    greedy_lookahead(&model.lm, ids, rows, depth, &model.stop_tokens())
 }
 
 /// GenARM (Xu et al. 2025, "GenARM: Reward Guided Generation with Autoregressive Reward

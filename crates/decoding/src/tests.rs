@@ -967,6 +967,92 @@ fn lookahead_of_depth_zero_is_args_and_its_continuations_are_greedy() {
     assert!(out.rows[0].stats.tokens_generated > steps);
 }
 
+/// Transfer Q* rolls candidates out with the baseline model: with the policy's own weights as
+/// the baseline it is the lookahead, token for token and score for score; with another model the
+/// scorer sees that model's continuations (and the choices follow them); without a baseline it is
+/// a configuration error.
+#[test]
+fn transfer_q_with_the_policy_as_baseline_is_the_lookahead() {
+    let same = tiny_model().with_guide(tiny_model().lm);
+    let transfer = |top_k, depth, weight| {
+        config(
+            Strategy::TransferQ {
+                top_k,
+                depth,
+                weight,
+                temperature: 0.0,
+            },
+            8,
+        )
+    };
+    let look = config(
+        Strategy::Lookahead {
+            top_k: 4,
+            depth: 3,
+            weight: 5.0,
+            temperature: 0.0,
+        },
+        8,
+    );
+    for p in ["w3 w4 w5", "w9 w10"] {
+        let t = run(&same, &[text(p)], &transfer(4, 3, 5.0), 0, id_sum);
+        let l = run(&same, &[text(p)], &look, 0, id_sum);
+        assert_eq!(t.rows[0].tokens, l.rows[0].tokens, "{p}");
+        assert_eq!(t.rows[0].reward, l.rows[0].reward);
+        assert_eq!(t.rows[0].stats.texts_scored, l.rows[0].stats.texts_scored);
+    }
+    // Another baseline: the continuations the scorer sees are that model's greedy ones.
+    let dir = temp_dir("baseline");
+    rm_core::fixtures::write_tiny_llama(&dir, 9).unwrap();
+    let other = tiny_model().with_guide(CausalLm::load(&dir, &test_device()).unwrap());
+    let baseline = DecodeModel::new(
+        CausalLm::load(&dir, &test_device()).unwrap(),
+        ChatTemplate::Plain,
+        64,
+    );
+    let prompt = text("w3 w4 w5");
+    let ids = other.prompt_ids(&prompt, 8).unwrap();
+    let mut seen = Vec::new();
+    let mut scorer = FnScorer(|_: &Prompt, r: &str| {
+        seen.push(r.to_string());
+        id_sum(r)
+    });
+    decode(
+        &other,
+        std::slice::from_ref(&prompt),
+        &transfer(2, 3, 1.0),
+        0,
+        &mut scorer,
+        &mut |_| {},
+    )
+    .unwrap();
+    // The first step's two candidates, each continued by the baseline's greedy tokens.
+    let candidates: Vec<Vec<u32>> = {
+        let (_, logits) =
+            crate::engine::Batch::prefill(&other.lm, std::slice::from_ref(&ids)).unwrap();
+        crate::strategy::top_k_ids_for_tests(&logits[0], 2)
+            .into_iter()
+            .map(|c| vec![c])
+            .collect()
+    };
+    let rolled =
+        crate::strategy::greedy_lookahead_for_tests(&baseline, &ids, &candidates, 3).unwrap();
+    for (k, (c, r)) in candidates.iter().zip(&rolled).enumerate() {
+        let expected = other.text(&[c.as_slice(), r].concat()).unwrap();
+        assert_eq!(seen[k], expected, "candidate {k}");
+    }
+    let err = decode(
+        &tiny_model(),
+        &[prompt],
+        &transfer(2, 3, 1.0),
+        0,
+        &mut FnScorer(|_: &Prompt, r: &str| id_sum(r)),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(format!("{err}").contains("--arm"), "{err}");
+}
+
 /// `plumb generate --input --out`: one line per (distinct prompt, sample) from a policy folder;
 /// greedy samples are the model's greedy `generate` of the rendered prompt; bad settings are
 /// errors.

@@ -25,6 +25,9 @@ pub enum StrategyArg {
     Args,
     /// DeAL-style lookahead: ARGS with each candidate scored after --depth greedy tokens.
     Lookahead,
+    /// Transfer Q*: ARGS with each candidate scored after --depth greedy tokens of the --arm
+    /// baseline model (e.g. a DPO policy).
+    TransferQ,
     /// GenARM: logits log π + --alpha · log π_arm of the policy and the --arm model.
     Genarm,
     /// Best of --candidates blocks of --block-size tokens, block after block.
@@ -126,10 +129,10 @@ pub struct DecodeArgs {
     /// rejection: samples per round [default: 4].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// args: candidate tokens per step [default: 5].
+    /// args, lookahead, transfer-q: candidate tokens per step [default: 5].
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// args: weight w of the reward [default: 1].
+    /// args, lookahead, transfer-q: weight w of the reward [default: 1].
     #[arg(long)]
     pub weight: Option<f32>,
     /// controlled: tokens per block [default: 8].
@@ -138,14 +141,16 @@ pub struct DecodeArgs {
     /// controlled: candidate blocks per step [default: 4].
     #[arg(long)]
     pub candidates: Option<usize>,
-    /// lookahead: greedy tokens after each candidate before it is scored [default: 4].
+    /// lookahead, transfer-q: greedy tokens after each candidate before it is scored
+    /// [default: 4; transfer-q: 16].
     #[arg(long)]
     pub depth: Option<usize>,
     /// genarm: weight α of the guide's log-probs [default: 1].
     #[arg(long)]
     pub alpha: Option<f32>,
     /// genarm: the guide, a causal-LM folder with the policy's vocabulary (an autoregressive
-    /// reward model).
+    /// reward model); transfer-q: the baseline model that rolls candidates out (a causal-LM or
+    /// policy folder, e.g. a DPO policy).
     #[arg(long)]
     pub arm: Option<PathBuf>,
     /// Most new tokens per response [default: 64].
@@ -219,6 +224,18 @@ impl DecodeArgs {
                 Strategy::Lookahead {
                     top_k: self.top_k.unwrap_or(5),
                     depth: self.depth.unwrap_or(4),
+                    weight: self.weight.unwrap_or(1.0),
+                    temperature: self.temperature.unwrap_or(0.0),
+                }
+            }
+            StrategyArg::TransferQ => {
+                unused(&[("n", self.n.is_some()), ("top-p", self.top_p.is_some())])?;
+                if self.arm.is_none() {
+                    bail!("--strategy transfer-q needs --arm DIR (the baseline model)");
+                }
+                Strategy::TransferQ {
+                    top_k: self.top_k.unwrap_or(5),
+                    depth: self.depth.unwrap_or(16),
                     weight: self.weight.unwrap_or(1.0),
                     temperature: self.temperature.unwrap_or(0.0),
                 }
