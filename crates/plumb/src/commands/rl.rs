@@ -57,7 +57,7 @@ pub struct LabelStepsArgs {
     /// Completions per step prefix.
     #[arg(long, default_value_t = 4)]
     pub k: usize,
-    /// Solutions per problem.
+    /// Solutions per problem (their share correct is V(q), where PAV's progress labels start).
     #[arg(long, default_value_t = 1)]
     pub solutions: usize,
     /// The step delimiter (escapes \n and \t are read as such).

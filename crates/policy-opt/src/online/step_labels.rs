@@ -13,9 +13,16 @@
 //! (hard = soft = 1 or 0), with no completion sampled. Answers are checked as the `gsm8k`
 //! reward checks them ([`super::rewards::Gsm8kReward`]).
 //!
+//! Progress labels (PAV, Setlur et al. 2024, "Rewarding Progress: Scaling Automated Process
+//! Verifiers for LLM Reasoning"): step `i`'s advantage under the labelling policy as the prover,
+//! `A_i = Q(s_1 … s_i) − Q(s_1 … s_{i−1})`, estimated as `y_i^SE − y_{i−1}^SE` with
+//! `y_0^SE = V(q)`, the share of the problem's sampled solutions that are correct (themselves
+//! samples from the empty prefix: `solutions_per_problem` of them, so ask for several). A step
+//! that makes the answer more reachable gets a positive label, one that loses it a negative one.
+//!
 //! Rows are written in the generic step-labelled JSONL `plumb train-prm` reads
 //! (`{"prompt", "steps", "labels"}`, labels the hard estimates as booleans), plus
-//! `"soft_labels"`, `"k"` and `"solution_correct"`.
+//! `"soft_labels"`, `"progress"`, `"start_value"`, `"k"` and `"solution_correct"`.
 //!
 //! Completions come through the [`Continuer`] seam: [`PolicyContinuer`] samples them from a
 //! policy with the KV-cache generator; tests use canned ones.
@@ -68,6 +75,10 @@ pub struct McLabelled {
     pub labels: Vec<bool>,
     /// Soft estimates `y^SE`.
     pub soft_labels: Vec<f64>,
+    /// PAV's progress labels `y_i^SE − y_{i−1}^SE` (see the module docs).
+    pub progress: Vec<f64>,
+    /// `V(q)`: the share of the problem's sampled solutions that are correct.
+    pub start_value: f64,
     pub k: usize,
     pub solution_correct: bool,
 }
@@ -155,10 +166,18 @@ pub fn monte_carlo_step_labels(
         text: &'a str,
         ends: Vec<usize>,
         steps: Vec<String>,
+        start_value: f64,
     }
     let mut pending = Vec::new();
     let mut skipped = 0;
     for (problem, texts) in problems.iter().zip(&solutions) {
+        let mut solved = 0usize;
+        for text in texts {
+            if correct(problem, text)? {
+                solved += 1;
+            }
+        }
+        let start_value = solved as f64 / texts.len() as f64;
         for text in texts {
             let ranges = split_steps(text, &config.delimiter);
             if ranges.is_empty() {
@@ -170,6 +189,7 @@ pub fn monte_carlo_step_labels(
                 text,
                 ends: ranges.iter().map(|r| r.end).collect(),
                 steps: ranges.iter().map(|r| text[r.clone()].to_string()).collect(),
+                start_value,
             });
         }
     }
@@ -215,11 +235,19 @@ pub fn monte_carlo_step_labels(
             soft.push(reached as f64 / config.k as f64);
         }
         soft.push(if solution_correct { 1.0 } else { 0.0 });
+        let progress = std::iter::once(p.start_value)
+            .chain(soft.iter().copied())
+            .collect::<Vec<f64>>()
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect();
         rows.push(McLabelled {
             prompt: prompt_text(&p.problem.prompt).to_string(),
             steps: p.steps.clone(),
             labels: soft.iter().map(|&s| s > 0.0).collect(),
             soft_labels: soft,
+            progress,
+            start_value: p.start_value,
             k: config.k,
             solution_correct,
         });
@@ -476,6 +504,10 @@ mod tests {
         assert_eq!(r.steps, ["a", "b", "#### 3"]);
         assert_eq!(r.soft_labels, [0.5, 0.0, 0.0]);
         assert_eq!(r.labels, [true, false, false]);
+        // PAV progress: V(q) = 0 (the one sampled solution is wrong), then the soft labels'
+        // differences: step 1 gains half, step 2 loses it, step 3 changes nothing.
+        assert_eq!(r.start_value, 0.0);
+        assert_eq!(r.progress, [0.5, -0.5, 0.0]);
         assert!(!r.solution_correct);
         assert_eq!(
             c.asked,
@@ -514,6 +546,9 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].soft_labels, [0.5, 1.0]);
         assert_eq!(rows[0].labels, [true, true]);
+        // V(q) = 1/2: one of the two sampled solutions (the empty one is wrong) is correct.
+        assert_eq!(rows[0].start_value, 0.5);
+        assert_eq!(rows[0].progress, [0.0, 0.5]);
         assert!(rows[0].solution_correct);
         assert_eq!((stats.skipped_empty, stats.completions), (1, 2));
 
