@@ -19,13 +19,15 @@
 //! reward model or an ensemble folder (rm-ensembles, with any aggregation).
 //!
 //! [`run_overopt`] is `plumb overopt`: the best-of-n overoptimization study (proxy and gold
-//! reward of the proxy's best-of-n choice against √KL, single models and ensembles as proxies).
+//! reward of the proxy's best-of-n choice against √KL, single models and ensembles as proxies);
+//! [`run_overopt_rl`] is `plumb overopt-rl`, the same curves from `train-rl` runs' evaluations.
 
 mod bon;
 mod engine;
 mod error;
 mod model;
 mod overopt;
+mod overopt_rl;
 mod run;
 mod sample;
 mod scorer;
@@ -41,6 +43,10 @@ pub use model::DecodeModel;
 pub use overopt::{
     OveroptPoint, OveroptReport, OveroptRequest, ProxyCurve, RewardInfo, StudySamples, markdown,
     overopt_curve, run_overopt,
+};
+pub use overopt_rl::{
+    RlOveroptCurve, RlOveroptPoint, RlOveroptReport, RlOveroptRequest, markdown_rl, run_curve,
+    run_overopt_rl,
 };
 pub use run::{
     DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, Summary, decode,

@@ -92,6 +92,9 @@ enum Command {
     /// Best-of-n overoptimization study: gold and proxy reward of each proxy's best-of-n choice
     /// against √KL (single reward models and ensembles as proxies); JSON, Markdown, PNG.
     Overopt(Box<commands::overopt::OveroptArgs>),
+    /// Online-RL overoptimization: gold and proxy reward of train-rl runs (a proxy [[reward]]
+    /// trained on, a gold one logged with weight 0) against √KL at every evaluation.
+    OveroptRl(commands::overopt::OveroptRlArgs),
     /// RewardBench-style report (v1, v2 or pairs) of a trained reward model on a JSONL file.
     EvalRm(commands::reward::EvalRmArgs),
     /// RewardMATH-style probe: GSM8K's correct solution against N rule-made incorrect ones
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::EvalPo(args) => commands::policy::eval_po(&cli.global, args),
         Command::Decode(args) => commands::decode::run(&cli.global, *args),
         Command::Overopt(args) => commands::overopt::run(&cli.global, *args),
+        Command::OveroptRl(args) => commands::overopt::run_rl(&cli.global, args),
         Command::EvalRm(args) => commands::reward::eval_rm(&cli.global, args),
         Command::ProbeMath(args) => commands::reward::probe_math(&cli.global, args),
         Command::Score(args) => commands::reward::score(&cli.global, args),

@@ -1,5 +1,6 @@
-//! `plumb overopt`: the best-of-n overoptimization study — parses the flags, makes one
-//! `decoding::run_overopt` call, prints the table.
+//! `plumb overopt`: the best-of-n overoptimization study, and `plumb overopt-rl`: the same
+//! curves from online-RL runs — each parses the flags, makes one `decoding` call, prints the
+//! table.
 
 use std::path::PathBuf;
 
@@ -107,6 +108,42 @@ pub fn run(global: &GlobalArgs, args: OveroptArgs) -> Result<()> {
         report.markdown.display(),
         report.png.display(),
         report.scores.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct OveroptRlArgs {
+    /// `plumb train-rl` run folders (repeat, or comma-separated), e.g. one per proxy.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub runs: Vec<PathBuf>,
+    /// The `[[reward]]` name of the proxy each run optimized.
+    #[arg(long, default_value = "proxy")]
+    pub proxy: String,
+    /// The `[[reward]]` name of the gold reward (in the runs with weight = 0.0).
+    #[arg(long, default_value = "gold")]
+    pub gold: String,
+}
+
+/// `plumb overopt-rl --runs A,B --out DIR` (default overopt-rl/): overopt_rl.{json,md,png};
+/// the table on stdout.
+pub fn run_rl(global: &GlobalArgs, args: OveroptRlArgs) -> Result<()> {
+    let report = decoding::run_overopt_rl(&decoding::RlOveroptRequest {
+        runs: args.runs,
+        proxy: args.proxy,
+        gold: args.gold,
+        out_dir: global
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("overopt-rl")),
+    })?;
+    print!("{}", decoding::markdown_rl(&report));
+    println!(
+        "
+report {} / {}, chart {}",
+        report.json.display(),
+        report.markdown.display(),
+        report.png.display()
     );
     Ok(())
 }

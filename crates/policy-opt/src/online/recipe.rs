@@ -752,6 +752,13 @@ mod tests {
             let loss = recipe.algorithm.policy_loss.name();
             match algorithm.as_str() {
                 "grpo" | "dapo" | "gspo" | "cispo" | "dr-grpo" => assert_eq!(estimator, "grpo"),
+                "overopt-grpo" => {
+                    // The proxy is trained on; the gold is only logged.
+                    assert_eq!(estimator, "grpo");
+                    assert_eq!(recipe.component_names(), ["proxy", "gold"]);
+                    let weights: Vec<f64> = recipe.rewards.iter().map(|r| r.weight).collect();
+                    assert_eq!(weights, [1.0, 0.0]);
+                }
                 "rloo" => assert_eq!(estimator, "rloo"),
                 "reinforce-pp" => assert_eq!(estimator, "reinforce_plus_plus"),
                 "remax" => assert_eq!(estimator, "remax"),
@@ -808,6 +815,7 @@ mod tests {
                 "gspo",
                 "online-dpo",
                 "opo",
+                "overopt-grpo",
                 "p3o",
                 "pf-ppo",
                 "ppo",
