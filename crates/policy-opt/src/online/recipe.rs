@@ -18,8 +18,8 @@ use rm_core::train::{RolloutConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use super::algos::{
-    AdvantageEstimator, ComponentAggregation, KlControllerConfig, KlEstimator, LossAggregation,
-    P3oClip, PolicyLoss,
+    AdvantageEstimator, CalibrationTransform, ComponentAggregation, KlControllerConfig,
+    KlEstimator, LossAggregation, P3oClip, PolicyLoss,
 };
 use super::prompts::PromptSource;
 use super::rewards::RewardComponentConfig;
@@ -203,6 +203,9 @@ pub struct AlgorithmConfig {
     /// Online (iterative) DPO instead of a policy gradient: see [`OnlineDpoConfig`].
     #[serde(default)]
     pub online_dpo: Option<OnlineDpoConfig>,
+    /// InfAlign's calibrate-and-transform of one reward component: see [`CalibrationConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationConfig>,
     /// P3O instead of a per-row policy gradient: see [`P3oConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p3o: Option<P3oConfig>,
@@ -283,6 +286,34 @@ impl OnlineDpoConfig {
     pub fn needs_reference(&self) -> bool {
         self.reference == OnlineDpoReference::Initial || self.label == PairLabel::Implicit
     }
+}
+
+/// `[algorithm.calibration]`: InfAlign (Balashankar et al. 2024, "InfAlign: Inference-aware
+/// language model alignment", [`crate::online::algos::calibration`]). The first time a training
+/// prompt is drawn, `reference_samples` completions are sampled from the reference policy (with
+/// the rollout's sampling settings, seeded by the prompt) and scored by `component`; from then
+/// on that component's value of every completion of the prompt is replaced by
+/// `Φ(C)`, `C` its quantile among those reference rewards, and the total is re-weighted with
+/// it. Evaluations report the raw rewards. The reference rewards are part of every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// The `[[reward]]` name of the calibrated component.
+    pub component: String,
+    /// Reference samples per prompt (`M ≥ 1`; default 8).
+    #[serde(default = "reference_samples")]
+    pub reference_samples: usize,
+    /// `Φ` (default `{ kind = "exp", t = 2.0 }`: best-of-N inference).
+    #[serde(default = "exp_transform")]
+    pub transform: CalibrationTransform,
+}
+
+fn reference_samples() -> usize {
+    8
+}
+
+fn exp_transform() -> CalibrationTransform {
+    CalibrationTransform::Exp { t: 2.0 }
 }
 
 /// `[algorithm.p3o]`: Pairwise Proximal Policy Optimization (Wu et al. 2023, "Pairwise
@@ -632,6 +663,21 @@ impl RlRecipe {
                 );
             }
         }
+        if let Some(c) = &self.algorithm.calibration {
+            if !self.component_names().contains(&c.component) {
+                bail!(
+                    "algorithm.calibration.component {:?}: no [[reward]] component of that name (components: {})",
+                    c.component,
+                    self.component_names().join(", ")
+                );
+            }
+            if c.reference_samples == 0 {
+                bail!("algorithm.calibration.reference_samples must be at least 1");
+            }
+            c.transform
+                .validate()
+                .map_err(|e| anyhow::anyhow!("algorithm.calibration: {e}"))?;
+        }
         if let Some(p) = &self.algorithm.p3o {
             if !(p.clip_ratio.is_finite() && p.clip_ratio > 0.0 && p.clip_ratio < 1.0) {
                 bail!(
@@ -857,6 +903,18 @@ mod tests {
                 "clip_ratio_low",
             ),
             ("reward=[]", "no [[reward]]"),
+            (
+                "algorithm.calibration={ component = \"judge\" }",
+                "calibration.component \"judge\": no [[reward]] component",
+            ),
+            (
+                "algorithm.calibration={ component = \"gsm8k\", reference_samples = 0 }",
+                "reference_samples must be at least 1",
+            ),
+            (
+                "algorithm.calibration={ component = \"gsm8k\", transform = { kind = \"exp\", t = 0.0 } }",
+                "t must be a finite number > 0",
+            ),
             (
                 "algorithm.implicit_prm={ label = \"correct\" }",
                 "names no [[reward]] component",

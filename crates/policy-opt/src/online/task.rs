@@ -48,8 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use super::algos::{
     AdvantageEstimator, AdvantageInput, ComponentAggregation, KlController, aggregate,
-    aggregate_reward_components, clipped_value_loss, compute_advantages, consistency_rate,
-    kl_penalty, p3o_loss, policy_loss, token_entropy,
+    aggregate_reward_components, calibrated_reward, clipped_value_loss, compute_advantages,
+    consistency_rate, kl_penalty, p3o_loss, policy_loss, token_entropy,
 };
 use super::filtration::policy_filtration;
 use super::implicit_prm::ImplicitPrm;
@@ -149,6 +149,9 @@ struct RlState {
     /// Constrained RLHF's Lagrange multipliers, one per constraint.
     #[serde(default)]
     multipliers: Vec<f64>,
+    /// InfAlign: each drawn training prompt's reference rewards of the calibrated component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    calibration_reference: BTreeMap<usize, Vec<f32>>,
 }
 
 /// Online RL of a policy (LoRA or full fine-tuning) against reward functions.
@@ -177,6 +180,8 @@ pub struct RlTask {
     /// rate of the current collection's labels (1 without a previous iterate).
     previous_iterate: Option<LlamaModel>,
     cream_rate: f64,
+    /// InfAlign: the reference rewards of the calibrated component, by training prompt.
+    calibration_reference: BTreeMap<usize, Vec<f32>>,
 }
 
 /// Where a checkpoint keeps CREAM's previous iterate (a policy folder).
@@ -333,6 +338,7 @@ impl RlTask {
             p3o_pairs: Vec::new(),
             previous_iterate: None,
             cream_rate: 1.0,
+            calibration_reference: BTreeMap::new(),
         })
     }
 
@@ -641,6 +647,83 @@ impl RlTask {
             })
             .collect();
         self.rewards.score(&samples)
+    }
+
+    /// InfAlign ([`CalibrationConfig`]): draws reference samples for the prompts `indices` not
+    /// seen before (one batched pass of the reference policy) and replaces the calibrated
+    /// component of every sample by `Φ(C)`, re-weighting its total. Returns the number of
+    /// prompts' new reference rewards (for the cache) and the mean quantile `C` of the samples.
+    fn calibrate(
+        &self,
+        policy: &LlamaModel,
+        indices: &[usize],
+        completions: &[Completion],
+        scored: &mut [ScoredSample],
+        seed: u64,
+    ) -> Result<(BTreeMap<usize, Vec<f32>>, f64)> {
+        let mut by_prompt: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        let Some(config) = self.recipe.algorithm.calibration.clone() else {
+            return Ok((by_prompt, 0.0));
+        };
+        let names = self.rewards.component_names();
+        let c = names
+            .iter()
+            .position(|n| *n == config.component)
+            .with_context(|| format!("calibration: no reward component {:?}", config.component))?;
+        let weight = self.rewards.weights()[c];
+        let mut missing: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|p| !self.calibration_reference.contains_key(p))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let reference = self.reference(policy)?;
+            let prompts: Vec<&RlPrompt> = missing.iter().map(|&p| &self.train_prompts[p]).collect();
+            let sampled = sample(
+                &reference,
+                &self.policy,
+                &prompts,
+                config.reference_samples,
+                &self.sampling,
+                seed ^ 0x1_4f_a1_19,
+                self.recipe.rollout.generation_batch,
+            )
+            .context("sampling the reference completions of InfAlign's calibration")?;
+            let rewards = self.score(&prompts, &sampled.completions);
+            by_prompt = missing.iter().map(|&p| (p, Vec::new())).collect();
+            for (done, r) in sampled.completions.iter().zip(&rewards) {
+                if let Some(v) = r.components[c] {
+                    by_prompt
+                        .get_mut(&missing[done.prompt_index])
+                        .expect("every sampled prompt has an entry")
+                        .push(v);
+                }
+            }
+        }
+        let mut quantiles = Vec::new();
+        for (completion, s) in completions.iter().zip(scored.iter_mut()) {
+            let prompt = indices[completion.prompt_index];
+            let reference = by_prompt
+                .get(&prompt)
+                .or_else(|| self.calibration_reference.get(&prompt))
+                .context("calibration: a prompt without reference rewards")?;
+            let (Some(value), Some(quantile)) = (
+                s.components[c],
+                s.components[c].and_then(|v| calibrated_reward(v, reference)),
+            ) else {
+                continue;
+            };
+            quantiles.push(quantile);
+            let new = config.transform.apply(quantile);
+            s.components[c] = Some(new as f32);
+            s.total = s
+                .total
+                .map(|t| (f64::from(t) + weight * (new - f64::from(value))) as f32);
+        }
+        let mean = quantiles.iter().sum::<f64>() / quantiles.len().max(1) as f64;
+        Ok((by_prompt, mean))
     }
 
     /// Adds every included row's step rewards ([`ScoredSample::steps`]) to its token rewards on
@@ -968,6 +1051,7 @@ impl<M: RlModel> TrainTask<M> for RlTask {
         Ok(serde_json::to_value(RlState {
             kl: self.kl.clone(),
             multipliers: self.multipliers.clone(),
+            calibration_reference: self.calibration_reference.clone(),
         })?)
     }
 
@@ -1014,6 +1098,7 @@ impl<M: RlModel> TrainTask<M> for RlTask {
             );
         }
         self.multipliers = state.multipliers;
+        self.calibration_reference = state.calibration_reference;
         Ok(())
     }
 
@@ -1056,7 +1141,11 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
             self.recipe.rollout.generation_batch,
         )
         .with_context(|| format!("sampling rollouts of iteration {}", iteration + 1))?;
-        let scored = self.score(&prompts, &completions);
+        let mut scored = self.score(&prompts, &completions);
+        let (new_reference, calibration_quantile) =
+            self.calibrate(policy, &indices, &completions, &mut scored, seed)?;
+        let calibration_prompts = new_reference.len();
+        self.calibration_reference.extend(new_reference);
         let pad = self.policy.lm.tokenizer.pad_id();
         let CompletionScores {
             logprobs: old,
@@ -1152,6 +1241,10 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
         };
         let mut sequence_rewards = sequence_rewards;
         let mut metrics = BTreeMap::new();
+        if self.recipe.algorithm.calibration.is_some() {
+            metrics.insert("calibration/new_prompts".into(), calibration_prompts as f64);
+            metrics.insert("calibration/mean_quantile".into(), calibration_quantile);
+        }
         let multipliers =
             self.apply_constraints(&scored, &included, &mut sequence_rewards, &mut metrics);
         let mut token_rewards: Vec<Vec<f32>> = (0..n)

@@ -109,6 +109,8 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     let needs_reference = recipe.needs_reference();
     // A LoRA policy (configured, or a LoRA policy folder continued) has its base, adapters
     // off, as the reference; a fully fine-tuned one a frozen copy of its start.
+    // InfAlign samples from the reference (no log-probs needed).
+    let needs_reference = needs_reference || recipe.algorithm.calibration.is_some();
     let snapshot = match (&policy.spec.lora, needs_reference) {
         (None, true) => Some(model.clone().no_grad()),
         _ => None,
@@ -290,7 +292,7 @@ out_dir = "{out}"
         }
     }
 
-    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head on the policy or a separate value model), online RAFT, online DPO and P3O teach a tiny policy to say `w7`: the held-out (greedy)
+    /// GRPO, RLOO, REINFORCE++, PPO (GAE with a value head on the policy or a separate value model), online RAFT, online DPO, P3O and GRPO on InfAlign's calibrated reward teach a tiny policy to say `w7`: the held-out (greedy)
     /// reward rises from below 0.5 to at least 0.75 within 24 steps (PPO and RAFT: 32, REINFORCE++: 48; GDPO's two-objective total rises by 0.4 of its 1.5); the run logs collect
     /// records with the reward and the rollout throughput, and train records with the clip
     /// fraction and entropy.
@@ -326,6 +328,12 @@ out_dir = "{out}"
             // sequence ratios.
             ("{ name = \"grpo\" }", "p3o = { clip = \"joint\" }"),
             ("{ name = \"grpo\" }", "p3o = { clip = \"separate\" }"),
+            // InfAlign: the reward replaced by exp(2·C), C its quantile among 4 reference
+            // samples of the prompt.
+            (
+                "{ name = \"grpo\" }",
+                "calibration = { component = \"keywords\", reference_samples = 4, transform = { kind = \"exp\", t = 2.0 } }",
+            ),
             // Multi-objective GRPO (GDPO): a second objective, each normalised in its group.
             (
                 "{ name = \"grpo\" }",
@@ -417,6 +425,22 @@ out_dir = "{out}"
                     train
                         .iter()
                         .any(|t| t["reward_margin"].as_f64().unwrap() > 0.0)
+                );
+            }
+            if extra.contains("calibration") {
+                // Four new prompts at the first collection (8 training prompts in all); the
+                // quantiles are in [0, 1].
+                assert_eq!(collects[0]["calibration/new_prompts"].as_f64(), Some(4.0));
+                let seen: f64 = collects
+                    .iter()
+                    .map(|c| c["calibration/new_prompts"].as_f64().unwrap())
+                    .sum();
+                assert_eq!(seen, 8.0);
+                assert!(
+                    collects
+                        .iter()
+                        .all(|c| (0.0..=1.0)
+                            .contains(&c["calibration/mean_quantile"].as_f64().unwrap()))
                 );
             }
             if p3o {
@@ -583,6 +607,11 @@ out_dir = "{out}"
                 "kl = { estimator = \"k3\", coef = 0.05 }",
             ),
             ("ppo", "{ name = \"gae\", gamma = 1.0, lam = 0.95 }", ppo),
+            (
+                "infalign",
+                "{ name = \"grpo\" }",
+                "calibration = { component = \"keywords\", reference_samples = 3 }",
+            ),
             (
                 "ppo-critic",
                 "{ name = \"gae\", gamma = 1.0, lam = 0.95 }",

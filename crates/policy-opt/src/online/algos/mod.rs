@@ -10,6 +10,7 @@
 //!   exactly over micro-batches;
 //! - [`kl`]: [`KlEstimator`] (k1, abs, k2, k3), the in-reward penalty [`apply_kl_penalty`] and
 //!   the fixed / adaptive [`KlController`];
+//! - [`calibration`]: InfAlign's calibrated (reference-quantile) reward and its transforms;
 //! - [`consistency`]: CREAM's consistency rate (Kendall's τ-b between two iterations' rankings);
 //! - [`value_loss`]: the clipped value loss; [`entropy`]: per-token entropy from logits;
 //! - [`process`](mod@process): process rewards — PURE's min-form credit assignment and its
@@ -21,6 +22,7 @@
 
 pub mod advantage;
 pub mod aggregation;
+pub mod calibration;
 pub mod consistency;
 pub mod entropy;
 mod error;
@@ -49,6 +51,7 @@ pub use advantage::{
     AdvantageEstimator, AdvantageInput, Advantages, GrpoScale, compute_advantages,
 };
 pub use aggregation::{LossAggregation, aggregate};
+pub use calibration::{CalibrationTransform, calibrated_reward};
 pub use consistency::{consistency_rate, kendall_tau_b};
 pub use entropy::token_entropy;
 pub use error::AlgoError;
