@@ -551,41 +551,27 @@ pub(crate) fn decode_one(
             depth,
             weight,
             temperature,
-        } => {
-            let (tokens, reward, generated, detail) = args(
-                model,
-                prompt,
-                ids,
-                (top_k, depth),
-                weight,
-                &sampling(temperature, 1.0, seed),
-                scorer,
-            )?;
-            let Detail::Args { steered_tokens } = detail else {
-                unreachable!("args() reports Detail::Args")
-            };
-            (
-                tokens,
-                reward,
-                generated,
-                Detail::Lookahead { steered_tokens },
-            )
         }
-        Strategy::TransferQ {
+        | Strategy::TransferQ {
             top_k,
             depth,
             weight,
             temperature,
         } => {
-            let baseline = model.guide.as_ref().ok_or_else(|| {
-                DecodeError::config(
-                    "arm",
-                    "transfer-q rolls candidates out with a baseline model: give --arm DIR",
-                )
-            })?;
+            // The lookahead continues candidates with the policy, Transfer Q* with the baseline.
+            let transfer = matches!(config.strategy, Strategy::TransferQ { .. });
+            let rollout = match transfer {
+                false => &model.lm,
+                true => model.guide.as_ref().ok_or_else(|| {
+                    DecodeError::config(
+                        "arm",
+                        "transfer-q rolls candidates out with a baseline model: give --arm DIR",
+                    )
+                })?,
+            };
             let (tokens, reward, generated, detail) = args_with_rollouts(
                 model,
-                baseline,
+                rollout,
                 prompt,
                 ids,
                 (top_k, depth),
@@ -596,12 +582,11 @@ pub(crate) fn decode_one(
             let Detail::Args { steered_tokens } = detail else {
                 unreachable!("args() reports Detail::Args")
             };
-            (
-                tokens,
-                reward,
-                generated,
-                Detail::TransferQ { steered_tokens },
-            )
+            let detail = match transfer {
+                false => Detail::Lookahead { steered_tokens },
+                true => Detail::TransferQ { steered_tokens },
+            };
+            (tokens, reward, generated, detail)
         }
         Strategy::GenArm { alpha, temperature } => genarm(
             model,

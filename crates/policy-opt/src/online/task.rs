@@ -266,6 +266,22 @@ fn padded(rows: &[Vec<f32>], width: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// `[rows, width]` values, row `i` holding `values(rows[i])` at its completion's positions of a
+/// right-padded batch (from `prompt_len − 1`), 0 elsewhere.
+fn completion_layout(
+    rows: &[&BufferRow],
+    width: usize,
+    values: impl Fn(&BufferRow) -> &[f32],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows.len() * width];
+    for (i, row) in rows.iter().enumerate() {
+        let v = values(row);
+        let start = i * width + row.prompt_len - 1;
+        out[start..start + v.len()].copy_from_slice(v);
+    }
+    out
+}
+
 fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
@@ -447,6 +463,19 @@ impl RlTask {
             .collect()
     }
 
+    /// The buffer rows of `pairs` — every first row, then every second (DPO's `[chosen…,
+    /// rejected…]` layout) — and their right-padded batch.
+    fn pair_batch(&self, pairs: &[(usize, usize)]) -> Result<(Vec<&BufferRow>, TokenBatch)> {
+        let rows: Vec<&BufferRow> = pairs
+            .iter()
+            .map(|p| &self.buffer[p.0])
+            .chain(pairs.iter().map(|p| &self.buffer[p.1]))
+            .collect();
+        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
+        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        Ok((rows, batch))
+    }
+
     /// The DPO objective of `[algorithm.online_dpo]` on the pairs of prompts `items`, weighted
     /// by the number of pairs.
     fn online_dpo_loss(&self, model: &LlamaModel, items: &[usize]) -> Result<LossOutput> {
@@ -472,24 +501,13 @@ impl RlTask {
         if pairs.is_empty() {
             return Ok(LossOutput::new(Tensor::zeros([1], &device), 0.0));
         }
-        let rows: Vec<&BufferRow> = pairs
-            .iter()
-            .map(|p| &self.buffer[p.0])
-            .chain(pairs.iter().map(|p| &self.buffer[p.1]))
-            .collect();
-        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
-        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let (rows, batch) = self.pair_batch(&pairs)?;
         let (b2, width) = (batch.batch_size, batch.seq_len - 1);
-        let mut reference = vec![0.0f32; b2 * width];
         let previous_iterate = config.reference == OnlineDpoReference::PreviousIterate;
-        for (i, row) in rows.iter().enumerate() {
-            let anchor = match previous_iterate {
-                true => &row.old_logprobs,
-                false => &row.ref_logprobs,
-            };
-            let start = i * width + row.prompt_len - 1;
-            reference[start..start + anchor.len()].copy_from_slice(anchor);
-        }
+        let reference = completion_layout(&rows, width, |row| match previous_iterate {
+            true => &row.old_logprobs,
+            false => &row.ref_logprobs,
+        });
         let completion = batch.completion_tensor(&device);
         let policy = model
             .completion_logprobs(
@@ -566,22 +584,11 @@ impl RlTask {
         if pairs.is_empty() {
             return Ok(LossOutput::new(Tensor::zeros([1], &device), 0.0));
         }
-        let rows: Vec<&BufferRow> = pairs
-            .iter()
-            .map(|p| &self.buffer[p.0])
-            .chain(pairs.iter().map(|p| &self.buffer[p.1]))
-            .collect();
-        let seqs: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
-        let batch = TokenBatch::pad(&seqs, self.policy.lm.tokenizer.pad_id(), PaddingSide::Right)?;
+        let row_pairs: Vec<(usize, usize)> = pairs.iter().map(|p| (p.0, p.1)).collect();
+        let (rows, batch) = self.pair_batch(&row_pairs)?;
         let (b2, width) = (batch.batch_size, batch.seq_len - 1);
-        let mut old = vec![0.0f32; b2 * width];
-        let mut mask = vec![0.0f32; b2 * width];
-        for (i, row) in rows.iter().enumerate() {
-            let start = i * width + row.prompt_len - 1;
-            let n = row.old_logprobs.len();
-            old[start..start + n].copy_from_slice(&row.old_logprobs);
-            mask[start..start + n].copy_from_slice(&row.mask);
-        }
+        let old = completion_layout(&rows, width, |row| &row.old_logprobs);
+        let mask = completion_layout(&rows, width, |row| &row.mask);
         let logprobs = model
             .completion_logprobs(
                 batch.ids_tensor(&device),
