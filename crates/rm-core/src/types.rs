@@ -137,6 +137,10 @@ impl StepLabel {
 pub struct LabelledStep {
     pub text: String,
     pub label: Option<StepLabel>,
+    /// A soft label in [0, 1]: the estimated probability that the solution reaches the right
+    /// answer from here (Math-Shepherd's soft estimate, `plumb label-steps`' `soft_labels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<f32>,
 }
 
 /// A rated alternative for a step (PRM800K stores several candidate completions per step).

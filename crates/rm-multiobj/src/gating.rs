@@ -204,8 +204,8 @@ impl GatingNetwork {
         }
     }
 
-    /// `w = β · softmax(g(x) / τ)`, `[B, K]`.
-    pub fn weights(&self, x: Tensor<2>, temperature: f64) -> Tensor<2> {
+    /// The MLP's output `g(x)`, `[B, K]`.
+    pub fn logits(&self, x: Tensor<2>) -> Tensor<2> {
         let n = self.layers.len();
         let mut h = x;
         for (i, l) in self.layers.iter().enumerate() {
@@ -214,6 +214,12 @@ impl GatingNetwork {
                 h = relu(h);
             }
         }
+        h
+    }
+
+    /// `w = β · softmax(g(x) / τ)`, `[B, K]`.
+    pub fn weights(&self, x: Tensor<2>, temperature: f64) -> Tensor<2> {
+        let h = self.logits(x);
         let [b, k] = h.dims();
         let w = softmax(h.div_scalar(temperature), 1);
         w * self.logit_scale.val().reshape([1, 1]).expand([b, k])

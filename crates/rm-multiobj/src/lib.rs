@@ -12,6 +12,7 @@
 //! - [`population`]: a synthetic two-population preference set built from HH-RLHF;
 //! - [`personal`]: one shared Bradley–Terry model vs PAL (ideal points) vs VPL (a latent user
 //!   variable);
+//! - [`orchestrator`]: the Preference Orchestrator — prompt-specific objective weights;
 //! - [`model`]: the saved multi-objective model folder that scores raw texts;
 //! - [`pipeline`]: the recipes and runs behind `plumb multiobj train` / `population-test`.
 
@@ -21,6 +22,7 @@ pub mod gating;
 pub mod heads;
 pub mod linalg;
 pub mod model;
+pub mod orchestrator;
 pub mod personal;
 pub mod pipeline;
 pub mod population;

@@ -108,10 +108,12 @@ mod tests {
                 LabelledStep {
                     text: "1+1=2".into(),
                     label: Some(Good),
+                    soft: None,
                 },
                 LabelledStep {
                     text: "# Answer\n\n2".into(),
                     label: Some(Good),
+                    soft: None,
                 },
             ],
             alternatives: vec![

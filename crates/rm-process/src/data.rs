@@ -52,6 +52,10 @@ pub struct StepExample {
     pub steps: Vec<String>,
     /// Per step: `Some(correct)` or `None` (no target).
     pub targets: Vec<Option<bool>>,
+    /// Per step: the soft label (probability of reaching the right answer), when the source
+    /// has one; empty when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub soft: Vec<Option<f32>>,
 }
 
 impl StepExample {
@@ -79,6 +83,10 @@ pub fn examples_of(
             .iter()
             .map(|s| policy.target(s.label))
             .collect(),
+        soft: match solution.steps.iter().any(|s| s.soft.is_some()) {
+            true => solution.steps.iter().map(|s| s.soft).collect(),
+            false => Vec::new(),
+        },
     }];
     if alternatives {
         for (i, alts) in solution.alternatives.iter().enumerate() {
@@ -92,6 +100,7 @@ pub fn examples_of(
                         prompt: solution.prompt.clone(),
                         steps: s,
                         targets,
+                        soft: Vec::new(),
                     });
                 }
             }
@@ -99,6 +108,22 @@ pub fn examples_of(
     }
     out.retain(|e| e.num_targets() > 0 && !e.steps.is_empty());
     out
+}
+
+/// What the PRM regresses on (`[data] targets`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepTargets {
+    /// The binary labels: a classifier of step correctness (Lightman et al. 2023).
+    #[default]
+    Hard,
+    /// The soft labels (`soft_labels` of the generic JSONL, as `plumb label-steps` writes
+    /// them): cross-entropy against the estimated probability of reaching the right answer,
+    /// so the PRM estimates the prover's value `Q^μ(prefix)` — the verifier of PAV (Setlur et
+    /// al. 2024, "Rewarding Progress"), whose step progress `Q(s_1…s_i) − Q(s_1…s_{i−1})`
+    /// `step_reward = "progress"` turns into RL rewards. Steps without a soft label get no
+    /// target; the hard labels still score the evaluation.
+    Soft,
 }
 
 /// Where step-labelled solutions come from.
@@ -189,6 +214,7 @@ mod tests {
                 .map(|(i, &label)| LabelledStep {
                     text: format!("s{i}"),
                     label,
+                    soft: None,
                 })
                 .collect(),
             alternatives: Vec::new(),

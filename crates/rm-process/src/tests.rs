@@ -142,6 +142,7 @@ fn loss_decreases_on_a_learnable_step_task() {
             prompt: format!("w{}", 30 + i % 4),
             steps: vec![a, bad.to_string(), "w7".into()],
             targets: vec![Some(true), Some(i % 2 == 1), Some(false)],
+            soft: Vec::new(),
         });
     }
     let (units, skipped) = encode_examples(&prm, &examples, 48).unwrap();
@@ -176,6 +177,152 @@ fn loss_decreases_on_a_learnable_step_task() {
         dir.join("run/final")
             .join(crate::model::PRM_SPEC_FILE)
             .exists()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// PAV's verifier: trained on soft labels (a step with `w7` reaches the answer a quarter of
+/// the time, any other three quarters), the PRM's probabilities settle on the soft labels —
+/// not on 0/1 as a classifier of the hard labels would — and the dev Brier score against
+/// them falls near 0; the accuracy still reads `y > ½`.
+#[test]
+fn soft_targets_train_a_value_estimate_not_a_classifier() {
+    let _lock = rm_core::device::seeded_test_lock();
+    let dir = temp_dir("soft");
+    let device = test_device().autodiff();
+    let prm = tiny_prm(&dir, &device);
+    let soft_of = |step: &str| if step.contains("w7") { 0.25f32 } else { 0.75 };
+    let mut examples = Vec::new();
+    for i in 0..24usize {
+        let a = format!("w{} w{}", 10 + i % 7, 20 + i % 5);
+        let b = if i % 2 == 0 { "w7 w11" } else { "w12 w13" }.to_string();
+        let steps = vec![a, b, "w7".to_string()];
+        examples.push(StepExample {
+            prompt: format!("w{}", 30 + i % 4),
+            targets: steps.iter().map(|s| Some(soft_of(s) > 0.5)).collect(),
+            soft: steps.iter().map(|s| Some(soft_of(s))).collect(),
+            steps,
+        });
+    }
+    let encode = |e: &[StepExample]| {
+        crate::train::encode_examples_with(&prm, e, 48, crate::data::StepTargets::Soft).unwrap()
+    };
+    let (units, _) = encode(&examples);
+    let (dev, _) = encode(&examples[..8]);
+    assert_eq!(units[0].targets, vec![0.75, 0.25, 0.25]);
+    let model = prm.bundle.model.clone();
+    let mut task = PrmTask {
+        train: units,
+        dev,
+        template: prm,
+        batch_size: 8,
+    };
+    let before = task.evaluate(&model).unwrap().metrics["brier"];
+    let mut config = TrainConfig::new(8, 3e-2, dir.join("run"));
+    config.epochs = 8;
+    let run = RunDir::open(&config.out_dir, RunMode::Fresh, &serde_json::json!({}), &[]).unwrap();
+    let trainer = Trainer {
+        config,
+        device: device.clone(),
+        progress: false,
+    };
+    let (model, _) = trainer.run_epochs(&run, model, &mut task).unwrap();
+    let after = task.evaluate(&model).unwrap();
+    assert!(
+        after.metrics["brier"] < 0.01,
+        "Brier {before} → {:?}",
+        after.metrics
+    );
+    assert!(after.metrics["step_accuracy"] > 0.99, "{:?}", after.metrics);
+    let loaded = ProcessRewardModel::load(&dir.join("run/final"), &test_device()).unwrap();
+    let p = loaded
+        .score_steps("w31", &["w11 w22", "w7 w11", "w7"])
+        .unwrap();
+    for (got, want) in p.iter().zip([0.75f32, 0.25, 0.25]) {
+        assert!((got - want).abs() < 0.1, "{p:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `plumb train-prm` with `data.targets = "soft"` on label-steps-style rows: it trains on the
+/// soft labels, logs the dev Brier score, and refuses a source without soft labels.
+#[test]
+fn train_prm_reads_soft_labels_from_step_labelled_jsonl() {
+    let _lock = rm_core::device::seeded_test_lock();
+    let dir = temp_dir("soft-run");
+    rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({
+                "prompt": format!("w{}", 30 + i),
+                "steps": [format!("w{}", 10 + i % 5), "w7 w11"],
+                "labels": [true, false],
+                "soft_labels": [0.75, 0.25],
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("labels.jsonl"), rows.join("\n")).unwrap();
+    let text = format!(
+        r#"
+[model]
+backbone = "{base}"
+max_len = 48
+attributes = ["step_correct"]
+template = "plain"
+head_init_std = 0.1
+
+[prm]
+shape = {{ kind = "one-pass", separator = " w6" }}
+
+[data]
+train = {{ source = "jsonl", path = "{labels}" }}
+dev_fraction = 0.25
+targets = "soft"
+
+[train]
+epochs = 2
+batch_size = 4
+lr = 3e-2
+seed = 1
+eval_every = 2
+out_dir = "{out}"
+
+[eval]
+batch_size = 4
+bon_n = 2
+"#,
+        base = dir.join("base").display(),
+        labels = dir.join("labels.jsonl").display(),
+        out = dir.join("run").display(),
+    );
+    let recipe: crate::PrmRecipe = rm_core::recipe::parse(&text, "soft", &[]).unwrap();
+    let request = rm_pipeline::TrainRequest {
+        data_dir: dir.clone(),
+        models_dir: dir.clone(),
+        device: test_device(),
+        mode: RunMode::Fresh,
+        progress: false,
+    };
+    crate::train::train_prm(recipe.clone(), &request).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"brier\""), "{metrics}");
+    // Rows without soft labels: refused, naming the field to add.
+    let rows: Vec<String> = (0..6)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("w{}", 30 + i), "steps": ["w10"], "labels": [true]})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("labels.jsonl"), rows.join("\n")).unwrap();
+    let mut r = recipe;
+    r.train.out_dir = dir.join("run2");
+    let err = crate::train::train_prm(r, &request)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no soft labels") && err.contains("soft_labels"),
+        "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rm_core::burn::tensor::activation::log_sigmoid;
+use rm_core::burn::tensor::activation::{log_sigmoid, sigmoid};
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
 use rm_core::models::reward::{RewardModel, RewardModelConfig};
 use rm_core::train::{
@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::bon::{BonProblem, bon_from_alternatives};
-use crate::data::{LabelPolicy, NeutralAs, StepExample, StepSource, examples_of, split_by_problem};
+use crate::data::{
+    LabelPolicy, NeutralAs, StepExample, StepSource, StepTargets, examples_of, split_by_problem,
+};
 use crate::eval::{EvalReport, evaluate_bon, evaluate_steps};
 use crate::model::{PrmShape, ProcessRewardModel, Unit, unit_logits};
 
@@ -36,6 +38,9 @@ pub struct PrmDataConfig {
     /// What PRM800K's rating 0 trains as.
     #[serde(default)]
     pub neutral: NeutralAs,
+    /// The hard labels (default) or the soft labels (PAV's verifier; see [`StepTargets`]).
+    #[serde(default)]
+    pub targets: StepTargets,
     /// Also train on every rated non-preferred alternative (one example each).
     #[serde(default)]
     pub alternatives: bool,
@@ -142,17 +147,29 @@ pub struct PrmTrainReport {
 /// A unit with its per-column targets.
 pub struct TrainUnit {
     pub unit: Unit,
-    /// Per column: 1 correct, 0 wrong; `mask` 0 where the step has no target.
+    /// Per column: 1 correct, 0 wrong (or a soft label in [0, 1]); `mask` 0 where the step has
+    /// no target.
     pub targets: Vec<f32>,
     pub mask: Vec<f32>,
 }
 
-/// The training units of examples (steps past `max_len` dropped; examples left with no target
-/// counted in the second value).
+/// The training units of examples on their hard targets (steps past `max_len` dropped;
+/// examples left with no target counted in the second value).
 pub fn encode_examples(
     prm: &ProcessRewardModel,
     examples: &[StepExample],
     max_len: usize,
+) -> Result<(Vec<TrainUnit>, usize)> {
+    encode_examples_with(prm, examples, max_len, StepTargets::Hard)
+}
+
+/// [`encode_examples`] with the targets `targets` names: the hard labels as 0/1, or the soft
+/// labels (a step without one has no target).
+pub fn encode_examples_with(
+    prm: &ProcessRewardModel,
+    examples: &[StepExample],
+    max_len: usize,
+    targets: StepTargets,
 ) -> Result<(Vec<TrainUnit>, usize)> {
     let mut out = Vec::new();
     let mut skipped = 0;
@@ -163,12 +180,19 @@ pub fn encode_examples(
             .with_context(|| format!("example {i}"))?;
         let before = out.len();
         for unit in units {
-            let t: Vec<Option<bool>> = unit.steps.iter().map(|&s| e.targets[s]).collect();
+            let t: Vec<Option<f32>> = unit
+                .steps
+                .iter()
+                .map(|&s| match targets {
+                    StepTargets::Hard => e.targets[s].map(f32::from),
+                    StepTargets::Soft => e.soft.get(s).copied().flatten(),
+                })
+                .collect();
             if t.iter().all(Option::is_none) {
                 continue;
             }
             out.push(TrainUnit {
-                targets: t.iter().map(|t| f32::from(*t == Some(true))).collect(),
+                targets: t.iter().map(|t| t.unwrap_or(0.0)).collect(),
                 mask: t.iter().map(|t| f32::from(t.is_some())).collect(),
                 unit,
             });
@@ -178,15 +202,16 @@ pub fn encode_examples(
     Ok((out, skipped))
 }
 
-/// Masked binary cross-entropy over step logits and its weight (labelled steps):
-/// `L = −Σ m·(y·ln σ(z) + (1−y)·ln σ(−z)) / Σ m`, and the step accuracy
-/// `Σ m·[(z > 0) = y] / Σ m`.
+/// Masked binary cross-entropy over step logits (hard or soft targets `y`):
+/// `L = −Σ m·(y·ln σ(z) + (1−y)·ln σ(−z)) / Σ m`, the step accuracy
+/// `Σ m·[(z > 0) = (y > ½)] / Σ m`, the Brier score `Σ m·(σ(z) − y)² / Σ m`, and the weight
+/// (labelled steps).
 pub fn step_bce(
     model: &RewardModel,
     prm: &ProcessRewardModel,
     units: &[&TrainUnit],
     device: &Device,
-) -> Result<(Tensor<1>, Tensor<1>, f64)> {
+) -> Result<StepLoss> {
     let refs: Vec<&Unit> = units.iter().map(|u| &u.unit).collect();
     let z = unit_logits(
         model,
@@ -215,9 +240,31 @@ pub fn step_bce(
     let ll =
         y.clone() * log_sigmoid(z.clone()) + (y.clone().neg() + 1.0) * log_sigmoid(z.clone().neg());
     let loss = (ll * m.clone()).sum().neg().div_scalar(count);
-    let right = z.greater_elem(0.0).float().equal(y).float() * m;
+    let brier = ((sigmoid(z.clone()) - y.clone()).powi_scalar(2) * m.clone())
+        .sum()
+        .div_scalar(count);
+    let right = z
+        .greater_elem(0.0)
+        .float()
+        .equal(y.greater_elem(0.5).float())
+        .float()
+        * m;
     let accuracy = right.sum().div_scalar(count);
-    Ok((loss, accuracy, count))
+    Ok(StepLoss {
+        loss,
+        accuracy,
+        brier,
+        count,
+    })
+}
+
+/// What [`step_bce`] returns.
+pub struct StepLoss {
+    pub loss: Tensor<1>,
+    pub accuracy: Tensor<1>,
+    pub brier: Tensor<1>,
+    /// Labelled steps.
+    pub count: f64,
 }
 
 /// The PRM training task.
@@ -232,19 +279,24 @@ impl TrainTask<RewardModel> for PrmTask {
     fn loss(&mut self, model: &RewardModel, items: &[usize]) -> Result<LossOutput> {
         let device = model.head.weight.val().device();
         let units: Vec<&TrainUnit> = items.iter().map(|&i| &self.train[i]).collect();
-        let (loss, accuracy, count) = step_bce(model, &self.template, &units, &device)?;
+        let l = step_bce(model, &self.template, &units, &device)?;
         let tokens = units.iter().map(|u| u.unit.seq.len()).sum();
-        Ok(LossOutput::new(loss, count)
-            .with(Metric::device("step_accuracy", accuracy, count))
+        Ok(LossOutput::new(l.loss, l.count)
+            .with(Metric::device("step_accuracy", l.accuracy, l.count))
             .with_tokens(tokens))
     }
 
     fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {
         let device = model.head.weight.val().device();
-        let (mut loss, mut acc, mut total) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut loss, mut acc, mut brier, mut total) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for chunk in self.dev.chunks(self.batch_size) {
             let refs: Vec<&TrainUnit> = chunk.iter().collect();
-            let (l, a, n) = step_bce(model, &self.template, &refs, &device)?;
+            let StepLoss {
+                loss: l,
+                accuracy: a,
+                brier: b,
+                count: n,
+            } = step_bce(model, &self.template, &refs, &device)?;
             let read = |t: Tensor<1>| -> Result<f64> {
                 Ok(t.into_data()
                     .convert::<f32>()
@@ -254,6 +306,7 @@ impl TrainTask<RewardModel> for PrmTask {
             };
             loss += read(l)? * n;
             acc += read(a)? * n;
+            brier += read(b)? * n;
             total += n;
         }
         if total == 0.0 {
@@ -263,6 +316,7 @@ impl TrainTask<RewardModel> for PrmTask {
             metrics: [
                 ("step_accuracy".to_string(), acc / total),
                 ("loss".to_string(), loss / total),
+                ("brier".to_string(), brier / total),
             ]
             .into_iter()
             .collect(),
@@ -340,8 +394,20 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
         // alternatives (PRM800K's preferred paths alone carry hardly any negative step).
         .flat_map(|s| examples_of(s, policy, recipe.data.alternatives))
         .collect();
-    let (train, skipped) = encode_examples(&prm, &train_examples, recipe.model.max_len)?;
-    let (dev, dev_skipped) = encode_examples(&prm, &dev_examples, recipe.model.max_len)?;
+    let targets = recipe.data.targets;
+    if targets == StepTargets::Soft {
+        for (split, examples) in [("training", &train_examples), ("dev", &dev_examples)] {
+            if !examples.iter().any(|e| e.soft.iter().any(Option::is_some)) {
+                bail!(
+                    "data.targets = \"soft\": the {split} solutions have no soft labels (a `soft_labels` array per row of the generic step-labelled JSONL, as `plumb label-steps` writes)"
+                );
+            }
+        }
+    }
+    let (train, skipped) =
+        encode_examples_with(&prm, &train_examples, recipe.model.max_len, targets)?;
+    let (dev, dev_skipped) =
+        encode_examples_with(&prm, &dev_examples, recipe.model.max_len, targets)?;
     let steps_kept: usize = train
         .iter()
         .map(|u| u.mask.iter().sum::<f32>() as usize)

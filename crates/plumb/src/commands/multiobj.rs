@@ -1,12 +1,16 @@
-//! `plumb multiobj train | population-test | score`: multi-objective and personalized rewards on
+//! `plumb multiobj train | population-test | score | orchestrate | weights`: multi-objective and personalized rewards on
 //! frozen backbone features (rm_multiobj). Each parses its flags, makes one library call, prints.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use policy_opt::online::orchestrate::{
+    OrchestrateRecipe, OrchestrateRequest, markdown, orchestrate,
+};
 use rm_core::types::Prompt;
 use rm_multiobj::model::MultiObjectiveModel;
+use rm_multiobj::orchestrator::Orchestrator;
 use rm_multiobj::pipeline::{MultiObjRecipe, PopulationRecipe, RunRequest, population_test, train};
 use serde_json::json;
 
@@ -21,6 +25,22 @@ pub enum MultiobjCommand {
     PopulationTest(RecipeArgs),
     /// Rewards of responses to one prompt under a saved multi-objective model (JSON lines).
     Score(ScoreArgs),
+    /// The Preference Orchestrator: an adapter giving each prompt its weights over
+    /// `[[reward]]` objectives, trained on the preferred responses' rewards (for
+    /// train-rl's `algorithm.orchestrator`).
+    Orchestrate(RecipeArgs),
+    /// A trained orchestrator's weights for prompts (JSON lines).
+    Weights(WeightsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WeightsArgs {
+    /// A folder written by `plumb multiobj orchestrate`.
+    #[arg(long)]
+    pub orchestrator: PathBuf,
+    /// A prompt (repeat for several).
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +179,39 @@ pub fn run(global: &GlobalArgs, cmd: MultiobjCommand) -> Result<()> {
                 recipe.run.out_dir.join("report.json").display(),
                 r.seconds
             );
+        }
+        MultiobjCommand::Orchestrate(args) => {
+            let mut recipe = OrchestrateRecipe::load(&args.recipe, &args.overrides)?;
+            if let Some(out) = &global.out {
+                recipe.out_dir = out.clone();
+            }
+            let request = OrchestrateRequest {
+                data_dir: rm_core::paths::data_dir(global.data_dir.as_deref()),
+                models_dir: rm_core::paths::models_dir(global.models_dir.as_deref()),
+                device: global.device.device()?,
+                progress: !args.quiet,
+            };
+            let r = orchestrate(recipe, &request)?;
+            println!("{}", markdown(&r));
+            for s in &r.skipped {
+                println!("left out: {s}");
+            }
+            println!(
+                "orchestrator: {}   report: {}   ({:.1}s)",
+                r.out_dir.display(),
+                r.out_dir.join("report.json").display(),
+                r.seconds
+            );
+        }
+        MultiobjCommand::Weights(args) => {
+            let o = Orchestrator::load(&args.orchestrator, &global.device.device()?)?;
+            let prompts: Vec<Prompt> = args.prompts.iter().cloned().map(Prompt::Text).collect();
+            let refs: Vec<&Prompt> = prompts.iter().collect();
+            for (p, w) in args.prompts.iter().zip(o.weights(&refs, 16)?) {
+                let weights: std::collections::BTreeMap<&String, f64> =
+                    o.spec.objectives.iter().zip(w).collect();
+                println!("{}", json!({"prompt": p, "weights": weights}));
+            }
         }
         MultiobjCommand::Score(args) => {
             let model = MultiObjectiveModel::load(&args.model, &global.device.device()?)?;

@@ -17,6 +17,7 @@ pub mod algos;
 pub mod filtration;
 pub mod implicit_prm;
 pub mod importance;
+pub mod orchestrate;
 pub mod prompts;
 pub mod recipe;
 pub mod rewards;

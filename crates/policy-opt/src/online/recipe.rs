@@ -209,6 +209,12 @@ pub struct AlgorithmConfig {
     /// P3O instead of a per-row policy gradient: see [`P3oConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p3o: Option<P3oConfig>,
+    /// A Preference Orchestrator folder (`plumb orchestrate`, [`super::orchestrate`]): the
+    /// components are weighed per prompt, a completion's reward becoming
+    /// `Σ_i w_i · v_i(x) · z_i(r_i)` (the orchestrator's weights `v(x)` and standardization `z`
+    /// times the components' own weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<PathBuf>,
     /// PRIME's implicit process reward model, updated online on the rollouts' outcome labels
     /// ([`super::implicit_prm`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -678,6 +684,21 @@ impl RlRecipe {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("algorithm.calibration: {e}"))?;
         }
+        if self.algorithm.orchestrator.is_some() {
+            if self.algorithm.reward_aggregation != ComponentAggregation::SumThenNormalize {
+                bail!(
+                    "algorithm.orchestrator weighs the components per prompt before they are summed; it does not combine with reward_aggregation = \"normalize_then_sum\""
+                );
+            }
+            if self.algorithm.calibration.is_some() {
+                bail!(
+                    "algorithm.orchestrator and algorithm.calibration both re-weigh the components; use one"
+                );
+            }
+            if self.rewards.len() < 2 {
+                bail!("algorithm.orchestrator needs two or more [[reward]] components to weigh");
+            }
+        }
         if let Some(p) = &self.algorithm.p3o {
             if !(p.clip_ratio.is_finite() && p.clip_ratio > 0.0 && p.clip_ratio < 1.0) {
                 bail!(
@@ -805,6 +826,11 @@ mod tests {
                     let weights: Vec<f64> = recipe.rewards.iter().map(|r| r.weight).collect();
                     assert_eq!(weights, [1.0, 0.0]);
                 }
+                "orchestrated-grpo" => {
+                    assert_eq!(estimator, "grpo");
+                    assert!(recipe.algorithm.orchestrator.is_some());
+                    assert_eq!(recipe.component_names(), ["harmless", "longer"]);
+                }
                 "rloo" => assert_eq!(estimator, "rloo"),
                 "reinforce-pp" => assert_eq!(estimator, "reinforce_plus_plus"),
                 "remax" => assert_eq!(estimator, "remax"),
@@ -861,6 +887,7 @@ mod tests {
                 "gspo",
                 "online-dpo",
                 "opo",
+                "orchestrated-grpo",
                 "overopt-grpo",
                 "p3o",
                 "pf-ppo",
@@ -952,6 +979,26 @@ mod tests {
             ),
         ] {
             let r: RlRecipe = rm_core::recipe::parse(online, "online-dpo", &[bad.into()]).unwrap();
+            let err = format!("{:#}", r.validate().unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let orchestrated = include_str!("../../../../recipes/orchestrated-grpo-smollm2-hh.toml");
+        for (bad, says) in [
+            (
+                "algorithm.reward_aggregation=\"normalize_then_sum\"",
+                "does not combine with reward_aggregation",
+            ),
+            (
+                "algorithm.calibration={ component = \"harmless\" }",
+                "use one",
+            ),
+            (
+                "reward=[{ kind = \"length\", target = 10 }]",
+                "two or more [[reward]] components",
+            ),
+        ] {
+            let r: RlRecipe =
+                rm_core::recipe::parse(orchestrated, "orchestrated", &[bad.into()]).unwrap();
             let err = format!("{:#}", r.validate().unwrap_err());
             assert!(err.contains(says), "{bad}: {err}");
         }

@@ -118,7 +118,17 @@ pub fn train_rl_policy(mut recipe: RlRecipe, request: &TrainRequest) -> Result<R
     let instruction = recipe.data.instruction.as_deref();
     let train_prompts = recipe.data.train.load(&request.data_dir, instruction)?;
     let eval_prompts = recipe.data.eval.load(&request.data_dir, instruction)?;
-    let rewards = RewardSet::build(&recipe.rewards, &request.device)?;
+    let mut rewards = RewardSet::build(&recipe.rewards, &request.device)?;
+    if let Some(dir) = &recipe.algorithm.orchestrator {
+        let weighting = super::orchestrate::OrchestratorWeighting::load(
+            dir,
+            &request.models_dir,
+            &request.device,
+        )?;
+        rewards
+            .set_prompt_weighting(Box::new(weighting))
+            .with_context(|| format!("algorithm.orchestrator {}", dir.display()))?;
+    }
     eprintln!(
         "{} training prompts, {} evaluation prompts; {} iteration(s) of {} prompts × {} completions; rewards: {}",
         train_prompts.len(),

@@ -177,7 +177,40 @@ fn step_label(v: &Value, loc: &Loc, field: &str) -> Result<Option<StepLabel>, Da
     }
 }
 
-/// Parses one step-labelled row.
+/// The optional `soft_labels` of a step-labelled row: one number in [0, 1] (or null) per step.
+fn soft_labels(row: &Row, n: usize) -> Result<Option<Vec<Option<f32>>>, DataError> {
+    if row.get("soft_labels").is_none_or(Value::is_null) {
+        return Ok(None);
+    }
+    let values = row.array("soft_labels")?;
+    if values.len() != n {
+        return Err(row.loc.field(
+            "soft_labels",
+            format!("has {} entries but steps has {n}", values.len()),
+        ));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Null => Ok(None),
+            Value::Number(x) => match x.as_f64() {
+                Some(x) if (0.0..=1.0).contains(&x) => Ok(Some(x as f32)),
+                _ => Err(row.loc.field(
+                    &format!("soft_labels[{i}]"),
+                    "expected a number in [0, 1] or null",
+                )),
+            },
+            _ => Err(row.loc.field(
+                &format!("soft_labels[{i}]"),
+                "expected a number in [0, 1] or null",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Parses one step-labelled row (`soft_labels`, when present, gives each step's soft label).
 pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
     let steps = row.str_array("steps")?;
     if steps.is_empty() {
@@ -203,6 +236,7 @@ pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
                 .field("prompt", "step-labelled rows take a string prompt"));
         }
     };
+    let soft = soft_labels(row, steps.len())?;
     let steps = steps
         .into_iter()
         .zip(labels)
@@ -211,6 +245,7 @@ pub fn parse_steps(row: &Row) -> Result<StepLabelledSolution, DataError> {
             Ok(LabelledStep {
                 text,
                 label: step_label(l, row.loc, &format!("labels[{i}]"))?,
+                soft: soft.as_ref().and_then(|s| s[i]),
             })
         })
         .collect::<Result<Vec<_>, DataError>>()?;
@@ -337,9 +372,37 @@ mod tests {
         assert_eq!(s[1].steps[0].label, Some(StepLabel::Bad));
         assert_eq!(s[1].steps[1].label, None);
         assert_eq!(s[2].steps[0].label, Some(StepLabel::Good));
+        assert!(s.iter().flat_map(|s| &s.steps).all(|st| st.soft.is_none()));
         assert_eq!(
             detect_shape(&fixture("steps.jsonl")).unwrap(),
             Shape::StepLabelled
         );
+    }
+
+    #[test]
+    fn soft_labels_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("rm-core-soft-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("soft.jsonl");
+        let row = |soft: &str| {
+            format!(
+                r#"{{"prompt": "q", "steps": ["a", "b"], "labels": [true, false], "soft_labels": {soft}}}"#
+            )
+        };
+        std::fs::write(&path, [row("[0.75, null]"), row("null")].join("\n")).unwrap();
+        let s = load_step_labelled(&path).unwrap();
+        assert_eq!(s[0].steps[0].soft, Some(0.75));
+        assert_eq!(s[0].steps[1].soft, None);
+        assert_eq!(s[1].steps[0].soft, None);
+        for (bad, says) in [
+            ("[0.5]", "has 1 entries but steps has 2"),
+            ("[0.5, 1.5]", "soft_labels[1]"),
+            ("[\"x\", 0.5]", "soft_labels[0]"),
+        ] {
+            std::fs::write(&path, row(bad)).unwrap();
+            let err = load_step_labelled(&path).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("line 1"), "{bad}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

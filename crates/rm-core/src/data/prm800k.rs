@@ -106,6 +106,7 @@ pub fn parse_row(row: &Row, report: &mut PrmReport) -> Result<StepLabelledSoluti
                 steps.push(LabelledStep {
                     text: p.text.clone(),
                     label: p.label,
+                    soft: None,
                 });
                 alternatives.push(distinct);
             }

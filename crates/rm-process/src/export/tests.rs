@@ -69,6 +69,7 @@ fn trained_prm(root: &Path) -> PathBuf {
             prompt: format!("w{}", 30 + i % 4),
             steps: vec![format!("w{} w{}", 10 + i % 7, 20 + i % 5), "w7 w11".into()],
             targets: vec![Some(true), Some(i % 2 == 1)],
+            soft: Vec::new(),
         })
         .collect();
     let (train, _) = encode_examples(&prm, &examples, 48).unwrap();

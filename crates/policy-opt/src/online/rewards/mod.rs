@@ -247,9 +247,30 @@ pub struct RewardComponent {
     pub function: Box<dyn RewardFunction>,
 }
 
-/// Weighted reward functions: `total = Σ_i w_i · clip_i(r_i)`.
+/// Per-prompt weights of the components (the Preference Orchestrator,
+/// `super::orchestrate::OrchestratorWeighting`): with one, a sample's total is
+/// `Σ_i w_i · v_i(x) · z_i(clip_i(r_i))`, its prompt's weights `v(x)` times each component's
+/// standardized value.
+pub trait PromptWeighting: Send + Sync {
+    /// The component names it weighs, in its order.
+    fn objectives(&self) -> &[String];
+    /// `v(x)` of each prompt, in [`PromptWeighting::objectives`] order.
+    fn weights(&self, prompts: &[&Prompt]) -> anyhow::Result<Vec<Vec<f64>>>;
+    /// `z` of objective `objective`'s raw value.
+    fn standardize(&self, objective: usize, value: f64) -> f64;
+}
+
+struct Weighting {
+    function: Box<dyn PromptWeighting>,
+    /// The objective index of each component.
+    objective_of: Vec<usize>,
+}
+
+/// Weighted reward functions: `total = Σ_i w_i · clip_i(r_i)`, or with a [`PromptWeighting`]
+/// `Σ_i w_i · v_i(x) · z_i(clip_i(r_i))`.
 pub struct RewardSet {
     components: Vec<RewardComponent>,
+    weighting: Option<Weighting>,
 }
 
 /// The rewards of one sample.
@@ -330,7 +351,82 @@ impl RewardSet {
                 );
             }
         }
-        Ok(RewardSet { components })
+        Ok(RewardSet {
+            components,
+            weighting: None,
+        })
+    }
+
+    /// Weighs the components per prompt from now on. Errors: the weighting's objectives are
+    /// not exactly the components (either side's extra names are listed).
+    pub fn set_prompt_weighting(
+        &mut self,
+        function: Box<dyn PromptWeighting>,
+    ) -> anyhow::Result<()> {
+        let names = self.component_names();
+        let objectives = function.objectives();
+        let missing: Vec<&String> = names.iter().filter(|n| !objectives.contains(n)).collect();
+        let extra: Vec<&String> = objectives.iter().filter(|o| !names.contains(o)).collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            bail!(
+                "the prompt weighting's objectives {objectives:?} must be the reward components {names:?} (components it does not weigh: {missing:?}; objectives with no component: {extra:?})"
+            );
+        }
+        let objective_of = names
+            .iter()
+            .map(|n| objectives.iter().position(|o| o == n).expect("checked"))
+            .collect();
+        self.weighting = Some(Weighting {
+            function,
+            objective_of,
+        });
+        Ok(())
+    }
+
+    /// Whether a [`PromptWeighting`] is set.
+    pub fn is_prompt_weighted(&self) -> bool {
+        self.weighting.is_some()
+    }
+
+    /// Each sample's component multipliers: `w_i`, or `w_i · v_i(x)` with a weighting (one
+    /// weighting call for the distinct prompts). `Err` when the weighting failed.
+    fn multipliers(&self, samples: &[RewardSample<'_>]) -> Result<Vec<Vec<f64>>, String> {
+        let fixed = self.weights();
+        let Some(w) = &self.weighting else {
+            return Ok(vec![fixed; samples.len()]);
+        };
+        let mut distinct: Vec<&Prompt> = Vec::new();
+        let slot: Vec<usize> = samples
+            .iter()
+            .map(|s| match distinct.iter().position(|p| *p == s.prompt) {
+                Some(i) => i,
+                None => {
+                    distinct.push(s.prompt);
+                    distinct.len() - 1
+                }
+            })
+            .collect();
+        let per_prompt = w
+            .function
+            .weights(&distinct)
+            .map_err(|e| format!("{e:#}"))?;
+        if per_prompt.len() != distinct.len()
+            || per_prompt.iter().any(|v| {
+                v.len() != w.function.objectives().len() || v.iter().any(|x| !x.is_finite())
+            })
+        {
+            return Err("the prompt weighting gave malformed weights".into());
+        }
+        Ok(slot
+            .iter()
+            .map(|&p| {
+                fixed
+                    .iter()
+                    .zip(&w.objective_of)
+                    .map(|(c, &o)| c * per_prompt[p][o])
+                    .collect()
+            })
+            .collect())
     }
 
     /// Component names, in order (the order of [`ScoredSample::components`]).
@@ -356,7 +452,17 @@ impl RewardSet {
             })
             .collect();
         let mut totals = vec![Some(0f64); samples.len()];
-        for c in &self.components {
+        let multipliers = match self.multipliers(samples) {
+            Ok(m) => m,
+            Err(e) => {
+                for scored in &mut out {
+                    scored.errors.push(format!("prompt weighting: {e}"));
+                }
+                totals = vec![None; samples.len()];
+                vec![Vec::new(); samples.len()]
+            }
+        };
+        for (ci, c) in self.components.iter().enumerate() {
             let mut results = c.function.score_with_steps(samples);
             if results.len() != samples.len() {
                 let e = RewardError::WrongCount {
@@ -365,7 +471,12 @@ impl RewardSet {
                 };
                 results = vec![Err(e); samples.len()];
             }
-            for ((scored, total), result) in out.iter_mut().zip(&mut totals).zip(results) {
+            for (((scored, total), result), m) in out
+                .iter_mut()
+                .zip(&mut totals)
+                .zip(results)
+                .zip(&multipliers)
+            {
                 let result = result.and_then(|s| {
                     finite(s.value)?;
                     match s.steps.iter().find(|x| !x.reward.is_finite()) {
@@ -382,7 +493,11 @@ impl RewardSet {
                         };
                         scored.components.push(Some(v));
                         if let Some(t) = total {
-                            *t += c.weight * v as f64;
+                            let value = match &self.weighting {
+                                Some(w) => w.function.standardize(w.objective_of[ci], v as f64),
+                                None => v as f64,
+                            };
+                            *t += m[ci] * value;
                         }
                     }
                     Err(e) => {

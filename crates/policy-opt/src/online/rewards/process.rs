@@ -4,8 +4,8 @@
 //! - a **sequence value**, `agg(p_1 … p_n)` by an [`Aggregation`] (min, product, last, mean,
 //!   Σ log p), which enters the reward set's total like any component's value;
 //! - **step rewards** `ρ_j = f(p_j)` (`step_reward = "pure"`: PURE's `2p − 1`, see
-//!   [`crate::online::algos::pure_step_reward`]; `"probability"`: `p`; `"none"`: no step
-//!   rewards), each placed by the trainer on the last token of step `j`, times the component's
+//!   [`crate::online::algos::pure_step_reward`]; `"probability"`: `p`; `"progress"`: PAV's
+//!   `p_j − p_{j−1}`; `"none"`: no step rewards), each placed by the trainer on the last token of step `j`, times the component's
 //!   `step_weight` — token-level rewards as RTO's token rewards reach the estimators, through
 //!   `token_level_rewards` (and the step mask the min-form credit assignment reads).
 //!
@@ -55,15 +55,43 @@ pub enum StepRewardForm {
     Probability,
     /// No token-level rewards: the component is an outcome reward (its aggregation) only.
     None,
+    /// PAV's progress (Setlur et al. 2024, "Rewarding Progress: Scaling Automated Process
+    /// Verifiers for LLM Reasoning"): `p_j − p_{j−1}`, the step's change in the verifier's
+    /// estimate of reaching the right answer — a PRM trained on soft labels
+    /// (`train-prm` with `data.targets = "soft"`) estimates the prover's `Q^μ`. The start
+    /// `p_0 ≈ V^μ(q)` is the mean first-step probability of the completions of the same prompt
+    /// in the call (its group); the steps' progress then telescopes to `p_n − p_0`. The paper's
+    /// dense reward `Q^π + α·A^μ` is this component with `step_weight = α` beside an outcome
+    /// reward.
+    Progress,
 }
 
 impl StepRewardForm {
-    /// The token reward of a step of probability `p`; `None` for [`StepRewardForm::None`].
+    /// The token reward of a step of probability `p` for the forms that read one step;
+    /// `None` for [`StepRewardForm::None`] and [`StepRewardForm::Progress`] (see
+    /// [`StepRewardForm::rewards`]).
     pub fn apply(self, p: f32) -> Option<f32> {
         match self {
             StepRewardForm::Pure => Some(pure_step_reward(p)),
             StepRewardForm::Probability => Some(p),
+            StepRewardForm::None | StepRewardForm::Progress => None,
+        }
+    }
+
+    /// The token rewards of a completion's steps of probabilities `probs`; `start` is `p_0`
+    /// of [`StepRewardForm::Progress`]. `None` for [`StepRewardForm::None`].
+    pub fn rewards(self, probs: &[f32], start: f32) -> Option<Vec<f32>> {
+        match self {
             StepRewardForm::None => None,
+            StepRewardForm::Progress => Some(
+                std::iter::once(start)
+                    .chain(probs.iter().copied())
+                    .collect::<Vec<f32>>()
+                    .windows(2)
+                    .map(|w| w[1] - w[0])
+                    .collect(),
+            ),
+            form => probs.iter().map(|&p| form.apply(p)).collect(),
         }
     }
 }
@@ -211,7 +239,12 @@ impl ProcessModelReward {
         })
     }
 
-    fn score_one(&self, steps: &[Range<usize>], probs: &[f32]) -> Result<Scored, RewardError> {
+    fn score_one(
+        &self,
+        steps: &[Range<usize>],
+        probs: &[f32],
+        start: f32,
+    ) -> Result<Scored, RewardError> {
         if probs.len() != steps.len() {
             return Err(RewardError::WrongCount {
                 expected: steps.len(),
@@ -224,11 +257,7 @@ impl ProcessModelReward {
             .apply(probs)
             .map_err(|e| RewardError::Model(format!("{e:#}")))?;
         let value = finite(value as f32)?;
-        let Some(mut rho) = probs
-            .iter()
-            .map(|&p| self.spec.step_reward.apply(p))
-            .collect::<Option<Vec<f32>>>()
-        else {
+        let Some(mut rho) = self.spec.step_reward.rewards(probs, start) else {
             return Ok(Scored {
                 value,
                 steps: Vec::new(),
@@ -304,6 +333,19 @@ impl RewardFunction for ProcessModelReward {
                 }
             }
         }
+        // Progress's p_0: the mean first-step probability of each prompt's scored completions.
+        let starts: Vec<f32> = (0..samples.len())
+            .map(|i| {
+                let firsts: Vec<f32> = (0..samples.len())
+                    .filter(|&j| samples[j].prompt == samples[i].prompt)
+                    .filter_map(|j| match &probs[j] {
+                        Some(Ok(p)) => p.first().copied(),
+                        _ => None,
+                    })
+                    .collect();
+                firsts.iter().sum::<f32>() / firsts.len().max(1) as f32
+            })
+            .collect();
         probs
             .into_iter()
             .enumerate()
@@ -311,7 +353,7 @@ impl RewardFunction for ProcessModelReward {
                 None => Err(RewardError::Model(
                     "the completion has no step to score".into(),
                 )),
-                Some(p) => p.and_then(|p| self.score_one(&steps[i], &p)),
+                Some(p) => p.and_then(|p| self.score_one(&steps[i], &p, starts[i])),
             })
             .collect()
     }
@@ -486,5 +528,73 @@ mod tests {
         assert_eq!(StepRewardForm::Pure.apply(0.0), Some(-1.0));
         assert_eq!(StepRewardForm::Probability.apply(0.75), Some(0.75));
         assert_eq!(StepRewardForm::None.apply(0.75), None);
+        assert_eq!(StepRewardForm::None.rewards(&[0.5], 0.0), None);
+        assert_eq!(
+            StepRewardForm::Pure.rewards(&[0.75, 0.0], 0.3),
+            Some(vec![0.5, -1.0])
+        );
+        // Progress: 0.5 − 0.25, 0.875 − 0.5, 0.125 − 0.875.
+        assert_eq!(
+            StepRewardForm::Progress.rewards(&[0.5, 0.875, 0.125], 0.25),
+            Some(vec![0.25, 0.375, -0.75])
+        );
+    }
+
+    /// `step_reward = "progress"` in a call with two completions of one prompt and one of
+    /// another: each prompt's `p_0` is its completions' mean first-step probability, and a
+    /// completion's step rewards are the differences from there (checked against the PRM's own
+    /// probabilities).
+    #[test]
+    fn progress_rewards_start_from_the_prompts_mean_first_step() {
+        let dir = std::env::temp_dir().join(format!("po-progress-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+        let prm = tiny_prm(&dir.join("base"), 48);
+        let a = prm.score_steps("w1 w2", &["w3 w4", "w5"]).unwrap();
+        let b = prm.score_steps("w1 w2", &["w7"]).unwrap();
+        let c = prm.score_steps("w9", &["w3 w4", "w8"]).unwrap();
+        let spec = ProcessModelSpec {
+            path: dir.clone(),
+            delimiter: "\n".into(),
+            aggregation: Aggregation::Last,
+            step_reward: StepRewardForm::Progress,
+            step_weight: 1.0,
+            batch_size: None,
+            min_form_temperature: None,
+        };
+        let f = ProcessModelReward::from_model("pav", &spec, prm).unwrap();
+        let (p, q) = (Prompt::Text("w1 w2".into()), Prompt::Text("w9".into()));
+        let sample = |prompt, completion| RewardSample {
+            prompt,
+            completion,
+            references: &[],
+            truncated: false,
+        };
+        let out = f.score_with_steps(&[
+            sample(&p, "w3 w4\nw5"),
+            sample(&p, "w7"),
+            sample(&q, "w3 w4\nw8"),
+        ]);
+        let start_p = (a[0] + b[0]) / 2.0;
+        let want = [
+            vec![a[0] - start_p, a[1] - a[0]],
+            vec![b[0] - start_p],
+            vec![0.0, c[1] - c[0]],
+        ];
+        for (got, want) in out.iter().zip(&want) {
+            let got: Vec<f32> = got
+                .as_ref()
+                .unwrap()
+                .steps
+                .iter()
+                .map(|s| s.reward)
+                .collect();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

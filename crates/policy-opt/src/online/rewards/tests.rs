@@ -526,3 +526,118 @@ weight = 0.2
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Test-only prompt weighting: prompt "p" → (b 0.25, a 0.75), any other → (b 1, a 0);
+/// `z_b = (v − 1) / 2`, `z_a = v / 4`. Counts the prompts it was asked about.
+struct ScriptedWeighting {
+    objectives: Vec<String>,
+    asked: std::sync::Mutex<Vec<usize>>,
+    fail: bool,
+}
+
+impl PromptWeighting for ScriptedWeighting {
+    fn objectives(&self) -> &[String] {
+        &self.objectives
+    }
+    fn weights(&self, prompts: &[&Prompt]) -> anyhow::Result<Vec<Vec<f64>>> {
+        self.asked.lock().unwrap().push(prompts.len());
+        if self.fail {
+            anyhow::bail!("backbone exploded");
+        }
+        Ok(prompts
+            .iter()
+            .map(|p| match p {
+                Prompt::Text(t) if t == "p" => vec![0.25, 0.75],
+                _ => vec![1.0, 0.0],
+            })
+            .collect())
+    }
+    fn standardize(&self, objective: usize, value: f64) -> f64 {
+        match objective {
+            0 => (value - 1.0) / 2.0,
+            _ => value / 4.0,
+        }
+    }
+}
+
+fn weighting(objectives: &[&str], fail: bool) -> Box<ScriptedWeighting> {
+    Box::new(ScriptedWeighting {
+        objectives: objectives.iter().map(|s| s.to_string()).collect(),
+        asked: Default::default(),
+        fail,
+    })
+}
+
+#[test]
+fn a_prompt_weighting_weighs_standardized_components_per_prompt() {
+    let mut set = RewardSet::from_components(vec![
+        component("a", 2.0, None, &[4.0, 8.0, 4.0]),
+        component("b", 1.0, None, &[3.0, 1.0, 5.0]),
+    ])
+    .unwrap();
+    assert!(!set.is_prompt_weighted());
+    // The objectives come in another order than the components: matched by name.
+    set.set_prompt_weighting(weighting(&["b", "a"], false))
+        .unwrap();
+    assert!(set.is_prompt_weighted());
+    let (p, q) = (Prompt::Text("p".into()), Prompt::Text("q".into()));
+    let s = [
+        RewardSample {
+            prompt: &p,
+            completion: "x",
+            references: &[],
+            truncated: false,
+        },
+        RewardSample {
+            prompt: &p,
+            completion: "y",
+            references: &[],
+            truncated: false,
+        },
+        RewardSample {
+            prompt: &q,
+            completion: "z",
+            references: &[],
+            truncated: false,
+        },
+    ];
+    let out = set.score(&s);
+    // Sample 0 (prompt p): 2·0.75·(4/4) + 1·0.25·((3−1)/2) = 1.5 + 0.25 = 1.75.
+    close(out[0].total, 1.75);
+    // Sample 1 (p): 2·0.75·2 + 0.25·0 = 3.
+    close(out[1].total, 3.0);
+    // Sample 2 (q): a weighs 0; 1·1·((5−1)/2) = 2.
+    close(out[2].total, 2.0);
+    // Components stay raw.
+    assert_eq!(out[0].components, [Some(4.0), Some(3.0)]);
+}
+
+#[test]
+fn prompt_weighting_errors_mask_or_refuse() {
+    let mut set = RewardSet::from_components(vec![
+        component("a", 1.0, None, &[1.0, 2.0]),
+        component("b", 1.0, None, &[1.0, 2.0]),
+    ])
+    .unwrap();
+    let err = set
+        .set_prompt_weighting(weighting(&["a", "c"], false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[\"b\"]") && err.contains("[\"c\"]"), "{err}");
+    assert!(!set.is_prompt_weighted());
+    // A weighting that fails masks every sample of the call, naming itself.
+    set.set_prompt_weighting(weighting(&["a", "b"], true))
+        .unwrap();
+    let prompt = Prompt::Text("p".into());
+    let out = set.score(&samples(&prompt, &["x", "y"], &[]));
+    for s in &out {
+        assert_eq!(s.total, None);
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains("prompt weighting: backbone exploded")),
+            "{:?}",
+            s.errors
+        );
+    }
+}
