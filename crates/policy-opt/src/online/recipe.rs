@@ -842,6 +842,11 @@ mod tests {
                     assert_eq!(recipe.algorithm.kl.placement, KlPlacement::Loss);
                 }
                 "pure" => assert_eq!(estimator, "process_rloo"),
+                "mrt" => {
+                    assert_eq!(estimator, "process_rloo");
+                    assert_eq!(recipe.component_names(), ["gsm8k", "progress_bonus"]);
+                    assert_eq!(recipe.rewards[1].weight, 0.0);
+                }
                 "prime" => {
                     assert_eq!(estimator, "process_rloo");
                     let prm = recipe.algorithm.implicit_prm.as_ref().unwrap();
@@ -885,6 +890,7 @@ mod tests {
                 "grpo",
                 "grpo",
                 "gspo",
+                "mrt",
                 "online-dpo",
                 "opo",
                 "orchestrated-grpo",

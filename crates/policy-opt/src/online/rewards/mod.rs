@@ -10,6 +10,8 @@
 //! - [`overlap`]: BLEU (BLEUBERI) and ROUGE-L against reference texts;
 //! - [`process`](mod@process): a process reward model — a sequence value by an aggregation of
 //!   its step scores, and per-step rewards the trainer places on each step's last token;
+//! - [`progress_bonus`]: MRT's progress bonus — each episode's change in a prover's chance of
+//!   answering right;
 //! - [`shaping`]: pure functions on rewards — clipping, Gao et al.'s Clip and Delta mechanisms.
 //!
 //! # Failures mask samples, never the batch
@@ -48,6 +50,7 @@ pub mod math;
 pub mod model;
 pub mod overlap;
 pub mod process;
+pub mod progress_bonus;
 pub mod shaping;
 
 use std::collections::HashSet;
@@ -66,6 +69,7 @@ pub use math::{AnswerExtraction, Gsm8kReward, Gsm8kSpec, extract_answer, parse_n
 pub use model::{ModelReward, RewardModelSpec, RmTransform};
 pub use overlap::{BleuReward, BleuSmoothing, BleuSpec, RougeLReward, RougeLSpec, bleu, rouge_l};
 pub use process::{ProcessModelReward, ProcessModelSpec, StepRewardForm, split_steps};
+pub use progress_bonus::{ProgressBonusReward, ProgressBonusSpec};
 pub use shaping::{clip_process_rewards, clip_reward, delta_process_rewards};
 
 /// One sample to score: a prompt and the policy's completion.
@@ -168,6 +172,9 @@ pub enum RewardSpec {
     /// A process reward model: aggregated step scores, and step rewards at each step's end
     /// ([`process`](mod@process)).
     ProcessModel(ProcessModelSpec),
+    /// MRT's progress bonus: each episode's change in a prover's chance of answering right
+    /// ([`progress_bonus`]).
+    ProgressBonus(ProgressBonusSpec),
 }
 
 impl RewardSpec {
@@ -183,6 +190,7 @@ impl RewardSpec {
             RewardSpec::RougeL(_) => "rouge_l",
             RewardSpec::FollowUp(_) => "follow_up",
             RewardSpec::ProcessModel(_) => "process_model",
+            RewardSpec::ProgressBonus(_) => "progress_bonus",
         }
     }
 
@@ -214,6 +222,9 @@ impl RewardSpec {
             RewardSpec::FollowUp(spec) => Box::new(FollowUpReward::load(name, spec, device)?),
             RewardSpec::ProcessModel(spec) => {
                 Box::new(ProcessModelReward::load(name, spec, device)?)
+            }
+            RewardSpec::ProgressBonus(spec) => {
+                Box::new(ProgressBonusReward::load(name, spec, device)?)
             }
         })
     }
