@@ -131,6 +131,7 @@ pub enum StepTargets {
 /// ```toml
 /// source = { source = "prm800k" }                      # phase1.train.jsonl from the data dir
 /// source = { source = "jsonl", path = "steps.jsonl" }  # {"prompt", "steps", "labels"} rows
+/// source = { source = "step-pairs", path = "pairs.jsonl" }  # {"prompt", "prefix", "chosen", "rejected"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]
@@ -143,6 +144,9 @@ pub enum StepSource {
     /// The generic step-labelled JSONL: `labels` 1/true = correct, 0/false/−1 = wrong, null =
     /// unlabelled. (A 0 here is binary "wrong", not PRM800K's neutral.)
     Jsonl { path: PathBuf },
+    /// Sibling-step preferences, `{"prompt", "prefix": [steps], "chosen", "rejected"}` rows
+    /// (for `prm.objective = "step-preference"`; see [`crate::step_pairs`]).
+    StepPairs { path: PathBuf },
 }
 
 impl StepSource {
@@ -166,6 +170,10 @@ impl StepSource {
                 }
                 (s, path.display().to_string())
             }
+            StepSource::StepPairs { path } => (
+                crate::step_pairs::load_step_pairs(path)?,
+                path.display().to_string(),
+            ),
         };
         if solutions.is_empty() {
             bail!("{what}: no solutions");

@@ -10,6 +10,7 @@
 //!   `score_steps`, `score_batch`;
 //! - [`train`]: the recipe and [`train::train_prm`] on [`rm_core::train::Trainer`] (masked
 //!   binary cross-entropy at the step ends);
+//! - [`step_pairs`]: step-level reward models — Bradley–Terry on sibling steps after one prefix;
 //! - [`aggregate`]: step scores → a solution score (min, product, last, mean, Σ log p);
 //! - [`metrics`]: AUROC, first-error F1, best-of-N selection and (weighted) majority votes;
 //! - [`bon`]: best-of-N candidate sets, from files or built from PRM800K's rated alternatives;
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod export;
 pub mod metrics;
 pub mod model;
+pub mod step_pairs;
 pub mod train;
 
 pub use aggregate::Aggregation;

@@ -342,7 +342,11 @@ fn window_encoding_keeps_the_prompt_start_and_the_steps_end() {
 #[test]
 fn the_shipped_recipes_parse() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
-    for name in ["prm-smollm2-prm800k.toml", "prm-minilm-prm800k.toml"] {
+    for name in [
+        "prm-smollm2-prm800k.toml",
+        "prm-minilm-prm800k.toml",
+        "srm-minilm-prm800k.toml",
+    ] {
         let r = crate::PrmRecipe::load(&root.join(name), &["data.train_limit=5".into()]).unwrap();
         r.validate().unwrap();
         assert_eq!(r.data.train_limit, 5, "{name}");
@@ -354,4 +358,105 @@ fn the_shipped_recipes_parse() {
             separator: "\n\n".into()
         }
     );
+    assert_eq!(r.prm.objective, crate::train::PrmObjective::Classification);
+    let r = crate::PrmRecipe::load(&root.join("srm-minilm-prm800k.toml"), &[]).unwrap();
+    assert_eq!(r.prm.objective, crate::train::PrmObjective::StepPreference);
+}
+
+/// `train-prm` with `prm.objective = "step-preference"` on a step-pairs JSONL: trains on the
+/// pairs (dev pair accuracy logged), then the usual step report; a source without sibling
+/// pairs is refused, naming what to give.
+#[test]
+fn train_prm_trains_a_step_level_rm_on_step_pairs() {
+    let _lock = rm_core::device::seeded_test_lock();
+    let dir = temp_dir("srm-run");
+    rm_core::fixtures::write_tiny_llama(&dir.join("base"), 5).unwrap();
+    let rows: Vec<String> = (0..16)
+        .map(|i| {
+            serde_json::json!({
+                "prompt": format!("w{}", 30 + i),
+                "prefix": [format!("w{}", 10 + i % 5)],
+                "chosen": "w12 w13",
+                "rejected": "w7 w11",
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("pairs.jsonl"), rows.join("\n")).unwrap();
+    let text = format!(
+        r#"
+[model]
+backbone = "{base}"
+max_len = 48
+attributes = ["step_correct"]
+template = "plain"
+head_init_std = 0.1
+
+[prm]
+shape = {{ kind = "one-pass", separator = " w6" }}
+objective = "step-preference"
+
+[data]
+train = {{ source = "step-pairs", path = "{pairs}" }}
+dev_fraction = 0.25
+alternatives = true
+
+[train]
+epochs = 3
+batch_size = 4
+lr = 3e-2
+seed = 1
+eval_every = 3
+out_dir = "{out}"
+
+[eval]
+batch_size = 4
+bon_n = 2
+"#,
+        base = dir.join("base").display(),
+        pairs = dir.join("pairs.jsonl").display(),
+        out = dir.join("run").display(),
+    );
+    let recipe: crate::PrmRecipe = rm_core::recipe::parse(&text, "srm", &[]).unwrap();
+    let request = rm_pipeline::TrainRequest {
+        data_dir: dir.clone(),
+        models_dir: dir.clone(),
+        device: test_device(),
+        mode: RunMode::Fresh,
+        progress: false,
+    };
+    let report = crate::train::train_prm(recipe.clone(), &request).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    let last_eval = metrics
+        .lines()
+        .filter(|l| l.contains("\"eval\""))
+        .last()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(last_eval).unwrap();
+    assert_eq!(v["pair_accuracy"], 1.0, "{last_eval}");
+    // The step report scores the dev alternatives: every rejected step below every chosen one.
+    let steps = report.report.steps.unwrap();
+    assert_eq!(steps.auroc, Some(1.0), "{steps:?}");
+    // Classification data gives no pair.
+    std::fs::write(
+        dir.join("steps.jsonl"),
+        (0..6)
+            .map(|i| format!(r#"{{"prompt": "w{i}", "steps": ["w10"], "labels": [true]}}"#))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let mut r = recipe;
+    r.data.train = crate::data::StepSource::Jsonl {
+        path: dir.join("steps.jsonl"),
+    };
+    r.train.out_dir = dir.join("run2");
+    let err = crate::train::train_prm(r, &request)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no step pair") && err.contains("step-pairs"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

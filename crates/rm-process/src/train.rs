@@ -22,6 +22,8 @@ use crate::data::{
 };
 use crate::eval::{EvalReport, evaluate_bon, evaluate_steps};
 use crate::model::{PrmShape, ProcessRewardModel, Unit, unit_logits};
+use crate::step_pairs::{StepPair, StepPreferenceTask, encode_pairs, step_pairs_of};
+use rm_core::types::StepLabelledSolution;
 
 /// The `[data]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +66,28 @@ fn default_split_seed() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct PrmConfig {
     pub shape: PrmShape,
+    /// What the PRM is trained on (default: step classification).
+    #[serde(default)]
+    pub objective: PrmObjective,
+    /// Step preference: pairs per step position at most.
+    #[serde(default = "default_pairs_per_step")]
+    pub max_pairs_per_step: usize,
+}
+
+fn default_pairs_per_step() -> usize {
+    4
+}
+
+/// The training objective (`[prm] objective`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrmObjective {
+    /// Binary cross-entropy of each labelled step (hard or soft targets, `data.targets`).
+    #[default]
+    Classification,
+    /// Bradley–Terry on sibling steps after the same prefix ([`crate::step_pairs`]): a
+    /// step-level reward model.
+    StepPreference,
 }
 
 /// The `[eval]` section.
@@ -325,17 +349,22 @@ impl TrainTask<RewardModel> for PrmTask {
     }
 
     fn save_model(&self, model: &RewardModel, dir: &Path) -> Result<()> {
-        ProcessRewardModel {
-            bundle: rm_core::models::reward::RewardModelBundle {
-                model: model.clone(),
-                tokenizer: self.template.bundle.tokenizer.clone(),
-                spec: self.template.bundle.spec.clone(),
-                device: self.template.bundle.device.clone(),
-            },
-            spec: self.template.spec.clone(),
-        }
-        .save(dir)
+        save_prm(model, &self.template, dir)
     }
+}
+
+/// Saves `model`'s weights as a PRM folder shaped like `template`.
+pub fn save_prm(model: &RewardModel, template: &ProcessRewardModel, dir: &Path) -> Result<()> {
+    ProcessRewardModel {
+        bundle: rm_core::models::reward::RewardModelBundle {
+            model: model.clone(),
+            tokenizer: template.bundle.tokenizer.clone(),
+            spec: template.bundle.spec.clone(),
+            device: template.bundle.device.clone(),
+        },
+        spec: template.spec.clone(),
+    }
+    .save(dir)
 }
 
 impl EpochTask<RewardModel> for PrmTask {
@@ -394,40 +423,6 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
         // alternatives (PRM800K's preferred paths alone carry hardly any negative step).
         .flat_map(|s| examples_of(s, policy, recipe.data.alternatives))
         .collect();
-    let targets = recipe.data.targets;
-    if targets == StepTargets::Soft {
-        for (split, examples) in [("training", &train_examples), ("dev", &dev_examples)] {
-            if !examples.iter().any(|e| e.soft.iter().any(Option::is_some)) {
-                bail!(
-                    "data.targets = \"soft\": the {split} solutions have no soft labels (a `soft_labels` array per row of the generic step-labelled JSONL, as `plumb label-steps` writes)"
-                );
-            }
-        }
-    }
-    let (train, skipped) =
-        encode_examples_with(&prm, &train_examples, recipe.model.max_len, targets)?;
-    let (dev, dev_skipped) =
-        encode_examples_with(&prm, &dev_examples, recipe.model.max_len, targets)?;
-    let steps_kept: usize = train
-        .iter()
-        .map(|u| u.mask.iter().sum::<f32>() as usize)
-        .sum();
-    let steps_all: usize = train_examples.iter().map(StepExample::num_targets).sum();
-    eprintln!(
-        "{} train solutions → {} examples → {} sequences ({} labelled steps of {} fit max_len {}; {} examples skipped), {} dev solutions ({} sequences, {} skipped); {} step(s) of {}",
-        train_solutions.len(),
-        train_examples.len(),
-        train.len(),
-        steps_kept,
-        steps_all,
-        recipe.model.max_len,
-        skipped,
-        dev_solutions.len(),
-        dev.len(),
-        dev_skipped,
-        recipe.train.epoch_steps(train.len())?,
-        recipe.train.batch_size
-    );
     std::fs::create_dir_all(&out)?;
     rm_core::checkpoint::write_bytes_atomically(
         &out.join("recipe.toml"),
@@ -452,23 +447,32 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
     )?;
 
     let model = prm.bundle.model.clone();
-    let mut task = PrmTask {
-        train,
-        dev,
-        template: prm,
-        batch_size: recipe.eval.batch_size,
-    };
     let trainer = Trainer {
         config: recipe.train.clone(),
         device: device.clone(),
         progress: request.progress,
     };
-    let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
+    let (model, outcome, template) = match recipe.prm.objective {
+        PrmObjective::Classification => {
+            let mut task = classification_task(
+                prm,
+                &recipe,
+                (&train_examples, &dev_examples),
+                (train_solutions.len(), dev_solutions.len()),
+            )?;
+            let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
+            (model, outcome, task.template)
+        }
+        PrmObjective::StepPreference => {
+            let mut task = preference_task(prm, &recipe, policy, &train_solutions, &dev_solutions)?;
+            let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
+            (model, outcome, task.template)
+        }
+    };
     eprintln!(
         "trained {} steps in {:.1}s: {:.2} sequences/s",
         outcome.steps, outcome.train_seconds, outcome.examples_per_second
     );
-    let PrmTask { template, .. } = task;
     let mut prm = template;
     prm.bundle.model = model;
     let steps_report = evaluate_steps(
@@ -509,6 +513,107 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
         dev_solutions: dev_solutions.len(),
         plot,
         plot_error,
+    })
+}
+
+/// The classification task: the examples' units on the recipe's targets (hard or soft).
+fn classification_task(
+    prm: ProcessRewardModel,
+    recipe: &PrmRecipe,
+    (train_examples, dev_examples): (&[StepExample], &[StepExample]),
+    solutions: (usize, usize),
+) -> Result<PrmTask> {
+    let targets = recipe.data.targets;
+    if targets == StepTargets::Soft {
+        for (split, examples) in [("training", train_examples), ("dev", dev_examples)] {
+            if !examples.iter().any(|e| e.soft.iter().any(Option::is_some)) {
+                bail!(
+                    "data.targets = \"soft\": the {split} solutions have no soft labels (a `soft_labels` array per row of the generic step-labelled JSONL, as `plumb label-steps` writes)"
+                );
+            }
+        }
+    }
+    let (train, skipped) =
+        encode_examples_with(&prm, train_examples, recipe.model.max_len, targets)?;
+    let (dev, dev_skipped) =
+        encode_examples_with(&prm, dev_examples, recipe.model.max_len, targets)?;
+    let steps_kept: usize = train
+        .iter()
+        .map(|u| u.mask.iter().sum::<f32>() as usize)
+        .sum();
+    let steps_all: usize = train_examples.iter().map(StepExample::num_targets).sum();
+    eprintln!(
+        "{} train solutions → {} examples → {} sequences ({} labelled steps of {} fit max_len {}; {} examples skipped), {} dev solutions ({} sequences, {} skipped); {} step(s) of {}",
+        solutions.0,
+        train_examples.len(),
+        train.len(),
+        steps_kept,
+        steps_all,
+        recipe.model.max_len,
+        skipped,
+        solutions.1,
+        dev.len(),
+        dev_skipped,
+        recipe.train.epoch_steps(train.len())?,
+        recipe.train.batch_size
+    );
+    Ok(PrmTask {
+        train,
+        dev,
+        template: prm,
+        batch_size: recipe.eval.batch_size,
+    })
+}
+
+/// The step-preference task: sibling pairs from the solutions' rated alternatives.
+fn preference_task(
+    prm: ProcessRewardModel,
+    recipe: &PrmRecipe,
+    policy: LabelPolicy,
+    train_solutions: &[StepLabelledSolution],
+    dev_solutions: &[StepLabelledSolution],
+) -> Result<StepPreferenceTask> {
+    let pairs = |solutions: &[StepLabelledSolution]| -> Vec<StepPair> {
+        solutions
+            .iter()
+            .flat_map(|s| step_pairs_of(s, policy, recipe.prm.max_pairs_per_step))
+            .collect()
+    };
+    let (train_pairs, dev_pairs) = (pairs(train_solutions), pairs(dev_solutions));
+    for (split, p) in [("training", &train_pairs), ("dev", &dev_pairs)] {
+        if p.is_empty() {
+            bail!(
+                "prm.objective = \"step-preference\": the {split} solutions give no step pair (a right and a wrong rated sibling after the same prefix: PRM800K's alternatives, or source = \"step-pairs\")"
+            );
+        }
+    }
+    let (train, skipped) = encode_pairs(&prm, &train_pairs, recipe.model.max_len)?;
+    let (dev, dev_skipped) = encode_pairs(&prm, &dev_pairs, recipe.model.max_len)?;
+    if train.is_empty() || dev.is_empty() {
+        bail!(
+            "no step pair fits model.max_len {} ({} training, {} dev pairs left out)",
+            recipe.model.max_len,
+            skipped,
+            dev_skipped
+        );
+    }
+    eprintln!(
+        "{} train solutions → {} step pairs ({} fit max_len {}), {} dev solutions → {} pairs ({} fit); {} step(s) of {}",
+        train_solutions.len(),
+        train_pairs.len(),
+        train.len(),
+        recipe.model.max_len,
+        dev_solutions.len(),
+        dev_pairs.len(),
+        dev.len(),
+        recipe.train.epoch_steps(train.len())?,
+        recipe.train.batch_size
+    );
+    Ok(StepPreferenceTask {
+        train,
+        dev,
+        template: prm,
+        batch_size: recipe.eval.batch_size,
     })
 }
 

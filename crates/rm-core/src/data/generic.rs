@@ -401,7 +401,10 @@ mod tests {
         ] {
             std::fs::write(&path, row(bad)).unwrap();
             let err = load_step_labelled(&path).unwrap_err().to_string();
-            assert!(err.contains(says) && err.contains("line 1"), "{bad}: {err}");
+            assert!(
+                err.contains(says) && err.contains("soft.jsonl:1"),
+                "{bad}: {err}"
+            );
         }
         std::fs::remove_dir_all(&dir).ok();
     }
