@@ -54,6 +54,7 @@ pub use run::{
 };
 pub use sample::{SampleOutcome, SampleRequest, sample_prompts};
 pub use scorer::{FnScorer, FnStepScorer, KeywordScorer, LengthScorer, Scorer, StepScorer};
+pub use search::refine::Refinement;
 pub use search::{PrmScorer, StepParams, empty_score, prompt_text, split_steps};
 pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
 

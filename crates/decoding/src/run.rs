@@ -456,7 +456,8 @@ pub fn run_decode(
             ScorerSpec::Prm { dir, .. },
             Strategy::BeamSearch { steps, .. }
             | Strategy::Dvts { steps, .. }
-            | Strategy::Mcts { steps, .. },
+            | Strategy::Mcts { steps, .. }
+            | Strategy::Refine { steps, .. },
         ) => ScorerSpec::Prm {
             dir: dir.clone(),
             delimiter: steps.delimiter.clone(),

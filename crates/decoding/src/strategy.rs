@@ -131,6 +131,15 @@ pub enum Strategy {
         #[serde(default)]
         steps: StepParams,
     },
+    /// GLoRe-style refinement ([`crate::search`]): one draft, kept when its PRM score reaches
+    /// `threshold`; else `candidates` rewrites from the first step the PRM scores below
+    /// `threshold` and `candidates` fresh samples, the best of all by the PRM; needs `--prm`.
+    Refine {
+        candidates: usize,
+        threshold: f32,
+        #[serde(default)]
+        steps: StepParams,
+    },
     /// PRM-guided MCTS: `simulations` rounds of UCT selection (constant `exploration`),
     /// expansion by `children` sampled steps valued by the PRM, and backup.
     Mcts {
@@ -308,6 +317,20 @@ impl DecodeConfig {
                 }
                 steps.validate()
             }
+            Strategy::Refine {
+                candidates,
+                threshold,
+                steps,
+            } => {
+                positive("candidates", *candidates)?;
+                if !threshold.is_finite() {
+                    return Err(DecodeError::config(
+                        "threshold",
+                        format!("must be finite, got {threshold}"),
+                    ));
+                }
+                steps.validate()
+            }
             Strategy::Mcts {
                 simulations,
                 children,
@@ -343,6 +366,7 @@ impl Strategy {
             Strategy::BeamSearch { .. } => "beam-search",
             Strategy::Dvts { .. } => "dvts",
             Strategy::Mcts { .. } => "mcts",
+            Strategy::Refine { .. } => "refine",
         }
     }
 
@@ -356,7 +380,10 @@ impl Strategy {
     pub fn needs_step_scorer(&self) -> bool {
         matches!(
             self,
-            Strategy::BeamSearch { .. } | Strategy::Dvts { .. } | Strategy::Mcts { .. }
+            Strategy::BeamSearch { .. }
+                | Strategy::Dvts { .. }
+                | Strategy::Mcts { .. }
+                | Strategy::Refine { .. }
         )
     }
 }
@@ -431,6 +458,16 @@ pub enum Detail {
         chosen: usize,
         /// The subtree the answer grew in.
         subtree: usize,
+    },
+    Refine {
+        /// The draft's PRM score.
+        draft_reward: f32,
+        /// The first step the PRM doubted (absent when the draft was kept).
+        flagged_step: Option<usize>,
+        /// The rewrites from that step, and the fresh samples.
+        local_rewards: Vec<f32>,
+        global_rewards: Vec<f32>,
+        chosen: crate::search::refine::Refinement,
     },
     Mcts {
         /// Simulations that expanded a node (each one batch and one PRM call); the others
@@ -625,6 +662,19 @@ pub(crate) fn decode_one(
             ids,
             (n, beam_width, config.max_new_tokens),
             matches!(config.strategy, Strategy::Dvts { .. }),
+            steps,
+            seed,
+            scorer,
+        )?,
+        Strategy::Refine {
+            candidates,
+            threshold,
+            ref steps,
+        } => search::refine_search(
+            model,
+            prompt,
+            ids,
+            (candidates, threshold, config.max_new_tokens),
             steps,
             seed,
             scorer,

@@ -427,11 +427,7 @@ bon_n = 2
     };
     let report = crate::train::train_prm(recipe.clone(), &request).unwrap();
     let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
-    let last_eval = metrics
-        .lines()
-        .filter(|l| l.contains("\"eval\""))
-        .last()
-        .unwrap();
+    let last_eval = metrics.lines().rfind(|l| l.contains("\"eval\"")).unwrap();
     let v: serde_json::Value = serde_json::from_str(last_eval).unwrap();
     assert_eq!(v["pair_accuracy"], 1.0, "{last_eval}");
     // The step report scores the dev alternatives: every rejected step below every chosen one.

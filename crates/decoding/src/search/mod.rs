@@ -1,4 +1,5 @@
-//! PRM-guided search over reasoning steps: beam search and DVTS ([`beam`]), MCTS ([`mcts`]).
+//! PRM-guided search over reasoning steps: beam search and DVTS ([`beam`]), MCTS ([`mcts`]),
+//! GLoRe-style refinement ([`refine`]).
 //!
 //! A *step* is the text the policy writes up to the step delimiter (`"\n\n"` by default, as
 //! search-and-learn). The searches grow partial solutions one step at a time with the one
@@ -14,6 +15,7 @@
 
 pub(crate) mod beam;
 pub(crate) mod mcts;
+pub(crate) mod refine;
 
 use rm_core::sampling::{FinishReason, SamplingConfig, generate};
 use rm_core::types::{Prompt, Role};
@@ -246,6 +248,20 @@ pub(crate) trait Expander {
     fn expand(&mut self, parents: &[&Partial], last: bool) -> Result<Vec<Partial>>;
     /// Each solution's aggregated PRM score (one PRM call).
     fn score(&mut self, solutions: &[&Partial]) -> Result<Vec<f64>>;
+    /// Each solution's per-step probabilities (one PRM call; an empty solution has none).
+    fn step_probs(&mut self, _solutions: &[&Partial]) -> Result<Vec<Vec<f32>>> {
+        Err(DecodeError::config(
+            "strategy",
+            "this search cannot read step probabilities",
+        ))
+    }
+    /// `solution` cut before its step `step` (its steps `0..step` kept).
+    fn prefix_before_step(&mut self, _solution: &Partial, _step: usize) -> Result<Partial> {
+        Err(DecodeError::config(
+            "strategy",
+            "this search cannot cut a solution at a step",
+        ))
+    }
 }
 
 /// The [`Expander`] of a policy and a PRM: each call to [`Expander::expand`] is one
@@ -358,6 +374,59 @@ impl Expander for LmExpander<'_, '_> {
             scorer.step_scores(prompt, asked)
         })
     }
+
+    fn step_probs(&mut self, solutions: &[&Partial]) -> Result<Vec<Vec<f32>>> {
+        let texts: Vec<String> = solutions
+            .iter()
+            .map(|s| self.model.text(&s.tokens))
+            .collect::<Result<_>>()?;
+        let steps: Vec<Vec<&str>> = texts
+            .iter()
+            .map(|t| split_steps(t, &self.params.delimiter))
+            .collect();
+        let asked: Vec<Vec<&str>> = steps.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let mut probs = if asked.is_empty() {
+            Vec::new()
+        } else {
+            self.scorer.step_scores(self.prompt, &asked)?
+        }
+        .into_iter();
+        steps
+            .iter()
+            .map(|s| match s.is_empty() {
+                true => Ok(Vec::new()),
+                false => probs
+                    .next()
+                    .ok_or_else(|| DecodeError::Scorer("too few step scores".into())),
+            })
+            .collect()
+    }
+
+    /// The response text up to where its non-empty step `step` starts, re-tokenized.
+    fn prefix_before_step(&mut self, solution: &Partial, step: usize) -> Result<Partial> {
+        let text = self.model.text(&solution.tokens)?;
+        let delimiter = &self.params.delimiter;
+        let (mut offset, mut seen, mut cut) = (0usize, 0usize, text.len());
+        for piece in text.split(delimiter.as_str()) {
+            if !piece.trim().is_empty() {
+                if seen == step {
+                    cut = offset;
+                    break;
+                }
+                seen += 1;
+            }
+            offset += piece.len() + delimiter.len();
+        }
+        let lm = &self.model.lm;
+        let tokens = lm
+            .tokenizer
+            .encode(&text[..cut.min(text.len())], false)
+            .map_err(DecodeError::model)?;
+        Ok(Partial {
+            tokens,
+            finished: false,
+        })
+    }
 }
 
 /// PRM-guided beam search and DVTS, by `dvts`:
@@ -406,6 +475,37 @@ pub(crate) fn beam_search(
             finished_rewards,
             chosen: out.chosen,
         }
+    };
+    Ok((
+        out.best.tokens,
+        out.score as f32,
+        ex.tokens_generated,
+        detail,
+    ))
+}
+
+/// GLoRe-style refinement ([`refine::refine`]): a draft, kept when its PRM score reaches
+/// `threshold`; else `candidates` rewrites from its first doubted step and `candidates` fresh
+/// ones, the best of all by the PRM.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn refine_search(
+    model: &DecodeModel,
+    prompt: &Prompt,
+    ids: &[u32],
+    (candidates, threshold, max_new_tokens): (usize, f32, usize),
+    params: &StepParams,
+    seed: u64,
+    scorer: &mut Counted<'_>,
+) -> Result<Outcome> {
+    let mut ex = LmExpander::new(model, prompt, ids, params, max_new_tokens, seed, scorer);
+    let out = refine::refine(&mut ex, candidates, f64::from(threshold))?;
+    let as_f32 = |v: &[f64]| v.iter().map(|&s| s as f32).collect();
+    let detail = Detail::Refine {
+        draft_reward: out.draft_score as f32,
+        flagged_step: out.flagged_step,
+        local_rewards: as_f32(&out.local_scores),
+        global_rewards: as_f32(&out.global_scores),
+        chosen: out.chosen,
     };
     Ok((
         out.best.tokens,

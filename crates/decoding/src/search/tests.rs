@@ -496,6 +496,73 @@ fn mcts_on_the_tiny_model_counts_its_tree() {
     }
 }
 
+/// Refinement on the tiny model: the reward is the best of the draft and its rewrites by the
+/// step scorer; a threshold of 0 keeps every draft (one generation, one scorer call), a
+/// threshold above every probability refines every draft, rewriting from its first step
+/// (every step is doubted), and the local rewrites start with the draft's kept prefix.
+#[test]
+fn refinement_on_the_tiny_model_keeps_or_rewrites_the_draft() {
+    let model = tiny_model();
+    let seen = RefCell::new(Vec::new());
+    let keep = run_steps(
+        &model,
+        &prompts(),
+        Strategy::Refine {
+            candidates: 2,
+            threshold: 0.0,
+            steps: steps(4, 3, 1.0),
+        },
+        12,
+        &seen,
+    );
+    for row in &keep.rows {
+        let Detail::Refine {
+            chosen,
+            flagged_step,
+            draft_reward,
+            ..
+        } = &row.detail
+        else {
+            panic!()
+        };
+        assert_eq!((*chosen, *flagged_step), (crate::Refinement::Draft, None));
+        assert_eq!((row.reward, row.stats.scorer_calls), (*draft_reward, 1));
+    }
+    let refine = run_steps(
+        &model,
+        &prompts(),
+        Strategy::Refine {
+            candidates: 2,
+            threshold: 2.0,
+            steps: steps(4, 3, 1.0),
+        },
+        12,
+        &seen,
+    );
+    for row in &refine.rows {
+        let Detail::Refine {
+            chosen,
+            flagged_step,
+            draft_reward,
+            local_rewards,
+            global_rewards,
+        } = &row.detail
+        else {
+            panic!()
+        };
+        assert_eq!(*flagged_step, Some(0), "every probability is below 2");
+        assert_eq!((local_rewards.len(), global_rewards.len()), (2, 2));
+        let best = local_rewards
+            .iter()
+            .chain(global_rewards)
+            .copied()
+            .fold(*draft_reward, f32::max);
+        assert_eq!(row.reward, best, "{chosen:?}");
+        // Draft score, step probabilities, rewrites' scores: three scorer calls.
+        assert_eq!(row.stats.scorer_calls, 3);
+    }
+}
+
 #[test]
 fn a_trained_prm_scores_the_search_as_it_scores_a_response() {
     let device = test_device();

@@ -40,6 +40,10 @@ pub enum StrategyArg {
     Dvts,
     /// PRM-guided MCTS: --simulations rounds, --children steps per expansion (needs --prm).
     Mcts,
+    /// GLoRe-style refinement: a draft, kept when its PRM score reaches --threshold, else
+    /// --candidates rewrites from its first doubted step and --candidates fresh samples, the
+    /// best by the PRM (needs --prm).
+    Refine,
 }
 
 #[derive(Args, Debug)]
@@ -120,7 +124,8 @@ pub struct DecodeArgs {
     /// soft-best-of-n: λ of exp(r/λ) [default: 1].
     #[arg(long)]
     pub lambda: Option<f64>,
-    /// rejection: accept a sample with reward ≥ this (required).
+    /// rejection: accept a sample with reward ≥ this (required); refine: keep the draft at or
+    /// above it, rewrite from the first step below it [default: 0.5].
     #[arg(long)]
     pub threshold: Option<f32>,
     /// rejection: most samples per prompt [default: 16].
@@ -138,7 +143,8 @@ pub struct DecodeArgs {
     /// controlled: tokens per block [default: 8].
     #[arg(long)]
     pub block_size: Option<usize>,
-    /// controlled: candidate blocks per step [default: 4].
+    /// controlled: candidate blocks per step [default: 4]; refine: rewrites of each kind
+    /// [default: 2].
     #[arg(long)]
     pub candidates: Option<usize>,
     /// lookahead, transfer-q: greedy tokens after each candidate before it is scored
@@ -255,7 +261,10 @@ impl DecodeArgs {
                 temperature,
                 top_p,
             },
-            StrategyArg::BeamSearch | StrategyArg::Dvts | StrategyArg::Mcts => {
+            StrategyArg::BeamSearch
+            | StrategyArg::Dvts
+            | StrategyArg::Mcts
+            | StrategyArg::Refine => {
                 if self.prm.is_none() {
                     bail!("--strategy {strategy:?} needs --prm DIR (a process reward model)");
                 }
@@ -268,7 +277,20 @@ impl DecodeArgs {
                     temperature: self.temperature.unwrap_or(defaults.temperature),
                     top_p,
                 };
-                if strategy == StrategyArg::Mcts {
+                if strategy == StrategyArg::Refine {
+                    unused(&[
+                        ("n", self.n.is_some()),
+                        ("beam-width", self.beam_width.is_some()),
+                        ("simulations", self.simulations.is_some()),
+                        ("children", self.children.is_some()),
+                        ("exploration", self.exploration.is_some()),
+                    ])?;
+                    Strategy::Refine {
+                        candidates: self.candidates.unwrap_or(2),
+                        threshold: self.threshold.unwrap_or(0.5),
+                        steps,
+                    }
+                } else if strategy == StrategyArg::Mcts {
                     unused(&[
                         ("n", self.n.is_some()),
                         ("beam-width", self.beam_width.is_some()),
@@ -534,6 +556,19 @@ mod tests {
                 steps: StepParams::default()
             }
         );
+        let c = parse_with(prm, "--strategy refine --candidates 3 --threshold 0.6").unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::Refine {
+                candidates: 3,
+                threshold: 0.6,
+                steps: StepParams::default()
+            }
+        );
+        let e = parse_with(prm, "--strategy refine --n 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n"), "{e}");
         let e = parse("--strategy dvts --n 4").unwrap_err().to_string();
         assert!(e.contains("--prm"), "{e}");
         let e = parse_with(prm, "--strategy dvts --n 6 --beam-width 4")

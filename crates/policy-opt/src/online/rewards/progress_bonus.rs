@@ -386,7 +386,7 @@ mod tests {
         );
         let config: super::super::RewardComponentConfig = toml::from_str(&table).unwrap();
         let device = rm_core::device::test_device();
-        let set = super::super::RewardSet::build(&[config.clone()], &device).unwrap();
+        let set = super::super::RewardSet::build(std::slice::from_ref(&config), &device).unwrap();
         let prompt = Prompt::Text("w1 w2".into());
         let gold = ["7".to_string()];
         let sample = RewardSample {
