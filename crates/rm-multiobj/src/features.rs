@@ -44,6 +44,24 @@ fn default_max_len() -> usize {
 }
 
 impl EmbedderConfig {
+    /// The same config with its path made absolute (what a saved model folder records).
+    pub fn absolute(&self) -> Result<Self> {
+        Ok(match self {
+            EmbedderConfig::Backbone {
+                path,
+                pooling,
+                max_len,
+            } => EmbedderConfig::Backbone {
+                path: std::path::absolute(path)?,
+                pooling: *pooling,
+                max_len: *max_len,
+            },
+            EmbedderConfig::RewardModel { path } => EmbedderConfig::RewardModel {
+                path: std::path::absolute(path)?,
+            },
+        })
+    }
+
     /// The same config with `models/…` paths looked up in `models_dir`.
     pub fn resolved(&self, models_dir: &Path) -> Self {
         let fix = |p: &Path| rm_core::paths::resolve_model_path(p, models_dir);

@@ -586,7 +586,7 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     let model_dir = recipe.run.out_dir.join("model");
     let spec = MultiObjectiveSpec {
         format_version: FORMAT_VERSION,
-        embedder: absolute(&embedder_config)?,
+        embedder: embedder_config.absolute()?,
         attributes: names,
         heads,
         debias: debias.clone(),
@@ -616,23 +616,6 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     };
     write_report(&recipe.run.out_dir, &report)?;
     Ok(report)
-}
-
-fn absolute(config: &EmbedderConfig) -> Result<EmbedderConfig> {
-    Ok(match config {
-        EmbedderConfig::Backbone {
-            path,
-            pooling,
-            max_len,
-        } => EmbedderConfig::Backbone {
-            path: std::path::absolute(path)?,
-            pooling: *pooling,
-            max_len: *max_len,
-        },
-        EmbedderConfig::RewardModel { path } => EmbedderConfig::RewardModel {
-            path: std::path::absolute(path)?,
-        },
-    })
 }
 
 fn write_report<T: Serialize>(dir: &Path, report: &T) -> Result<()> {

@@ -232,19 +232,12 @@ impl TrainTask<RewardModel> for StepPreferenceTask {
 
     fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {
         let device = model.head.weight.val().device();
-        let read = |t: Tensor<1>| -> Result<f64> {
-            Ok(t.into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading the evaluation: {e:?}"))?[0]
-                as f64)
-        };
         let (mut loss, mut acc, mut total) = (0.0, 0.0, 0.0);
         for chunk in self.dev.chunks(self.batch_size.max(1)) {
             let refs: Vec<&PairUnits> = chunk.iter().collect();
             let (l, a, n) = pair_loss(model, &self.template, &refs, &device)?;
-            loss += read(l)? * n;
-            acc += read(a)? * n;
+            loss += crate::train::scalar(l)? * n;
+            acc += crate::train::scalar(a)? * n;
             total += n;
         }
         if total == 0.0 {

@@ -321,16 +321,9 @@ impl TrainTask<RewardModel> for PrmTask {
                 brier: b,
                 count: n,
             } = step_bce(model, &self.template, &refs, &device)?;
-            let read = |t: Tensor<1>| -> Result<f64> {
-                Ok(t.into_data()
-                    .convert::<f32>()
-                    .try_to_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("reading the evaluation: {e:?}"))?[0]
-                    as f64)
-            };
-            loss += read(l)? * n;
-            acc += read(a)? * n;
-            brier += read(b)? * n;
+            loss += scalar(l)? * n;
+            acc += scalar(a)? * n;
+            brier += scalar(b)? * n;
             total += n;
         }
         if total == 0.0 {
@@ -351,6 +344,14 @@ impl TrainTask<RewardModel> for PrmTask {
     fn save_model(&self, model: &RewardModel, dir: &Path) -> Result<()> {
         save_prm(model, &self.template, dir)
     }
+}
+
+/// The first value of an evaluation tensor, on the host.
+pub(crate) fn scalar(t: Tensor<1>) -> Result<f64> {
+    Ok(t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading the evaluation: {e:?}"))?[0] as f64)
 }
 
 /// Saves `model`'s weights as a PRM folder shaped like `template`.

@@ -205,13 +205,12 @@ fn group_by_prompt<'p>(pairs: &[(&'p Prompt, &'p str)]) -> Vec<(&'p Prompt, Vec<
     out
 }
 
-/// Aggregated scores of solutions given as step lists: the non-empty ones go to `prm` in one
-/// call (`prm` returns one probability per step), the empty ones get [`empty_score`].
-fn score_solutions(
+/// Step probabilities of solutions given as step lists: the non-empty ones go to `prm` in one
+/// call (`prm` returns one probability per step), the empty ones get none.
+fn solution_probs(
     steps: &[Vec<&str>],
-    aggregation: Aggregation,
     prm: impl FnOnce(&[Vec<&str>]) -> Result<Vec<Vec<f32>>>,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Vec<f32>>> {
     let asked: Vec<Vec<&str>> = steps.iter().filter(|s| !s.is_empty()).cloned().collect();
     let mut probs = if asked.is_empty() {
         Vec::new()
@@ -221,16 +220,33 @@ fn score_solutions(
     .into_iter();
     steps
         .iter()
-        .map(|s| {
-            if s.is_empty() {
-                return Ok(empty_score(aggregation));
-            }
-            let p = probs
+        .map(|s| match s.is_empty() {
+            true => Ok(Vec::new()),
+            false => probs
                 .next()
-                .ok_or_else(|| DecodeError::Scorer("too few step scores".into()))?;
-            aggregate(aggregation, &p)
+                .ok_or_else(|| DecodeError::Scorer("too few step scores".into())),
         })
         .collect()
+}
+
+/// Aggregated scores of step probabilities; a solution without steps gets [`empty_score`].
+fn aggregate_all(aggregation: Aggregation, probs: &[Vec<f32>]) -> Result<Vec<f64>> {
+    probs
+        .iter()
+        .map(|p| match p.is_empty() {
+            true => Ok(empty_score(aggregation)),
+            false => aggregate(aggregation, p),
+        })
+        .collect()
+}
+
+/// Aggregated scores of solutions given as step lists ([`solution_probs`], [`aggregate_all`]).
+fn score_solutions(
+    steps: &[Vec<&str>],
+    aggregation: Aggregation,
+    prm: impl FnOnce(&[Vec<&str>]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<f64>> {
+    aggregate_all(aggregation, &solution_probs(steps, prm)?)
 }
 
 /// A partial solution: the response tokens so far (after the prompt) and whether it is done.
@@ -361,18 +377,8 @@ impl Expander for LmExpander<'_, '_> {
     }
 
     fn score(&mut self, solutions: &[&Partial]) -> Result<Vec<f64>> {
-        let texts: Vec<String> = solutions
-            .iter()
-            .map(|s| self.model.text(&s.tokens))
-            .collect::<Result<_>>()?;
-        let steps: Vec<Vec<&str>> = texts
-            .iter()
-            .map(|t| split_steps(t, &self.params.delimiter))
-            .collect();
-        let (scorer, prompt) = (&mut *self.scorer, self.prompt);
-        score_solutions(&steps, self.params.aggregation, |asked| {
-            scorer.step_scores(prompt, asked)
-        })
+        let probs = self.step_probs(solutions)?;
+        aggregate_all(self.params.aggregation, &probs)
     }
 
     fn step_probs(&mut self, solutions: &[&Partial]) -> Result<Vec<Vec<f32>>> {
@@ -384,22 +390,8 @@ impl Expander for LmExpander<'_, '_> {
             .iter()
             .map(|t| split_steps(t, &self.params.delimiter))
             .collect();
-        let asked: Vec<Vec<&str>> = steps.iter().filter(|s| !s.is_empty()).cloned().collect();
-        let mut probs = if asked.is_empty() {
-            Vec::new()
-        } else {
-            self.scorer.step_scores(self.prompt, &asked)?
-        }
-        .into_iter();
-        steps
-            .iter()
-            .map(|s| match s.is_empty() {
-                true => Ok(Vec::new()),
-                false => probs
-                    .next()
-                    .ok_or_else(|| DecodeError::Scorer("too few step scores".into())),
-            })
-            .collect()
+        let (scorer, prompt) = (&mut *self.scorer, self.prompt);
+        solution_probs(&steps, |asked| scorer.step_scores(prompt, asked))
     }
 
     /// The response text up to where its non-empty step `step` starts, re-tokenized.

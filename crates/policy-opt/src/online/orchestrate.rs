@@ -183,20 +183,7 @@ pub fn orchestrate(
     recipe.validate()?;
     let start = std::time::Instant::now();
     recipe.embedder = recipe.embedder.resolved(&request.models_dir);
-    let embedder_abs = match &recipe.embedder {
-        EmbedderConfig::Backbone {
-            path,
-            pooling,
-            max_len,
-        } => EmbedderConfig::Backbone {
-            path: std::path::absolute(path)?,
-            pooling: *pooling,
-            max_len: *max_len,
-        },
-        EmbedderConfig::RewardModel { path } => EmbedderConfig::RewardModel {
-            path: std::path::absolute(path)?,
-        },
-    };
+    let embedder_abs = recipe.embedder.absolute()?;
     let train = recipe.data.train.load(&request.data_dir, None)?;
     let dev = recipe.data.dev.load(&request.data_dir, None)?;
     let rewards = RewardSet::build(&recipe.rewards, &request.device)?;
