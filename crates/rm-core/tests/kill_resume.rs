@@ -174,24 +174,35 @@ fn a_run_killed_at_random_moments_resumes_bit_identically() {
         rng_state ^= rng_state << 17;
         rng_state
     };
+    let records = |dir: &Path| {
+        rm_core::train::metrics::read_records(&dir.join("metrics.jsonl"), "train")
+            .map(|r| r.len())
+            .unwrap_or(0)
+    };
+    // Kills are aimed by progress, not by the clock alone: a whole run timed on a busy machine
+    // says little about how fast the next restart goes. Each restart is killed after 0–3 more
+    // steps land (0: during start-up or the first step), plus a random fraction of a step, so
+    // kills fall inside steps and checkpoint writes alike.
+    let step_time = duration / STEPS as u32;
     let mut kills = 0;
     let mut progress: BTreeMap<usize, usize> = BTreeMap::new();
-    while kills < 20 {
+    'kills: while kills < 20 {
         let mut child = spawn(&killed);
-        // 1–8% of a whole run after the (re)start: twenty kills spread over the run.
-        let wait = duration.mul_f64((10 + next() % 70) as f64 / 1000.0);
-        std::thread::sleep(wait.max(Duration::from_millis(5)));
+        let target = records(&killed) + (next() % 4) as usize;
+        while records(&killed) < target {
+            if child.try_wait().unwrap().is_some() {
+                break 'kills; // it finished before the kill: the rest is the final comparison
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(step_time.mul_f64((next() % 100) as f64 / 100.0));
         match child.try_wait().unwrap() {
-            Some(_) => break, // it finished before the kill: the rest is the final comparison
+            Some(_) => break,
             None => {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 kills += 1;
-                let done =
-                    rm_core::train::metrics::read_records(&killed.join("metrics.jsonl"), "train")
-                        .map(|r| r.len())
-                        .unwrap_or(0);
-                *progress.entry(done).or_default() += 1;
+                *progress.entry(records(&killed)).or_default() += 1;
             }
         }
     }
