@@ -110,6 +110,137 @@ pub fn examples_of(
     out
 }
 
+/// HRM's coarse-grained examples (`[data.hierarchical]`): Wang et al. 2025, "Towards
+/// Hierarchical Multi-Step Reward Models for Enhanced Reasoning in Large Language Models".
+///
+/// A hierarchical reward model is trained on single steps *and* on two consecutive steps read as
+/// one unit, labelled by the later step: `(s_1 … s_{i−2}, s_{i−1} ⊕ s_i) → y_i`. A wrong step
+/// followed by its correction is then a correct unit, so the model learns to credit
+/// self-correction instead of reading every step alone. Hierarchical node compression (HNC) is
+/// the paper's cheap augmentation of search trees: a node merged into its parent keeps its
+/// label; on a solution path it merges each step into its predecessor with probability `p`.
+///
+/// ```toml
+/// [data.hierarchical]
+/// consecutive = true          # every (s_{i−1} ⊕ s_i) → y_i unit, in two merged paths
+/// compress_probability = 0.5  # HNC: one more path per example with random merges (0 = off)
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HierarchicalConfig {
+    #[serde(default = "default_true")]
+    pub consecutive: bool,
+    #[serde(default)]
+    pub compress_probability: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl HierarchicalConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.compress_probability) {
+            bail!(
+                "data.hierarchical.compress_probability {} must be in [0, 1]",
+                self.compress_probability
+            );
+        }
+        if !self.consecutive && self.compress_probability == 0.0 {
+            bail!(
+                "data.hierarchical adds nothing: set consecutive = true or compress_probability > 0"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What joins two merged steps inside one unit (a single newline: the PRM's step separator is
+/// usually a blank line, so the unit reads as one step).
+pub const MERGED_STEP_JOIN: &str = "\n";
+
+/// A path whose unit `k` is the steps `groups[k]` (one or two consecutive steps), a merged unit
+/// labelled by its last step; a single step keeps its target only with `keep_singles`.
+fn merged_path(
+    example: &StepExample,
+    groups: &[(usize, usize)],
+    keep_singles: bool,
+) -> StepExample {
+    let mut out = StepExample {
+        prompt: example.prompt.clone(),
+        steps: Vec::with_capacity(groups.len()),
+        targets: Vec::with_capacity(groups.len()),
+        soft: Vec::new(),
+    };
+    let has_soft = !example.soft.is_empty();
+    let mut soft = Vec::with_capacity(groups.len());
+    for &(first, last) in groups {
+        let merged = last > first;
+        out.steps
+            .push(example.steps[first..=last].join(MERGED_STEP_JOIN));
+        let targeted = merged || keep_singles;
+        out.targets.push(if targeted {
+            example.targets[last]
+        } else {
+            None
+        });
+        if has_soft {
+            soft.push(if targeted { example.soft[last] } else { None });
+        }
+    }
+    if has_soft {
+        out.soft = soft;
+    }
+    out
+}
+
+/// HRM's coarse-grained examples of one (fine-grained) example; see [`HierarchicalConfig`].
+///
+/// - `consecutive`: two paths, merging the step pairs (0,1),(2,3),… and then (1,2),(3,4),…, so
+///   every consecutive pair is one unit exactly once; only merged units carry targets.
+/// - `compress_probability = p`: one path where each step, in order, is merged with the next
+///   with probability `p` (a step merges at most once); every unit keeps its last step's
+///   target. Left out when no merge happened.
+///
+/// Examples without any target are left out.
+pub fn hierarchical_examples(
+    example: &StepExample,
+    config: &HierarchicalConfig,
+    rng: &mut impl rand::Rng,
+) -> Vec<StepExample> {
+    let n = example.steps.len();
+    let mut out = Vec::new();
+    if config.consecutive && n >= 2 {
+        for offset in 0..2 {
+            let mut groups: Vec<(usize, usize)> = (0..offset).map(|i| (i, i)).collect();
+            let mut i = offset;
+            while i < n {
+                groups.push((i, (i + 1).min(n - 1)));
+                i += 2;
+            }
+            out.push(merged_path(example, &groups, false));
+        }
+    }
+    if config.compress_probability > 0.0 && n >= 2 {
+        let mut groups = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < n {
+            if i + 1 < n && rng.random_bool(config.compress_probability) {
+                groups.push((i, i + 1));
+                i += 2;
+            } else {
+                groups.push((i, i));
+                i += 1;
+            }
+        }
+        if groups.len() < n {
+            out.push(merged_path(example, &groups, true));
+        }
+    }
+    out.retain(|e| e.num_targets() > 0);
+    out
+}
+
 /// What the PRM regresses on (`[data] targets`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -276,6 +407,114 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].steps, vec!["s0".to_string(), "bad".to_string()]);
         assert_eq!(e[1].targets, vec![None, Some(false)]);
+    }
+
+    fn path(targets: &[Option<bool>]) -> StepExample {
+        StepExample {
+            prompt: "p".into(),
+            steps: (0..targets.len()).map(|i| format!("s{i}")).collect(),
+            targets: targets.to_vec(),
+            soft: Vec::new(),
+        }
+    }
+
+    fn hierarchical(consecutive: bool, compress_probability: f64) -> HierarchicalConfig {
+        HierarchicalConfig {
+            consecutive,
+            compress_probability,
+        }
+    }
+
+    #[test]
+    fn hrm_merges_every_consecutive_pair_once_labelled_by_the_later_step() {
+        // s1 wrong then s2 right: the unit (s1 ⊕ s2) is right — credit for the correction.
+        let e = path(&[Some(true), Some(false), Some(true), Some(true), None]);
+        let mut rng = StdRng::seed_from_u64(1);
+        let out = hierarchical_examples(&e, &hierarchical(true, 0.0), &mut rng);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].steps, vec!["s0\ns1", "s2\ns3", "s4"]);
+        assert_eq!(out[0].targets, vec![Some(false), Some(true), None]);
+        assert_eq!(out[1].steps, vec!["s0", "s1\ns2", "s3\ns4"]);
+        // The single first step is not retrained; (s3 ⊕ s4) takes s4's missing target.
+        assert_eq!(out[1].targets, vec![None, Some(true), None]);
+        // Every consecutive pair appears exactly once as a unit.
+        let units: Vec<&String> = out
+            .iter()
+            .flat_map(|e| &e.steps)
+            .filter(|s| s.contains('\n'))
+            .collect();
+        assert_eq!(units, ["s0\ns1", "s2\ns3", "s1\ns2", "s3\ns4"]);
+        // One step has nothing to merge; a path whose merged units have no target is dropped.
+        assert!(
+            hierarchical_examples(&path(&[Some(true)]), &hierarchical(true, 0.0), &mut rng)
+                .is_empty()
+        );
+        assert!(
+            hierarchical_examples(
+                &path(&[Some(true), None]),
+                &hierarchical(true, 0.0),
+                &mut rng
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn hnc_merges_at_random_keeping_each_units_last_label_and_soft_label() {
+        let mut e = path(&[Some(true), Some(false), Some(true), Some(false)]);
+        e.soft = vec![Some(0.9), Some(0.2), Some(0.7), Some(0.1)];
+        let mut rng = StdRng::seed_from_u64(3);
+        // p = 1 merges (0,1) and (2,3), and every unit keeps its last step's targets.
+        let out = hierarchical_examples(&e, &hierarchical(false, 1.0), &mut rng);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].steps, vec!["s0\ns1", "s2\ns3"]);
+        assert_eq!(out[0].targets, vec![Some(false), Some(false)]);
+        assert_eq!(out[0].soft, vec![Some(0.2), Some(0.1)]);
+        // With p = ½ over many draws: about half the possible merges, singles keep their targets.
+        let long = path(&vec![Some(true); 2001]);
+        let mut merged_steps = 0;
+        for _ in 0..10 {
+            for ex in hierarchical_examples(&long, &hierarchical(false, 0.5), &mut rng) {
+                assert!(ex.targets.iter().all(|t| *t == Some(true)));
+                merged_steps += long.steps.len() - ex.steps.len();
+            }
+        }
+        // Each position starts a merge w.p. ½ when free: the merge rate per step tends to 1/3.
+        let rate = merged_steps as f64 / (10.0 * 2001.0);
+        assert!((rate - 1.0 / 3.0).abs() < 0.02, "merge rate {rate}");
+        // Seeded: the same draws give the same paths.
+        let a = hierarchical_examples(
+            &long,
+            &hierarchical(false, 0.5),
+            &mut StdRng::seed_from_u64(9),
+        );
+        let b = hierarchical_examples(
+            &long,
+            &hierarchical(false, 0.5),
+            &mut StdRng::seed_from_u64(9),
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn hierarchical_settings_are_checked() {
+        assert!(hierarchical(true, 0.0).validate().is_ok());
+        assert!(
+            hierarchical(false, 0.0)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("adds nothing")
+        );
+        assert!(
+            hierarchical(true, 1.5)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("compress_probability 1.5")
+        );
+        let cfg: HierarchicalConfig = toml::from_str("compress_probability = 0.5").unwrap();
+        assert_eq!(cfg, hierarchical(true, 0.5));
     }
 
     #[test]

@@ -304,9 +304,25 @@ bon_n = 2
         mode: RunMode::Fresh,
         progress: false,
     };
-    crate::train::train_prm(recipe.clone(), &request).unwrap();
+    let report = crate::train::train_prm(recipe.clone(), &request).unwrap();
+    assert_eq!(report.coarse_examples, 0);
     let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"brier\""), "{metrics}");
+    // HRM: the 9 training solutions of two steps each add one merged unit apiece (the second
+    // consecutive path would hold only an untargeted single step and is left out).
+    let mut hrm = recipe.clone();
+    hrm.train.out_dir = dir.join("run-hrm");
+    hrm.data.hierarchical = Some(crate::data::HierarchicalConfig {
+        consecutive: true,
+        compress_probability: 0.0,
+    });
+    let report = crate::train::train_prm(hrm.clone(), &request).unwrap();
+    assert_eq!(report.coarse_examples, report.train_solutions);
+    assert_eq!(report.train_solutions, 9);
+    // … and a step-preference recipe refuses it.
+    hrm.prm.objective = crate::train::PrmObjective::StepPreference;
+    let err = hrm.validate().unwrap_err().to_string();
+    assert!(err.contains("data.hierarchical"), "{err}");
     // Rows without soft labels: refused, naming the field to add.
     let rows: Vec<String> = (0..6)
         .map(|i| {
@@ -346,6 +362,7 @@ fn the_shipped_recipes_parse() {
         "prm-smollm2-prm800k.toml",
         "prm-minilm-prm800k.toml",
         "srm-minilm-prm800k.toml",
+        "hrm-minilm-prm800k.toml",
     ] {
         let r = crate::PrmRecipe::load(&root.join(name), &["data.train_limit=5".into()]).unwrap();
         r.validate().unwrap();
@@ -361,6 +378,8 @@ fn the_shipped_recipes_parse() {
     assert_eq!(r.prm.objective, crate::train::PrmObjective::Classification);
     let r = crate::PrmRecipe::load(&root.join("srm-minilm-prm800k.toml"), &[]).unwrap();
     assert_eq!(r.prm.objective, crate::train::PrmObjective::StepPreference);
+    let r = crate::PrmRecipe::load(&root.join("hrm-minilm-prm800k.toml"), &[]).unwrap();
+    assert!(r.data.hierarchical.as_ref().is_some_and(|h| h.consecutive));
 }
 
 /// `train-prm` with `prm.objective = "step-preference"` on a step-pairs JSONL: trains on the

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use rand::SeedableRng;
 use rm_core::burn::tensor::activation::{log_sigmoid, sigmoid};
 use rm_core::burn::tensor::{Device, Tensor, TensorData};
 use rm_core::models::reward::{RewardModel, RewardModelConfig};
@@ -18,7 +19,8 @@ use serde_json::json;
 
 use crate::bon::{BonProblem, bon_from_alternatives};
 use crate::data::{
-    LabelPolicy, NeutralAs, StepExample, StepSource, StepTargets, examples_of, split_by_problem,
+    HierarchicalConfig, LabelPolicy, NeutralAs, StepExample, StepSource, StepTargets, examples_of,
+    hierarchical_examples, split_by_problem,
 };
 use crate::eval::{EvalReport, evaluate_bon, evaluate_steps};
 use crate::model::{PrmShape, ProcessRewardModel, Unit, unit_logits};
@@ -46,6 +48,11 @@ pub struct PrmDataConfig {
     /// Also train on every rated non-preferred alternative (one example each).
     #[serde(default)]
     pub alternatives: bool,
+    /// HRM's coarse-grained training examples (consecutive steps merged into one unit) and HNC;
+    /// see [`HierarchicalConfig`]. Dev stays fine-grained, so its metrics compare with a plain
+    /// PRM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hierarchical: Option<HierarchicalConfig>,
     /// Only the first N training solutions after the split (0 = all).
     #[serde(default)]
     pub train_limit: usize,
@@ -151,6 +158,14 @@ impl PrmRecipe {
         if !(self.eval.threshold > 0.0 && self.eval.threshold < 1.0) {
             bail!("eval.threshold {} must be in (0, 1)", self.eval.threshold);
         }
+        if let Some(hierarchical) = &self.data.hierarchical {
+            hierarchical.validate()?;
+            if self.prm.objective != PrmObjective::Classification {
+                bail!(
+                    "data.hierarchical builds step-classification examples; prm.objective = \"step-preference\" trains on sibling pairs instead"
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -164,6 +179,8 @@ pub struct PrmTrainReport {
     pub report: EvalReport,
     pub train_solutions: usize,
     pub dev_solutions: usize,
+    /// HRM's coarse-grained training examples (`data.hierarchical`; 0 without it).
+    pub coarse_examples: usize,
     pub plot: Option<PathBuf>,
     pub plot_error: Option<String>,
 }
@@ -414,10 +431,25 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
     let policy = LabelPolicy {
         neutral: recipe.data.neutral,
     };
-    let train_examples: Vec<StepExample> = train_solutions
+    let mut train_examples: Vec<StepExample> = train_solutions
         .iter()
         .flat_map(|s| examples_of(s, policy, recipe.data.alternatives))
         .collect();
+    let mut coarse_examples = 0;
+    if let Some(hierarchical) = &recipe.data.hierarchical {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(recipe.data.split_seed);
+        let coarse: Vec<StepExample> = train_examples
+            .iter()
+            .flat_map(|e| hierarchical_examples(e, hierarchical, &mut rng))
+            .collect();
+        eprintln!(
+            "data.hierarchical: {} coarse-grained examples beside {} fine-grained ones",
+            coarse.len(),
+            train_examples.len()
+        );
+        coarse_examples = coarse.len();
+        train_examples.extend(coarse);
+    }
     let dev_examples: Vec<StepExample> = dev_solutions
         .iter()
         // With alternatives, dev is built as train is, so its steps include the rated −1
@@ -501,6 +533,7 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
         "train_sequences_per_s": outcome.examples_per_second,
         "train_solutions": train_solutions.len(),
         "dev_solutions": dev_solutions.len(),
+        "coarse_examples": coarse_examples,
         "report": report,
     });
     rm_pipeline::reports::write_summary(&out, &summary)?;
@@ -512,6 +545,7 @@ pub fn train_prm(mut recipe: PrmRecipe, request: &TrainRequest) -> Result<PrmTra
         report,
         train_solutions: train_solutions.len(),
         dev_solutions: dev_solutions.len(),
+        coarse_examples,
         plot,
         plot_error,
     })

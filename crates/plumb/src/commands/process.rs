@@ -29,6 +29,12 @@ pub fn train_prm_cmd(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
         report.outcome.examples_per_second,
         report.final_dir.display()
     );
+    if report.coarse_examples > 0 {
+        println!(
+            "hierarchical (HRM): {} coarse-grained training examples",
+            report.coarse_examples
+        );
+    }
     match (&report.plot, &report.plot_error) {
         (Some(p), _) => println!("curves: {}", p.display()),
         (None, Some(e)) => println!("curves not drawn: {e}"),
