@@ -12,6 +12,8 @@
 //! - [`collaborative::train_collaborative`]: two reward models trained by peer review with a
 //!   curriculum (a recipe's `[collaborative]` section), saved as a two-member ensemble;
 //! - [`math_probe::probe_math`]: the RewardMATH-style one-correct-vs-many probe on GSM8K;
+//! - [`goal_conditioned`]: a recipe's `[goal_conditioned]` section, a contrastive term on the
+//!   reward model's hidden states beside the pairwise objective;
 //! - [`more`]: a recipe's `[more]` section, several preference sets weighted by MORE;
 //! - [`strength`]: a recipe's `[preference_strength]` section, an ensemble's vote on each
 //!   training pair turned into label flips and adaptive margins before training.
@@ -24,6 +26,7 @@
 pub mod collaborative;
 pub mod ensemble;
 pub mod eval;
+pub mod goal_conditioned;
 pub mod math_probe;
 pub mod more;
 pub mod recipe;

@@ -308,6 +308,10 @@ pub struct RewardRecipe {
     /// Train on several preference sets weighted by MORE (see [`crate::more`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more: Option<crate::more::MoreConfig>,
+    /// A goal-conditioned contrastive term on the hidden states beside the pairwise objective
+    /// (see [`crate::goal_conditioned`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal_conditioned: Option<crate::goal_conditioned::GoalConditionedConfig>,
 }
 
 /// The built-in recipe of `plumb quickstart` / `cargo xtask demo` (`recipes/rm-minilm-hh.toml`).
@@ -354,6 +358,14 @@ impl RewardRecipe {
             if self.collaborative.is_some() {
                 bail!(
                     "the recipe has both [more] and [collaborative]: collaborative training reads one preference set; use one of the two"
+                );
+            }
+        }
+        if let Some(goal) = &self.goal_conditioned {
+            goal.validate()?;
+            if self.more.is_some() || self.collaborative.is_some() {
+                bail!(
+                    "[goal_conditioned] adds its term to the plain pairwise training; it does not combine with [more] or [collaborative]"
                 );
             }
         }
@@ -450,6 +462,7 @@ mod tests {
             [
                 "rm-collaborative-minilm-hh.toml",
                 "rm-ensemble-minilm-hh.toml",
+                "rm-goal-minilm-hh.toml",
                 "rm-minilm-hh.toml",
                 "rm-more-minilm-hh.toml",
                 "rm-smollm2-lora-hh.toml",
@@ -472,6 +485,11 @@ mod tests {
             .more
             .unwrap();
         assert_eq!(more.sources.len(), 1);
+        let goal = RewardRecipe::load(&dir.join("rm-goal-minilm-hh.toml"), &[])
+            .unwrap()
+            .goal_conditioned
+            .unwrap();
+        assert_eq!((goal.weight, goal.temperature), (0.5, 0.1));
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct RewardTask {
     eval_batch: usize,
     /// MORE's weighting of several preference sets (`[more]`).
     more: Option<crate::more::MoreState>,
+    /// The contrastive term on the hidden states (`[goal_conditioned]`).
+    goal_conditioned: Option<crate::goal_conditioned::GoalConditionedConfig>,
 }
 
 impl RewardTask {
@@ -157,21 +159,34 @@ pub(crate) fn pair_rewards(
     pairs: &[&EncodedPair],
     device: &Device,
 ) -> Result<PairwiseRewards> {
+    Ok(pair_rewards_and_hidden(model, template, pairs, device)?.0)
+}
+
+/// [`pair_rewards`] with the last hidden states `[2B, T, D]` they were pooled from (chosen
+/// rows first).
+pub(crate) fn pair_rewards_and_hidden(
+    model: &RewardModel,
+    template: &RewardModelBundle,
+    pairs: &[&EncodedPair],
+    device: &Device,
+) -> Result<(PairwiseRewards, Tensor<3>)> {
     let b = pairs.len();
     let batch = pair_token_batch(template, pairs)?;
+    let mask = batch.attention_tensor(device);
+    let hidden = model
+        .backbone
+        .hidden(batch.ids_tensor(device), mask.clone());
     let r = model
-        .forward(
-            batch.ids_tensor(device),
-            batch.attention_tensor(device),
-            template.spec.pooling,
-        )
+        .head
+        .forward(template.spec.pooling.pool(hidden.clone(), mask))
         .narrow(1, 0, 1)
         .reshape([2 * b]);
-    Ok(with_pair_inputs(
+    let rewards = with_pair_inputs(
         PairwiseRewards::new(r.clone().narrow(0, 0, b), r.narrow(0, b, b)),
         pairs,
         device,
-    ))
+    );
+    Ok((rewards, hidden))
 }
 
 /// The chosen responses of `pairs`, then their rejected ones, padded on the right.
@@ -256,6 +271,32 @@ impl TrainTask<RewardModel> for RewardTask {
                 output = output.with(m);
             }
             return Ok(output);
+        }
+        if let Some(goal) = &self.goal_conditioned {
+            let (batch, hidden) = pair_rewards_and_hidden(model, &self.template, &pairs, &device)?;
+            let accuracy = win_rate(&batch);
+            let pairwise = self.objective.loss(batch)?;
+            let sequences: Vec<_> = pairs.iter().map(|p| (&p.chosen, &p.rejected)).collect();
+            let triples = crate::goal_conditioned::draw_triples(
+                &sequences,
+                goal.samples_per_pair,
+                goal.seed,
+                examples,
+            );
+            let mut output = LossOutput::new(pairwise.clone(), n);
+            if let Some((term, goal_accuracy)) =
+                crate::goal_conditioned::goal_loss(hidden, &triples, goal.temperature)
+            {
+                let k = triples.len() as f64;
+                output =
+                    LossOutput::new(pairwise.clone() + term.clone().mul_scalar(goal.weight), n)
+                        .with(Metric::device("goal_loss", term, k))
+                        .with(Metric::device("goal_accuracy", goal_accuracy, k));
+            }
+            return Ok(output
+                .with(Metric::device("pairwise_loss", pairwise, n))
+                .with(Metric::device("accuracy", accuracy, n))
+                .with_tokens(tokens));
         }
         let batch = self.batch(model, &pairs, &device)?;
         let accuracy = win_rate(&batch);
@@ -428,6 +469,7 @@ pub fn train_reward_model(mut recipe: RewardRecipe, request: &TrainRequest) -> R
             .more
             .as_ref()
             .map(|m| crate::more::MoreState::new(m.weighting(), m.sources.len() + 1)),
+        goal_conditioned: recipe.goal_conditioned.clone(),
     };
     let trainer = Trainer {
         config: recipe.train.clone(),
