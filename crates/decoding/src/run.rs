@@ -371,7 +371,35 @@ pub struct DecodeRequest {
     pub curve: Vec<usize>,
     /// One JSON line per prompt.
     pub out: PathBuf,
+    /// MCTS only: also write the trees' sibling-step preferences as step-pair JSONL.
+    pub step_pairs: Option<StepPairsOut>,
     pub device: Device,
+}
+
+/// Where MCTS's step preferences go (`plumb decode --strategy mcts --step-pairs FILE
+/// --pair-margin M`): every pair of sibling steps whose values differ by at least `margin`
+/// ([`crate::search::SiblingSteps::pair_rows`]), one `{"prompt", "prefix", "chosen",
+/// "rejected", "q_chosen", "q_rejected"}` row each — `train-prm`'s `source = "step-pairs"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepPairsOut {
+    pub path: PathBuf,
+    pub margin: f64,
+}
+
+/// The step-pair rows of decoded MCTS rows (other strategies have none).
+pub fn mcts_step_pairs(rows: &[Decoded], margin: f64) -> Vec<serde_json::Value> {
+    rows.iter()
+        .flat_map(|row| match &row.detail {
+            Detail::Mcts { siblings, .. } => {
+                let prompt = crate::search::prompt_text(&row.prompt);
+                siblings
+                    .iter()
+                    .flat_map(|g| g.pair_rows(&prompt, margin))
+                    .collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// What a `plumb decode` run produced.
@@ -380,6 +408,8 @@ pub struct DecodeOutcome {
     pub summary: Summary,
     pub curve: Vec<CurvePoint>,
     pub out: PathBuf,
+    /// The step-pair file and its row count (`DecodeRequest::step_pairs`).
+    pub step_pairs: Option<(PathBuf, usize)>,
 }
 
 /// Loads the policy, the reward model and the prompts, decodes, writes `out` (one JSON line per
@@ -390,6 +420,23 @@ pub fn run_decode(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<DecodeOutcome> {
     let mut config = request.config.clone();
+    if let Some(pairs) = &request.step_pairs {
+        if !matches!(config.strategy, Strategy::Mcts { .. }) {
+            return Err(DecodeError::config(
+                "step_pairs",
+                format!(
+                    "sibling-step pairs come from an MCTS tree; the strategy is {}",
+                    config.strategy.name()
+                ),
+            ));
+        }
+        if !(pairs.margin.is_finite() && pairs.margin >= 0.0) {
+            return Err(DecodeError::config(
+                "pair_margin",
+                format!("must be finite and ≥ 0, got {}", pairs.margin),
+            ));
+        }
+    }
     if !request.curve.is_empty() {
         match &mut config.strategy {
             Strategy::BestOfN { n, .. } => *n = *request.curve.iter().max().expect("non-empty"),
@@ -492,9 +539,27 @@ pub fn run_decode(
         writeln!(file, "{line}").map_err(io)?;
     }
     file.flush().map_err(io)?;
+    let mut step_pairs = None;
+    if let Some(pairs) = &request.step_pairs {
+        let io = |e: std::io::Error| DecodeError::File {
+            path: pairs.path.clone(),
+            reason: e.to_string(),
+        };
+        if let Some(parent) = pairs.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&pairs.path).map_err(io)?);
+        let rows = mcts_step_pairs(&run.rows, pairs.margin);
+        for row in &rows {
+            writeln!(file, "{row}").map_err(io)?;
+        }
+        file.flush().map_err(io)?;
+        step_pairs = Some((pairs.path.clone(), rows.len()));
+    }
     Ok(DecodeOutcome {
         summary: run.summary,
         curve,
         out: request.out.clone(),
+        step_pairs,
     })
 }

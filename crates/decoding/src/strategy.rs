@@ -482,6 +482,10 @@ pub enum Detail {
         depth: usize,
         root_visits: u64,
         root_children_visits: Vec<u64>,
+        /// Every node with two or more children: its steps and its children's next steps with
+        /// their MCTS values, for `DecodeRequest::step_pairs` (not written to the JSON line).
+        #[serde(skip)]
+        siblings: Vec<crate::search::SiblingSteps>,
     },
 }
 

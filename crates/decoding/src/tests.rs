@@ -725,6 +725,7 @@ fn run_decode_writes_one_scored_line_per_prompt() {
         seed: 3,
         curve,
         out: root.join("out/decoded.jsonl"),
+        step_pairs: None,
         device: device.clone(),
     };
     let mut seen = Vec::new();
@@ -1292,6 +1293,7 @@ fn decode_scores_with_an_ensemble_folder_and_its_aggregation() {
         seed: 7,
         curve: vec![],
         out: root.join("decoded.jsonl"),
+        step_pairs: None,
         device: device.clone(),
     };
     let mut a = RewardModelBundle::load(&a, &device).unwrap();

@@ -38,6 +38,22 @@ pub(crate) struct MctsOutcome {
     pub expansions: usize,
 }
 
+/// Step preferences from one node's children (Ma et al. 2024, "What Are Step-Level Reward
+/// Models Rewarding?", label sibling steps by their MCTS values): every ordered pair `(a, b)`
+/// of siblings with `Q(a) > Q(b)` and `Q(a) − Q(b) ≥ margin`, `a` preferred. Indices into
+/// `q`; ties are never pairs, and `margin > 0` keeps near-ties out.
+pub fn sibling_preferences(q: &[f64], margin: f64) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (a, &qa) in q.iter().enumerate() {
+        for (b, &qb) in q.iter().enumerate() {
+            if qa > qb && qa - qb >= margin {
+                out.push((a, b));
+            }
+        }
+    }
+    out
+}
+
 /// The UCT score of child `c` of a node visited `parent_visits` times:
 /// `Q(c) + C · sqrt(ln N(parent) / N(c))`.
 pub(crate) fn uct(child: &Node, parent_visits: u64, exploration: f64) -> f64 {

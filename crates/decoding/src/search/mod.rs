@@ -507,6 +507,79 @@ pub(crate) fn refine_search(
     ))
 }
 
+/// One MCTS node with two or more children: the steps so far and each child's next step with
+/// its value `Q` (the mean PRM value of the evaluations below it) and visit count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiblingSteps {
+    pub prefix: Vec<String>,
+    pub steps: Vec<String>,
+    pub q: Vec<f64>,
+    pub visits: Vec<u64>,
+}
+
+impl SiblingSteps {
+    /// Step-pair rows (`{"prompt", "prefix", "chosen", "rejected", "q_chosen", "q_rejected"}`,
+    /// what `train-prm`'s `source = "step-pairs"` reads) of the siblings whose values differ by
+    /// at least `margin` ([`mcts::sibling_preferences`]).
+    pub fn pair_rows(&self, prompt: &str, margin: f64) -> Vec<serde_json::Value> {
+        mcts::sibling_preferences(&self.q, margin)
+            .into_iter()
+            .map(|(a, b)| {
+                serde_json::json!({
+                    "prompt": prompt,
+                    "prefix": self.prefix,
+                    "chosen": self.steps[a],
+                    "rejected": self.steps[b],
+                    "q_chosen": self.q[a],
+                    "q_rejected": self.q[b],
+                })
+            })
+            .collect()
+    }
+}
+
+/// The [`SiblingSteps`] of a search tree. A child's step is its text past its parent's (the
+/// last step of its own text when decoding does not keep the parent's text as a prefix);
+/// children whose step is empty are left out, and groups left with fewer than two.
+fn sibling_steps(
+    model: &DecodeModel,
+    nodes: &[mcts::Node],
+    delimiter: &str,
+) -> Result<Vec<SiblingSteps>> {
+    let mut out = Vec::new();
+    for node in nodes.iter().filter(|n| n.children.len() >= 2) {
+        let parent = model.text(&node.partial.tokens)?;
+        let mut group = SiblingSteps {
+            prefix: split_steps(&parent, delimiter)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            steps: Vec::new(),
+            q: Vec::new(),
+            visits: Vec::new(),
+        };
+        for &c in &node.children {
+            let text = model.text(&nodes[c].partial.tokens)?;
+            let step = match text.strip_prefix(parent.as_str()) {
+                Some(rest) => rest.replace(delimiter, " ").trim().to_string(),
+                None => split_steps(&text, delimiter)
+                    .last()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            };
+            if !step.is_empty() {
+                group.steps.push(step);
+                group.q.push(nodes[c].q());
+                group.visits.push(nodes[c].visits);
+            }
+        }
+        if group.steps.len() >= 2 {
+            out.push(group);
+        }
+    }
+    Ok(out)
+}
+
 /// PRM-guided MCTS ([`mcts::mcts`]): `simulations` select–expand–backup rounds with UCT
 /// (`exploration` = C), `children` sampled steps per expansion, PRM values backed up; the
 /// answer is the best finished node by its PRM value.
@@ -529,6 +602,7 @@ pub(crate) fn mcts_search(
         exploration,
         params.max_steps,
     )?;
+    let siblings = sibling_steps(model, &out.nodes, &params.delimiter)?;
     let root = &out.nodes[0];
     let best = &out.nodes[out.best];
     let detail = Detail::Mcts {
@@ -539,6 +613,7 @@ pub(crate) fn mcts_search(
         depth: best.depth,
         root_visits: root.visits,
         root_children_visits: root.children.iter().map(|&c| out.nodes[c].visits).collect(),
+        siblings,
     };
     Ok((
         best.partial.tokens.clone(),

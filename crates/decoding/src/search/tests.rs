@@ -452,6 +452,18 @@ fn beam_search_keeps_its_budgets_and_reports_the_prm_score_of_its_answer() {
 }
 
 #[test]
+fn sibling_preferences_keep_pairs_at_least_the_margin_apart() {
+    let q = [0.5, 0.2, 0.45, 0.5];
+    assert_eq!(
+        super::mcts::sibling_preferences(&q, 0.1),
+        vec![(0, 1), (2, 1), (3, 1)]
+    );
+    // Ties are never pairs, whatever the margin.
+    assert_eq!(super::mcts::sibling_preferences(&q, 0.0).len(), 5);
+    assert!(super::mcts::sibling_preferences(&q, 0.6).is_empty());
+}
+
+#[test]
 fn mcts_on_the_tiny_model_counts_its_tree() {
     let model = tiny_model();
     let seen = RefCell::new(Vec::new());
@@ -485,6 +497,22 @@ fn mcts_on_the_tiny_model_counts_its_tree() {
         assert_eq!(row.stats.scorer_calls, *expansions);
         assert_eq!(*root_visits, root_children_visits.iter().sum::<u64>());
         assert!(*depth >= 1 && *depth <= 3 && row.tokens.len() <= 12);
+        // Sibling groups: the root's children first (all with text); every value a mean PRM
+        // probability in [0, 1].
+        let Detail::Mcts { siblings, .. } = &row.detail else {
+            panic!()
+        };
+        assert!(!siblings.is_empty());
+        assert!(siblings[0].prefix.is_empty(), "{:?}", siblings[0]);
+        for g in siblings {
+            assert!(g.steps.len() >= 2 && g.steps.len() == g.q.len());
+            assert!(
+                g.steps
+                    .iter()
+                    .all(|s| !s.trim().is_empty() && !s.contains("w6"))
+            );
+            assert!(g.q.iter().all(|q| (0.0..=1.0).contains(q)));
+        }
         if *finished {
             let probs: Vec<f32> = split_steps(&row.text, "w6")
                 .iter()
@@ -494,6 +522,27 @@ fn mcts_on_the_tiny_model_counts_its_tree() {
             assert_eq!(row.reward, last, "{}", row.text);
         }
     }
+    // Step pairs of every tree: siblings at least the margin apart, the better one chosen; the
+    // file reads back as train-prm's step-pairs source.
+    let rows = crate::mcts_step_pairs(&run.rows, 0.0);
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(
+            r["q_chosen"].as_f64().unwrap() > r["q_rejected"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    let wide = crate::mcts_step_pairs(&run.rows, 0.05);
+    assert!(wide.len() <= rows.len());
+    for r in &wide {
+        assert!(r["q_chosen"].as_f64().unwrap() - r["q_rejected"].as_f64().unwrap() >= 0.05);
+    }
+    let path = std::env::temp_dir().join(format!("mcts-pairs-{}.jsonl", std::process::id()));
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let loaded = rm_process::step_pairs::load_step_pairs(&path).unwrap();
+    assert_eq!(loaded.len(), rows.len());
+    std::fs::remove_file(&path).ok();
 }
 
 /// Refinement on the tiny model: the reward is the best of the draft and its rewrites by the
@@ -802,6 +851,7 @@ fn run_decode_refuses_a_search_without_a_prm() {
         seed: 1,
         curve: Vec::new(),
         out: "out.jsonl".into(),
+        step_pairs: None,
         device: test_device(),
     };
     let e = crate::run_decode(&request, &mut |_| {})
@@ -826,4 +876,25 @@ fn run_decode_refuses_a_search_without_a_prm() {
         e.contains("no-such-prm") && e.contains("no such PRM folder"),
         "{e}"
     );
+    // Step pairs come from MCTS trees only, at a margin ≥ 0.
+    let mut request = crate::DecodeRequest {
+        step_pairs: Some(crate::StepPairsOut {
+            path: "pairs.jsonl".into(),
+            margin: -1.0,
+        }),
+        ..request
+    };
+    let e = crate::run_decode(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pair_margin"), "{e}");
+    request.config.strategy = Strategy::BestOfN {
+        n: 2,
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    let e = crate::run_decode(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MCTS tree") && e.contains("best-of-n"), "{e}");
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use decoding::{
-    DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, StepParams, Strategy, run_decode,
+    DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, StepPairsOut, StepParams, Strategy,
+    run_decode,
 };
 use rm_process::Aggregation;
 
@@ -92,6 +93,14 @@ pub struct DecodeArgs {
     /// mcts: UCT exploration constant C [default: √2].
     #[arg(long)]
     pub exploration: Option<f64>,
+    /// mcts: also write the trees' sibling-step preferences (steps after the same prefix whose
+    /// MCTS values differ by at least --pair-margin) as step-pair JSONL for `train-prm`'s
+    /// `source = "step-pairs"`.
+    #[arg(long, value_name = "FILE")]
+    pub step_pairs: Option<PathBuf>,
+    /// mcts with --step-pairs: the least value difference of a pair [default: 0.1].
+    #[arg(long, requires = "step_pairs")]
+    pub pair_margin: Option<f64>,
     /// beam-search, dvts, mcts: most steps per solution; the last is generated to the end
     /// [default: 40].
     #[arg(long)]
@@ -390,6 +399,10 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("decode.jsonl")),
+        step_pairs: args.step_pairs.clone().map(|path| StepPairsOut {
+            path,
+            margin: args.pair_margin.unwrap_or(0.1),
+        }),
         device: global.device.device()?,
     };
     let bar = if args.quiet {
@@ -443,6 +456,9 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
         }
     }
     println!("responses: {}", outcome.out.display());
+    if let Some((path, rows)) = &outcome.step_pairs {
+        println!("MCTS step pairs: {rows} rows in {}", path.display());
+    }
     Ok(())
 }
 
