@@ -10,7 +10,10 @@ use serde_json::Value;
 
 use crate::aggregate::Aggregation;
 use crate::bon::{BonCandidate, BonProblem, bon_from_alternatives};
-use crate::data::{LabelPolicy, NeutralAs, StepExample, StepSource, examples_of};
+use crate::data::{
+    HierarchicalConfig, LabelPolicy, NeutralAs, StepExample, StepSource, examples_of,
+    hierarchical_examples,
+};
 use crate::metrics::{
     FirstErrorScores, auroc, first_error_scores, gold_first_error, predicted_first_error,
     select_best, weighted_vote,
@@ -392,6 +395,10 @@ pub struct EvalRequest {
     pub seed: u64,
     /// Only the first N rows (0 = all).
     pub limit: usize,
+    /// Formats steps and prm800k: score HRM's coarse units instead of single steps — each
+    /// solution's two consecutive-merged copies ([`crate::data::hierarchical_examples`]), a
+    /// merged unit labelled by its later step.
+    pub merged_steps: bool,
 }
 
 /// Evaluates a PRM on a file.
@@ -433,10 +440,28 @@ pub fn evaluate_file(
             let policy = LabelPolicy {
                 neutral: request.neutral,
             };
-            let examples: Vec<StepExample> = solutions
+            let mut examples: Vec<StepExample> = solutions
                 .iter()
                 .flat_map(|s| examples_of(s, policy, false))
                 .collect();
+            if request.merged_steps {
+                let consecutive = HierarchicalConfig {
+                    consecutive: true,
+                    compress_probability: 0.0,
+                };
+                // Consecutive merging draws nothing; the generator is never read.
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+                examples = examples
+                    .iter()
+                    .flat_map(|e| hierarchical_examples(e, &consecutive, &mut rng))
+                    .collect();
+                if examples.is_empty() {
+                    bail!(
+                        "{}: no solution has a labelled step after another step to merge with",
+                        path.display()
+                    );
+                }
+            }
             report.steps = Some(
                 evaluate_steps(prm, &examples, request.threshold, request.batch_size)
                     .with_context(|| path.display().to_string())?,

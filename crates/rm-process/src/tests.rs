@@ -475,3 +475,48 @@ bon_n = 2
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `eval-prm --merged-steps` scores HRM's coarse units: each consecutive pair once, labelled by
+/// its later step; a file with nothing to merge is refused.
+#[test]
+fn evaluation_on_merged_steps_scores_each_consecutive_pair_once() {
+    let device = test_device();
+    let dir = temp_dir("merged-eval");
+    let prm = tiny_prm(&dir, &device);
+    let path = dir.join("steps.jsonl");
+    let rows = [
+        r#"{"prompt": "w30", "steps": ["w10", "w11", "w12"], "labels": [true, false, true]}"#,
+        r#"{"prompt": "w31", "steps": ["w13 w14", "w15"], "labels": [null, false]}"#,
+        r#"{"prompt": "w32", "steps": ["w16"], "labels": [true]}"#,
+    ];
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    let request = |merged_steps| crate::eval::EvalRequest {
+        input: path.clone(),
+        format: crate::eval::EvalFormat::Steps,
+        threshold: 0.5,
+        batch_size: 4,
+        neutral: crate::data::NeutralAs::Positive,
+        bon_from_alternatives: 0,
+        seed: 0,
+        limit: 0,
+        merged_steps,
+    };
+    let fine = crate::eval::evaluate_file(&prm, "tiny", &request(false)).unwrap();
+    let fine = fine.steps.unwrap();
+    assert_eq!((fine.solutions, fine.labelled_steps), (3, 5));
+    // Units: (w10 ⊕ w11) → false, (w11 ⊕ w12) → true, (w13 w14 ⊕ w15) → false; the one-step
+    // solution has nothing to merge.
+    let coarse = crate::eval::evaluate_file(&prm, "tiny", &request(true)).unwrap();
+    let coarse = coarse.steps.unwrap();
+    assert_eq!(coarse.labelled_steps, 3);
+    assert!((coarse.positive_rate - 1.0 / 3.0).abs() < 1e-12);
+    std::fs::write(&path, rows[2]).unwrap();
+    let err = crate::eval::evaluate_file(&prm, "tiny", &request(true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no solution has a labelled step after another step"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -85,6 +85,10 @@ pub struct EvalPrmArgs {
     /// Only the first N rows (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// --format steps / prm800k: score hierarchical (HRM) units instead of single steps: two
+    /// consecutive steps merged into one, labelled by the later step.
+    #[arg(long)]
+    pub merged_steps: bool,
 }
 
 /// `plumb eval-prm`: the report as Markdown on stdout, JSON + Markdown at --out.
@@ -107,6 +111,7 @@ pub fn eval_prm(global: &GlobalArgs, args: EvalPrmArgs) -> Result<()> {
         bon_from_alternatives: args.bon_from_alternatives,
         seed: global.seed,
         limit: args.limit,
+        merged_steps: args.merged_steps,
     };
     let report = evaluate_file(&prm, &args.prm.display().to_string(), &request)?;
     println!("{}", report.to_markdown());
