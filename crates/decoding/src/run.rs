@@ -386,6 +386,23 @@ pub struct StepPairsOut {
     pub margin: f64,
 }
 
+/// One JSON line per row, in `path` (its folder created).
+fn write_json_lines<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let io = |e: std::io::Error| DecodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    for row in rows {
+        let line = serde_json::to_string(row).map_err(|e| DecodeError::Model(e.to_string()))?;
+        writeln!(file, "{line}").map_err(io)?;
+    }
+    file.flush().map_err(io)
+}
+
 /// The step-pair rows of decoded MCTS rows (other strategies have none).
 pub fn mcts_step_pairs(rows: &[Decoded], margin: f64) -> Vec<serde_json::Value> {
     rows.iter()
@@ -526,34 +543,11 @@ pub fn run_decode(
     } else {
         run.curve(&request.curve)?
     };
-    let io = |e: std::io::Error| DecodeError::File {
-        path: request.out.clone(),
-        reason: e.to_string(),
-    };
-    if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&request.out).map_err(io)?);
-    for row in &run.rows {
-        let line = serde_json::to_string(row).map_err(|e| DecodeError::Model(e.to_string()))?;
-        writeln!(file, "{line}").map_err(io)?;
-    }
-    file.flush().map_err(io)?;
+    write_json_lines(&request.out, &run.rows)?;
     let mut step_pairs = None;
     if let Some(pairs) = &request.step_pairs {
-        let io = |e: std::io::Error| DecodeError::File {
-            path: pairs.path.clone(),
-            reason: e.to_string(),
-        };
-        if let Some(parent) = pairs.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&pairs.path).map_err(io)?);
         let rows = mcts_step_pairs(&run.rows, pairs.margin);
-        for row in &rows {
-            writeln!(file, "{row}").map_err(io)?;
-        }
-        file.flush().map_err(io)?;
+        write_json_lines(&pairs.path, &rows)?;
         step_pairs = Some((pairs.path.clone(), rows.len()));
     }
     Ok(DecodeOutcome {

@@ -272,10 +272,12 @@ impl TrainTask<RewardModel> for RewardTask {
             }
             return Ok(output);
         }
+        let (batch, hidden) = pair_rewards_and_hidden(model, &self.template, &pairs, &device)?;
+        let accuracy = win_rate(&batch);
+        let mut loss = self.objective.loss(batch)?;
+        let mut metrics = vec![Metric::device("accuracy", accuracy, n)];
         if let Some(goal) = &self.goal_conditioned {
-            let (batch, hidden) = pair_rewards_and_hidden(model, &self.template, &pairs, &device)?;
-            let accuracy = win_rate(&batch);
-            let pairwise = self.objective.loss(batch)?;
+            metrics.push(Metric::device("pairwise_loss", loss.clone(), n));
             let sequences: Vec<_> = pairs.iter().map(|p| (&p.chosen, &p.rejected)).collect();
             let triples = crate::goal_conditioned::draw_triples(
                 &sequences,
@@ -283,27 +285,20 @@ impl TrainTask<RewardModel> for RewardTask {
                 goal.seed,
                 examples,
             );
-            let mut output = LossOutput::new(pairwise.clone(), n);
             if let Some((term, goal_accuracy)) =
                 crate::goal_conditioned::goal_loss(hidden, &triples, goal.temperature)
             {
                 let k = triples.len() as f64;
-                output =
-                    LossOutput::new(pairwise.clone() + term.clone().mul_scalar(goal.weight), n)
-                        .with(Metric::device("goal_loss", term, k))
-                        .with(Metric::device("goal_accuracy", goal_accuracy, k));
+                loss = loss + term.clone().mul_scalar(goal.weight);
+                metrics.push(Metric::device("goal_loss", term, k));
+                metrics.push(Metric::device("goal_accuracy", goal_accuracy, k));
             }
-            return Ok(output
-                .with(Metric::device("pairwise_loss", pairwise, n))
-                .with(Metric::device("accuracy", accuracy, n))
-                .with_tokens(tokens));
         }
-        let batch = self.batch(model, &pairs, &device)?;
-        let accuracy = win_rate(&batch);
-        let loss = self.objective.loss(batch)?;
-        Ok(LossOutput::new(loss, n)
-            .with(Metric::device("accuracy", accuracy, n))
-            .with_tokens(tokens))
+        let mut output = LossOutput::new(loss, n).with_tokens(tokens);
+        for m in metrics {
+            output = output.with(m);
+        }
+        Ok(output)
     }
 
     fn evaluate(&mut self, model: &RewardModel) -> Result<Evaluation> {

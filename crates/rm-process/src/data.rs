@@ -208,19 +208,11 @@ pub fn hierarchical_examples(
     config: &HierarchicalConfig,
     rng: &mut impl rand::Rng,
 ) -> Vec<StepExample> {
-    let n = example.steps.len();
     let mut out = Vec::new();
-    if config.consecutive && n >= 2 {
-        for offset in 0..2 {
-            let mut groups: Vec<(usize, usize)> = (0..offset).map(|i| (i, i)).collect();
-            let mut i = offset;
-            while i < n {
-                groups.push((i, (i + 1).min(n - 1)));
-                i += 2;
-            }
-            out.push(merged_path(example, &groups, false));
-        }
+    if config.consecutive {
+        out.extend(consecutive_examples(example));
     }
+    let n = example.steps.len();
     if config.compress_probability > 0.0 && n >= 2 {
         let mut groups = Vec::with_capacity(n);
         let mut i = 0;
@@ -239,6 +231,23 @@ pub fn hierarchical_examples(
     }
     out.retain(|e| e.num_targets() > 0);
     out
+}
+
+/// HRM's consecutive units alone: the two merged paths of [`hierarchical_examples`] with
+/// `consecutive = true` (those with a target).
+pub fn consecutive_examples(example: &StepExample) -> Vec<StepExample> {
+    let n = example.steps.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    (0..2)
+        .map(|offset| {
+            let mut groups: Vec<(usize, usize)> = (0..offset).map(|i| (i, i)).collect();
+            groups.extend((offset..n).step_by(2).map(|i| (i, (i + 1).min(n - 1))));
+            merged_path(example, &groups, false)
+        })
+        .filter(|e| e.num_targets() > 0)
+        .collect()
 }
 
 /// What the PRM regresses on (`[data] targets`).

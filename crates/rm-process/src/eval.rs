@@ -11,8 +11,7 @@ use serde_json::Value;
 use crate::aggregate::Aggregation;
 use crate::bon::{BonCandidate, BonProblem, bon_from_alternatives};
 use crate::data::{
-    HierarchicalConfig, LabelPolicy, NeutralAs, StepExample, StepSource, examples_of,
-    hierarchical_examples,
+    LabelPolicy, NeutralAs, StepExample, StepSource, consecutive_examples, examples_of,
 };
 use crate::metrics::{
     FirstErrorScores, auroc, first_error_scores, gold_first_error, predicted_first_error,
@@ -445,16 +444,7 @@ pub fn evaluate_file(
                 .flat_map(|s| examples_of(s, policy, false))
                 .collect();
             if request.merged_steps {
-                let consecutive = HierarchicalConfig {
-                    consecutive: true,
-                    compress_probability: 0.0,
-                };
-                // Consecutive merging draws nothing; the generator is never read.
-                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-                examples = examples
-                    .iter()
-                    .flat_map(|e| hierarchical_examples(e, &consecutive, &mut rng))
-                    .collect();
+                examples = examples.iter().flat_map(consecutive_examples).collect();
                 if examples.is_empty() {
                     bail!(
                         "{}: no solution has a labelled step after another step to merge with",
