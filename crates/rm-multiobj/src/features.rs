@@ -157,6 +157,12 @@ impl Embedder {
         Ok(Self { bundle, id })
     }
 
+    /// The reward head of the folder this embedder was loaded from (a fresh, unused head for a
+    /// bare backbone).
+    pub fn head(&self) -> Result<crate::HostLinear> {
+        crate::HostLinear::from_linear(&self.bundle.model.head)
+    }
+
     /// What identifies this embedder in cache keys.
     pub fn id(&self) -> &str {
         &self.id

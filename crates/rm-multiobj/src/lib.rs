@@ -13,10 +13,14 @@
 //! - [`personal`]: one shared Bradley–Terry model vs PAL (ideal points) vs VPL (a latent user
 //!   variable);
 //! - [`orchestrator`]: the Preference Orchestrator — prompt-specific objective weights;
+//! - [`dmoerm`]: DMoERM — a task router over per-task capability experts aggregated by an MLP;
+//!   [`dmoerm_run`]: its recipe and run (`plumb multiobj dmoerm`);
 //! - [`model`]: the saved multi-objective model folder that scores raw texts;
 //! - [`pipeline`]: the recipes and runs behind `plumb multiobj train` / `population-test`.
 
 pub mod combine;
+pub mod dmoerm;
+pub mod dmoerm_run;
 pub mod features;
 pub mod gating;
 pub mod heads;

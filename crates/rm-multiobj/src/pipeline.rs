@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rm_core::data::gsm8k::{self, Gsm8kOptions};
 use rm_core::data::hh_rlhf::{self, Split};
-use rm_core::types::{PreferencePair, Prompt};
+use rm_core::types::PreferencePair;
 use serde::{Deserialize, Serialize};
 
 use crate::combine::Combination;
@@ -48,7 +48,7 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
-    fn log(&self, msg: impl AsRef<str>) {
+    pub(crate) fn log(&self, msg: impl AsRef<str>) {
         if self.verbose {
             eprintln!("{}", msg.as_ref());
         }
@@ -314,28 +314,6 @@ pub fn verbosity_rating(response: &str) -> f64 {
     (response.split_whitespace().count() as f64).ln_1p()
 }
 
-/// A GSM8K correctness pair: the gold solution and a copy with a wrong final answer.
-pub fn gsm8k_pair(problem: &gsm8k::Gsm8kProblem, rng: &mut StdRng) -> PreferencePair {
-    let mut d: i64 = 0;
-    while d == 0 {
-        d = rng.random_range(-10..=10);
-    }
-    let wrong = problem.answer_value + d as f64;
-    let wrong = if wrong.fract() == 0.0 {
-        format!("{}", wrong as i64)
-    } else {
-        format!("{wrong}")
-    };
-    PreferencePair {
-        prompt: Prompt::Text(problem.question.clone()),
-        chosen: format!("{}\nThe answer is {}.", problem.solution, problem.answer),
-        rejected: format!("{}\nThe answer is {wrong}.", problem.solution),
-        margin: None,
-        subset: None,
-        scores: None,
-    }
-}
-
 fn gsm8k_pairs(
     request: &RunRequest,
     split: &str,
@@ -350,7 +328,10 @@ fn gsm8k_pairs(
         bail!("GSM8K {split}: no problems");
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x65_3d);
-    Ok(problems.iter().map(|p| gsm8k_pair(p, &mut rng)).collect())
+    Ok(problems
+        .iter()
+        .map(|p| gsm8k::answer_pair(p, &mut rng))
+        .collect())
 }
 
 fn split_pairs(f: &[Vec<f32>]) -> (Vec<&[f32]>, Vec<&[f32]>) {
@@ -618,7 +599,7 @@ pub fn train(recipe: &MultiObjRecipe, request: &RunRequest) -> Result<MultiObjRe
     Ok(report)
 }
 
-fn write_report<T: Serialize>(dir: &Path, report: &T) -> Result<()> {
+pub(crate) fn write_report<T: Serialize>(dir: &Path, report: &T) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     rm_core::checkpoint::write_bytes_atomically(
         &dir.join("report.json"),
@@ -782,7 +763,7 @@ mod tests {
         };
         let mut rng = StdRng::seed_from_u64(0);
         for _ in 0..20 {
-            let p = gsm8k_pair(&problem, &mut rng);
+            let p = gsm8k::answer_pair(&problem, &mut rng);
             assert_eq!(p.chosen, "2 + 2 = 4\nThe answer is 4.");
             let wrong: i64 = p
                 .rejected

@@ -230,6 +230,7 @@ mod tests {
             sources: vec![PairSource::HhRlhf {
                 split: crate::recipe::HhSplit::Dev,
                 limit: 0,
+                skip: 0,
             }],
             ..config
         };

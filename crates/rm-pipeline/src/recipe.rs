@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rm_core::data::{generic, hh_rlhf};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rm_core::data::{generic, gsm8k, hh_rlhf};
 use rm_core::models::reward::RewardModelConfig;
 use rm_core::train::TrainConfig;
 use rm_core::types::{PreferencePair, UnpairedExample};
@@ -29,6 +31,38 @@ pub enum PairSource {
         /// Only the first N pairs (0 = all).
         #[serde(default)]
         limit: usize,
+        /// Drop the first N pairs before `limit` applies (0 = none): disjoint slices of one
+        /// split, e.g. the data an aggregator learns from beside the data its experts saw.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skip: usize,
+    },
+    /// Rule-labelled conciseness pairs from HH-RLHF harmless-base: of each pair's two
+    /// responses the one with fewer words is chosen (pairs of equal word count are dropped),
+    /// whatever the human label said. A capability-point source (DMoERM's "conciseness").
+    HhConcise {
+        split: HhSplit,
+        /// Only the first N pairs, counted after dropping ties (0 = all).
+        #[serde(default)]
+        limit: usize,
+        /// Drop the first N pairs (after dropping ties) before `limit` applies (0 = none): disjoint slices of one
+        /// split, e.g. the data an aggregator learns from beside the data its experts saw.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skip: usize,
+    },
+    /// Rule-labelled pairs from GSM8K's gold solutions ([`Gsm8kPairs`]).
+    Gsm8k {
+        split: Gsm8kSplit,
+        pairs: Gsm8kPairs,
+        /// Only the first N problems (0 = all).
+        #[serde(default)]
+        limit: usize,
+        /// Seeds the wrong answers of `pairs = "answer"`.
+        #[serde(default)]
+        seed: u64,
+        /// Drop the first N problems before `limit` applies (0 = none): disjoint slices of one
+        /// split, e.g. the data an aggregator learns from beside the data its experts saw.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skip: usize,
     },
     /// A JSONL file.
     Jsonl {
@@ -47,6 +81,26 @@ pub enum PairSource {
 pub enum HhSplit {
     Train,
     Dev,
+}
+
+/// The GSM8K splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gsm8kSplit {
+    Train,
+    Test,
+}
+
+/// Which rule turns a GSM8K problem into a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gsm8kPairs {
+    /// Correctness: the gold solution with its answer vs the same solution with a wrong answer
+    /// N + d, d a seeded non-zero integer in [−10, 10] ([`gsm8k::answer_pair`]).
+    Answer,
+    /// Shown reasoning: the gold solution with its answer vs the bare answer line
+    /// ([`gsm8k::reasoning_pair`]).
+    Reasoning,
 }
 
 /// The row layout of a JSONL pair source.
@@ -69,6 +123,8 @@ impl PairSource {
     pub fn subset(&self) -> String {
         match self {
             PairSource::HhRlhf { .. } => bench_harness::data::HH_RLHF_SUBSET.to_string(),
+            PairSource::HhConcise { .. } => "hh-concise".to_string(),
+            PairSource::Gsm8k { pairs, .. } => format!("gsm8k-{pairs:?}").to_lowercase(),
             PairSource::Jsonl { path, .. } => path
                 .file_stem()
                 .map_or("eval".into(), |s| s.to_string_lossy().into_owned()),
@@ -78,12 +134,53 @@ impl PairSource {
     /// Reads the pairs (HH-RLHF from `data_dir`); an empty result is an error.
     pub fn load(&self, data_dir: &Path) -> Result<Vec<PreferencePair>> {
         let (mut pairs, limit) = match self {
-            PairSource::HhRlhf { split, limit } => {
+            PairSource::HhRlhf { split, limit, skip } => {
                 let split = match split {
                     HhSplit::Train => hh_rlhf::Split::Train,
                     HhSplit::Dev => hh_rlhf::Split::Dev,
                 };
-                (hh_rlhf::load(data_dir, split)?.0, *limit)
+                let mut pairs = hh_rlhf::load(data_dir, split)?.0;
+                pairs.drain(..(*skip).min(pairs.len()));
+                (pairs, *limit)
+            }
+            PairSource::HhConcise { split, limit, skip } => {
+                let split = match split {
+                    HhSplit::Train => hh_rlhf::Split::Train,
+                    HhSplit::Dev => hh_rlhf::Split::Dev,
+                };
+                let pairs = hh_rlhf::load(data_dir, split)?
+                    .0
+                    .into_iter()
+                    .filter_map(concise_pair)
+                    .skip(*skip)
+                    .collect();
+                (pairs, *limit)
+            }
+            PairSource::Gsm8k {
+                split,
+                pairs,
+                limit,
+                seed,
+                skip,
+            } => {
+                let split = match split {
+                    Gsm8kSplit::Train => "train",
+                    Gsm8kSplit::Test => "test",
+                };
+                let mut problems = gsm8k::load(data_dir, split, gsm8k::Gsm8kOptions::default())?;
+                problems.drain(..(*skip).min(problems.len()));
+                if *limit > 0 {
+                    problems.truncate(*limit);
+                }
+                let mut rng = StdRng::seed_from_u64(*seed);
+                let pairs = problems
+                    .iter()
+                    .map(|p| match pairs {
+                        Gsm8kPairs::Answer => gsm8k::answer_pair(p, &mut rng),
+                        Gsm8kPairs::Reasoning => gsm8k::reasoning_pair(p),
+                    })
+                    .collect();
+                (pairs, 0)
             }
             PairSource::Jsonl { path, shape, limit } => {
                 let pairs = match shape {
@@ -184,9 +281,36 @@ impl PairSource {
     pub fn describe(&self) -> String {
         match self {
             PairSource::HhRlhf { split, .. } => format!("hh-rlhf {split:?}").to_lowercase(),
+            PairSource::HhConcise { split, .. } => format!("hh-concise {split:?}").to_lowercase(),
+            PairSource::Gsm8k { split, pairs, .. } => {
+                format!("gsm8k {split:?} {pairs:?} pairs").to_lowercase()
+            }
             PairSource::Jsonl { path, .. } => path.display().to_string(),
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The conciseness pair of an HH pair: the response with fewer words chosen; `None` on a tie.
+fn concise_pair(p: PreferencePair) -> Option<PreferencePair> {
+    let words = |t: &str| t.split_whitespace().count();
+    let (a, b) = (words(&p.chosen), words(&p.rejected));
+    let (chosen, rejected) = match a.cmp(&b) {
+        std::cmp::Ordering::Less => (p.chosen, p.rejected),
+        std::cmp::Ordering::Greater => (p.rejected, p.chosen),
+        std::cmp::Ordering::Equal => return None,
+    };
+    Some(PreferencePair {
+        prompt: p.prompt,
+        chosen,
+        rejected,
+        margin: None,
+        subset: None,
+        scores: None,
+    })
 }
 
 /// Every (better, worse) pair of a ranking (rank 0 = best; ties give no pair).
@@ -398,7 +522,8 @@ mod tests {
             r.data.train,
             PairSource::HhRlhf {
                 split: HhSplit::Train,
-                limit: 0
+                limit: 0,
+                skip: 0
             }
         );
         let r = RewardRecipe::quickstart(&[
@@ -412,7 +537,8 @@ mod tests {
             r.data.train,
             PairSource::HhRlhf {
                 split: HhSplit::Train,
-                limit: 10
+                limit: 10,
+                skip: 0
             }
         );
         assert_eq!(
@@ -438,6 +564,83 @@ mod tests {
             let err = RewardRecipe::quickstart(&[bad.into()]).unwrap_err();
             assert!(format!("{err:#}").contains("data"), "{bad}: {err:#}");
         }
+    }
+
+    /// The rule-labelled capability sources read the real data and follow their rules.
+    #[test]
+    fn capability_sources_follow_their_rules() {
+        let data = rm_core::paths::for_tests::data_dir();
+        let source: PairSource =
+            toml::from_str("source = \"hh-concise\"\nsplit = \"dev\"\nlimit = 40").unwrap();
+        let pairs = source.load(&data).unwrap();
+        assert_eq!(pairs.len(), 40);
+        let words = |t: &str| t.split_whitespace().count();
+        for p in &pairs {
+            assert!(words(&p.chosen) < words(&p.rejected), "{p:?}");
+        }
+        let (hh, _) = hh_rlhf::load(&data, hh_rlhf::Split::Dev).unwrap();
+        let ties = hh
+            .iter()
+            .filter(|p| words(&p.chosen) == words(&p.rejected))
+            .count();
+        let all = PairSource::HhConcise {
+            split: HhSplit::Dev,
+            limit: 0,
+            skip: 0,
+        };
+        let later = PairSource::HhConcise {
+            split: HhSplit::Dev,
+            limit: 5,
+            skip: 35,
+        };
+        assert_eq!(
+            later.load(&data).unwrap()[..],
+            all.load(&data).unwrap()[35..40]
+        );
+        let hh_later: PairSource =
+            toml::from_str("source = \"hh-rlhf\"\nsplit = \"dev\"\nskip = 190").unwrap();
+        assert_eq!(hh_later.load(&data).unwrap()[..], hh[190..]);
+        assert_eq!(all.load(&data).unwrap().len(), hh.len() - ties);
+
+        let answer = PairSource::Gsm8k {
+            split: Gsm8kSplit::Test,
+            pairs: Gsm8kPairs::Answer,
+            limit: 25,
+            seed: 7,
+            skip: 0,
+        };
+        let a = answer.load(&data).unwrap();
+        assert_eq!(a.len(), 25);
+        assert_eq!(a, answer.load(&data).unwrap(), "seeded");
+        let problems = gsm8k::load(&data, "test", gsm8k::Gsm8kOptions::default()).unwrap();
+        for (p, problem) in a.iter().zip(&problems) {
+            assert_eq!(
+                p.chosen,
+                format!("{}\nThe answer is {}.", problem.solution, problem.answer)
+            );
+            assert_ne!(p.chosen, p.rejected);
+            assert!(p.rejected.starts_with(&problem.solution));
+        }
+        let reasoning: PairSource = toml::from_str(
+            "source = \"gsm8k\"\nsplit = \"train\"\npairs = \"reasoning\"\nlimit = 5",
+        )
+        .unwrap();
+        for p in reasoning.load(&data).unwrap() {
+            assert!(p.chosen.ends_with(&p.rejected) && p.chosen.len() > p.rejected.len());
+        }
+        assert_eq!(reasoning.subset(), "gsm8k-reasoning");
+        let skipped: PairSource = toml::from_str(
+            "source = \"gsm8k\"\nsplit = \"test\"\npairs = \"reasoning\"\nlimit = 2\nskip = 3",
+        )
+        .unwrap();
+        assert_eq!(
+            skipped.load(&data).unwrap()[0],
+            gsm8k::reasoning_pair(&problems[3])
+        );
+        assert!(
+            toml::from_str::<PairSource>("source = \"gsm8k\"\nsplit = \"dev\"\npairs = \"answer\"")
+                .is_err()
+        );
     }
 
     /// Every shipped `train-rm` recipe parses and validates, and the sections that pick a

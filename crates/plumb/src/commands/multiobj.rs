@@ -1,4 +1,4 @@
-//! `plumb multiobj train | population-test | score | orchestrate | weights`: multi-objective and personalized rewards on
+//! `plumb multiobj train | population-test | dmoerm | score | orchestrate | weights`: multi-objective and personalized rewards on
 //! frozen backbone features (rm_multiobj). Each parses its flags, makes one library call, prints.
 
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use policy_opt::online::orchestrate::{
     OrchestrateRecipe, OrchestrateRequest, markdown, orchestrate,
 };
 use rm_core::types::Prompt;
+use rm_multiobj::dmoerm;
+use rm_multiobj::dmoerm_run::DmoermRecipe;
 use rm_multiobj::model::MultiObjectiveModel;
 use rm_multiobj::orchestrator::Orchestrator;
 use rm_multiobj::pipeline::{MultiObjRecipe, PopulationRecipe, RunRequest, population_test, train};
@@ -23,7 +25,11 @@ pub enum MultiobjCommand {
     Train(RecipeArgs),
     /// Synthetic two-population preferences from HH: one shared Bradley–Terry model vs PAL vs VPL.
     PopulationTest(RecipeArgs),
-    /// Rewards of responses to one prompt under a saved multi-objective model (JSON lines).
+    /// DMoERM: a task router over each task's capability experts (reward-model folders from
+    /// `plumb train-rm`), aggregated by an MLP; report and model folder in run.out_dir.
+    Dmoerm(RecipeArgs),
+    /// Rewards of responses to one prompt under a saved multi-objective or DMoERM model
+    /// (JSON lines).
     Score(ScoreArgs),
     /// The Preference Orchestrator: an adapter giving each prompt its weights over
     /// `[[reward]]` objectives, trained on the preferred responses' rewards (for
@@ -58,7 +64,8 @@ pub struct RecipeArgs {
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// A model folder written by `plumb multiobj train` (run.out_dir/model).
+    /// A model folder written by `plumb multiobj train` or `plumb multiobj dmoerm`
+    /// (run.out_dir/model).
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long)]
@@ -211,6 +218,30 @@ pub fn run(global: &GlobalArgs, cmd: MultiobjCommand) -> Result<()> {
                 let weights: std::collections::BTreeMap<&String, f64> =
                     o.spec.objectives.iter().zip(w).collect();
                 println!("{}", json!({"prompt": p, "weights": weights}));
+            }
+        }
+        MultiobjCommand::Dmoerm(args) => {
+            let mut recipe: DmoermRecipe = rm_core::recipe::load(&args.recipe, &args.overrides)?;
+            if let Some(out) = &global.out {
+                recipe.run.out_dir = out.clone();
+            }
+            let r = rm_multiobj::dmoerm_run::train(&recipe, &request(global, args.quiet)?)?;
+            println!("{}", rm_multiobj::dmoerm_run::markdown(&r));
+            println!(
+                "model: {}   report: {}   ({:.1}s)",
+                r.model_dir.display(),
+                recipe.run.out_dir.join("report.json").display(),
+                r.seconds
+            );
+        }
+        MultiobjCommand::Score(args) if args.model.join(dmoerm::SPEC_FILE).is_file() => {
+            let model = dmoerm::DmoermModel::load(&args.model, &global.device.device()?)?;
+            let scored = model.score(&Prompt::Text(args.prompt.clone()), &args.responses, 16)?;
+            for (resp, s) in args.responses.iter().zip(scored) {
+                println!(
+                    "{}",
+                    json!({"response": resp, "reward": s.reward, "task": s.task, "task_probability": s.task_probability, "capabilities": s.capabilities.into_iter().collect::<std::collections::BTreeMap<String, f64>>()})
+                );
             }
         }
         MultiobjCommand::Score(args) => {

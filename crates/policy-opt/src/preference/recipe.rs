@@ -165,7 +165,8 @@ mod tests {
             r.data.eval,
             PairSource::HhRlhf {
                 split: HhSplit::Dev,
-                limit: 64
+                limit: 64,
+                skip: 0
             }
         );
         let r: PreferenceRecipe = rm_core::recipe::parse(

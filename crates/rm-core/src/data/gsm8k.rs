@@ -6,9 +6,12 @@
 
 use std::path::Path;
 
+use rand::Rng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::{DataError, JsonlReader, Row, locate};
+use crate::types::{PreferencePair, Prompt};
 
 /// One GSM8K problem.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,9 +98,88 @@ pub fn load_file(path: &Path, options: Gsm8kOptions) -> Result<Vec<Gsm8kProblem>
         .collect()
 }
 
+/// A correctness pair: the gold solution ending "The answer is N." (chosen) vs the same solution
+/// ending in a wrong N + d (rejected), `d` a non-zero integer in [−10, 10] drawn from `rng`.
+pub fn answer_pair(problem: &Gsm8kProblem, rng: &mut StdRng) -> PreferencePair {
+    let mut d: i64 = 0;
+    while d == 0 {
+        d = rng.random_range(-10..=10);
+    }
+    let wrong = problem.answer_value + d as f64;
+    let wrong = if wrong.fract() == 0.0 {
+        format!("{}", wrong as i64)
+    } else {
+        format!("{wrong}")
+    };
+    PreferencePair {
+        prompt: Prompt::Text(problem.question.clone()),
+        chosen: format!("{}\nThe answer is {}.", problem.solution, problem.answer),
+        rejected: format!("{}\nThe answer is {wrong}.", problem.solution),
+        margin: None,
+        subset: None,
+        scores: None,
+    }
+}
+
+/// A reasoning pair: the gold solution ending "The answer is N." (chosen) vs the bare line "The
+/// answer is N." with the same, correct N and no worked steps (rejected).
+pub fn reasoning_pair(problem: &Gsm8kProblem) -> PreferencePair {
+    let last = format!("The answer is {}.", problem.answer);
+    PreferencePair {
+        prompt: Prompt::Text(problem.question.clone()),
+        chosen: format!("{}\n{last}", problem.solution),
+        rejected: last,
+        margin: None,
+        subset: None,
+        scores: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn problem() -> Gsm8kProblem {
+        Gsm8kProblem {
+            question: "How many?".into(),
+            solution: "2 + 3 = 5".into(),
+            answer: "5".into(),
+            answer_value: 5.0,
+        }
+    }
+
+    #[test]
+    fn answer_pairs_change_only_the_final_number() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let pair = answer_pair(&problem(), &mut rng);
+            assert_eq!(pair.chosen, "2 + 3 = 5\nThe answer is 5.");
+            let wrong: i64 = pair
+                .rejected
+                .strip_prefix("2 + 3 = 5\nThe answer is ")
+                .and_then(|r| r.strip_suffix('.'))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(wrong != 5 && (wrong - 5).abs() <= 10, "{wrong}");
+        }
+        let half = Gsm8kProblem {
+            answer: "0.5".into(),
+            answer_value: 0.5,
+            ..problem()
+        };
+        let pair = answer_pair(&half, &mut StdRng::seed_from_u64(0));
+        assert!(pair.rejected.ends_with(".5."), "{}", pair.rejected);
+    }
+
+    #[test]
+    fn reasoning_pairs_drop_the_worked_steps() {
+        let pair = reasoning_pair(&problem());
+        assert_eq!(pair.chosen, "2 + 3 = 5\nThe answer is 5.");
+        assert_eq!(pair.rejected, "The answer is 5.");
+        assert_eq!(pair.prompt, Prompt::Text("How many?".into()));
+    }
 
     #[test]
     fn answers_and_annotations() {
