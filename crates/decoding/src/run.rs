@@ -267,6 +267,8 @@ pub enum ScorerSpec {
         dir: PathBuf,
         aggregation: Option<Aggregation>,
     },
+    /// A DMoERM folder (one holding `dmoerm.json`, `plumb multiobj dmoerm`).
+    Dmoerm(PathBuf),
     /// [`KeywordScorer`](crate::KeywordScorer) over these keywords.
     Keywords(Vec<String>),
     /// [`LengthScorer`](crate::LengthScorer) with this target word count.
@@ -283,11 +285,15 @@ pub enum ScorerSpec {
 
 impl ScorerSpec {
     /// `dir` as a scorer: an ensemble folder when it holds `ensemble.json` (scored by
-    /// `aggregation`, else its own), otherwise a reward-model folder; `aggregation` with a
-    /// reward-model folder is an error naming the folder.
+    /// `aggregation`, else its own), a DMoERM folder when it holds `dmoerm.json`, otherwise a
+    /// reward-model folder; `aggregation` with anything but an ensemble is an error naming the
+    /// folder.
     pub fn reward_model(dir: PathBuf, aggregation: Option<Aggregation>) -> Result<Self> {
         if rm_ensembles::is_ensemble_dir(&dir) {
             return Ok(Self::Ensemble { dir, aggregation });
+        }
+        if rm_multiobj::dmoerm::is_dmoerm_dir(&dir) && aggregation.is_none() {
+            return Ok(Self::Dmoerm(dir));
         }
         if let Some(a) = aggregation {
             return Err(DecodeError::config(
@@ -307,7 +313,9 @@ impl ScorerSpec {
     /// not exist.
     pub fn check(&self) -> Result<()> {
         match self {
-            Self::RewardModel(dir) | Self::Ensemble { dir, .. } if !dir.exists() => {
+            Self::RewardModel(dir) | Self::Ensemble { dir, .. } | Self::Dmoerm(dir)
+                if !dir.exists() =>
+            {
                 Err(DecodeError::File {
                     path: dir.clone(),
                     reason: "no such reward model folder".into(),
@@ -336,6 +344,9 @@ impl ScorerSpec {
                 }
                 Box::new(EnsembleScorer::new(ensemble, aggregation.clone(), 16))
             }
+            Self::Dmoerm(dir) => Box::new(
+                rm_multiobj::dmoerm::DmoermModel::load(dir, device).map_err(DecodeError::model)?,
+            ),
             Self::Keywords(k) => Box::new(crate::KeywordScorer {
                 keywords: k.clone(),
             }),

@@ -54,6 +54,19 @@ impl Scorer for rm_ensembles::EnsembleScorer {
     }
 }
 
+/// A DMoERM folder (`plumb multiobj dmoerm`) scores with its routed task's aggregated reward
+/// ([`rm_multiobj::dmoerm`]), 16 texts per forward pass.
+impl Scorer for rm_multiobj::dmoerm::DmoermModel {
+    fn score(&mut self, pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Ok(self
+            .score_items(pairs, 16)
+            .map_err(|e| DecodeError::Scorer(format!("{e:#}")))?
+            .into_iter()
+            .map(|s| s.reward as f32)
+            .collect())
+    }
+}
+
 /// A scorer from a closure `f(prompt, response) → reward` (keyword or length rewards, tests).
 pub struct FnScorer<F>(pub F);
 

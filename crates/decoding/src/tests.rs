@@ -1266,6 +1266,67 @@ fn tiny_policy_and_prompts(root: &std::path::Path) -> PathBuf {
     policy
 }
 
+/// `plumb decode --rm DMOERM_DIR`: a DMoERM folder is recognised and every decoded line's
+/// reward is its aggregate, here the sum of its two experts' own rewards.
+#[test]
+fn decode_scores_with_a_dmoerm_folder() {
+    use rm_core::models::reward::RewardModelBundle;
+    let root = temp_dir("dmoerm-decode");
+    let device = test_device();
+    let (a, b, _) = tiny_reward_models(&root);
+    let dmoerm = root.join("dmoerm");
+    rm_multiobj::dmoerm::fixtures::write_sum_of_two(
+        &dmoerm,
+        &root.join("rm-a-backbone"),
+        16,
+        [&a, &b],
+    )
+    .unwrap();
+    let policy = tiny_policy_and_prompts(&root);
+    let spec = ScorerSpec::reward_model(dmoerm.clone(), None).unwrap();
+    assert!(matches!(spec, ScorerSpec::Dmoerm(_)), "{spec:?}");
+    let req = DecodeRequest {
+        policy,
+        scorer: spec,
+        arm: None,
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        data_dir: root.clone(),
+        config: config(
+            Strategy::BestOfN {
+                n: 3,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            5,
+        ),
+        seed: 7,
+        curve: vec![],
+        out: root.join("decoded.jsonl"),
+        step_pairs: None,
+        device: device.clone(),
+    };
+    run_decode(&req, &mut |_| {}).unwrap();
+    let mut a = RewardModelBundle::load(&a, &device).unwrap();
+    let mut b = RewardModelBundle::load(&b, &device).unwrap();
+    let text = std::fs::read_to_string(&req.out).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let prompt: Prompt = serde_json::from_value(v["prompt"].clone()).unwrap();
+        let response = v["text"].as_str().unwrap();
+        let sum = a.score(&[(&prompt, response)]).unwrap()[0]
+            + b.score(&[(&prompt, response)]).unwrap()[0];
+        let got = v["reward"].as_f64().unwrap() as f32;
+        assert!((got - sum).abs() < 1e-4, "{got} vs {sum}: {line}");
+    }
+    let e = ScorerSpec::reward_model(dmoerm, Some(rm_ensembles::Aggregation::Min))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dmoerm"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
 /// `plumb decode --rm ENSEMBLE_DIR [--aggregation A]`: every decoded line's reward is the
 /// aggregation of the two members' own rewards of its text.
 #[test]

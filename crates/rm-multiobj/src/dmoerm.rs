@@ -573,45 +573,152 @@ impl DmoermModel {
         responses: &[String],
         batch_size: usize,
     ) -> Result<Vec<DmoermScore>> {
-        let prompt_text = self.router_embedder.prompt_text(prompt)?;
-        let phi = self
-            .router_embedder
-            .embed(&[prompt_text], batch_size)?
-            .remove(0);
-        let (t, p) = self.spec.router.route(&phi);
-        let task = &self.spec.tasks[t];
-        let mut parts = Vec::new();
-        let mut own = Vec::new();
-        for expert in &self.experts[t] {
-            let texts = responses
-                .iter()
-                .map(|r| expert.embedder.pair_text(prompt, r))
-                .collect::<Result<Vec<_>>>()?;
-            let features = expert.embedder.embed(&texts, batch_size)?;
-            own.push(
-                features
-                    .iter()
-                    .map(|f| expert.reward(f) as f64)
-                    .collect::<Vec<_>>(),
-            );
-            parts.push(expert.outputs(&features, task.input));
+        let items: Vec<(&Prompt, &str)> = responses.iter().map(|r| (prompt, r.as_str())).collect();
+        self.score_items(&items, batch_size)
+    }
+
+    /// Scores (prompt, response) items: each distinct prompt routed once, then each task's
+    /// items through that task's experts in batches of `batch_size` texts.
+    pub fn score_items(
+        &self,
+        items: &[(&Prompt, &str)],
+        batch_size: usize,
+    ) -> Result<Vec<DmoermScore>> {
+        let mut prompts: Vec<&Prompt> = Vec::new();
+        let mut prompt_of = Vec::with_capacity(items.len());
+        for (p, _) in items {
+            let i = match prompts.iter().position(|q| q == p) {
+                Some(i) => i,
+                None => {
+                    prompts.push(p);
+                    prompts.len() - 1
+                }
+            };
+            prompt_of.push(i);
         }
-        let rows = concat_outputs(&parts);
-        Ok(rows
+        let texts = prompts
             .iter()
-            .enumerate()
-            .map(|(i, row)| DmoermScore {
-                task: task.name.clone(),
-                task_probability: p,
-                capabilities: task
-                    .experts
+            .map(|p| self.router_embedder.prompt_text(p))
+            .collect::<Result<Vec<_>>>()?;
+        let routes: Vec<(usize, f64)> = if texts.is_empty() {
+            Vec::new()
+        } else {
+            self.router_embedder
+                .embed(&texts, batch_size)?
+                .iter()
+                .map(|phi| self.spec.router.route(phi))
+                .collect()
+        };
+        let mut out: Vec<Option<DmoermScore>> = vec![None; items.len()];
+        for (t, task) in self.spec.tasks.iter().enumerate() {
+            let mine: Vec<usize> = (0..items.len())
+                .filter(|&i| routes[prompt_of[i]].0 == t)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut parts = Vec::new();
+            let mut own = Vec::new();
+            for expert in &self.experts[t] {
+                let texts = mine
                     .iter()
-                    .zip(&own)
-                    .map(|(e, r)| (e.capability.clone(), r[i]))
-                    .collect(),
-                reward: task.aggregator.reward(row),
-            })
+                    .map(|&i| expert.embedder.pair_text(items[i].0, items[i].1))
+                    .collect::<Result<Vec<_>>>()?;
+                let features = expert.embedder.embed(&texts, batch_size)?;
+                own.push(
+                    features
+                        .iter()
+                        .map(|f| expert.reward(f) as f64)
+                        .collect::<Vec<_>>(),
+                );
+                parts.push(expert.outputs(&features, task.input));
+            }
+            for (row_index, (&i, row)) in mine.iter().zip(concat_outputs(&parts)).enumerate() {
+                out[i] = Some(DmoermScore {
+                    task: task.name.clone(),
+                    task_probability: routes[prompt_of[i]].1,
+                    capabilities: task
+                        .experts
+                        .iter()
+                        .zip(&own)
+                        .map(|(e, r)| (e.capability.clone(), r[row_index]))
+                        .collect(),
+                    reward: task.aggregator.reward(&row),
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| s.expect("every item is routed to one task"))
             .collect())
+    }
+}
+
+/// Whether `dir` holds a DMoERM model ([`SPEC_FILE`]).
+pub fn is_dmoerm_dir(dir: &Path) -> bool {
+    dir.join(SPEC_FILE).is_file()
+}
+
+/// Hand-built DMoERM folders for the tests of downstream crates (a scorer's test needs a real
+/// folder to load, not a training run).
+pub mod fixtures {
+    use super::*;
+
+    /// Writes to `dir` a one-task DMoERM over two expert folders whose reward is the sum of
+    /// the experts' own rewards: `input = "rewards"`, no standardization, hidden layer
+    /// `ReLU(r_a + 10), ReLU(r_b + 10)`, output `h_1 + h_2 − 20` (exact while both rewards
+    /// are above −10). The router reads `router_backbone` (an HF folder of hidden size `dim`)
+    /// and, with one task, always routes to it.
+    pub fn write_sum_of_two(
+        dir: &Path,
+        router_backbone: &Path,
+        dim: usize,
+        experts: [&Path; 2],
+    ) -> Result<()> {
+        let linear = |d_in: usize, d_out: usize, weight: Vec<f32>, bias: Vec<f32>| HostLinear {
+            d_in,
+            d_out,
+            weight,
+            bias,
+        };
+        let spec = DmoermSpec {
+            format_version: FORMAT_VERSION,
+            router_embedder: EmbedderConfig::Backbone {
+                path: std::path::absolute(router_backbone)?,
+                pooling: None,
+                max_len: 32,
+            },
+            router: HostRouter {
+                standardizer: Standardizer {
+                    mean: vec![0.0; dim],
+                    std: vec![1.0; dim],
+                },
+                linear: linear(dim, 1, vec![0.0; dim], vec![0.0]),
+            },
+            tasks: vec![TaskModel {
+                name: "only".into(),
+                experts: experts
+                    .iter()
+                    .zip(["a", "b"])
+                    .map(|(p, c)| {
+                        Ok(ExpertSpec {
+                            capability: c.into(),
+                            path: std::path::absolute(p)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                input: ExpertOutput::Rewards,
+                aggregator: HostAggregator {
+                    standardizer: Standardizer {
+                        mean: vec![0.0; 2],
+                        std: vec![1.0; 2],
+                    },
+                    hidden: linear(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![10.0, 10.0]),
+                    out: linear(2, 1, vec![1.0, 1.0], vec![-20.0]),
+                },
+            }],
+        };
+        spec.save(dir)
     }
 }
 

@@ -9,6 +9,7 @@ use rm_core::chat::ChatTemplate;
 use rm_core::fixtures::write_tiny_llama;
 use rm_core::models::reward::{RewardModelBundle, RewardModelConfig};
 use rm_core::tokenize::TruncationSide;
+use rm_core::types::Prompt;
 use rm_multiobj::dmoerm::{DmoermModel, SPEC_FILE};
 use rm_multiobj::dmoerm_run::{DmoermRecipe, train};
 use rm_multiobj::pipeline::RunRequest;
@@ -160,6 +161,8 @@ fn routes_tasks_aggregates_experts_and_the_folder_scores_what_the_report_measure
     let model = DmoermModel::load(&report.model_dir, &request.device).unwrap();
     let mut right = 0;
     let mut routed_right = 0;
+    let mut all_pairs = Vec::new();
+    let mut one_by_one = Vec::new();
     for (t, file) in ["alpha-dev.jsonl", "beta-dev.jsonl"].iter().enumerate() {
         let pairs = PairSource::Jsonl {
             path: root.join(file),
@@ -173,6 +176,8 @@ fn routes_tasks_aggregates_experts_and_the_folder_scores_what_the_report_measure
                 .score(&p.prompt, &[p.chosen.clone(), p.rejected.clone()], 4)
                 .unwrap();
             right += usize::from(s[0].reward > s[1].reward);
+            one_by_one.extend([s[0].reward, s[1].reward]);
+            all_pairs.push(p.clone());
             routed_right += usize::from(s[0].task == report.tasks[t].name);
             assert!((0.0..=1.0).contains(&s[0].task_probability));
             // Each capability's reward is its expert folder's own reward.
@@ -194,6 +199,22 @@ fn routes_tasks_aggregates_experts_and_the_folder_scores_what_the_report_measure
             );
         }
     }
+    // Both tasks' items in one call (prompts interleaved, batches across tasks) score the same.
+    let items: Vec<(&Prompt, &str)> = all_pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                (&p.prompt, p.chosen.as_str()),
+                (&p.prompt, p.rejected.as_str()),
+            ]
+        })
+        .collect();
+    let together = model.score_items(&items, 3).unwrap();
+    assert_eq!(together.len(), one_by_one.len());
+    for (t, &o) in together.iter().zip(&one_by_one) {
+        assert!((t.reward - o).abs() < 1e-4, "{} vs {o}", t.reward);
+    }
+    assert!(model.score_items(&[], 3).unwrap().is_empty());
     assert!(
         (right as f64 / 32.0 - report.routed_dev_accuracy).abs() < 1e-9,
         "{right}/32 vs {}",

@@ -9,7 +9,8 @@
 //!   Language Models").
 //!
 //! An ensemble folder (`ensemble.json`, `plumb train-rm` with `[ensemble]`) works too: its
-//! aggregation of the members' normalized rewards.
+//! aggregation of the members' normalized rewards; so does a DMoERM folder (`dmoerm.json`,
+//! `plumb multiobj dmoerm`): its routed task's aggregated reward.
 //!
 //! A batch is scored in one call; when that fails (a prompt its chat template cannot render,
 //! a non-finite reward, …) every sample is scored on its own and only those that fail are
@@ -77,6 +78,9 @@ impl ModelReward {
     pub fn load(name: &str, spec: &RewardModelSpec, device: &Device) -> anyhow::Result<Self> {
         if rm_pipeline::ensemble::is_ensemble_dir(&spec.path) {
             return Self::ensemble(name, spec, device);
+        }
+        if rm_multiobj::dmoerm::is_dmoerm_dir(&spec.path) {
+            return Self::dmoerm(name, spec, device);
         }
         let bundle = RewardModelBundle::load(&spec.path, device)
             .with_context(|| format!("reward model {}", spec.path.display()))?;
@@ -151,6 +155,57 @@ impl ModelReward {
             name: name.to_string(),
             scorer: Mutex::new(Box::new(scorer)),
         })
+    }
+}
+
+impl ModelReward {
+    /// A DMoERM folder (`dmoerm.json`, `plumb multiobj dmoerm`): the routed task's aggregated
+    /// reward. It has one scale and one output, so `transform` must be `raw` and `attribute`
+    /// unset.
+    fn dmoerm(name: &str, spec: &RewardModelSpec, device: &Device) -> anyhow::Result<Self> {
+        if spec.batch_size == 0 {
+            anyhow::bail!("reward_model: batch_size must be at least 1");
+        }
+        if spec.transform != RmTransform::Raw || spec.attribute.is_some() {
+            anyhow::bail!(
+                "reward_model {}: a DMoERM folder gives one raw reward; drop transform and attribute",
+                spec.path.display()
+            );
+        }
+        let model = rm_multiobj::dmoerm::DmoermModel::load(&spec.path, device)
+            .with_context(|| format!("DMoERM {}", spec.path.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            scorer: Mutex::new(Box::new(DmoermScorer {
+                model,
+                batch_size: spec.batch_size,
+                name: name.to_string(),
+            })),
+        })
+    }
+}
+
+/// A DMoERM model as a [`Scorer`].
+struct DmoermScorer {
+    model: rm_multiobj::dmoerm::DmoermModel,
+    batch_size: usize,
+    name: String,
+}
+
+impl Scorer for DmoermScorer {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn score(&mut self, items: &[ScoreItem<'_>]) -> anyhow::Result<Vec<f32>> {
+        let pairs: Vec<(&rm_core::types::Prompt, &str)> =
+            items.iter().map(|i| (i.prompt, i.response)).collect();
+        Ok(self
+            .model
+            .score_items(&pairs, self.batch_size)?
+            .into_iter()
+            .map(|s| s.reward as f32)
+            .collect())
     }
 }
 

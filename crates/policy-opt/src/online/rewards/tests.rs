@@ -478,6 +478,54 @@ fn the_reward_model_component_scores_as_the_model_and_masks_unscorable_samples()
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A DMoERM folder as `kind = "reward_model"`: its aggregate (here twice the one expert's
+/// reward, the expert read as both of its capabilities), scored per sample across prompts; a
+/// transform or an attribute is refused.
+#[test]
+fn the_reward_model_component_reads_a_dmoerm_folder() {
+    let root = temp_dir("dmoerm");
+    let (dir, bundle) = tiny_rm(&root);
+    let device = test_device();
+    let dmoerm = root.join("dmoerm");
+    rm_multiobj::dmoerm::fixtures::write_sum_of_two(&dmoerm, &root.join("base"), 16, [&dir, &dir])
+        .unwrap();
+    let config = |transform: RmTransform| RewardComponentConfig {
+        name: Some("dmoerm".into()),
+        weight: 1.0,
+        spec: RewardSpec::RewardModel {
+            path: dmoerm.clone(),
+            transform,
+            batch_size: Some(2),
+            attribute: None,
+        },
+        clip: None,
+    };
+    let prompts = [Prompt::Text("w3 w4".into()), Prompt::Text("w8".into())];
+    let items = [(0, "w5 w6 w7"), (1, "w9"), (0, "w10 w11")];
+    let batch: Vec<RewardSample<'_>> = items
+        .iter()
+        .map(|&(p, c)| RewardSample {
+            prompt: &prompts[p],
+            completion: c,
+            references: &[],
+            truncated: false,
+        })
+        .collect();
+    let set = RewardSet::build(&[config(RmTransform::Raw)], &device).unwrap();
+    let out = set.score(&batch);
+    for (o, &(p, c)) in out.iter().zip(&items) {
+        close(o.total, 2.0 * raw_reward(&bundle, &prompts[p], c));
+    }
+    let e = format!(
+        "{:#}",
+        RewardSet::build(&[config(RmTransform::Normalized)], &device)
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("DMoERM folder gives one raw reward"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// "Beyond Monolithic Rewards" (hybrid): a learned reward model, a verifiable rule and a length
 /// penalty in one set.
 #[test]
