@@ -1266,6 +1266,37 @@ fn tiny_policy_and_prompts(root: &std::path::Path) -> PathBuf {
     policy
 }
 
+/// Best-of-3 over `root/prompts.jsonl` (5 new tokens, seed 7) scored by `scorer`, written to
+/// `root/decoded.jsonl`.
+fn best_of_3_request(
+    root: &std::path::Path,
+    policy: &std::path::Path,
+    scorer: ScorerSpec,
+) -> DecodeRequest {
+    let (root, policy, device) = (root.to_path_buf(), policy.to_path_buf(), test_device());
+    DecodeRequest {
+        policy: policy.clone(),
+        scorer,
+        arm: None,
+        input: PromptSource::File(root.join("prompts.jsonl")),
+        prompts: 10,
+        data_dir: root.clone(),
+        config: config(
+            Strategy::BestOfN {
+                n: 3,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            5,
+        ),
+        seed: 7,
+        curve: vec![],
+        out: root.join("decoded.jsonl"),
+        step_pairs: None,
+        device: device.clone(),
+    }
+}
+
 /// `plumb decode --rm DMOERM_DIR`: a DMoERM folder is recognised and every decoded line's
 /// reward is its aggregate, here the sum of its two experts' own rewards.
 #[test]
@@ -1285,27 +1316,7 @@ fn decode_scores_with_a_dmoerm_folder() {
     let policy = tiny_policy_and_prompts(&root);
     let spec = ScorerSpec::reward_model(dmoerm.clone(), None).unwrap();
     assert!(matches!(spec, ScorerSpec::Dmoerm(_)), "{spec:?}");
-    let req = DecodeRequest {
-        policy,
-        scorer: spec,
-        arm: None,
-        input: PromptSource::File(root.join("prompts.jsonl")),
-        prompts: 10,
-        data_dir: root.clone(),
-        config: config(
-            Strategy::BestOfN {
-                n: 3,
-                temperature: 1.0,
-                top_p: 1.0,
-            },
-            5,
-        ),
-        seed: 7,
-        curve: vec![],
-        out: root.join("decoded.jsonl"),
-        step_pairs: None,
-        device: device.clone(),
-    };
+    let req = best_of_3_request(&root, &policy, spec);
     run_decode(&req, &mut |_| {}).unwrap();
     let mut a = RewardModelBundle::load(&a, &device).unwrap();
     let mut b = RewardModelBundle::load(&b, &device).unwrap();
@@ -1336,27 +1347,7 @@ fn decode_scores_with_an_ensemble_folder_and_its_aggregation() {
     let device = test_device();
     let (a, b, ensemble) = tiny_reward_models(&root);
     let policy = tiny_policy_and_prompts(&root);
-    let request = |scorer| DecodeRequest {
-        policy: policy.clone(),
-        scorer,
-        arm: None,
-        input: PromptSource::File(root.join("prompts.jsonl")),
-        prompts: 10,
-        data_dir: root.clone(),
-        config: config(
-            Strategy::BestOfN {
-                n: 3,
-                temperature: 1.0,
-                top_p: 1.0,
-            },
-            5,
-        ),
-        seed: 7,
-        curve: vec![],
-        out: root.join("decoded.jsonl"),
-        step_pairs: None,
-        device: device.clone(),
-    };
+    let request = |scorer| best_of_3_request(&root, &policy, scorer);
     let mut a = RewardModelBundle::load(&a, &device).unwrap();
     let mut b = RewardModelBundle::load(&b, &device).unwrap();
     let mut saw_disagreement = false;

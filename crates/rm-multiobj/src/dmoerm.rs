@@ -207,6 +207,43 @@ pub struct FitTrace {
     pub steps: usize,
 }
 
+/// `steps` full-batch AdamW steps on `loss(net)`; a non-finite loss stops with an error naming
+/// `what` and the step.
+fn fit_full_batch<M: Module>(
+    what: &str,
+    mut net: M,
+    steps: usize,
+    lr: f64,
+    weight_decay: f64,
+    loss: impl Fn(&M) -> Tensor<1>,
+) -> Result<(M, FitTrace)> {
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(weight_decay as f32)
+        .init();
+    let (mut first, mut last) = (f64::NAN, f64::NAN);
+    for step in 0..steps {
+        let l = loss(&net);
+        let value = tensor_vec(l.clone())?[0] as f64;
+        if !value.is_finite() {
+            bail!("{what}: the loss became {value} at step {step}");
+        }
+        if step == 0 {
+            first = value;
+        }
+        last = value;
+        let grads = GradientsParams::from_grads(l.backward(), &net);
+        net = optim.step(lr, net, grads);
+    }
+    Ok((
+        net,
+        FitTrace {
+            first_loss: first,
+            last_loss: last,
+            steps,
+        },
+    ))
+}
+
 /// The aggregator MLP on the device (training only).
 #[derive(Module, Debug)]
 pub struct AggregatorNetwork {
@@ -277,36 +314,26 @@ pub fn train_aggregator(
         tensor_2d(&refs, &ad)
     };
     let (zc, zr) = (rows(chosen), rows(rejected));
-    let mut net = AggregatorNetwork::new(standardizer.dim(), config.hidden, config.seed, &ad);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
-    let (mut first, mut last) = (f64::NAN, f64::NAN);
-    for step in 0..config.steps {
-        let margin = net.forward(zc.clone()) - net.forward(zr.clone());
-        let loss = log_sigmoid(margin).mean().neg();
-        let value = tensor_vec(loss.clone())?[0] as f64;
-        if !value.is_finite() {
-            bail!("aggregator: the loss became {value} at step {step}");
-        }
-        if step == 0 {
-            first = value;
-        }
-        last = value;
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(config.lr, net, grads);
-    }
+    let net = AggregatorNetwork::new(standardizer.dim(), config.hidden, config.seed, &ad);
+    let (net, trace) = fit_full_batch(
+        "aggregator",
+        net,
+        config.steps,
+        config.lr,
+        config.weight_decay,
+        |net| {
+            log_sigmoid(net.forward(zc.clone()) - net.forward(zr.clone()))
+                .mean()
+                .neg()
+        },
+    )?;
     Ok((
         HostAggregator {
             standardizer,
             hidden: HostLinear::from_linear(&net.hidden)?,
             out: HostLinear::from_linear(&net.out)?,
         },
-        FitTrace {
-            first_loss: first,
-            last_loss: last,
-            steps: config.steps,
-        },
+        trace,
     ))
 }
 
@@ -371,35 +398,24 @@ pub fn train_router(
     }
     let y = Tensor::<2>::from_data(TensorData::new(onehot, [n, tasks]), &ad);
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x4017);
-    let mut net = seeded_linear(standardizer.dim(), tasks, &mut rng, &ad);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
-    let (mut first, mut last) = (f64::NAN, f64::NAN);
-    for step in 0..config.steps {
-        let logp = log_softmax(net.forward(x.clone()), 1);
-        let loss = (logp * y.clone()).sum().div_scalar(n as f64).neg();
-        let value = tensor_vec(loss.clone())?[0] as f64;
-        if !value.is_finite() {
-            bail!("router: the loss became {value} at step {step}");
-        }
-        if step == 0 {
-            first = value;
-        }
-        last = value;
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(config.lr, net, grads);
-    }
+    let net = seeded_linear(standardizer.dim(), tasks, &mut rng, &ad);
+    let (net, trace) = fit_full_batch(
+        "router",
+        net,
+        config.steps,
+        config.lr,
+        config.weight_decay,
+        |net| {
+            let logp = log_softmax(net.forward(x.clone()), 1);
+            (logp * y.clone()).sum().div_scalar(n as f64).neg()
+        },
+    )?;
     Ok((
         HostRouter {
             standardizer,
             linear: HostLinear::from_linear(&net)?,
         },
-        FitTrace {
-            first_loss: first,
-            last_loss: last,
-            steps: config.steps,
-        },
+        trace,
     ))
 }
 

@@ -22,7 +22,7 @@ use crate::dmoerm::{
 };
 use crate::features::{CacheStatus, Embedder, FeatureCache};
 use crate::linalg::pair_accuracy;
-use crate::pipeline::{RunConfig, RunRequest, write_report};
+use crate::pipeline::{RunConfig, RunRequest, cached_features, write_report};
 
 /// One task of the recipe (`[[task]]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,18 +135,14 @@ impl Cached<'_> {
         name: &str,
         texts: Vec<String>,
     ) -> Result<Vec<Vec<f32>>> {
-        let start = Instant::now();
-        let (f, status) = self
-            .cache
-            .get_or_compute(embedder.id(), &texts, |t| {
-                embedder.embed(t, self.batch_size)
-            })
-            .with_context(|| format!("features of {name}"))?;
-        self.request.log(format!(
-            "features {name}: {} texts, {status:?} in {:.1}s",
-            texts.len(),
-            start.elapsed().as_secs_f64()
-        ));
+        let (f, status) = cached_features(
+            &self.cache,
+            embedder,
+            self.batch_size,
+            name,
+            &texts,
+            self.request,
+        )?;
         self.statuses.push((name.to_string(), status));
         Ok(f)
     }

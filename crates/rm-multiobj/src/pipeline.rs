@@ -241,6 +241,28 @@ fn rows(v: &[Vec<f32>]) -> Vec<&[f32]> {
 /// Feature vectors, one per text.
 type Features = Vec<Vec<f32>>;
 
+/// The features of `texts` under `embedder`, read from the cache or computed and stored;
+/// logged with `name`, the count, the cache status and the time.
+pub(crate) fn cached_features(
+    cache: &FeatureCache,
+    embedder: &Embedder,
+    batch_size: usize,
+    name: &str,
+    texts: &[String],
+    request: &RunRequest,
+) -> Result<(Features, CacheStatus)> {
+    let start = Instant::now();
+    let (f, status) = cache
+        .get_or_compute(embedder.id(), texts, |t| embedder.embed(t, batch_size))
+        .with_context(|| format!("features of {name}"))?;
+    request.log(format!(
+        "features {name}: {} texts, {status:?} in {:.1}s",
+        texts.len(),
+        start.elapsed().as_secs_f64()
+    ));
+    Ok((f, status))
+}
+
 /// Features of named text groups through the cache.
 struct Featurizer<'a> {
     embedder: &'a Embedder,
@@ -252,18 +274,14 @@ struct Featurizer<'a> {
 
 impl Featurizer<'_> {
     fn features(&mut self, name: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
-        let start = Instant::now();
-        let (f, status) = self
-            .cache
-            .get_or_compute(self.embedder.id(), &texts, |t| {
-                self.embedder.embed(t, self.batch_size)
-            })
-            .with_context(|| format!("features of {name}"))?;
-        self.request.log(format!(
-            "features {name}: {} texts, {status:?} in {:.1}s",
-            texts.len(),
-            start.elapsed().as_secs_f64()
-        ));
+        let (f, status) = cached_features(
+            &self.cache,
+            self.embedder,
+            self.batch_size,
+            name,
+            &texts,
+            self.request,
+        )?;
         self.statuses.push((name.to_string(), status));
         Ok(f)
     }
