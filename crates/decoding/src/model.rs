@@ -41,6 +41,16 @@ impl DecodeModel {
     /// adapters merged) or a plain model folder / `.gguf` (ChatML, up to
     /// `min(max_position_embeddings, 512)` tokens), as `plumb generate` and `eval-po` do.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_steered(dir, device, None)
+    }
+
+    /// [`DecodeModel::load`] with a MAH-DPO policy's action heads mixed by `weights`
+    /// ([`rm_core::models::action_heads`]).
+    pub fn load_steered(
+        dir: &Path,
+        device: &Device,
+        weights: Option<&rm_core::models::action_heads::HeadWeights>,
+    ) -> Result<Self> {
         if !dir.exists() {
             return Err(DecodeError::File {
                 path: dir.to_path_buf(),
@@ -52,7 +62,7 @@ impl DecodeModel {
         } else {
             None
         };
-        let lm = CausalLm::load(dir, device).map_err(DecodeError::model)?;
+        let lm = CausalLm::load_steered(dir, device, weights).map_err(DecodeError::model)?;
         Ok(match spec {
             Some(spec) => Self::new(lm, spec.template, spec.max_len),
             None => {

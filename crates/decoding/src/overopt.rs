@@ -419,6 +419,7 @@ pub fn run_overopt(
                 batch_size: *batch_size,
                 out: out.join("samples.jsonl"),
                 device: request.device.clone(),
+                head_weights: None,
             })?;
             progress(&format!(
                 "sampled {} completions, {} tokens in {:.0} s ({:.1} tokens/s)",

@@ -31,6 +31,8 @@ pub struct SampleRequest {
     pub batch_size: usize,
     pub out: PathBuf,
     pub device: Device,
+    /// A MAH-DPO policy's head mixture (`None`: its default weights).
+    pub head_weights: Option<rm_core::models::action_heads::HeadWeights>,
 }
 
 /// What a sampling run did.
@@ -57,7 +59,11 @@ pub fn sample_prompts(request: &SampleRequest) -> Result<SampleOutcome> {
         .sampling
         .validate()
         .map_err(|e| DecodeError::config("sampling", format!("{e:#}")))?;
-    let model = DecodeModel::load(&request.model, &request.device)?;
+    let model = DecodeModel::load_steered(
+        &request.model,
+        &request.device,
+        request.head_weights.as_ref(),
+    )?;
     let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
     let mut config = request.sampling.clone();
     config.stop_tokens.extend(model.stop_tokens());

@@ -1078,6 +1078,7 @@ fn sample_prompts_writes_every_sample_of_every_prompt() {
         batch_size: 4,
         out: root.join("samples.jsonl"),
         device: device.clone(),
+        head_weights: None,
     };
     let outcome = crate::sample_prompts(&request(2, 0.0)).unwrap();
     assert_eq!((outcome.prompts, outcome.samples), (3, 6));

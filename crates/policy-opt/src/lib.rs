@@ -8,4 +8,6 @@
 pub mod online;
 pub mod preference;
 
-pub use preference::{PreferenceRecipe, PreferenceReport, train_preference_policy};
+pub use preference::{
+    PoRecipe, PreferenceRecipe, PreferenceReport, train_po, train_preference_policy,
+};

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use rm_core::chat::ChatTemplate;
 use rm_core::logprobs::text_logprobs;
+use rm_core::models::action_heads::HeadWeights;
 use rm_core::models::bert::BertEmbedder;
 use rm_core::models::llama::CausalLm;
 use rm_core::models::pooling::Pooling;
@@ -134,6 +135,10 @@ pub struct GenerateArgs {
     /// Print JSON (tokens, sampling and model log-probs) instead of plain text.
     #[arg(long)]
     pub json: bool,
+    /// A MAH-DPO policy's head mixture, `NAME=WEIGHT,…` (normalised; heads not named get 0;
+    /// absent: the weights it was trained with).
+    #[arg(long)]
+    pub head_weights: Option<HeadWeights>,
 }
 
 /// Renders each prompt with ChatML and samples continuations in one batch with the KV cache.
@@ -160,6 +165,7 @@ pub fn generate_cmd(global: &GlobalArgs, args: GenerateArgs) -> Result<()> {
             batch_size: args.batch_size,
             out: out.clone(),
             device,
+            head_weights: args.head_weights.clone(),
         })?;
         println!(
             "{} samples of {} prompts ({} tokens, {:.1} tokens/s) written to {}",
@@ -171,7 +177,7 @@ pub fn generate_cmd(global: &GlobalArgs, args: GenerateArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let lm = CausalLm::load(&args.model, &device)?;
+    let lm = CausalLm::load_steered(&args.model, &device, args.head_weights.as_ref())?;
     let prompts = args
         .prompts
         .iter()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use policy_opt::preference::{PolicyEvalRequest, evaluate_policy};
-use policy_opt::{PreferenceRecipe, PreferenceReport, train_preference_policy};
+use policy_opt::{PoRecipe, PreferenceReport};
 use rm_pipeline::eval::{EvalInput, ReportTarget};
 
 use super::reward::{
@@ -16,11 +16,11 @@ use crate::GlobalArgs;
 
 /// `plumb train-po`.
 pub fn train_po(global: &GlobalArgs, args: TrainArgs) -> Result<()> {
-    let mut recipe = PreferenceRecipe::load(&args.recipe, &args.overrides)?;
+    let mut recipe = PoRecipe::load(&args.recipe, &args.overrides)?;
     if let Some(out) = &global.out {
-        recipe.train.out_dir = out.clone();
+        recipe.set_out_dir(out.clone());
     }
-    let report = train_preference_policy(recipe, &args.request(global)?)?;
+    let report = policy_opt::train_po(recipe, &args.request(global)?)?;
     print_report(&report);
     Ok(())
 }

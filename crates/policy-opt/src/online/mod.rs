@@ -22,6 +22,7 @@ pub mod prompts;
 pub mod recipe;
 pub mod rewards;
 pub mod rollout;
+pub mod scir;
 pub mod step_labels;
 pub mod task;
 pub mod train;

@@ -285,6 +285,13 @@ pub struct OnlineDpoConfig {
     /// previous iterate is part of every checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cream: bool,
+    /// SCIR (Zhou et al. 2025, "Self-Consistency of the Internal Reward Models Improves
+    /// Self-Rewarding Language Models"), with `label = "implicit"`: the policy also judges each
+    /// pair as an LLM judge; the consistency loss `λ·L_con` pulls its implicit and generative
+    /// judgments together and DPO trains only the pairs where they agree, labelled by that
+    /// agreement ([`crate::online::scir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scir: Option<super::scir::ScirConfig>,
 }
 
 impl OnlineDpoConfig {
@@ -645,6 +652,19 @@ impl RlRecipe {
                     "algorithm.online_dpo.min_gap is a win-rate gap: it applies to label = \"win_rate\" only"
                 );
             }
+            if let Some(scir) = &o.scir {
+                scir.validate().context("algorithm.online_dpo.scir")?;
+                if o.label != PairLabel::Implicit {
+                    bail!(
+                        "algorithm.online_dpo.scir makes the policy's own reward models agree: set label = \"implicit\""
+                    );
+                }
+                if o.cream {
+                    bail!(
+                        "algorithm.online_dpo: scir and cream both regularise the self-rewarding labels; use one"
+                    );
+                }
+            }
             if o.cream && o.label != PairLabel::Implicit {
                 bail!(
                     "algorithm.online_dpo.cream regularises the policy's own (implicit) labels: set label = \"implicit\""
@@ -968,6 +988,17 @@ mod tests {
             };
             assert!(err.contains(says), "{bad}: {err}");
         }
+        let scir: RlRecipe = rm_core::recipe::parse(
+            include_str!("../../../../recipes/scir-smollm2-hh.toml"),
+            "scir",
+            &[],
+        )
+        .unwrap();
+        let online_dpo = scir.algorithm.online_dpo.as_ref().unwrap();
+        assert_eq!(online_dpo.label, PairLabel::Implicit);
+        let scir_config = online_dpo.scir.as_ref().unwrap();
+        assert_eq!(scir_config.answers, ["A".to_string(), "B".to_string()]);
+        scir_config.validate().unwrap();
         let online = include_str!("../../../../recipes/online-dpo-smollm2-hh.toml");
         for (bad, says) in [
             ("algorithm.online_dpo.min_gap=0.1", "win_rate\" only"),

@@ -56,7 +56,8 @@ use super::implicit_prm::ImplicitPrm;
 use super::importance::{ImportanceCorrection, importance_weights};
 use super::prompts::RlPrompt;
 use super::recipe::{
-    ConstraintBound, KlPlacement, OnlineDpoReference, P3oConfig, PairLabel, RlRecipe,
+    ConstraintBound, KlPlacement, OnlineDpoConfig, OnlineDpoReference, P3oConfig, PairLabel,
+    RlRecipe,
 };
 use super::rewards::process::step_end_tokens;
 use super::rewards::{RewardSample, RewardSet, ScoredSample};
@@ -64,6 +65,7 @@ use super::rollout::{
     Completion, CompletionScores, Sampled, ValueSource, completion_logprobs, device_of, sample,
     score_completions, with_stop_tokens,
 };
+use super::scir::{self, Judge};
 
 /// What online RL trains: a causal LM, with or without PPO's value head (on the policy's
 /// hidden states or on a separate value model's).
@@ -180,6 +182,10 @@ pub struct RlTask {
     /// rate of the current collection's labels (1 without a previous iterate).
     previous_iterate: Option<LlamaModel>,
     cream_rate: f64,
+    /// SCIR: the policy's generative judge, and each prompt's two judge prompts for its pair
+    /// (the pair's first response shown as A, then as B).
+    scir_judge: Option<Judge>,
+    scir_prompts: Vec<Option<[Vec<u32>; 2]>>,
     /// InfAlign: the reference rewards of the calibrated component, by training prompt.
     calibration_reference: BTreeMap<usize, Vec<f32>>,
 }
@@ -336,6 +342,15 @@ impl RlTask {
                 correction.cap
             );
         }
+        let scir_judge = match recipe
+            .algorithm
+            .online_dpo
+            .as_ref()
+            .and_then(|o| o.scir.as_ref())
+        {
+            Some(config) => Some(Judge::new(config, &policy).context("algorithm.online_dpo.scir")?),
+            None => None,
+        };
         Ok(Self {
             recipe,
             policy,
@@ -354,6 +369,8 @@ impl RlTask {
             p3o_pairs: Vec::new(),
             previous_iterate: None,
             cream_rate: 1.0,
+            scir_judge,
+            scir_prompts: Vec::new(),
             calibration_reference: BTreeMap::new(),
         })
     }
@@ -485,6 +502,9 @@ impl RlTask {
             .online_dpo
             .as_ref()
             .context("online DPO is not configured")?;
+        if let Some(judge) = &self.scir_judge {
+            return self.scir_loss(model, judge, config, items);
+        }
         let device = device_of(model);
         let pairs: Vec<(usize, usize)> = items
             .iter()
@@ -562,6 +582,135 @@ impl RlTask {
             ))
             .with(Metric::device("reward_margin", margin.mean(), n))
             .with(Metric::device("reward_accuracy", accuracy, n)))
+    }
+
+    /// SCIR's objective ([`crate::online::scir`]) on the pairs of prompts `items`: DPO on the
+    /// pairs where the policy's implicit reward and its generative judge agree (labelled by
+    /// that agreement) plus `λ` times the consistency loss of every pair, over the number of
+    /// pairs.
+    fn scir_loss(
+        &self,
+        model: &LlamaModel,
+        judge: &Judge,
+        config: &OnlineDpoConfig,
+        items: &[usize],
+    ) -> Result<LossOutput> {
+        let device = device_of(model);
+        let mut pairs = Vec::new();
+        let (mut first_as_a, mut second_as_a) = (Vec::new(), Vec::new());
+        for &i in items {
+            let pair = self
+                .pairs
+                .get(i)
+                .copied()
+                .ok_or_else(|| anyhow!("pair item {i} out of range"))?;
+            let Some(pair) = pair else { continue };
+            let [ab, ba] = self
+                .scir_prompts
+                .get(i)
+                .and_then(Option::as_ref)
+                .with_context(|| {
+                    format!("SCIR: the pair of prompt item {i} has no judge prompts")
+                })?;
+            pairs.push(pair);
+            first_as_a.push(ab.clone());
+            second_as_a.push(ba.clone());
+        }
+        if pairs.is_empty() {
+            return Ok(LossOutput::new(Tensor::zeros([1], &device), 0.0));
+        }
+        let p = pairs.len();
+        let (rows, batch) = self.pair_batch(&pairs)?;
+        let (b2, width) = (batch.batch_size, batch.seq_len - 1);
+        let reference = tensor2(
+            completion_layout(&rows, width, |row| &row.ref_logprobs),
+            [b2, width],
+            &device,
+        );
+        let completion = batch.completion_tensor(&device);
+        let logprobs = model.completion_logprobs(
+            batch.ids_tensor(&device),
+            batch.attention_tensor(&device),
+            completion.clone(),
+            false,
+        )?;
+        let policy = logprobs.token_logprobs;
+        let mask = completion.float();
+        // m = β[(Σ log π − log π_ref)(first) − (…)(second)], with a graph (the log-probs'
+        // own mask is aligned with them, one column shorter than the completion mask).
+        let delta = (policy.clone() - reference.clone())
+            .mul(logprobs.mask)
+            .sum_dim(1)
+            .reshape([b2]);
+        let margin =
+            (delta.clone().narrow(0, 0, p) - delta.narrow(0, p, p)).mul_scalar(config.dpo.beta);
+        let pad = self.policy.lm.tokenizer.pad_id();
+        let judged = rm_losses::preference::debiased_judgment(
+            judge.logit_gaps(model, &first_as_a, pad)?,
+            judge.logit_gaps(model, &second_as_a, pad)?,
+        )
+        .map_err(|e| anyhow!("SCIR: {e}"))?;
+        let consistency =
+            rm_losses::preference::scir_consistency_loss(margin.clone(), judged.clone())
+                .map_err(|e| anyhow!("SCIR: {e}"))?;
+        let agreement = rm_losses::preference::scir_agreement(
+            &scir::host(margin.clone())?,
+            &scir::host(judged.clone())?,
+        );
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for (i, agreed) in agreement.iter().enumerate() {
+            match agreed {
+                Some(true) => {
+                    chosen.push(i as i64);
+                    rejected.push((p + i) as i64);
+                }
+                Some(false) => {
+                    chosen.push((p + i) as i64);
+                    rejected.push(i as i64);
+                }
+                None => {}
+            }
+        }
+        let agreeing = chosen.len();
+        let mut total = consistency.clone().sum().mul_scalar(judge.lambda());
+        if agreeing > 0 {
+            chosen.extend(rejected);
+            let order = Tensor::<1, rm_core::burn::tensor::Int>::from_data(
+                TensorData::new(chosen, [2 * agreeing]),
+                &device,
+            );
+            let out = config
+                .dpo
+                .loss(rm_losses::preference::DpoBatch::new(
+                    policy.select(0, order.clone()),
+                    reference.select(0, order.clone()),
+                    mask.select(0, order),
+                ))
+                .map_err(|e| anyhow!("SCIR's DPO on the agreeing pairs: {e}"))?;
+            total = total + out.loss.mul_scalar(agreeing as f32);
+        }
+        let n = p as f64;
+        let tokens = batch.lengths.iter().sum::<usize>()
+            + first_as_a
+                .iter()
+                .chain(&second_as_a)
+                .map(Vec::len)
+                .sum::<usize>();
+        Ok(LossOutput::new(total.div_scalar(n), n)
+            .with_tokens(tokens)
+            .with(Metric::host("scir_agreement", agreeing as f64 / n, n))
+            .with(Metric::device("scir_judge_first", judged.mean(), n))
+            .with(Metric::device(
+                "scir_consistency_loss",
+                consistency.mean(),
+                n,
+            ))
+            .with(Metric::device("reward_margin", margin.clone().mean(), n))
+            .with(Metric::device(
+                "reward_accuracy",
+                margin.greater_elem(0.0).float().mean(),
+                n,
+            )))
     }
 
     /// P3O's loss ([`p3o_loss`]) on every pair of the prompts `items`, weighted by the number
@@ -1458,6 +1607,28 @@ impl<M: RlModel> RolloutTask<M> for RlTask {
                 )?,
                 PairLabel::Reward | PairLabel::Implicit => self.label_pairs(&included, &score),
             };
+            if let Some(judge) = &self.scir_judge {
+                let judge_prompts = self
+                    .pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(p, pair)| {
+                        let Some((a, b)) = *pair else {
+                            return Ok(None);
+                        };
+                        let prompt = &prompts[p].prompt;
+                        let (ta, tb) = (&completions[a].text, &completions[b].text);
+                        Ok(Some([
+                            judge.prompt_ids(&self.policy, prompt, ta, tb)?,
+                            judge.prompt_ids(&self.policy, prompt, tb, ta)?,
+                        ]))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .with_context(|| {
+                        format!("SCIR's judge prompts of iteration {}", iteration + 1)
+                    })?;
+                self.scir_prompts = judge_prompts;
+            }
             let gaps: Vec<f64> = self
                 .pairs
                 .iter()

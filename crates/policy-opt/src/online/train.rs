@@ -775,6 +775,96 @@ out_dir = "{out}"
         std::fs::remove_dir_all(&root).ok();
     }
 
+    /// SCIR continues a trained policy folder: every step logs how many pairs the implicit
+    /// reward and the generative judge agree on and their consistency loss, which the training
+    /// drives down (λ = 4); a stopped run resumes to the uninterrupted records; recipes SCIR
+    /// cannot run and answers that are not one token are refused.
+    #[test]
+    fn scir_makes_the_policys_two_judgments_agree_and_resumes_exactly() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("scir");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let grpo = "{ name = \"grpo\" }";
+        let mut start = recipe(&root, grpo, "online_dpo = { dpo = { beta = 0.5 } }");
+        start.rollout.iterations = 6;
+        start.train.batch_size = 4;
+        start.train.out_dir = root.join("start");
+        let started = train_rl_policy(start, &request(&root)).unwrap();
+        let scir = "online_dpo = { label = \"implicit\", dpo = { beta = 0.5 }, scir = { lambda = 4.0, template = \"{conversation} w1 {first} w2 {second}\", answers = [\"w5\", \"w6\"] } }";
+        let with_out = |out: &str, max_steps: Option<u64>, extra: &str| {
+            let mut r = recipe(&root, grpo, extra);
+            r.model.policy = started.final_dir.clone();
+            r.model.lora = None;
+            // Two collections, each trained 8 times over its 4 pairs: the consistency loss
+            // is followed on fixed pairs.
+            r.rollout.iterations = 2;
+            r.rollout.ppo_epochs = 8;
+            r.train.batch_size = 4;
+            r.train.out_dir = root.join(out);
+            r.train.max_steps = max_steps;
+            r.train.save_every = Some(1);
+            r
+        };
+        train_rl_policy(with_out("whole", None, scir), &request(&root)).unwrap();
+        train_rl_policy(with_out("split", Some(3), scir), &request(&root)).unwrap();
+        let mut resume = request(&root);
+        resume.mode = RunMode::Resume {
+            allow_changes: false,
+        };
+        train_rl_policy(with_out("split", None, scir), &resume).unwrap();
+        let records = |out: &str, kind: &str| -> Vec<serde_json::Value> {
+            read_records(&root.join(out).join("metrics.jsonl"), kind)
+                .unwrap()
+                .into_iter()
+                .map(without_wall_time)
+                .collect()
+        };
+        assert_eq!(records("split", "train"), records("whole", "train"));
+        assert_eq!(records("split", "collect"), records("whole", "collect"));
+        let train = records("whole", "train");
+        let metric = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+        for r in &train {
+            let agreement = metric(r, "scir_agreement");
+            assert!((0.0..=1.0).contains(&agreement), "{r}");
+            let judged = metric(r, "scir_judge_first");
+            assert!(judged > 0.0 && judged < 1.0, "{r}");
+            assert!(metric(r, "scir_consistency_loss") > 0.0, "{r}");
+        }
+        assert_eq!(train.len(), 16);
+        for pass in train.chunks(8) {
+            let first = metric(&pass[0], "scir_consistency_loss");
+            let last = metric(&pass[7], "scir_consistency_loss");
+            assert!(last < 0.5 * first, "consistency loss {first} → {last}");
+            assert_eq!(metric(&pass[7], "scir_agreement"), 1.0);
+        }
+
+        for (extra, needle) in [
+            (
+                "online_dpo = { dpo = { beta = 0.5 }, scir = {} }",
+                "set label = \"implicit\"",
+            ),
+            (
+                "online_dpo = { label = \"implicit\", cream = true, dpo = { beta = 0.5 }, scir = {} }",
+                "use one",
+            ),
+            (
+                "online_dpo = { label = \"implicit\", dpo = { beta = 0.5 }, scir = { template = \"{first} {second}\" } }",
+                "no {conversation}",
+            ),
+        ] {
+            let err = format!("{:#}", with_out("bad", None, extra).validate().unwrap_err());
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let two_tokens = "online_dpo = { label = \"implicit\", dpo = { beta = 0.5 }, scir = { answers = [\"w5 w6\", \"w7\"] } }";
+        let err = format!(
+            "{:#}",
+            train_rl_policy(with_out("bad", None, two_tokens), &request(&root)).unwrap_err()
+        );
+        assert!(err.contains("exactly one"), "{err}");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
     /// The bug class of TRL #3021/#5619 and verl #2776: one optimizer step cut into uneven
     /// micro-batches (rows of different lengths, so each pads to its own width) must combine —
     /// `Σ wᵢ·lossᵢ / Σ wᵢ` with the weights the task reports — to exactly the loss of the whole

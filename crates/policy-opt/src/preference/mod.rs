@@ -16,6 +16,7 @@ pub mod data;
 pub mod eval;
 pub mod judge;
 pub mod listwise;
+pub mod multi_head;
 pub mod objective;
 pub mod recipe;
 pub mod reference_cache;
@@ -29,6 +30,7 @@ pub mod vocab_level;
 
 pub use eval::{ImplicitRewardScorer, PolicyEvalRequest, evaluate_policy};
 pub use judge::{JudgeOutcome, JudgeRequest, judged_win_rate};
+pub use multi_head::{MahDpoRecipe, train_mah_dpo};
 pub use objective::PreferenceObjective;
-pub use recipe::PreferenceRecipe;
-pub use train::{PreferenceReport, train_preference_policy};
+pub use recipe::{PoRecipe, PreferenceRecipe};
+pub use train::{PreferenceReport, train_po, train_preference_policy};

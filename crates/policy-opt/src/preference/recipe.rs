@@ -148,6 +148,37 @@ impl PreferenceRecipe {
     }
 }
 
+/// What `plumb train-po` runs: a recipe with `[data]` (pairs, rankings or unpaired examples),
+/// or MAH-DPO's with `[[heads]]` ([`super::multi_head`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoRecipe {
+    Single(PreferenceRecipe),
+    MultiHead(super::multi_head::MahDpoRecipe),
+}
+
+impl PoRecipe {
+    /// Reads a recipe file with `--set` overrides; `[[heads]]` makes it MAH-DPO's.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading recipe {}", path.display()))?;
+        let origin = path.display().to_string();
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{origin}: invalid TOML"))?;
+        Ok(match table.contains_key("heads") {
+            true => Self::MultiHead(rm_core::recipe::parse(&text, &origin, overrides)?),
+            false => Self::Single(rm_core::recipe::parse(&text, &origin, overrides)?),
+        })
+    }
+
+    /// Points the run at another folder (`plumb --out`).
+    pub fn set_out_dir(&mut self, out: std::path::PathBuf) {
+        match self {
+            Self::Single(r) => r.train.out_dir = out,
+            Self::MultiHead(r) => r.train.out_dir = out,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

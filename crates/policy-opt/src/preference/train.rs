@@ -110,6 +110,18 @@ fn prepare_pairs(
     }
 }
 
+/// Trains what `plumb train-po` was given: [`train_preference_policy`] or, for a `[[heads]]`
+/// recipe, [`super::multi_head::train_mah_dpo`].
+pub fn train_po(
+    recipe: super::recipe::PoRecipe,
+    request: &TrainRequest,
+) -> Result<PreferenceReport> {
+    match recipe {
+        super::recipe::PoRecipe::Single(r) => train_preference_policy(r, request),
+        super::recipe::PoRecipe::MultiHead(r) => super::multi_head::train_mah_dpo(r, request),
+    }
+}
+
 /// Trains a policy with the recipe's objective (pairs or unpaired examples by its kind); see
 /// the module docs.
 pub fn train_preference_policy(

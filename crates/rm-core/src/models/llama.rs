@@ -942,7 +942,7 @@ pub fn hf_name(path: &str) -> String {
 
 /// A decoder with its tokenizer and special ids: what `plumb logprobs` / `plumb generate`, DPO
 /// and PPO load.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CausalLm {
     /// The decoder.
     pub model: LlamaModel,
@@ -982,16 +982,34 @@ impl CausalLm {
     /// A policy folder written by `plumb train-po` (`policy.json`) loads as its trained policy,
     /// LoRA adapters merged into the weights (inference needs no separate adapter path).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_steered(path, device, None)
+    }
+
+    /// [`CausalLm::load`], a policy folder's action heads (MAH-DPO) mixed by `weights` rather
+    /// than their defaults; weights for anything but a policy folder with action heads are an
+    /// error.
+    pub fn load_steered(
+        path: impl AsRef<Path>,
+        device: &Device,
+        weights: Option<&crate::models::action_heads::HeadWeights>,
+    ) -> Result<Self> {
         let path = path.as_ref();
         if path
             .join(crate::models::policy_folder::POLICY_SPEC_FILE)
             .is_file()
         {
-            let mut lm = crate::models::policy_folder::Policy::load(path, device)?.lm;
+            let mut lm =
+                crate::models::policy_folder::Policy::load_steered(path, device, weights)?.lm;
             if !lora::adapter_paths(&lm.model).is_empty() {
                 lm.model = lora::merge(&lm.model);
             }
             return Ok(lm);
+        }
+        if weights.is_some() {
+            bail!(
+                "{} is not a policy folder with action heads: head weights apply to policies trained with [multi_head] (MAH-DPO)",
+                path.display()
+            );
         }
         let gguf = if path.is_file() {
             Some(path.to_path_buf())

@@ -4,6 +4,7 @@
 //! Sources implement [`weights::WeightSource`]: HF safetensors folders
 //! ([`safetensors::SafetensorsWeights`]) and GGUF files ([`gguf_weights`]).
 
+pub mod action_heads;
 pub mod bert;
 pub mod gguf_weights;
 pub mod heads;

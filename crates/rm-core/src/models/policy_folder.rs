@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::ChatTemplate;
 use crate::checkpoint::{self, ParamSlot, TensorName, write_bytes_atomically};
 use crate::lora::{self, LoraConfig, PEFT_PREFIX};
+use crate::models::action_heads;
 use crate::models::llama::{self, CausalLm, LlamaModel};
 use crate::tokenize::Sequence;
 use crate::types::Prompt;
@@ -110,8 +111,8 @@ impl PolicySpec {
     }
 }
 
-/// A policy: the causal LM (with adapters when LoRA) and its spec.
-#[derive(Debug)]
+/// A policy: the causal LM (with adapters when LoRA) and its spec. Clones share the weights.
+#[derive(Clone, Debug)]
 pub struct Policy {
     pub lm: CausalLm,
     pub spec: PolicySpec,
@@ -143,6 +144,14 @@ impl Policy {
         }
         let base = absolute(&config.policy)?;
         if base.join(POLICY_SPEC_FILE).is_file() {
+            if action_heads::read_spec(&base)?.is_some() {
+                bail!(
+                    "model.policy {} has action heads (MAH-DPO, {}): training cannot continue a multi-head policy folder; sample from it (plumb generate --head-weights) or start from its base {}",
+                    config.policy.display(),
+                    action_heads::ACTION_HEADS_SPEC,
+                    Self::read_spec(&base)?.base.display()
+                );
+            }
             let mut policy = Self::load(&base, device)
                 .with_context(|| format!("model.policy {}", config.policy.display()))?;
             if config.lora.is_some() && config.lora != policy.spec.lora {
@@ -286,8 +295,19 @@ impl Policy {
         PolicySpec::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
-    /// Loads a folder written by [`Policy::save`] onto `device`.
+    /// Loads a folder written by [`Policy::save`] onto `device`. A folder with action heads
+    /// (MAH-DPO, [`action_heads`]) loads with its heads mixed by their default weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_steered(dir, device, None)
+    }
+
+    /// [`Policy::load`] with the action heads mixed by `weights` (by head name) instead of
+    /// their defaults. Weights for a folder without action heads are an error.
+    pub fn load_steered(
+        dir: &Path,
+        device: &Device,
+        weights: Option<&action_heads::HeadWeights>,
+    ) -> Result<Self> {
         let spec = Self::read_spec(dir)?;
         let mut lm = CausalLm::load(&spec.base, device).with_context(|| {
             format!(
@@ -302,6 +322,7 @@ impl Policy {
                 checkpoint::load_safetensors(lm.model, &dir.join(POLICY_WEIGHTS), &llama_names)?
             }
         };
+        action_heads::install_mixture(&mut lm.model, dir, weights, device)?;
         Ok(Self { lm, spec })
     }
 }

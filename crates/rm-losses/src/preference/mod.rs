@@ -22,6 +22,8 @@
 //! - [`dno`]: Direct Nash Optimization (the regression objective, DNO-Prct, win-rates and the
 //!   best/worst pair selection from an oracle's preferences);
 //! - [`selm`]: SELM, DPO plus an optimism term on the reference's own samples;
+//! - [`scir`]: SCIR, the implicit reward and a generative judgment of the same policy trained
+//!   to agree, DPO on the pairs where they do;
 //! - [`token_level`]: token-level credit assignment (T-REG, RRPO, AlignDistil);
 //! - [`offline_pg`]: offline policy gradients on scored samples (CoPG, A-LoL and its variants);
 //! - [`filtering`]: reward-ranked selection and SFT (RAFT, SuperHF) and reward-augmented DPO's
@@ -36,6 +38,7 @@ pub mod filtering;
 pub mod offline_pg;
 pub mod pro;
 pub mod reference_free;
+pub mod scir;
 pub mod selm;
 pub mod token_level;
 pub mod unpaired;
@@ -53,6 +56,7 @@ pub use filtering::{
 pub use offline_pg::{AlolVariant, ScoredSamples, alol_loss, copg_loss};
 pub use pro::pro_loss;
 pub use reference_free::{alphapo_loss, cpo_loss, orpo_loss, rpo_loss, simpo_loss};
+pub use scir::{debiased_judgment, scir_agreement, scir_consistency_loss};
 pub use selm::selm_loss;
 pub use token_level::{
     AlignDistilParams, RrpoBatch, RrpoOutput, TokenLogps, aligndistil_loss, rrpo_loss, treg_loss,
