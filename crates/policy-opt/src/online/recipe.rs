@@ -813,11 +813,32 @@ mod tests {
                 continue;
             }
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let recipe: RlRecipe = rm_core::recipe::parse(&text, &name, &[]).unwrap();
+            let mut recipe: RlRecipe = rm_core::recipe::parse(&text, &name, &[]).unwrap();
+            let algorithm = name.split("-smollm2").next().unwrap().to_string();
+            if algorithm == "scir" {
+                // Self-rewarding continues a trained policy folder, the output of a run that
+                // does not exist here: validate with a stand-in folder at its place.
+                assert_eq!(recipe.model.policy, Path::new("runs/dpo-smollm2-hh/final"));
+                let stand_in =
+                    std::env::temp_dir().join(format!("plumb-scir-recipe-{}", std::process::id()));
+                std::fs::create_dir_all(&stand_in).unwrap();
+                std::fs::write(
+                    stand_in.join(rm_core::models::policy_folder::POLICY_SPEC_FILE),
+                    "{}",
+                )
+                .unwrap();
+                recipe.model.policy = stand_in;
+            }
             recipe
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-            let algorithm = name.split("-smollm2").next().unwrap().to_string();
+            if algorithm == "scir" {
+                let o = recipe.algorithm.online_dpo.as_ref().unwrap();
+                assert_eq!(o.label, PairLabel::Implicit);
+                assert_eq!(o.scir.as_ref().unwrap().lambda, 1.0);
+                seen.push(algorithm);
+                continue;
+            }
             if algorithm == "online-dpo" || algorithm == "dno" {
                 let o = recipe.algorithm.online_dpo.as_ref().unwrap();
                 assert_eq!(algorithm == "dno", o.label == PairLabel::WinRate);
@@ -924,6 +945,7 @@ mod tests {
                 "reinforce-pp",
                 "remax",
                 "rloo",
+                "scir",
                 "superhf"
             ]
         );
