@@ -385,6 +385,9 @@ pub struct DecodeRequest {
     /// MCTS only: also write the trees' sibling-step preferences as step-pair JSONL.
     pub step_pairs: Option<StepPairsOut>,
     pub device: Device,
+    /// A MAH-DPO policy's head mixture (`None`: its default weights;
+    /// [`rm_core::models::action_heads`]).
+    pub head_weights: Option<rm_core::models::action_heads::HeadWeights>,
 }
 
 /// Where MCTS's step preferences go (`plumb decode --strategy mcts --step-pairs FILE
@@ -497,7 +500,11 @@ pub fn run_decode(
         });
     }
     let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
-    let mut model = DecodeModel::load(&request.policy, &request.device)?;
+    let mut model = DecodeModel::load_steered(
+        &request.policy,
+        &request.device,
+        request.head_weights.as_ref(),
+    )?;
     if config.strategy.needs_guide() && request.arm.is_none() {
         return Err(DecodeError::config(
             "arm",

@@ -727,6 +727,7 @@ fn run_decode_writes_one_scored_line_per_prompt() {
         out: root.join("out/decoded.jsonl"),
         step_pairs: None,
         device: device.clone(),
+        head_weights: None,
     };
     let mut seen = Vec::new();
     let bon = Strategy::BestOfN {
@@ -1295,6 +1296,7 @@ fn best_of_3_request(
         out: root.join("decoded.jsonl"),
         step_pairs: None,
         device: device.clone(),
+        head_weights: None,
     }
 }
 
@@ -1556,4 +1558,42 @@ fn overopt_study_scores_every_sample_once_and_writes_its_report() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("prompt 1 has 3 samples, prompt 0 has 4"), "{e}");
+}
+
+/// `plumb decode --head-weights`: a policy folder with action heads (MAH-DPO) decodes with the
+/// named head — head `a`, a copy of the model's own, decodes exactly as the folder did before it
+/// had heads; head `b`, moved far from it, decodes otherwise — and an unknown head is an error.
+#[test]
+fn decode_steers_a_multi_head_policy_by_its_head_weights() {
+    use rm_core::models::action_heads::{self, ActionHeadsSpec};
+    use rm_core::models::policy_folder::Policy;
+    let root = temp_dir("steer");
+    let policy = tiny_policy_and_prompts(&root);
+    let texts = |weights: Option<&str>| -> Vec<String> {
+        let mut request =
+            best_of_3_request(&root, &policy, ScorerSpec::Keywords(vec!["w7".into()]));
+        request.head_weights = weights.map(|w| w.parse().unwrap());
+        run_decode(&request, &mut |_| {}).unwrap();
+        std::fs::read_to_string(&request.out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].to_string())
+            .collect()
+    };
+    let plain = texts(None);
+    let device = test_device();
+    let base = action_heads::base_head(&Policy::load(&policy, &device).unwrap().lm.model);
+    let far =
+        base.clone() + base.random_like(rm_core::burn::tensor::Distribution::Uniform(-3.0, 3.0));
+    let spec = ActionHeadsSpec {
+        names: vec!["a".into(), "b".into()],
+        default_weights: vec![1.0, 1.0],
+    };
+    action_heads::save(&policy, &spec, &[base, far]).unwrap();
+    assert_eq!(texts(Some("a=1")), plain);
+    assert_ne!(texts(Some("b=1")), plain);
+    let mut request = best_of_3_request(&root, &policy, ScorerSpec::Keywords(vec!["w7".into()]));
+    request.head_weights = Some("c=1".parse().unwrap());
+    let e = run_decode(&request, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("no action head \"c\""), "{e}");
 }

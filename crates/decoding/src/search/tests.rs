@@ -853,6 +853,7 @@ fn run_decode_refuses_a_search_without_a_prm() {
         out: "out.jsonl".into(),
         step_pairs: None,
         device: test_device(),
+        head_weights: None,
     };
     let e = crate::run_decode(&request, &mut |_| {})
         .unwrap_err()

@@ -178,6 +178,10 @@ pub struct DecodeArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// A MAH-DPO policy's head mixture, `NAME=WEIGHT,…` (normalised; heads not named get 0;
+    /// absent: the weights it was trained with).
+    #[arg(long)]
+    pub head_weights: Option<rm_core::models::action_heads::HeadWeights>,
 }
 
 impl DecodeArgs {
@@ -404,6 +408,7 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
             margin: args.pair_margin.unwrap_or(0.1),
         }),
         device: global.device.device()?,
+        head_weights: args.head_weights.clone(),
     };
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
