@@ -695,6 +695,23 @@ out_dir = "{out}"
         std::fs::remove_dir_all(&root).ok();
     }
 
+    /// A tiny model in `root/model`, prompts in `root/prompts.jsonl`, and a policy trained from
+    /// it by online DPO (6 collections): the trained policy folder self-rewarding continues
+    /// (from the model itself every implicit reward would be 0).
+    fn started_policy(root: &Path) -> PathBuf {
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        write_prompts(&root.join("prompts.jsonl"));
+        let mut start = recipe(
+            root,
+            "{ name = \"grpo\" }",
+            "online_dpo = { dpo = { beta = 0.5 } }",
+        );
+        start.rollout.iterations = 6;
+        start.train.batch_size = 4;
+        start.train.out_dir = root.join("start");
+        train_rl_policy(start, &request(root)).unwrap().final_dir
+    }
+
     /// Self-rewarding with CREAM, continuing a policy folder: a tiny policy first learns a bit
     /// with reward-labelled online DPO; then its own implicit reward (against its base, the
     /// adapters off) labels the pairs and the previous iterate's ranking sets the consistency
@@ -706,14 +723,8 @@ out_dir = "{out}"
     fn cream_self_rewarding_continues_a_policy_folder_and_resumes_exactly() {
         let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("cream");
-        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
-        write_prompts(&root.join("prompts.jsonl"));
+        let started = started_policy(&root);
         let grpo = "{ name = \"grpo\" }";
-        let mut start = recipe(&root, grpo, "online_dpo = { dpo = { beta = 0.5 } }");
-        start.rollout.iterations = 6;
-        start.train.batch_size = 4;
-        start.train.out_dir = root.join("start");
-        let started = train_rl_policy(start, &request(&root)).unwrap();
         let cream = "online_dpo = { label = \"implicit\", cream = true, dpo = { beta = 0.5 } }";
         let mut fresh = recipe(&root, grpo, cream);
         fresh.train.batch_size = 4;
@@ -721,7 +732,7 @@ out_dir = "{out}"
         assert!(err.contains("trained policy folder"), "{err}");
         let with_out = |out: &str, max_steps: Option<u64>| {
             let mut r = recipe(&root, grpo, cream);
-            r.model.policy = started.final_dir.clone();
+            r.model.policy = started.clone();
             r.model.lora = None;
             r.rollout.iterations = 4;
             r.train.batch_size = 4;
@@ -783,18 +794,12 @@ out_dir = "{out}"
     fn scir_makes_the_policys_two_judgments_agree_and_resumes_exactly() {
         let _seeded = rm_core::device::seeded_test_lock();
         let root = temp("scir");
-        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
-        write_prompts(&root.join("prompts.jsonl"));
+        let started = started_policy(&root);
         let grpo = "{ name = \"grpo\" }";
-        let mut start = recipe(&root, grpo, "online_dpo = { dpo = { beta = 0.5 } }");
-        start.rollout.iterations = 6;
-        start.train.batch_size = 4;
-        start.train.out_dir = root.join("start");
-        let started = train_rl_policy(start, &request(&root)).unwrap();
         let scir = "online_dpo = { label = \"implicit\", dpo = { beta = 0.5 }, scir = { lambda = 4.0, template = \"{conversation} w1 {first} w2 {second}\", answers = [\"w5\", \"w6\"] } }";
         let with_out = |out: &str, max_steps: Option<u64>, extra: &str| {
             let mut r = recipe(&root, grpo, extra);
-            r.model.policy = started.final_dir.clone();
+            r.model.policy = started.clone();
             r.model.lora = None;
             // Two collections, each trained 8 times over its 4 pairs: the consistency loss
             // is followed on fixed pairs.

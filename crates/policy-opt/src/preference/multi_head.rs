@@ -41,13 +41,12 @@ use rm_core::train::{
 use rm_pipeline::recipe::PairSource;
 use rm_pipeline::train::TrainRequest;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::data::encode_pairs;
 use super::objective::PreferenceObjective;
 use super::recipe::PreferenceEvalConfig;
 use super::task::DpoTask;
-use super::train::PreferenceReport;
+use super::train::{PreferenceReport, finish_run, run_task};
 
 /// A backbone with one LM head per objective (burn's `[D, V]` `Linear` each, no bias). The
 /// backbone's own head (or its tied embedding) stays as it was: it is the reference's.
@@ -430,43 +429,8 @@ pub fn train_mah_dpo(mut recipe: MahDpoRecipe, request: &TrainRequest) -> Result
         progress: request.progress,
     };
     let model = MultiHeadPolicy::new(backbone, heads);
-    let initial_eval = task.evaluate(&model.valid())?;
-    let (model, outcome) = trainer.run_epochs(&run, model, &mut task)?;
-    eprintln!(
-        "trained {} steps in {:.1}s: {:.2} pairs/s (train, evaluation excluded)",
-        outcome.steps, outcome.train_seconds, outcome.examples_per_second
-    );
-    let final_eval = match &outcome.final_eval {
-        Some(e) => e.clone(),
-        None => task.evaluate(&model.valid())?,
-    };
-    let threads = rayon::current_num_threads();
-    let summary = json!({
-        "recipe": recipe,
-        "steps": outcome.steps,
-        "train_seconds": outcome.train_seconds,
-        "train_pairs_per_s": outcome.examples_per_second,
-        "initial_eval": initial_eval.metrics,
-        "final_eval": final_eval.metrics,
-        "best_step": outcome.best_step,
-        "best_eval_loss": outcome.best_score.map(|s| -s),
-        "threads": threads,
-    });
-    rm_pipeline::reports::write_summary(&out, &summary)?;
-    let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
-    Ok(PreferenceReport {
-        final_dir: out.join("final"),
-        best_dir: out.join("best"),
-        out_dir: out,
-        initial_eval,
-        final_eval,
-        outcome,
-        threads,
-        plot,
-        plot_error,
-        reference_cache: None,
-        example_unit: "pairs",
-    })
+    let evaluations = run_task(&trainer, &run, model, &mut task)?;
+    finish_run(&recipe, out, &run, evaluations, None, "pairs")
 }
 
 #[cfg(test)]
@@ -477,6 +441,7 @@ mod tests {
     use rm_core::shared_prompt::shared_prompt_logprobs;
     use rm_core::train::RunMode;
     use rm_core::types::{PreferencePair, Prompt};
+    use serde_json::json;
 
     fn temp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("plumb-mah-{tag}-{}", std::process::id()));

@@ -56,11 +56,11 @@ pub struct PreferenceReport {
 
 /// The reference's own evaluation (where DPO starts; it also fills the evaluation reference
 /// cache), the epochs, and the trained policy's evaluation.
-fn run_task(
+pub(crate) fn run_task<M: Module>(
     trainer: &Trainer,
     run: &RunDir,
-    model: LlamaModel,
-    task: &mut dyn EpochTask<LlamaModel>,
+    model: M,
+    task: &mut dyn EpochTask<M>,
 ) -> Result<(Evaluation, TrainOutcome, Evaluation)> {
     let initial_eval = task.evaluate(&model.valid())?;
     let (model, outcome) = trainer.run_epochs(run, model, task)?;
@@ -324,7 +324,32 @@ pub fn train_preference_policy(
         }
         run_task(&trainer, &run, model, &mut task)?
     };
-    let final_dir = out.join("final");
+    let example_unit = if recipe.objective.is_listwise() {
+        "rankings"
+    } else if recipe.objective.is_unpaired() {
+        "examples"
+    } else {
+        "pairs"
+    };
+    finish_run(
+        &recipe,
+        out,
+        &run,
+        (initial_eval, outcome, final_eval),
+        reference_cache,
+        example_unit,
+    )
+}
+
+/// Writes a finished run's `summary.json` and `curves.png` into `out`; the report.
+pub(crate) fn finish_run(
+    recipe: &impl serde::Serialize,
+    out: PathBuf,
+    run: &RunDir,
+    (initial_eval, outcome, final_eval): (Evaluation, TrainOutcome, Evaluation),
+    reference_cache: Option<CacheStatus>,
+    example_unit: &'static str,
+) -> Result<PreferenceReport> {
     let threads = rayon::current_num_threads();
     let summary = json!({
         "recipe": recipe,
@@ -340,9 +365,9 @@ pub fn train_preference_policy(
     rm_pipeline::reports::write_summary(&out, &summary)?;
     let (plot, plot_error) = rm_pipeline::reports::draw_curves(&run.metrics_path(), &out);
     Ok(PreferenceReport {
+        final_dir: out.join("final"),
         best_dir: out.join("best"),
         out_dir: out,
-        final_dir,
         initial_eval,
         final_eval,
         outcome,
@@ -350,13 +375,7 @@ pub fn train_preference_policy(
         plot,
         plot_error,
         reference_cache,
-        example_unit: if recipe.objective.is_listwise() {
-            "rankings"
-        } else if recipe.objective.is_unpaired() {
-            "examples"
-        } else {
-            "pairs"
-        },
+        example_unit,
     })
 }
 

@@ -28,7 +28,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 
 use crate::LossError;
-use crate::checks::same_len;
+use crate::checks::pair_len;
 
 const OBJECTIVE: &str = "scir";
 
@@ -45,13 +45,7 @@ pub fn debiased_judgment(
     first_as_a: Tensor<1>,
     second_as_a: Tensor<1>,
 ) -> Result<Tensor<1>, LossError> {
-    let [n] = first_as_a.dims();
-    if n == 0 {
-        return Err(LossError::EmptyBatch {
-            objective: OBJECTIVE,
-        });
-    }
-    same_len(OBJECTIVE, "second_as_a", n, &second_as_a)?;
+    pair_len(OBJECTIVE, &first_as_a, &second_as_a)?;
     Ok((sigmoid(first_as_a) + sigmoid(second_as_a.neg())).mul_scalar(0.5))
 }
 
@@ -64,13 +58,7 @@ pub fn scir_consistency_loss(
     implicit_margin: Tensor<1>,
     judge: Tensor<1>,
 ) -> Result<Tensor<1>, LossError> {
-    let [n] = implicit_margin.dims();
-    if n == 0 {
-        return Err(LossError::EmptyBatch {
-            objective: OBJECTIVE,
-        });
-    }
-    same_len(OBJECTIVE, "judge", n, &judge)?;
+    pair_len(OBJECTIVE, &implicit_margin, &judge)?;
     let p = sigmoid(implicit_margin);
     let agree =
         p.clone() * judge.clone() + (p.neg().add_scalar(1.0)) * (judge.neg().add_scalar(1.0));
