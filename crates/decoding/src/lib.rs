@@ -49,13 +49,17 @@ pub use overopt_rl::{
     run_overopt_rl,
 };
 pub use run::{
-    DecodeOutcome, DecodeRequest, DecodeRun, Progress, PromptSource, ScorerSpec, StepPairsOut,
-    Summary, decode, load_prompts, mcts_step_pairs, run_decode,
+    DecodeOutcome, DecodeRequest, DecodeRun, Gsm8kSplit, Progress, PromptSource, ScorerSpec,
+    StepPairsOut, Summary, decode, decode_with_gold, load_prompts, load_prompts_with_gold,
+    mcts_step_pairs, run_decode,
 };
 pub use sample::{SampleOutcome, SampleRequest, sample_prompts};
 pub use scorer::{FnScorer, FnStepScorer, KeywordScorer, LengthScorer, Scorer, StepScorer};
 pub use search::refine::Refinement;
-pub use search::{PrmScorer, SiblingSteps, StepParams, empty_score, prompt_text, split_steps};
+pub use search::{
+    NodeValue, PrmScorer, RolloutJudge, SiblingSteps, StepParams, empty_score, prompt_text,
+    split_steps,
+};
 pub use strategy::{DecodeConfig, DecodeStats, Decoded, Detail, Strategy};
 
 #[cfg(test)]

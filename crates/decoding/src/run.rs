@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rm_core::burn::tensor::Device;
-use rm_core::data::hh_rlhf;
+use rm_core::data::{gsm8k, hh_rlhf};
 use rm_core::models::reward::RewardModelBundle;
 use rm_core::types::Prompt;
 use rm_ensembles::{Aggregation, Ensemble, EnsembleScorer};
@@ -22,15 +22,36 @@ use crate::strategy::{DecodeConfig, Decoded, Detail, Strategy, decode_one};
 pub enum PromptSource {
     /// HH-RLHF harmless-base in the data dir (`hh-rlhf:dev`, `hh-rlhf:train`).
     HhRlhf(hh_rlhf::Split),
-    /// A JSONL file, one `{"prompt": "…"}` (or a conversation `{"turns": […]}`) per line; other
-    /// fields are ignored.
+    /// GSM8K in the data dir (`gsm8k:test`, `gsm8k:train`): each question as it is, with its
+    /// gold answer.
+    Gsm8k(Gsm8kSplit),
+    /// A JSONL file, one `{"prompt": "…"}` (or a conversation `{"turns": […]}`) per line, with
+    /// an optional gold `"answer"` (a number, or a GSM8K answer field with its `#### N` line);
+    /// other fields are ignored.
     File(PathBuf),
+}
+
+/// A GSM8K split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gsm8kSplit {
+    Train,
+    Test,
 }
 
 impl std::str::FromStr for PromptSource {
     type Err = DecodeError;
-    /// `hh-rlhf:dev`, `hh-rlhf:train`, or a path.
+    /// `hh-rlhf:dev`, `hh-rlhf:train`, `gsm8k:test`, `gsm8k:train`, or a path.
     fn from_str(s: &str) -> Result<Self> {
+        if let Some(split) = s.strip_prefix("gsm8k:") {
+            return match split {
+                "test" => Ok(Self::Gsm8k(Gsm8kSplit::Test)),
+                "train" => Ok(Self::Gsm8k(Gsm8kSplit::Train)),
+                other => Err(DecodeError::config(
+                    "input",
+                    format!("gsm8k:{other}: the splits are train and test"),
+                )),
+            };
+        }
         match s.strip_prefix("hh-rlhf:") {
             Some("dev") => Ok(Self::HhRlhf(hh_rlhf::Split::Dev)),
             Some("train") => Ok(Self::HhRlhf(hh_rlhf::Split::Train)),
@@ -49,33 +70,58 @@ impl std::str::FromStr for PromptSource {
 
 /// The first `n` distinct prompts of `source` (`data_dir` holds the datasets).
 pub fn load_prompts(source: &PromptSource, data_dir: &Path, n: usize) -> Result<Vec<Prompt>> {
+    Ok(load_prompts_with_gold(source, data_dir, n)?
+        .into_iter()
+        .map(|(prompt, _)| prompt)
+        .collect())
+}
+
+/// The first `n` distinct prompts of `source`, each with its gold answer when the source has
+/// one (GSM8K; a file's `"answer"` field).
+pub fn load_prompts_with_gold(
+    source: &PromptSource,
+    data_dir: &Path,
+    n: usize,
+) -> Result<Vec<(Prompt, Option<f64>)>> {
     if n == 0 {
         return Err(DecodeError::config("prompts", "must be at least 1, got 0"));
     }
-    let all: Vec<Prompt> = match source {
+    let dataset_error = |e: rm_core::data::DataError| DecodeError::File {
+        path: data_dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let all: Vec<(Prompt, Option<f64>)> = match source {
         PromptSource::HhRlhf(split) => hh_rlhf::load(data_dir, *split)
-            .map_err(|e| DecodeError::File {
-                path: data_dir.to_path_buf(),
-                reason: e.to_string(),
-            })?
+            .map_err(dataset_error)?
             .0
             .into_iter()
-            .map(|p| p.prompt)
+            .map(|p| (p.prompt, None))
             .collect(),
+        PromptSource::Gsm8k(split) => {
+            let split = match split {
+                Gsm8kSplit::Train => "train",
+                Gsm8kSplit::Test => "test",
+            };
+            gsm8k::load(data_dir, split, Default::default())
+                .map_err(dataset_error)?
+                .into_iter()
+                .map(|p| (Prompt::Text(p.question), Some(p.answer_value)))
+                .collect()
+        }
         PromptSource::File(path) => read_prompt_file(path)?,
     };
-    let mut out: Vec<Prompt> = Vec::new();
+    let mut out: Vec<(Prompt, Option<f64>)> = Vec::new();
     for p in all {
         if out.len() == n {
             break;
         }
-        if !out.contains(&p) {
+        if !out.iter().any(|(q, _)| *q == p.0) {
             out.push(p);
         }
     }
     if out.is_empty() {
         let from = match source {
-            PromptSource::HhRlhf(_) => "the dataset".to_string(),
+            PromptSource::HhRlhf(_) | PromptSource::Gsm8k(_) => "the dataset".to_string(),
             PromptSource::File(p) => p.display().to_string(),
         };
         return Err(DecodeError::EmptyInput(format!("{from} holds no prompt")));
@@ -83,11 +129,35 @@ pub fn load_prompts(source: &PromptSource, data_dir: &Path, n: usize) -> Result<
     Ok(out)
 }
 
-fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
-    Ok(read_prompt_rows(path)?
+/// A prompt file's prompts and their gold answers (`"answer"`: a number or a GSM8K answer
+/// field; a bad one is an error naming the line).
+fn read_prompt_file(path: &Path) -> Result<Vec<(Prompt, Option<f64>)>> {
+    read_prompt_rows(path)?
         .into_iter()
-        .map(|(_, prompt, _)| prompt)
-        .collect())
+        .map(|(line, prompt, row)| {
+            let gold = match row.get("answer") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Number(n)) => n.as_f64(),
+                Some(serde_json::Value::String(s)) => {
+                    Some(rm_process::final_answer::parse_gold(s).map_err(|reason| {
+                        DecodeError::BadRow {
+                            path: path.to_path_buf(),
+                            line,
+                            reason: format!("field `answer`: {reason}"),
+                        }
+                    })?)
+                }
+                Some(other) => {
+                    return Err(DecodeError::BadRow {
+                        path: path.to_path_buf(),
+                        line,
+                        reason: format!("field `answer` is neither a number nor text: {other}"),
+                    });
+                }
+            };
+            Ok((prompt, gold))
+        })
+        .collect()
 }
 
 /// The rows of a JSONL file with a non-empty `prompt` (text or a conversation) each: (line
@@ -195,9 +265,29 @@ pub fn decode(
     scorer: &mut dyn Scorer,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<DecodeRun> {
+    decode_with_gold(model, prompts, &[], config, seed, scorer, progress)
+}
+
+/// [`decode`] with each prompt's gold answer (`gold[p]`, or none for any when `gold` is
+/// empty), which MCTS's answer-checked values read ([`crate::NodeValue`]).
+pub fn decode_with_gold(
+    model: &DecodeModel,
+    prompts: &[Prompt],
+    gold: &[Option<f64>],
+    config: &DecodeConfig,
+    seed: u64,
+    scorer: &mut dyn Scorer,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DecodeRun> {
     config.validate()?;
     if prompts.is_empty() {
         return Err(DecodeError::EmptyInput("the prompt list is empty".into()));
+    }
+    if !gold.is_empty() && gold.len() != prompts.len() {
+        return Err(DecodeError::config(
+            "gold",
+            format!("{} gold answers for {} prompts", gold.len(), prompts.len()),
+        ));
     }
     let start = Instant::now();
     let mut scorer = Counted::new(scorer);
@@ -207,7 +297,7 @@ pub fn decode(
         let ids = model.prompt_ids(prompt, config.max_new_tokens)?;
         let row = decode_one(
             model,
-            prompt,
+            (prompt, gold.get(i).copied().flatten()),
             &ids,
             config,
             seed.wrapping_add(i as u64),
@@ -273,6 +363,9 @@ pub enum ScorerSpec {
     Keywords(Vec<String>),
     /// [`LengthScorer`](crate::LengthScorer) with this target word count.
     Length(usize),
+    /// No scorer: only MCTS valued by answer-checked rollouts alone (`value.judge = "answer"`,
+    /// `lambda = 1`) decodes without one.
+    None,
     /// A PRM folder (`plumb train-prm`) as a [`PrmScorer`](crate::PrmScorer): responses split
     /// into steps at `delimiter`, step probabilities aggregated by `aggregation`. The searches
     /// (beam search, DVTS, MCTS) use their own `steps.delimiter` and `steps.aggregation`.
@@ -351,6 +444,7 @@ impl ScorerSpec {
                 keywords: k.clone(),
             }),
             Self::Length(n) => Box::new(crate::LengthScorer { target_words: *n }),
+            Self::None => Box::new(crate::scorer::NoScorer),
             Self::Prm {
                 dir,
                 delimiter,
@@ -484,6 +578,17 @@ pub fn run_decode(
     }
     config.validate()?;
     request.scorer.check()?;
+    let scores = config.strategy.needs_step_scorer() || !config.strategy.is_step_search();
+    if matches!(request.scorer, ScorerSpec::None) && scores {
+        return Err(DecodeError::config(
+            "scorer",
+            format!(
+                "{} needs a scorer; only MCTS valued by answer-checked rollouts alone \
+                 (value.judge = \"answer\", lambda = 1) decodes without one",
+                config.strategy.name()
+            ),
+        ));
+    }
     if config.strategy.needs_step_scorer() && !matches!(request.scorer, ScorerSpec::Prm { .. }) {
         return Err(DecodeError::config(
             "scorer",
@@ -499,7 +604,10 @@ pub fn run_decode(
             reason: "no such policy folder".into(),
         });
     }
-    let prompts = load_prompts(&request.input, &request.data_dir, request.prompts)?;
+    let (prompts, gold): (Vec<Prompt>, Vec<Option<f64>>) =
+        load_prompts_with_gold(&request.input, &request.data_dir, request.prompts)?
+            .into_iter()
+            .unzip();
     let mut model = DecodeModel::load_steered(
         &request.policy,
         &request.device,
@@ -548,9 +656,10 @@ pub fn run_decode(
         (spec, _) => spec.clone(),
     };
     let mut scorer = scorer.load(&request.device)?;
-    let run = decode(
+    let run = decode_with_gold(
         &model,
         &prompts,
+        &gold,
         &config,
         request.seed,
         scorer.as_mut(),

@@ -169,6 +169,19 @@ impl<'a> Counted<'a> {
 
 /// A keyword reward (DeAL's keyword constraints): `r = |{k ∈ K : k occurs in the response}| / |K|`,
 /// matched case-insensitively as substrings; 0 for an empty keyword list.
+/// No scorer ([`crate::ScorerSpec::None`]): every call is an error, for strategies that never
+/// score (MCTS valued by answer-checked rollouts alone).
+pub(crate) struct NoScorer;
+
+impl Scorer for NoScorer {
+    fn score(&mut self, _pairs: &[(&Prompt, &str)]) -> Result<Vec<f32>> {
+        Err(DecodeError::config(
+            "scorer",
+            "this run has no scorer (give --rm or --prm)",
+        ))
+    }
+}
+
 pub struct KeywordScorer {
     pub keywords: Vec<String>,
 }

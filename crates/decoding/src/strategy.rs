@@ -15,7 +15,7 @@ use crate::engine::{Batch, row_rng};
 use crate::error::{DecodeError, Result};
 use crate::model::DecodeModel;
 use crate::scorer::Counted;
-use crate::search::{self, StepParams};
+use crate::search::{self, NodeValue, StepParams};
 
 fn one() -> f32 {
     1.0
@@ -35,8 +35,9 @@ fn default_max_new_tokens() -> usize {
 
 /// A reward-guided decoding method and its parameters. In TOML, the `[strategy]` table with
 /// `type = "best-of-n" | "soft-best-of-n" | "rejection" | "args" | "lookahead" | "transfer-q"
-/// | "genarm" | "controlled" | "beam-search" | "dvts" | "mcts"` (the searches' step settings in `[strategy.steps]`,
-/// [`StepParams`]).
+/// | "genarm" | "controlled" | "beam-search" | "dvts" | "mcts" | "refine"` (the searches' step
+/// settings in `[strategy.steps]`, [`StepParams`]; MCTS's node values in `[strategy.value]`,
+/// [`NodeValue`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Strategy {
@@ -141,7 +142,8 @@ pub enum Strategy {
         steps: StepParams,
     },
     /// PRM-guided MCTS: `simulations` rounds of UCT selection (constant `exploration`),
-    /// expansion by `children` sampled steps valued by the PRM, and backup.
+    /// expansion by `children` sampled steps valued by the PRM or by rollouts ([`NodeValue`]),
+    /// and backup.
     Mcts {
         simulations: usize,
         children: usize,
@@ -149,6 +151,8 @@ pub enum Strategy {
         exploration: f64,
         #[serde(default)]
         steps: StepParams,
+        #[serde(default)]
+        value: NodeValue,
     },
 }
 
@@ -336,6 +340,7 @@ impl DecodeConfig {
                 children,
                 exploration,
                 steps,
+                value,
             } => {
                 positive("simulations", *simulations)?;
                 positive("children", *children)?;
@@ -345,6 +350,7 @@ impl DecodeConfig {
                         format!("must be finite and ≥ 0, got {exploration}"),
                     ));
                 }
+                value.validate()?;
                 steps.validate()
             }
         }
@@ -376,8 +382,8 @@ impl Strategy {
         matches!(self, Strategy::GenArm { .. } | Strategy::TransferQ { .. })
     }
 
-    /// Whether the strategy searches over steps with a process reward model.
-    pub fn needs_step_scorer(&self) -> bool {
+    /// Whether the strategy searches over steps.
+    pub fn is_step_search(&self) -> bool {
         matches!(
             self,
             Strategy::BeamSearch { .. }
@@ -385,6 +391,15 @@ impl Strategy {
                 | Strategy::Mcts { .. }
                 | Strategy::Refine { .. }
         )
+    }
+
+    /// Whether the strategy reads a process reward model: every step search, except MCTS
+    /// valued by answer-checked rollouts alone ([`NodeValue::needs_prm`]).
+    pub fn needs_step_scorer(&self) -> bool {
+        match self {
+            Strategy::Mcts { value, .. } => value.needs_prm(),
+            other => other.is_step_search(),
+        }
     }
 }
 
@@ -473,6 +488,8 @@ pub enum Detail {
         /// Simulations that expanded a node (each one batch and one PRM call); the others
         /// revisited a finished node.
         expansions: usize,
+        /// Completions rolled out to value new nodes (0 without `value.rollouts`).
+        rollouts: usize,
         /// Nodes in the tree, the root included.
         nodes: usize,
         finished_nodes: usize,
@@ -503,10 +520,11 @@ pub struct Decoded {
     pub detail: Detail,
 }
 
-/// Decodes one prompt (already tokenized as `ids`) with `config`, rows seeded from `seed`.
+/// Decodes one prompt (already tokenized as `ids`; `gold` its gold answer, read by MCTS's
+/// answer-checked values) with `config`, rows seeded from `seed`.
 pub(crate) fn decode_one(
     model: &DecodeModel,
-    prompt: &Prompt,
+    (prompt, gold): (&Prompt, Option<f64>),
     ids: &[u32],
     config: &DecodeConfig,
     seed: u64,
@@ -688,11 +706,13 @@ pub(crate) fn decode_one(
             children,
             exploration,
             ref steps,
+            ref value,
         } => search::mcts_search(
             model,
-            prompt,
+            (prompt, gold),
             ids,
             (simulations, children, exploration),
+            value,
             config.max_new_tokens,
             steps,
             seed,

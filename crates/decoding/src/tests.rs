@@ -655,6 +655,71 @@ fn prompt_files_and_folders_are_checked() {
 }
 
 #[test]
+fn prompt_files_carry_gold_answers_and_gsm8k_names_its_splits() {
+    let dir = temp_dir("gold");
+    let file = dir.join("g.jsonl");
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"q1\", \"answer\": 42}\n\
+         {\"prompt\": \"q2\", \"answer\": \"3 + 4 = 7\\n#### 1,207\"}\n\
+         {\"prompt\": \"q3\"}\n{\"prompt\": \"q4\", \"answer\": \"-0.5\"}\n",
+    )
+    .unwrap();
+    let rows = load_prompts_with_gold(&PromptSource::File(file.clone()), &dir, 10).unwrap();
+    assert_eq!(
+        rows,
+        [
+            (text("q1"), Some(42.0)),
+            (text("q2"), Some(1207.0)),
+            (text("q3"), None),
+            (text("q4"), Some(-0.5)),
+        ]
+    );
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"q1\", \"answer\": 1}\n{\"prompt\": \"q2\", \"answer\": \"seven\"}\n",
+    )
+    .unwrap();
+    let e = load_prompts_with_gold(&PromptSource::File(file.clone()), &dir, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("g.jsonl:2:") && e.contains("`answer`") && e.contains("not a number"),
+        "{e}"
+    );
+    std::fs::write(&file, "{\"prompt\": \"q1\", \"answer\": [1]}\n").unwrap();
+    let e = load_prompts_with_gold(&PromptSource::File(file.clone()), &dir, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("g.jsonl:1:") && e.contains("neither"), "{e}");
+    assert_eq!(
+        "gsm8k:test".parse::<PromptSource>().unwrap(),
+        PromptSource::Gsm8k(Gsm8kSplit::Test)
+    );
+    let e = "gsm8k:dev".parse::<PromptSource>().unwrap_err().to_string();
+    assert!(e.contains("train and test"), "{e}");
+    // A missing data dir is named.
+    let e = load_prompts_with_gold(&PromptSource::Gsm8k(Gsm8kSplit::Test), &dir, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(dir.to_str().unwrap()), "{e}");
+}
+
+#[test]
+fn gsm8k_test_prompts_come_with_their_gold_answers() {
+    let data = rm_core::paths::for_tests::data_dir();
+    let rows = load_prompts_with_gold(&PromptSource::Gsm8k(Gsm8kSplit::Test), &data, 2).unwrap();
+    // The first GSM8K test problem (Janet's ducks): 18.
+    let Prompt::Text(q) = &rows[0].0 else {
+        panic!("{:?}", rows[0].0)
+    };
+    assert!(q.starts_with("Janet"), "{q}");
+    assert_eq!(rows[0].1, Some(18.0));
+    assert_eq!(rows.len(), 2);
+    assert!(rows[1].1.is_some());
+}
+
+#[test]
 fn strategies_read_from_toml_tables() {
     let path = PathBuf::from("strategy.toml");
     let c = DecodeConfig::from_toml(

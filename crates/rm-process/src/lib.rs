@@ -15,6 +15,7 @@
 //! - [`metrics`]: AUROC, first-error F1, best-of-N selection and (weighted) majority votes;
 //! - [`bon`]: best-of-N candidate sets, from files or built from PRM800K's rated alternatives;
 //! - [`eval`]: `eval-prm`'s report;
+//! - [`final_answer`]: final answers of math completions against a gold answer;
 //! - [`export`]: PRM folders → TRL's PRM layout (`LlamaForTokenClassification`, 2 labels).
 
 pub mod aggregate;
@@ -22,6 +23,7 @@ pub mod bon;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod final_answer;
 pub mod metrics;
 pub mod model;
 pub mod step_pairs;

@@ -15,10 +15,13 @@
 
 pub(crate) mod beam;
 pub(crate) mod mcts;
+
+pub use mcts::{NodeValue, RolloutJudge};
 pub(crate) mod refine;
 
 use rm_core::sampling::{FinishReason, SamplingConfig, generate};
 use rm_core::types::{Prompt, Role};
+use rm_process::final_answer::{AnswerExtraction, answer_is_correct};
 use rm_process::{Aggregation, ProcessRewardModel};
 use serde::{Deserialize, Serialize};
 
@@ -271,6 +274,14 @@ pub(crate) trait Expander {
             "this search cannot read step probabilities",
         ))
     }
+    /// Each finished solution's final answer against the prompt's gold answer: 1 when equal,
+    /// else 0 (MCTS's `judge = "answer"` values).
+    fn check(&mut self, _solutions: &[&Partial]) -> Result<Vec<f64>> {
+        Err(DecodeError::config(
+            "value.judge",
+            "this search has no gold answer to check against",
+        ))
+    }
     /// `solution` cut before its step `step` (its steps `0..step` kept).
     fn prefix_before_step(&mut self, _solution: &Partial, _step: usize) -> Result<Partial> {
         Err(DecodeError::config(
@@ -294,6 +305,8 @@ pub(crate) struct LmExpander<'a, 'b> {
     pub scorer: &'a mut Counted<'b>,
     /// Every token generated so far (cut-off tokens of a row past its budget included).
     pub tokens_generated: usize,
+    /// The prompt's gold answer and how answers are found, for [`Expander::check`].
+    pub gold: Option<(f64, AnswerExtraction)>,
     calls: u64,
 }
 
@@ -316,6 +329,7 @@ impl<'a, 'b> LmExpander<'a, 'b> {
             seed,
             scorer,
             tokens_generated: 0,
+            gold: None,
             calls: 0,
         }
     }
@@ -392,6 +406,25 @@ impl Expander for LmExpander<'_, '_> {
             .collect();
         let (scorer, prompt) = (&mut *self.scorer, self.prompt);
         solution_probs(&steps, |asked| scorer.step_scores(prompt, asked))
+    }
+
+    fn check(&mut self, solutions: &[&Partial]) -> Result<Vec<f64>> {
+        let (gold, extraction) = self.gold.ok_or_else(|| {
+            DecodeError::config(
+                "value.judge",
+                "judge = \"answer\" needs the prompt's gold answer: decode gsm8k:test / \
+                 gsm8k:train, or rows with an \"answer\" field",
+            )
+        })?;
+        solutions
+            .iter()
+            .map(|s| {
+                let text = self.model.text(&s.tokens)?;
+                Ok(f64::from(u8::from(answer_is_correct(
+                    &text, gold, extraction,
+                ))))
+            })
+            .collect()
     }
 
     /// The response text up to where its non-empty step `step` starts, re-tokenized.
@@ -581,32 +614,30 @@ fn sibling_steps(
 }
 
 /// PRM-guided MCTS ([`mcts::mcts`]): `simulations` select–expand–backup rounds with UCT
-/// (`exploration` = C), `children` sampled steps per expansion, PRM values backed up; the
-/// answer is the best finished node by its PRM value.
+/// (`exploration` = C), `children` sampled steps per expansion, values (the PRM's, or by
+/// rollouts checked by the PRM or against `gold`: [`mcts::NodeValue`]) backed up; the answer
+/// is the best finished node by its value.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mcts_search(
     model: &DecodeModel,
-    prompt: &Prompt,
+    (prompt, gold): (&Prompt, Option<f64>),
     ids: &[u32],
-    (simulations, children, exploration): (usize, usize, f64),
+    search: (usize, usize, f64),
+    value: &mcts::NodeValue,
     max_new_tokens: usize,
     params: &StepParams,
     seed: u64,
     scorer: &mut Counted<'_>,
 ) -> Result<Outcome> {
     let mut ex = LmExpander::new(model, prompt, ids, params, max_new_tokens, seed, scorer);
-    let out = mcts::mcts(
-        &mut ex,
-        simulations,
-        children,
-        exploration,
-        params.max_steps,
-    )?;
+    ex.gold = gold.map(|g| (g, value.extraction));
+    let out = mcts::mcts(&mut ex, search, params.max_steps, value)?;
     let siblings = sibling_steps(model, &out.nodes, &params.delimiter)?;
     let root = &out.nodes[0];
     let best = &out.nodes[out.best];
     let detail = Detail::Mcts {
         expansions: out.expansions,
+        rollouts: out.rollouts,
         nodes: out.nodes.len(),
         finished_nodes: out.nodes.iter().filter(|n| n.partial.finished).count(),
         finished: out.finished,

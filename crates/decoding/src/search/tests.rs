@@ -24,8 +24,13 @@ use crate::{DecodeConfig, DecodeRun, Detail, FnScorer, FnStepScorer, Strategy, d
 struct Fake {
     scores: HashMap<Vec<u32>, f64>,
     finished: HashSet<Vec<u32>>,
+    /// Solutions whose final answer is the gold one ([`Expander::check`]).
+    correct: HashSet<Vec<u32>>,
     expand_calls: Vec<Vec<Vec<u32>>>,
+    /// Each expand call's `last`.
+    expand_last: Vec<bool>,
     score_calls: usize,
+    check_calls: usize,
 }
 
 impl Fake {
@@ -42,6 +47,7 @@ impl Expander for Fake {
     fn expand(&mut self, parents: &[&Partial], last: bool) -> Result<Vec<Partial>> {
         self.expand_calls
             .push(parents.iter().map(|p| p.tokens.clone()).collect());
+        self.expand_last.push(last);
         let mut copies: HashMap<Vec<u32>, u32> = HashMap::new();
         Ok(parents
             .iter()
@@ -58,6 +64,18 @@ impl Expander for Fake {
     fn score(&mut self, solutions: &[&Partial]) -> Result<Vec<f64>> {
         self.score_calls += 1;
         Ok(solutions.iter().map(|s| self.scores[&s.tokens]).collect())
+    }
+
+    fn check(&mut self, solutions: &[&Partial]) -> Result<Vec<f64>> {
+        self.check_calls += 1;
+        assert!(
+            solutions.iter().all(|s| s.finished),
+            "only ends are checked"
+        );
+        Ok(solutions
+            .iter()
+            .map(|s| f64::from(u8::from(self.correct.contains(&s.tokens))))
+            .collect())
     }
 }
 
@@ -179,7 +197,7 @@ fn mcts_visits_and_values_match_the_hand_worked_tree() {
     // s4: [1] (Q .667 vs .367, N 3 each), then [1,0] → [1,0,0] .5 [1,0,1] .8, finished
     // (depth 3) ([1,0] N 3 W 2.2; [1] N 5 W 3.3; root N 8 W 4.4).
     let mut ex = mcts_tree();
-    let out = mcts(&mut ex, 4, 2, 1.0, 3).unwrap();
+    let out = mcts(&mut ex, (4, 2, 1.0), 3, &NodeValue::default()).unwrap();
     assert_eq!(out.expansions, 4);
     assert_eq!(out.nodes.len(), 9);
     let expected: [(&[u32], u64, f64); 6] = [
@@ -202,7 +220,7 @@ fn mcts_visits_and_values_match_the_hand_worked_tree() {
     // 1.305; at [1] (N 5): [1,0] .733 + sqrt(ln 5/3) = 1.466 < [1,1] .7 + sqrt(ln 5) = 1.969
     // → expand [1,1]: [1,1,0] .95 [1,1,1] .1.
     let mut ex = mcts_tree();
-    let out = mcts(&mut ex, 5, 2, 1.0, 3).unwrap();
+    let out = mcts(&mut ex, (5, 2, 1.0), 3, &NodeValue::default()).unwrap();
     assert_eq!(
         (node(&out, &[1, 1]).visits, node(&out, &[1]).visits),
         (3, 7)
@@ -214,7 +232,7 @@ fn mcts_visits_and_values_match_the_hand_worked_tree() {
     // s5 with C = 2 explores instead: [0] .367 + 2·.833 = 2.032 > [1] .66 + 2·.645 = 1.950;
     // at [0] (N 3): [0,1] .3 + 2·sqrt(ln 3) beats [0,0] .2 + the same → expand [0,1].
     let mut ex = mcts_tree();
-    let out = mcts(&mut ex, 5, 2, 2.0, 3).unwrap();
+    let out = mcts(&mut ex, (5, 2, 2.0), 3, &NodeValue::default()).unwrap();
     assert_eq!(
         (node(&out, &[0, 1]).visits, node(&out, &[0]).visits),
         (3, 5)
@@ -229,7 +247,7 @@ fn mcts_revisits_finished_nodes_without_expanding() {
     // One step: the root's children are finished at once; later simulations back up the value
     // of the greedy (C = 0) choice [0] again and call neither the policy nor the PRM.
     let mut ex = mcts_tree();
-    let out = mcts(&mut ex, 3, 2, 0.0, 1).unwrap();
+    let out = mcts(&mut ex, (3, 2, 0.0), 1, &NodeValue::default()).unwrap();
     assert_eq!(
         (out.expansions, ex.expand_calls.len(), ex.score_calls),
         (1, 1, 1)
@@ -239,6 +257,121 @@ fn mcts_revisits_finished_nodes_without_expanding() {
     assert_eq!(out.nodes[0].visits, 4);
     close(out.nodes[0].value_sum, 2.2);
     assert_eq!(out.nodes[out.best].partial.tokens, [0]);
+}
+
+fn rollout_value(rollouts: usize, judge: RolloutJudge, lambda: f64) -> NodeValue {
+    NodeValue {
+        rollouts,
+        judge,
+        lambda,
+        ..NodeValue::default()
+    }
+}
+
+#[test]
+fn mcts_values_nodes_by_the_share_of_rollouts_that_reach_the_gold_answer() {
+    // Children 2, rollouts 2, judge = answer, λ = 1; the rollouts from node x are x ⊕ [0] and
+    // x ⊕ [1] (finished). Correct: [0,1], [1,0], [1,1], [1,0,1], [1,1,0].
+    // Sim 1: root → [0], [1]; rollouts [0,0] ✗ [0,1] ✓ → v[0] = .5; [1,0] ✓ [1,1] ✓ → v[1] = 1.
+    //   Backup: root N = 2, W = 1.5.
+    // Sim 2 (C = 1): [0] .5 + √(ln 2) < [1] 1 + √(ln 2) → expand [1] → [1,0], [1,1];
+    //   rollouts [1,0,0] ✗ [1,0,1] ✓ → .5; [1,1,0] ✓ [1,1,1] ✗ → .5.
+    //   Backup root, [1]: N += 2, W += 1 → root N = 4, W = 2.5; [1] N = 3, W = 2.
+    let mut ex = mcts_tree();
+    ex.correct = [&[0, 1][..], &[1, 0], &[1, 1], &[1, 0, 1], &[1, 1, 0]]
+        .iter()
+        .map(|t| t.to_vec())
+        .collect();
+    let value = rollout_value(2, RolloutJudge::Answer, 1.0);
+    let out = mcts(&mut ex, (2, 2, 1.0), 3, &value).unwrap();
+    assert_eq!(
+        ex.expand_calls,
+        vec![
+            vec![vec![], vec![]],
+            vec![vec![0], vec![0], vec![1], vec![1]],
+            vec![vec![1], vec![1]],
+            vec![vec![1, 0], vec![1, 0], vec![1, 1], vec![1, 1]],
+        ]
+    );
+    assert_eq!(ex.expand_last, [false, true, false, true]);
+    assert_eq!((ex.score_calls, ex.check_calls), (0, 2), "no PRM is read");
+    assert_eq!((out.expansions, out.rollouts), (2, 8));
+    close(node(&out, &[0]).value, 0.5);
+    close(node(&out, &[1]).value, 1.0);
+    close(node(&out, &[1, 0]).value, 0.5);
+    close(node(&out, &[1, 1]).value, 0.5);
+    assert_eq!((out.nodes[0].visits, node(&out, &[1]).visits), (4, 3));
+    close(out.nodes[0].value_sum, 2.5);
+    close(node(&out, &[1]).q(), 2.0 / 3.0);
+    // Rollouts value nodes; they are not nodes, so nothing finished: the best node is [1].
+    assert!(!out.finished);
+    assert_eq!(out.nodes[out.best].partial.tokens, [1]);
+}
+
+#[test]
+fn mcts_mixes_the_prm_value_with_prm_judged_rollouts_by_lambda() {
+    // λ = .5, judge = prm: [0] PRM .6, rollouts [0,0] .2 [0,1] .3 → .5·.6 + .5·.25 = .425;
+    // [1] PRM .4, rollouts [1,0] .9 [1,1] .7 → .5·.4 + .5·.8 = .6. Two PRM calls.
+    let mut ex = mcts_tree();
+    let value = rollout_value(2, RolloutJudge::Prm, 0.5);
+    let out = mcts(&mut ex, (1, 2, 1.0), 3, &value).unwrap();
+    assert_eq!((ex.score_calls, ex.check_calls), (2, 0));
+    close(node(&out, &[0]).value, 0.425);
+    close(node(&out, &[1]).value, 0.6);
+    close(out.nodes[0].value_sum, 1.025);
+}
+
+#[test]
+fn a_finished_child_is_its_own_rollout() {
+    // [1] finishes at once: judged itself (1), only [0] rolls out ([0,0] ✗, [0,1] ✓ → .5).
+    let mut ex = mcts_tree();
+    ex.finished.insert(vec![1]);
+    ex.correct = [vec![1], vec![0, 1]].into_iter().collect();
+    let value = rollout_value(2, RolloutJudge::Answer, 1.0);
+    let out = mcts(&mut ex, (1, 2, 1.0), 3, &value).unwrap();
+    assert_eq!(ex.expand_calls[1], vec![vec![0], vec![0]]);
+    assert_eq!(out.rollouts, 2);
+    close(node(&out, &[0]).value, 0.5);
+    close(node(&out, &[1]).value, 1.0);
+    assert!(out.finished);
+    assert_eq!(out.nodes[out.best].partial.tokens, [1]);
+}
+
+#[test]
+fn node_values_are_checked_and_say_whether_they_read_a_prm() {
+    assert!(NodeValue::default().needs_prm());
+    assert!(!rollout_value(4, RolloutJudge::Answer, 1.0).needs_prm());
+    assert!(rollout_value(4, RolloutJudge::Answer, 0.5).needs_prm());
+    assert!(rollout_value(4, RolloutJudge::Prm, 1.0).needs_prm());
+    let e = rollout_value(0, RolloutJudge::Answer, 1.0)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("value.rollouts:"), "{e}");
+    let e = rollout_value(2, RolloutJudge::Prm, 1.5)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("value.lambda:"), "{e}");
+    let c = DecodeConfig::from_toml(
+        "[strategy]\ntype = \"mcts\"\nsimulations = 4\nchildren = 2\n\
+         [strategy.value]\nrollouts = 3\njudge = \"answer\"\nextraction = \"strict\"\n",
+        std::path::Path::new("v.toml"),
+    )
+    .unwrap();
+    let Strategy::Mcts { value, .. } = &c.strategy else {
+        panic!("{:?}", c.strategy)
+    };
+    assert_eq!(
+        *value,
+        NodeValue {
+            rollouts: 3,
+            judge: RolloutJudge::Answer,
+            lambda: 1.0,
+            extraction: rm_process::final_answer::AnswerExtraction::Strict,
+        }
+    );
+    assert!(!c.strategy.needs_step_scorer() && c.strategy.is_step_search());
 }
 
 // ---- On the tiny Llama (vocabulary w0 … w47, eos w1), steps ended by "w6".
@@ -475,6 +608,7 @@ fn mcts_on_the_tiny_model_counts_its_tree() {
             children: 2,
             exploration: 1.0,
             steps: steps(3, 3, 1.0),
+            value: NodeValue::default(),
         },
         12,
         &seen,
@@ -737,6 +871,7 @@ fn bad_search_parameters_are_named() {
             children: 2,
             exploration: 1.0,
             steps: StepParams::default(),
+            value: NodeValue::default(),
         },
         "simulations:",
     );
@@ -746,6 +881,7 @@ fn bad_search_parameters_are_named() {
             children: 2,
             exploration: f64::NAN,
             steps: StepParams::default(),
+            value: NodeValue::default(),
         },
         "exploration:",
     );
@@ -800,7 +936,8 @@ fn search_configs_read_from_toml() {
             simulations: 8,
             children: 3,
             exploration: std::f64::consts::SQRT_2,
-            steps: StepParams::default()
+            steps: StepParams::default(),
+            value: NodeValue::default(),
         }
     );
     let e = DecodeConfig::from_toml(
@@ -846,6 +983,7 @@ fn run_decode_refuses_a_search_without_a_prm() {
                 children: 2,
                 exploration: 1.0,
                 steps: StepParams::default(),
+                value: NodeValue::default(),
             },
         },
         seed: 1,
@@ -898,4 +1036,97 @@ fn run_decode_refuses_a_search_without_a_prm() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("MCTS tree") && e.contains("best-of-n"), "{e}");
+    // Without a scorer, only MCTS valued by answer-checked rollouts alone runs.
+    request.step_pairs = None;
+    request.scorer = crate::ScorerSpec::None;
+    let e = crate::run_decode(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("best-of-n needs a scorer"), "{e}");
+    request.config.strategy = Strategy::Mcts {
+        simulations: 2,
+        children: 2,
+        exploration: 1.0,
+        steps: StepParams::default(),
+        value: rollout_value(2, RolloutJudge::Answer, 0.5),
+    };
+    let e = crate::run_decode(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mcts needs a scorer"), "{e}");
+    request.config.strategy = Strategy::Mcts {
+        simulations: 2,
+        children: 2,
+        exploration: 1.0,
+        steps: StepParams::default(),
+        value: rollout_value(2, RolloutJudge::Answer, 1.0),
+    };
+    let e = crate::run_decode(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no-such-policy"), "past the scorer check: {e}");
+}
+
+#[test]
+fn answer_checked_mcts_on_the_tiny_llama_reads_the_gold_answer_and_no_prm() {
+    // Steps end at "w6"; depth 2 is generated to the end, so two simulations finish nodes. A
+    // finished node's value (λ = 1) is its own check: its last number ("w3" reads 3) against
+    // the gold 3, recomputed here from the text.
+    let model = tiny_model();
+    let config = DecodeConfig {
+        max_new_tokens: 10,
+        strategy: Strategy::Mcts {
+            simulations: 3,
+            children: 2,
+            exploration: 1.0,
+            steps: steps(2, 3, 1.0),
+            value: rollout_value(2, RolloutJudge::Answer, 1.0),
+        },
+    };
+    let prompts = prompts();
+    let gold = vec![Some(3.0); prompts.len()];
+    let run = crate::decode_with_gold(
+        &model,
+        &prompts,
+        &gold,
+        &config,
+        9,
+        &mut crate::scorer::NoScorer,
+        &mut |_| {},
+    )
+    .unwrap();
+    for row in &run.rows {
+        let Detail::Mcts {
+            rollouts,
+            finished,
+            expansions,
+            ..
+        } = &row.detail
+        else {
+            panic!("{:?}", row.detail)
+        };
+        assert_eq!(row.stats.scorer_calls, 0);
+        assert!(*rollouts > 0 && rollouts % 2 == 0, "{rollouts}");
+        assert!(*rollouts <= 2 * 2 * expansions);
+        assert!(*finished);
+        let last_number: Option<f64> = row
+            .text
+            .split_whitespace()
+            .rev()
+            .find_map(|w| w.trim_start_matches('w').parse().ok());
+        let correct = f32::from(u8::from(last_number == Some(3.0)));
+        assert_eq!(row.reward, correct, "{:?}", row.text);
+    }
+    // The same run without gold answers is refused by name.
+    let e = decode(
+        &model,
+        &prompts,
+        &config,
+        9,
+        &mut crate::scorer::NoScorer,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("gold answer"), "{e}");
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use decoding::{
-    DecodeConfig, DecodeRequest, PromptSource, ScorerSpec, StepPairsOut, StepParams, Strategy,
-    run_decode,
+    DecodeConfig, DecodeRequest, NodeValue, PromptSource, RolloutJudge, ScorerSpec, StepPairsOut,
+    StepParams, Strategy, run_decode,
 };
 use rm_process::Aggregation;
 
@@ -47,15 +47,22 @@ pub enum StrategyArg {
     Refine,
 }
 
+/// `--rollout-judge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JudgeArg {
+    Prm,
+    Answer,
+}
+
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("scorer").required(true).args(["rm", "prm", "keywords", "target_words"])))]
+#[command(group(clap::ArgGroup::new("scorer").args(["rm", "prm", "keywords", "target_words"])))]
 pub struct DecodeArgs {
     /// The decoding method (or --config).
     #[arg(long, value_enum, required_unless_present = "config")]
     pub strategy: Option<StrategyArg>,
     /// A TOML file: `max_new_tokens = 32` and a `[strategy]` table with `type = "best-of-n"`
     /// and its parameters (instead of --strategy and its flags).
-    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens", "beam_width", "simulations", "children", "exploration", "max_steps", "step_tokens"])]
+    #[arg(long, conflicts_with_all = ["strategy", "n", "temperature", "top_p", "lambda", "threshold", "budget", "batch", "top_k", "weight", "block_size", "candidates", "alpha", "depth", "max_new_tokens", "beam_width", "simulations", "children", "exploration", "max_steps", "step_tokens", "rollouts", "rollout_judge", "value_mix"])]
     pub config: Option<PathBuf>,
     /// A policy folder (`plumb train-po`) or a model folder / .gguf (then ChatML).
     #[arg(long)]
@@ -93,6 +100,18 @@ pub struct DecodeArgs {
     /// mcts: UCT exploration constant C [default: √2].
     #[arg(long)]
     pub exploration: Option<f64>,
+    /// mcts: completions rolled out to the end from each new node to value it [default: 0 =
+    /// the PRM's value of the partial solution].
+    #[arg(long)]
+    pub rollouts: Option<usize>,
+    /// mcts with --rollouts: how a finished rollout is judged: prm (its PRM score) or answer
+    /// (1 when its final answer is the prompt's gold answer: --input gsm8k:test or rows with
+    /// "answer"; no --prm needed with --value-mix 1) [default: prm].
+    #[arg(long, value_enum)]
+    pub rollout_judge: Option<JudgeArg>,
+    /// mcts with --rollouts: λ in v = (1 − λ)·PRM value + λ·mean rollout outcome [default: 1].
+    #[arg(long)]
+    pub value_mix: Option<f64>,
     /// mcts: also write the trees' sibling-step preferences (steps after the same prefix whose
     /// MCTS values differ by at least --pair-margin) as step-pair JSONL for `train-prm`'s
     /// `source = "step-pairs"`.
@@ -115,7 +134,8 @@ pub struct DecodeArgs {
     /// Instead of --rm: reward = −|words in the response − this target|.
     #[arg(long)]
     pub target_words: Option<usize>,
-    /// A JSONL file of {"prompt": …} rows, or hh-rlhf:dev / hh-rlhf:train.
+    /// A JSONL file of {"prompt": …} rows (with an optional gold "answer"), hh-rlhf:dev /
+    /// hh-rlhf:train, or gsm8k:test / gsm8k:train (questions with their gold answers).
     #[arg(long)]
     pub input: PromptSource,
     /// How many distinct prompts of --input (the first ones).
@@ -202,6 +222,13 @@ impl DecodeArgs {
             }
             Ok(())
         };
+        if strategy != StrategyArg::Mcts {
+            unused(&[
+                ("rollouts", self.rollouts.is_some()),
+                ("rollout-judge", self.rollout_judge.is_some()),
+                ("value-mix", self.value_mix.is_some()),
+            ])?;
+        }
         let strategy = match strategy {
             StrategyArg::BestOfN => {
                 unused(&[
@@ -278,7 +305,17 @@ impl DecodeArgs {
             | StrategyArg::Dvts
             | StrategyArg::Mcts
             | StrategyArg::Refine => {
-                if self.prm.is_none() {
+                let value = NodeValue {
+                    rollouts: self.rollouts.unwrap_or(0),
+                    judge: match self.rollout_judge {
+                        Some(JudgeArg::Answer) => RolloutJudge::Answer,
+                        Some(JudgeArg::Prm) | None => RolloutJudge::Prm,
+                    },
+                    lambda: self.value_mix.unwrap_or(1.0),
+                    ..NodeValue::default()
+                };
+                let prm_read = strategy != StrategyArg::Mcts || value.needs_prm();
+                if self.prm.is_none() && prm_read {
                     bail!("--strategy {strategy:?} needs --prm DIR (a process reward model)");
                 }
                 let defaults = StepParams::default();
@@ -313,6 +350,7 @@ impl DecodeArgs {
                         children: self.children.unwrap_or(3),
                         exploration: self.exploration.unwrap_or(std::f64::consts::SQRT_2),
                         steps,
+                        value,
                     }
                 } else {
                     unused(&[
@@ -369,6 +407,7 @@ impl DecodeArgs {
                 aggregation: self.step_aggregation.unwrap_or(Aggregation::Last),
             },
             (None, None, Some(n)) => ScorerSpec::Length(n),
+            (None, None, None) if self.keywords.is_empty() => ScorerSpec::None,
             (None, None, None) => ScorerSpec::Keywords(self.keywords.clone()),
         })
     }
@@ -388,7 +427,7 @@ fn parse_aggregation(s: &str) -> std::result::Result<Aggregation, String> {
 /// summary on stdout.
 pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
     let config = args.decode_config()?;
-    let config_is_search = config.strategy.needs_step_scorer();
+    let config_is_search = config.strategy.is_step_search();
     let request = DecodeRequest {
         policy: args.policy.clone(),
         scorer: args.scorer()?,
@@ -574,9 +613,35 @@ mod tests {
                 simulations: 8,
                 children: 2,
                 exploration: std::f64::consts::SQRT_2,
-                steps: StepParams::default()
+                steps: StepParams::default(),
+                value: NodeValue::default(),
             }
         );
+        // Answer-checked rollouts alone read no PRM; mixed with the PRM's value they do.
+        let gold = "plumb --policy p --input gsm8k:test";
+        let c = parse_with(gold, "--strategy mcts --rollouts 4 --rollout-judge answer").unwrap();
+        let Strategy::Mcts { value, .. } = &c.strategy else {
+            panic!("{:?}", c.strategy)
+        };
+        assert_eq!(
+            (value.rollouts, value.judge, value.lambda),
+            (4, RolloutJudge::Answer, 1.0)
+        );
+        let e = parse_with(
+            gold,
+            "--strategy mcts --rollouts 4 --rollout-judge answer --value-mix 0.5",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--prm"), "{e}");
+        let e = parse_with(prm, "--strategy mcts --rollout-judge answer")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("value.rollouts:"), "{e}");
+        let e = parse_with(prm, "--strategy dvts --rollouts 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--rollouts does not apply"), "{e}");
         let c = parse_with(prm, "--strategy refine --candidates 3 --threshold 0.6").unwrap();
         assert_eq!(
             c.strategy,
