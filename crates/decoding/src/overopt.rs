@@ -2,8 +2,8 @@
 //! best-of-n choice really gains under a gold reward model, as n (and so the KL distance from
 //! the policy) grows — the best-of-n curves of Gao et al. 2023 ("Scaling Laws for Reward Model
 //! Overoptimization") and Coste et al. 2024 ("Reward Model Ensembles Help Mitigate
-//! Overoptimization", ICLR), with single reward models and ensembles (mean, min = WCO,
-//! mean − λ·std = UWO) as proxies.
+//! Overoptimization", ICLR), with single reward models, ensembles (mean, min = WCO,
+//! mean − λ·std = UWO) and DMoERM folders (`rm_multiobj::dmoerm`, raw scale) as proxies or gold.
 //!
 //! One sampling pass: `m` completions per prompt (sampled here, or read from a
 //! `plumb generate --input … --out` file). Every completion is scored once by the gold and by
@@ -283,8 +283,9 @@ fn short_name(dir: &Path) -> String {
     }
 }
 
-/// Every aggregation's rewards of `items` by the reward model or ensemble at `dir`: one
-/// `(info, rewards)` per aggregation (a single model: one, its reward).
+/// Every aggregation's rewards of `items` by the reward model, ensemble or DMoERM at `dir`:
+/// one `(info, rewards)` per aggregation (a single model or a DMoERM: one, its reward; a
+/// DMoERM's members are its experts, its reward the routed task's aggregator's).
 fn score_with(
     dir: &Path,
     aggregations: &[Aggregation],
@@ -292,6 +293,25 @@ fn score_with(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<(RewardInfo, Vec<f32>)>> {
+    if rm_multiobj::dmoerm::is_dmoerm_dir(dir) {
+        let model =
+            rm_multiobj::dmoerm::DmoermModel::load(dir, device).map_err(DecodeError::model)?;
+        let pairs: Vec<(&Prompt, &str)> = items.iter().map(|i| (i.prompt, i.response)).collect();
+        let rewards = model
+            .score_items(&pairs, batch_size)
+            .map_err(DecodeError::model)?
+            .into_iter()
+            .map(|s| s.reward as f32)
+            .collect();
+        let info = RewardInfo {
+            label: short_name(dir),
+            dir: dir.to_path_buf(),
+            aggregation: None,
+            members: model.experts.iter().map(Vec::len).sum(),
+            normalized: false,
+        };
+        return Ok(vec![(info, rewards)]);
+    }
     let ensemble = load_reward(dir, device)?;
     let single = !is_ensemble_dir(dir);
     let matrix = ensemble

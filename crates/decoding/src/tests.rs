@@ -1625,6 +1625,72 @@ fn overopt_study_scores_every_sample_once_and_writes_its_report() {
     assert!(e.contains("prompt 1 has 3 samples, prompt 0 has 4"), "{e}");
 }
 
+/// `plumb overopt --proxy DMOERM_DIR`: a DMoERM folder is a proxy like any reward model; its
+/// n = 1 reward is the mean over every sample of its aggregate, here the sum of its two
+/// experts' own rewards, recomputed from the samples file.
+#[test]
+fn overopt_takes_a_dmoerm_folder_as_a_proxy() {
+    use rm_core::models::reward::RewardModelBundle;
+    let root = temp_dir("overopt-dmoerm");
+    let device = test_device();
+    let (a, b, _) = tiny_reward_models(&root);
+    let dmoerm = root.join("dmoerm");
+    rm_multiobj::dmoerm::fixtures::write_sum_of_two(
+        &dmoerm,
+        &root.join("rm-a-backbone"),
+        16,
+        [&a, &b],
+    )
+    .unwrap();
+    let policy = tiny_policy_and_prompts(&root);
+    let request = OveroptRequest {
+        samples: StudySamples::Policy {
+            policy,
+            input: PromptSource::File(root.join("prompts.jsonl")),
+            prompts: 10,
+            samples: 2,
+            sampling: SamplingConfig {
+                max_new_tokens: 5,
+                seed: 4,
+                ..SamplingConfig::default()
+            },
+            batch_size: 4,
+        },
+        proxies: vec![dmoerm],
+        aggregations: Vec::new(),
+        gold: b.clone(),
+        gold_aggregation: None,
+        ns: vec![1, 2],
+        data_dir: root.clone(),
+        out_dir: root.join("study"),
+        batch_size: 4,
+        device: device.clone(),
+    };
+    let report = run_overopt(&request, &mut |_| {}).unwrap();
+    let proxy = &report.curves[0].proxy;
+    assert_eq!(
+        (proxy.label.as_str(), proxy.members, proxy.normalized),
+        ("dmoerm", 2, false)
+    );
+    let mut rm_a = RewardModelBundle::load(&a, &device).unwrap();
+    let mut rm_b = RewardModelBundle::load(&b, &device).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report.samples_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut sum = 0.0;
+    for l in &lines {
+        let prompt: Prompt = serde_json::from_value(l["prompt"].clone()).unwrap();
+        let pair = [(&prompt, l["completion"].as_str().unwrap())];
+        sum += f64::from(rm_a.score(&pair).unwrap()[0] + rm_b.score(&pair).unwrap()[0]);
+    }
+    let n1 = report.curves[0].points[0].proxy_reward;
+    let want = sum / lines.len() as f64;
+    assert!((n1 - want).abs() < 1e-4, "{n1} vs {want}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
 /// `plumb decode --head-weights`: a policy folder with action heads (MAH-DPO) decodes with the
 /// named head — head `a`, a copy of the model's own, decodes exactly as the folder did before it
 /// had heads; head `b`, moved far from it, decodes otherwise — and an unknown head is an error.

@@ -21,14 +21,15 @@ pub struct OveroptArgs {
     /// Instead of --policy: a `plumb generate --input … --out FILE` file of samples.
     #[arg(long, conflicts_with_all = ["input", "prompts", "samples", "temperature", "top_p", "max_new_tokens"])]
     pub samples_file: Option<PathBuf>,
-    /// Proxy reward models: reward-model or ensemble folders (repeat, or comma-separated).
+    /// Proxy reward models: reward-model, ensemble or DMoERM folders (repeat, or
+    /// comma-separated).
     #[arg(long, required = true, value_delimiter = ',')]
     pub proxy: Vec<PathBuf>,
     /// The aggregations each ensemble proxy is scored with, e.g. mean,min,mean-minus-std:0.5
     /// [default: the one its ensemble.json names].
     #[arg(long, value_delimiter = ',')]
     pub aggregations: Vec<Aggregation>,
-    /// The gold reward model (or ensemble folder) that judges the proxies' choices.
+    /// The gold reward model (or ensemble or DMoERM folder) that judges the proxies' choices.
     #[arg(long)]
     pub gold: PathBuf,
     /// With an ensemble --gold: its aggregation [default: its ensemble.json's].
