@@ -1719,8 +1719,13 @@ fn decode_steers_a_multi_head_policy_by_its_head_weights() {
     let spec = ActionHeadsSpec {
         names: vec!["a".into(), "b".into()],
         default_weights: vec![1.0, 1.0],
+        low_rank: None,
     };
-    action_heads::save(&policy, &spec, &[base, far]).unwrap();
+    let linear = |w| rm_core::burn::nn::Linear {
+        weight: rm_core::burn::module::Param::from_tensor(w),
+        bias: None,
+    };
+    action_heads::save(&policy, &spec, &[linear(base), linear(far)]).unwrap();
     assert_eq!(texts(Some("a=1")), plain);
     assert_ne!(texts(Some("b=1")), plain);
     let mut request = best_of_3_request(&root, &policy, ScorerSpec::Keywords(vec!["w7".into()]));

@@ -19,6 +19,11 @@
 //! once (a pair-weighted mean, exact under gradient accumulation). The two agree when the
 //! objectives have as many pairs, which a recipe gets by equal `limit`s.
 //!
+//! With `low_rank_heads = { rank = r, alpha = α }` each head is a LoRA update of the base head,
+//! `W_k = W_0 + (α/r)·A_k B_k` (A Gaussian, B zero, so every head still starts at `W_0`), and
+//! only the factors train and are saved: `r·(V + D)` floats a head instead of `V·D` (the
+//! "heads as low-rank deltas" variant; the paper trains full heads).
+//!
 //! Inference ([`rm_core::models::action_heads`]): `logits = Σ_k w_k · h W_kᵀ` with `Σ w_k = 1`
 //! — the paper's head-weighted ensemble — installed as one mixed head, so
 //! `plumb generate --model DIR --head-weights harmless=0.7,concise=0.3` steers between
@@ -28,10 +33,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::{Module, Param};
+use burn::module::{Lora, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use rm_core::models::action_heads::{self, ActionHeadsSpec};
+use rm_core::models::action_heads::{self, ActionHeadsSpec, LowRankHeads};
 use rm_core::models::llama::LlamaModel;
 use rm_core::models::policy_folder::{Policy, PolicyModelConfig};
 use rm_core::train::{
@@ -57,16 +62,26 @@ pub struct MultiHeadPolicy {
 }
 
 impl MultiHeadPolicy {
-    /// `heads` copies of `backbone`'s head, each a trainable parameter of its own.
-    pub fn new(backbone: LlamaModel, heads: usize) -> Self {
+    /// `heads` copies of `backbone`'s head, each a trainable parameter of its own; with
+    /// `low_rank`, each head is one frozen copy of it (shared by all) plus trainable LoRA
+    /// factors of that rank (B = 0: the head starts as the copy).
+    pub fn new(backbone: LlamaModel, heads: usize, low_rank: Option<&LowRankHeads>) -> Self {
         let base = action_heads::base_head(&backbone);
         let device = base.device();
         let data = base.into_data();
+        let shared = Tensor::<2>::from_data(data.clone(), &device);
         let heads = (0..heads)
-            .map(|_| Linear {
-                // A fresh leaf per head (the base head is a view of the tied embedding).
-                weight: Param::from_tensor(Tensor::from_data(data.clone(), &device)),
-                bias: None,
+            .map(|_| match low_rank {
+                None => Linear {
+                    // A fresh leaf per head (the base head is a view of the tied embedding).
+                    weight: Param::from_tensor(Tensor::from_data(data.clone(), &device)),
+                    bias: None,
+                },
+                Some(l) => Linear {
+                    weight: Param::from_tensor(shared.clone()),
+                    bias: None,
+                }
+                .apply_lora(Lora::new(l.rank, l.alpha)),
             })
             .collect();
         Self { backbone, heads }
@@ -136,6 +151,10 @@ pub struct MahDpoRecipe {
     /// The folder holds that one head, named `shared`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_head: bool,
+    /// Heads as LoRA updates of the base model's head (`{ rank, alpha }`); absent: full heads.
+    /// Needs LoRA on the backbone (`[model] lora`): the base head must stay the base model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_rank_heads: Option<LowRankHeads>,
     #[serde(default)]
     pub objective: PreferenceObjective,
     pub train: TrainConfig,
@@ -158,6 +177,14 @@ impl MahDpoRecipe {
             );
         }
         self.spec().context("[[heads]]")?;
+        if let Some(low_rank) = &self.low_rank_heads {
+            low_rank.validate()?;
+            if self.model.lora.is_none() {
+                bail!(
+                    "low_rank_heads are updates of the base model's head, which full fine-tuning changes (a tied embedding trains with the backbone): give [model] lora, or drop low_rank_heads for full heads"
+                );
+            }
+        }
         match &self.objective {
             PreferenceObjective::Dpo(c) if c.sync_ref_model => bail!(
                 "objective.sync_ref_model (TR-DPO) refreshes one reference; MAH-DPO's reference is the base model's own head, which every action head starts from"
@@ -175,6 +202,7 @@ impl MahDpoRecipe {
         let spec = ActionHeadsSpec {
             names: self.heads.iter().map(|h| h.name.clone()).collect(),
             default_weights: self.heads.iter().map(|h| h.weight).collect(),
+            low_rank: self.low_rank_heads.clone(),
         };
         spec.validate()?;
         Ok(spec)
@@ -305,10 +333,16 @@ impl TrainTask<MultiHeadPolicy> for MahDpoTask {
     /// The policy folder of the backbone (adapters or full weights) plus the action heads.
     fn save_model(&self, model: &MultiHeadPolicy, dir: &Path) -> Result<()> {
         self.objectives[0].template().save(&model.backbone, dir)?;
-        let heads: Vec<_> = model.heads.iter().map(|h| h.weight.val()).collect();
-        match heads.len() == self.spec.names.len() {
-            true => action_heads::save(dir, &self.spec, &heads),
-            false => action_heads::save(dir, &shared_spec(), &heads),
+        match model.heads.len() == self.spec.names.len() {
+            true => action_heads::save(dir, &self.spec, &model.heads),
+            false => action_heads::save(
+                dir,
+                &ActionHeadsSpec {
+                    low_rank: self.spec.low_rank.clone(),
+                    ..shared_spec()
+                },
+                &model.heads,
+            ),
         }
     }
 
@@ -348,6 +382,7 @@ fn shared_spec() -> ActionHeadsSpec {
     ActionHeadsSpec {
         names: vec!["shared".into()],
         default_weights: vec![1.0],
+        low_rank: None,
     }
 }
 
@@ -428,7 +463,7 @@ pub fn train_mah_dpo(mut recipe: MahDpoRecipe, request: &TrainRequest) -> Result
         device: device.clone(),
         progress: request.progress,
     };
-    let model = MultiHeadPolicy::new(backbone, heads);
+    let model = MultiHeadPolicy::new(backbone, heads, recipe.low_rank_heads.as_ref());
     let evaluations = run_task(&trainer, &run, model, &mut task)?;
     finish_run(&recipe, out, &run, evaluations, None, "pairs")
 }
@@ -467,6 +502,7 @@ mod tests {
         ActionHeadsSpec {
             names: vec!["a".into(), "b".into()],
             default_weights: vec![1.0, 1.0],
+            low_rank: None,
         }
     }
 
@@ -498,7 +534,7 @@ mod tests {
     fn every_head_starts_as_the_backbones_own_and_a_view_follows_its_head() {
         let device = test_device();
         let policy = tiny_policy(&temp("view"), false, &device);
-        let model = MultiHeadPolicy::new(policy.lm.model.clone(), 3);
+        let model = MultiHeadPolicy::new(policy.lm.model.clone(), 3, None);
         let seq = policy.encode(&Prompt::Text("w3 w4".into()), GOOD).unwrap();
         let logps = |m: &LlamaModel| -> Vec<f32> {
             shared_prompt_logprobs(m, std::slice::from_ref(&seq), 0, false)
@@ -539,7 +575,7 @@ mod tests {
         assert_eq!(task.locate(6).unwrap(), (1, 0));
         assert!(task.locate(12).is_err());
         // Heads away from the reference, so the losses differ from ln 2 and from each other.
-        let mut model = MultiHeadPolicy::new(policy.lm.model.clone(), 2);
+        let mut model = MultiHeadPolicy::new(policy.lm.model.clone(), 2, None);
         for (k, head) in model.heads.iter_mut().enumerate() {
             let w = head.weight.val().detach();
             let noise = w.random_like(burn::tensor::Distribution::Uniform(-0.5, 0.5));
@@ -714,6 +750,73 @@ out_dir = "{out}"
             .unwrap()
             .unwrap();
         assert_eq!(spec.names, vec!["shared".to_string()]);
+    }
+
+    /// Low-rank heads (rank 2 over a 48-token vocabulary) fit the same contradicting
+    /// objectives; the folder holds only their factors, loads as the base head plus the mixed
+    /// updates, and steers as full heads do.
+    #[test]
+    fn low_rank_heads_learn_contradicting_objectives_from_their_factors_alone() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let root = temp("low-rank");
+        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
+        let request = TrainRequest {
+            data_dir: root.clone(),
+            models_dir: root.clone(),
+            device: test_device(),
+            mode: RunMode::Fresh,
+            progress: false,
+        };
+        let mut r = recipe(&root);
+        r.low_rank_heads = Some(LowRankHeads {
+            rank: 2,
+            alpha: 4.0,
+        });
+        let report = train_mah_dpo(r.clone(), &request).unwrap();
+        let (before, after) = (&report.initial_eval.metrics, &report.final_eval.metrics);
+        assert!(
+            (before["loss"] - std::f64::consts::LN_2).abs() < 1e-6,
+            "{before:?}"
+        );
+        for head in ["a", "b"] {
+            assert_eq!(after[&format!("{head}/reward_accuracy")], 1.0, "{after:?}");
+            assert!(after[&format!("{head}/loss")] < 0.4, "{after:?}");
+        }
+        let dir = &report.final_dir;
+        let spec = action_heads::read_spec(dir).unwrap().unwrap();
+        assert_eq!(spec.low_rank, r.low_rank_heads);
+        let file = rm_core::models::safetensors::SafetensorsWeights::open(
+            dir.join(action_heads::ACTION_HEADS_FILE),
+        )
+        .unwrap();
+        use rm_core::models::weights::WeightSource;
+        let b = file.tensor("action_heads.0.lora_B.weight").unwrap();
+        assert_eq!(b.shape[1], 2);
+        assert!(b.values.iter().any(|&x| x != 0.0), "B trained");
+        assert!(file.tensor("action_heads.0.weight").is_err());
+        let preference = |weights: &str| -> f64 {
+            let w: action_heads::HeadWeights = weights.parse().unwrap();
+            let policy = Policy::load_steered(dir, &test_device(), Some(&w)).unwrap();
+            let rows = policy
+                .encode_shared(&Prompt::Text("w2 w3".into()), &[GOOD, BAD])
+                .unwrap();
+            let sums: Vec<f32> = shared_prompt_logprobs(&policy.lm.model, &rows, 0, false)
+                .unwrap()
+                .sum
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            (sums[0] - sums[1]) as f64
+        };
+        let (a, b) = (preference("a=1"), preference("b=1"));
+        assert!(a > 1.0 && b < -1.0, "a {a}, b {b}");
+        // Without LoRA on the backbone the base head would train too: refused.
+        r.model.lora = None;
+        let err = format!("{:#}", r.validate().unwrap_err());
+        assert!(
+            err.contains("low_rank_heads") && err.contains("[model] lora"),
+            "{err}"
+        );
     }
 
     /// `[[heads]]` makes a recipe MAH-DPO's; the shipped one validates, with its heads in

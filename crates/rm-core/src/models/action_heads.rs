@@ -4,7 +4,11 @@
 //!
 //! A policy folder may carry
 //! - `action_heads.safetensors`: head `k`'s weight `W_k` `[V, D]` (PyTorch's `lm_head.weight`
-//!   layout) under `action_heads.<k>.weight`;
+//!   layout) under `action_heads.<k>.weight`; or, for low-rank heads
+//!   ([`ActionHeadsSpec::low_rank`]), its factors in PEFT's layout, `action_heads.<k>.lora_A.weight`
+//!   `[r, D]` and `action_heads.<k>.lora_B.weight` `[V, r]`, with
+//!   `W_k = W_0 + (α/r)·B_k A_k` over the base model's own head `W_0` — `r·(V + D)` floats
+//!   a head instead of `V·D` (SmolLM2-135M at r = 16: 3.2 MB instead of 113 MB);
 //! - `action_heads.json` ([`ActionHeadsSpec`]): the objectives' names, in head order, and the
 //!   default mixing weights.
 //!
@@ -12,7 +16,8 @@
 //! `w` normalised to sum to 1 — the paper's weighted ensemble of head logits. The logits are
 //! linear in the head, so the mixture is one head `Σ_k w_k W_k` installed as the model's
 //! `lm_head` ([`install_mixture`]): sampling, the KV cache and every consumer of the model run
-//! unchanged, at the cost of one head.
+//! unchanged, at the cost of one head. Low-rank heads mix the same way:
+//! `Σ_k w_k W_k = W_0 + (α/r)·Σ_k w_k B_k A_k`.
 
 use std::path::Path;
 
@@ -40,6 +45,39 @@ pub struct ActionHeadsSpec {
     pub names: Vec<String>,
     /// The mixing weights used when none are given (one per head, non-negative, not all 0).
     pub default_weights: Vec<f64>,
+    /// Heads stored as low-rank updates of the base model's head (absent: full heads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_rank: Option<LowRankHeads>,
+}
+
+/// Heads as low-rank updates `W_k = W_0 + (alpha/rank)·A_k B_k` (burn's layout) of the base
+/// model's head `W_0`, trained as LoRA factors (A Gaussian, B zero: every head starts at `W_0`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowRankHeads {
+    pub rank: usize,
+    pub alpha: f64,
+}
+
+impl LowRankHeads {
+    /// Rank ≥ 1, alpha finite and positive.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            bail!("low_rank_heads.rank must be at least 1");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!(
+                "low_rank_heads.alpha must be finite and > 0, got {}",
+                self.alpha
+            );
+        }
+        Ok(())
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
 }
 
 impl ActionHeadsSpec {
@@ -57,6 +95,9 @@ impl ActionHeadsSpec {
             }
         }
         normalised(&self.names, &self.default_weights).context("default_weights")?;
+        if let Some(low_rank) = &self.low_rank {
+            low_rank.validate()?;
+        }
         Ok(())
     }
 
@@ -151,9 +192,36 @@ pub fn tensor_name(k: usize) -> String {
     format!("action_heads.{k}.weight")
 }
 
-/// Writes the heads (burn layout `[D, V]` each, as `Linear` holds them) and their spec into the
-/// policy folder `dir`, each file atomically.
-pub fn save(dir: &Path, spec: &ActionHeadsSpec, heads: &[Tensor<2>]) -> Result<()> {
+/// The names of low-rank head `k`'s factors in [`ACTION_HEADS_FILE`] (PEFT's `lora_A`,
+/// `lora_B`).
+pub fn factor_names(k: usize) -> (String, String) {
+    (
+        format!("action_heads.{k}.lora_A.weight"),
+        format!("action_heads.{k}.lora_B.weight"),
+    )
+}
+
+/// `t` (burn `[rows, cols]`) as a host tensor in the transposed, PyTorch layout `[cols, rows]`.
+fn transposed_host(t: Tensor<2>, what: &str) -> Result<HostTensor> {
+    let [rows, cols] = t.dims();
+    let values = t
+        .detach()
+        .transpose()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading {what}: {e:?}"))?;
+    Ok(HostTensor {
+        shape: vec![cols, rows],
+        values,
+    })
+}
+
+/// Writes the heads (burn `Linear`s over `[D, V]` weights) and their spec into the policy
+/// folder `dir`, each file atomically: full heads as their weights; with
+/// [`ActionHeadsSpec::low_rank`], each head must carry a LoRA adapter of that rank and only
+/// its factors are written.
+pub fn save(dir: &Path, spec: &ActionHeadsSpec, heads: &[Linear]) -> Result<()> {
     spec.validate()?;
     if heads.len() != spec.names.len() {
         bail!(
@@ -162,29 +230,29 @@ pub fn save(dir: &Path, spec: &ActionHeadsSpec, heads: &[Tensor<2>]) -> Result<(
             spec.names.len()
         );
     }
-    let tensors = heads
-        .iter()
-        .enumerate()
-        .map(|(k, w)| {
-            let [d, v] = w.dims();
-            // PyTorch's [V, D] layout: the transpose of burn's [D, V].
-            let values = w
-                .clone()
-                .detach()
-                .transpose()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading action head {k}: {e:?}"))?;
-            Ok((
+    let mut tensors = Vec::new();
+    for (k, head) in heads.iter().enumerate() {
+        match (&spec.low_rank, head.weight.adapter()) {
+            (None, _) => tensors.push((
                 tensor_name(k),
-                HostTensor {
-                    shape: vec![v, d],
-                    values,
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+                transposed_host(head.weight.val(), &format!("action head {k}"))?,
+            )),
+            (Some(low_rank), Some(adapter)) => {
+                let a = adapter.a.val();
+                if a.dims()[1] != low_rank.rank {
+                    bail!(
+                        "action head {k} has rank {}; the spec says {}",
+                        a.dims()[1],
+                        low_rank.rank
+                    );
+                }
+                let (a_name, b_name) = factor_names(k);
+                tensors.push((a_name, transposed_host(a, "lora_A")?));
+                tensors.push((b_name, transposed_host(adapter.b.val(), "lora_B")?));
+            }
+            (Some(_), None) => bail!("action head {k} is a full head; the spec says low-rank"),
+        }
+    }
     save_host_tensors(&dir.join(ACTION_HEADS_FILE), &tensors)?;
     write_bytes_atomically(
         &dir.join(ACTION_HEADS_SPEC),
@@ -208,36 +276,65 @@ pub fn read_spec(dir: &Path) -> Result<Option<ActionHeadsSpec>> {
 }
 
 /// The mixed head `Σ_k w_k W_k` `[V, D]` of the folder `dir`'s heads (host f32), with `w`
-/// the spec's defaults or `weights`. Errors name the file and the tensor (missing, wrong shape).
+/// the spec's defaults or `weights`; low-rank heads add `(α/r)·Σ_k w_k B_k A_k` to `base`, the
+/// base model's head `[V, D]`. Errors name the file and the tensor (missing, wrong shape).
 pub fn mixed_head(
     dir: &Path,
     spec: &ActionHeadsSpec,
     weights: Option<&HeadWeights>,
-    vocab: usize,
-    hidden: usize,
+    base: &HostTensor,
 ) -> Result<HostTensor> {
+    let [vocab, hidden] = base.shape[..] else {
+        bail!("the base head has shape {:?}, not [V, D]", base.shape);
+    };
     let w = spec.mixing_weights(weights)?;
     let path = dir.join(ACTION_HEADS_FILE);
     let source = SafetensorsWeights::open(&path)?;
-    let mut mixed = vec![0f32; vocab * hidden];
-    for (k, &wk) in w.iter().enumerate() {
-        if wk == 0.0 {
-            continue;
-        }
-        let name = tensor_name(k);
+    let read = |name: &str, k: usize, shape: [usize; 2]| -> Result<HostTensor> {
         let t = source
-            .tensor(&name)
+            .tensor(name)
             .with_context(|| format!("{}: head {} ({name})", path.display(), spec.names[k]))?;
-        if t.shape != [vocab, hidden] {
+        if t.shape != shape {
             bail!(
-                "{}: {name} has shape {:?}; the base model's head is [{vocab}, {hidden}]",
+                "{}: {name} has shape {:?}, expected {shape:?} (the base model's head is [{vocab}, {hidden}])",
                 path.display(),
                 t.shape
             );
         }
-        let wk = wk as f32;
-        for (m, v) in mixed.iter_mut().zip(&t.values) {
-            *m += wk * v;
+        Ok(t)
+    };
+    let mut mixed = match &spec.low_rank {
+        Some(_) => base.values.clone(),
+        None => vec![0f32; vocab * hidden],
+    };
+    for (k, &wk) in w.iter().enumerate() {
+        if wk == 0.0 {
+            continue;
+        }
+        match &spec.low_rank {
+            None => {
+                let t = read(&tensor_name(k), k, [vocab, hidden])?;
+                let wk = wk as f32;
+                for (m, v) in mixed.iter_mut().zip(&t.values) {
+                    *m += wk * v;
+                }
+            }
+            Some(low_rank) => {
+                let r = low_rank.rank;
+                let (a_name, b_name) = factor_names(k);
+                let a = read(&a_name, k, [r, hidden])?;
+                let b = read(&b_name, k, [vocab, r])?;
+                let scale = (wk * low_rank.scale()) as f32;
+                // mixed[v, :] += scale · Σ_j B[v, j] · A[j, :]
+                for (row, b_row) in mixed.chunks_exact_mut(hidden).zip(b.values.chunks_exact(r)) {
+                    for (&bj, a_row) in b_row.iter().zip(a.values.chunks_exact(hidden)) {
+                        let c = scale * bj;
+                        for (m, &x) in row.iter_mut().zip(a_row) {
+                            *m += c * x;
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(HostTensor {
@@ -292,8 +389,8 @@ pub fn install_mixture(
         }
         return Ok(None);
     };
-    let [vocab, hidden] = model.embed_tokens.weight.val().dims();
-    let head = mixed_head(dir, &spec, weights, vocab, hidden)?;
+    let base = transposed_host(base_head(model), "the base model's head")?;
+    let head = mixed_head(dir, &spec, weights, &base)?;
     install_head(model, head, device)?;
     let used = spec.mixing_weights(weights)?;
     Ok(Some((spec, used)))
@@ -309,6 +406,7 @@ mod tests {
         ActionHeadsSpec {
             names: names.iter().map(|s| s.to_string()).collect(),
             default_weights: weights.to_vec(),
+            low_rank: None,
         }
     }
 
@@ -346,7 +444,7 @@ mod tests {
         let model = tiny_model(&device);
         let base = base_head(&model);
         let [d, v] = base.dims();
-        let heads: Vec<Tensor<2>> = (0..3)
+        let heads: Vec<Linear> = (0..3)
             .map(|k| base.clone() + Tensor::<2>::ones([d, v], &device).mul_scalar(0.1 * k as f32))
             .map(|t| {
                 t + Tensor::<2>::random(
@@ -354,6 +452,10 @@ mod tests {
                     burn::tensor::Distribution::Uniform(-0.2, 0.2),
                     &device,
                 )
+            })
+            .map(|w| Linear {
+                weight: Param::from_tensor(w),
+                bias: None,
             })
             .collect();
         let dir = std::env::temp_dir().join(format!(
@@ -375,7 +477,7 @@ mod tests {
                 hidden
                     .clone()
                     .reshape([b * t, d])
-                    .matmul(w.clone())
+                    .matmul(w.weight.val())
                     .reshape([b, t, v])
             })
             .collect();
@@ -418,7 +520,12 @@ mod tests {
         assert!(err.contains("no action heads"), "{err}");
         // A head file of the wrong width is named.
         let mut wide = tiny_model(&device);
-        let bad = vec![Tensor::<2>::zeros([d + 1, v], &device); 3];
+        let bad: Vec<Linear> = (0..3)
+            .map(|_| Linear {
+                weight: Param::from_tensor(Tensor::<2>::zeros([d + 1, v], &device)),
+                bias: None,
+            })
+            .collect();
         save(&dir, &s, &bad).unwrap();
         let err = install_mixture(&mut wide, &dir, None, &device)
             .unwrap_err()
@@ -426,5 +533,110 @@ mod tests {
         assert!(err.contains("action_heads.0.weight"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
         std::fs::remove_dir_all(&plain).ok();
+    }
+
+    /// Low-rank heads mix as `W_0 + (α/r)·Σ_k w_k A_k B_k`: the installed head gives the
+    /// logits of that weight, computed here in burn from the same factors; `save` writes a
+    /// LoRA head's factors (PEFT layout) and refuses a full head under a low-rank spec.
+    #[test]
+    fn low_rank_heads_mix_as_the_base_plus_the_weighted_updates() {
+        use burn::module::Module;
+        let device = test_device();
+        let model = tiny_model(&device);
+        let base = base_head(&model);
+        let [d, v] = base.dims();
+        let low_rank = LowRankHeads {
+            rank: 2,
+            alpha: 6.0,
+        };
+        let uniform = burn::tensor::Distribution::Uniform(-0.5, 0.5);
+        let factors: Vec<(Tensor<2>, Tensor<2>)> = (0..2)
+            .map(|_| {
+                (
+                    Tensor::<2>::random([d, 2], uniform, &device),
+                    Tensor::<2>::random([2, v], uniform, &device),
+                )
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "plumb-low-rank-heads-{}",
+            crate::checkpoint::unique_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tensors = Vec::new();
+        for (k, (a, b)) in factors.iter().enumerate() {
+            let (a_name, b_name) = factor_names(k);
+            tensors.push((a_name, transposed_host(a.clone(), "a").unwrap()));
+            tensors.push((b_name, transposed_host(b.clone(), "b").unwrap()));
+        }
+        save_host_tensors(&dir.join(ACTION_HEADS_FILE), &tensors).unwrap();
+        let s = ActionHeadsSpec {
+            low_rank: Some(low_rank.clone()),
+            ..spec(&["a", "b"], &[1.0, 3.0])
+        };
+        write_bytes_atomically(
+            &dir.join(ACTION_HEADS_SPEC),
+            serde_json::to_string(&s).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let ids = int2(vec![vec![1, 5, 9, 3]], &device);
+        let mask = int2(vec![vec![1; 4]], &device);
+        let hidden = model
+            .forward_hidden(ids.clone(), mask.clone())
+            .reshape([4, d]);
+        let scale = low_rank.scale() as f32;
+        for (weights, w) in [(None, [0.25, 0.75]), (Some("a=1"), [1.0, 0.0])] {
+            let weights = weights.map(|w: &str| w.parse::<HeadWeights>().unwrap());
+            let mut steered = tiny_model(&device);
+            install_mixture(&mut steered, &dir, weights.as_ref(), &device)
+                .unwrap()
+                .unwrap();
+            let got = steered.forward(ids.clone(), mask.clone()).reshape([4, v]);
+            let head = factors
+                .iter()
+                .zip(w)
+                .map(|((a, b), wk)| a.clone().matmul(b.clone()).mul_scalar(scale * wk))
+                .fold(base.clone(), |acc, delta| acc + delta);
+            let want = hidden.clone().matmul(head);
+            let diff: f32 = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-4, "{weights:?}: max |Δ| = {diff}");
+        }
+        // A LoRA head saves its factors; under a low-rank spec a full head is refused.
+        let lora_head = |w: Tensor<2>| {
+            Linear {
+                weight: Param::from_tensor(w),
+                bias: None,
+            }
+            .apply_lora(burn::module::Lora::new(2, 6.0))
+        };
+        let heads = vec![lora_head(base.clone()), lora_head(base.clone())];
+        save(&dir, &s, &heads).unwrap();
+        let file = SafetensorsWeights::open(dir.join(ACTION_HEADS_FILE)).unwrap();
+        let a = file.tensor("action_heads.1.lora_A.weight").unwrap();
+        assert_eq!(a.shape, [2, d]);
+        let b = file.tensor("action_heads.1.lora_B.weight").unwrap();
+        assert_eq!(b.shape, [v, 2]);
+        assert!(b.values.iter().all(|&x| x == 0.0), "B starts at 0");
+        assert!(file.tensor("action_heads.1.weight").is_err());
+        let full = Linear {
+            weight: Param::from_tensor(base.clone()),
+            bias: None,
+        };
+        let err = save(&dir, &s, &[full.clone(), full])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("full head"), "{err}");
+        assert!(
+            ActionHeadsSpec {
+                low_rank: Some(LowRankHeads {
+                    rank: 0,
+                    alpha: 1.0
+                }),
+                ..spec(&["a"], &[1.0])
+            }
+            .validate()
+            .is_err()
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
