@@ -118,23 +118,31 @@ fn node_values(
         true => Vec::new(),
         false => ex.expand(&open, true)?,
     };
-    // One judge call: the finished children themselves, then every rollout.
-    let mut judged: Vec<&Partial> = refs.iter().copied().filter(|k| k.finished).collect();
+    // One judge call: the finished children themselves (unless the PRM already scored them
+    // and is the judge), then every rollout.
+    let rejudge = !(value.judge == RolloutJudge::Prm && value.reads_partial_prm());
+    let mut judged: Vec<&Partial> = refs
+        .iter()
+        .copied()
+        .filter(|k| k.finished && rejudge)
+        .collect();
+    let own_count = judged.len();
     judged.extend(ends.iter());
-    let outcomes = match value.judge {
-        RolloutJudge::Prm => ex.score(&judged)?,
-        RolloutJudge::Answer => ex.check(&judged)?,
+    let outcomes = match (judged.is_empty(), value.judge) {
+        (true, _) => Vec::new(),
+        (false, RolloutJudge::Prm) => ex.score(&judged)?,
+        (false, RolloutJudge::Answer) => ex.check(&judged)?,
     };
-    let finished_count = kids.iter().filter(|k| k.finished).count();
     let (mut own, mut rolled) = (
-        outcomes[..finished_count].iter(),
-        outcomes[finished_count..].chunks(value.rollouts),
+        outcomes[..own_count].iter(),
+        outcomes[own_count..].chunks(value.rollouts),
     );
     let values = kids
         .iter()
         .zip(partial)
         .map(|(kid, v_prm)| {
             let z = match kid.finished {
+                true if !rejudge => v_prm,
                 true => *own.next().expect("one outcome per finished child"),
                 false => {
                     let chunk = rolled.next().expect("one chunk per open child");

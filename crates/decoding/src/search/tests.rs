@@ -338,6 +338,24 @@ fn a_finished_child_is_its_own_rollout() {
 }
 
 #[test]
+fn a_finished_child_is_not_scored_twice_when_the_prm_judges() {
+    // λ = .5, judge = prm, [1] finished: its value is its PRM score (.4) in both parts, from
+    // the one partial call; [0] rolls out ([0,0] .2, [0,1] .3 → .5·.6 + .5·.25 = .425).
+    let mut ex = mcts_tree();
+    ex.finished.insert(vec![1]);
+    let value = rollout_value(2, RolloutJudge::Prm, 0.5);
+    let out = mcts(&mut ex, (1, 2, 1.0), 3, &value).unwrap();
+    assert_eq!(ex.score_calls, 2);
+    close(node(&out, &[0]).value, 0.425);
+    close(node(&out, &[1]).value, 0.4);
+    // Every child finished: no rollout, no second call.
+    let mut ex = mcts_tree();
+    let out = mcts(&mut ex, (1, 2, 1.0), 1, &value).unwrap();
+    assert_eq!((ex.score_calls, out.rollouts), (1, 0));
+    close(node(&out, &[0]).value, 0.6);
+}
+
+#[test]
 fn node_values_are_checked_and_say_whether_they_read_a_prm() {
     assert!(NodeValue::default().needs_prm());
     assert!(!rollout_value(4, RolloutJudge::Answer, 1.0).needs_prm());
