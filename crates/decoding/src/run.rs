@@ -578,8 +578,8 @@ pub fn run_decode(
     }
     config.validate()?;
     request.scorer.check()?;
-    let scores = config.strategy.needs_step_scorer() || !config.strategy.is_step_search();
-    if matches!(request.scorer, ScorerSpec::None) && scores {
+    let reads_scorer = config.strategy.needs_step_scorer() || !config.strategy.is_step_search();
+    if matches!(request.scorer, ScorerSpec::None) && reads_scorer {
         return Err(DecodeError::config(
             "scorer",
             format!(

@@ -1365,14 +1365,9 @@ fn best_of_3_request(
     }
 }
 
-/// `plumb decode --rm DMOERM_DIR`: a DMoERM folder is recognised and every decoded line's
-/// reward is its aggregate, here the sum of its two experts' own rewards.
-#[test]
-fn decode_scores_with_a_dmoerm_folder() {
-    use rm_core::models::reward::RewardModelBundle;
-    let root = temp_dir("dmoerm-decode");
-    let device = test_device();
-    let (a, b, _) = tiny_reward_models(&root);
+/// Two tiny reward models and, in `root/dmoerm`, the DMoERM whose reward is their sum.
+fn dmoerm_of_two(root: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (a, b, _) = tiny_reward_models(root);
     let dmoerm = root.join("dmoerm");
     rm_multiobj::dmoerm::fixtures::write_sum_of_two(
         &dmoerm,
@@ -1381,6 +1376,17 @@ fn decode_scores_with_a_dmoerm_folder() {
         [&a, &b],
     )
     .unwrap();
+    (a, b, dmoerm)
+}
+
+/// `plumb decode --rm DMOERM_DIR`: a DMoERM folder is recognised and every decoded line's
+/// reward is its aggregate, here the sum of its two experts' own rewards.
+#[test]
+fn decode_scores_with_a_dmoerm_folder() {
+    use rm_core::models::reward::RewardModelBundle;
+    let root = temp_dir("dmoerm-decode");
+    let device = test_device();
+    let (a, b, dmoerm) = dmoerm_of_two(&root);
     let policy = tiny_policy_and_prompts(&root);
     let spec = ScorerSpec::reward_model(dmoerm.clone(), None).unwrap();
     assert!(matches!(spec, ScorerSpec::Dmoerm(_)), "{spec:?}");
@@ -1633,15 +1639,7 @@ fn overopt_takes_a_dmoerm_folder_as_a_proxy() {
     use rm_core::models::reward::RewardModelBundle;
     let root = temp_dir("overopt-dmoerm");
     let device = test_device();
-    let (a, b, _) = tiny_reward_models(&root);
-    let dmoerm = root.join("dmoerm");
-    rm_multiobj::dmoerm::fixtures::write_sum_of_two(
-        &dmoerm,
-        &root.join("rm-a-backbone"),
-        16,
-        [&a, &b],
-    )
-    .unwrap();
+    let (a, b, dmoerm) = dmoerm_of_two(&root);
     let policy = tiny_policy_and_prompts(&root);
     let request = OveroptRequest {
         samples: StudySamples::Policy {

@@ -1061,24 +1061,19 @@ fn run_decode_refuses_a_search_without_a_prm() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("best-of-n needs a scorer"), "{e}");
-    request.config.strategy = Strategy::Mcts {
+    let answer_checked = |lambda| Strategy::Mcts {
         simulations: 2,
         children: 2,
         exploration: 1.0,
         steps: StepParams::default(),
-        value: rollout_value(2, RolloutJudge::Answer, 0.5),
+        value: rollout_value(2, RolloutJudge::Answer, lambda),
     };
+    request.config.strategy = answer_checked(0.5);
     let e = crate::run_decode(&request, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("mcts needs a scorer"), "{e}");
-    request.config.strategy = Strategy::Mcts {
-        simulations: 2,
-        children: 2,
-        exploration: 1.0,
-        steps: StepParams::default(),
-        value: rollout_value(2, RolloutJudge::Answer, 1.0),
-    };
+    request.config.strategy = answer_checked(1.0);
     let e = crate::run_decode(&request, &mut |_| {})
         .unwrap_err()
         .to_string();

@@ -69,19 +69,20 @@ impl MultiHeadPolicy {
         let base = action_heads::base_head(&backbone);
         let device = base.device();
         let data = base.into_data();
-        let shared = Tensor::<2>::from_data(data.clone(), &device);
+        // Low-rank heads share one frozen copy of the base head.
+        let shared = low_rank.map(|_| Tensor::<2>::from_data(data.clone(), &device));
         let heads = (0..heads)
-            .map(|_| match low_rank {
-                None => Linear {
-                    // A fresh leaf per head (the base head is a view of the tied embedding).
-                    weight: Param::from_tensor(Tensor::from_data(data.clone(), &device)),
-                    bias: None,
-                },
-                Some(l) => Linear {
+            .map(|_| match (low_rank, &shared) {
+                (Some(l), Some(shared)) => Linear {
                     weight: Param::from_tensor(shared.clone()),
                     bias: None,
                 }
                 .apply_lora(Lora::new(l.rank, l.alpha)),
+                _ => Linear {
+                    // A fresh leaf per head (the base head is a view of the tied embedding).
+                    weight: Param::from_tensor(Tensor::from_data(data.clone(), &device)),
+                    bias: None,
+                },
             })
             .collect();
         Self { backbone, heads }
@@ -663,13 +664,9 @@ out_dir = "{out}"
         }
     }
 
-    /// Objectives that contradict each other on every pair: MAH-DPO fits both (each head wins
-    /// every one of its pairs), where one head could win at most half of the union; the saved
-    /// folder steers — head a's weight gives a's preference, head b's the reverse.
-    #[test]
-    fn two_heads_learn_contradicting_objectives_and_the_folder_steers_between_them() {
-        let _seeded = rm_core::device::seeded_test_lock();
-        let root = temp("learn");
+    /// A run root holding the tiny Llama as `model`, and the request that trains from it.
+    fn tiny_run(tag: &str) -> (PathBuf, TrainRequest) {
+        let root = temp(tag);
         rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
         let request = TrainRequest {
             data_dir: root.clone(),
@@ -678,6 +675,33 @@ out_dir = "{out}"
             mode: RunMode::Fresh,
             progress: false,
         };
+        (root, request)
+    }
+
+    /// log π(GOOD) − log π(BAD) on a training prompt, the policy folder `dir` loaded with the
+    /// head mixture `weights` (its defaults when `None`).
+    fn preference(dir: &Path, weights: Option<&str>) -> f64 {
+        let w = weights.map(|w| w.parse::<action_heads::HeadWeights>().unwrap());
+        let policy = Policy::load_steered(dir, &test_device(), w.as_ref()).unwrap();
+        let rows = policy
+            .encode_shared(&Prompt::Text("w2 w3".into()), &[GOOD, BAD])
+            .unwrap();
+        let sums: Vec<f32> = shared_prompt_logprobs(&policy.lm.model, &rows, 0, false)
+            .unwrap()
+            .sum
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        (sums[0] - sums[1]) as f64
+    }
+
+    /// Objectives that contradict each other on every pair: MAH-DPO fits both (each head wins
+    /// every one of its pairs), where one head could win at most half of the union; the saved
+    /// folder steers — head a's weight gives a's preference, head b's the reverse.
+    #[test]
+    fn two_heads_learn_contradicting_objectives_and_the_folder_steers_between_them() {
+        let _seeded = rm_core::device::seeded_test_lock();
+        let (root, request) = tiny_run("learn");
         let report = train_mah_dpo(recipe(&root), &request).unwrap();
         let (before, after) = (&report.initial_eval.metrics, &report.final_eval.metrics);
         assert!((before["loss"] - std::f64::consts::LN_2).abs() < 1e-6);
@@ -691,21 +715,7 @@ out_dir = "{out}"
         let dir = &report.final_dir;
         let spec = action_heads::read_spec(dir).unwrap().unwrap();
         assert_eq!(spec.default_weights, vec![3.0, 1.0]);
-        // log π(GOOD) − log π(BAD) on a training prompt under a mixture.
-        let preference = |weights: Option<&str>| -> f64 {
-            let w = weights.map(|w| w.parse::<action_heads::HeadWeights>().unwrap());
-            let policy = Policy::load_steered(dir, &test_device(), w.as_ref()).unwrap();
-            let rows = policy
-                .encode_shared(&Prompt::Text("w2 w3".into()), &[GOOD, BAD])
-                .unwrap();
-            let sums: Vec<f32> = shared_prompt_logprobs(&policy.lm.model, &rows, 0, false)
-                .unwrap()
-                .sum
-                .into_data()
-                .try_to_vec()
-                .unwrap();
-            (sums[0] - sums[1]) as f64
-        };
+        let preference = |weights| preference(dir, weights);
         let (a, b, mixed) = (
             preference(Some("a=1")),
             preference(Some("b=1")),
@@ -758,15 +768,7 @@ out_dir = "{out}"
     #[test]
     fn low_rank_heads_learn_contradicting_objectives_from_their_factors_alone() {
         let _seeded = rm_core::device::seeded_test_lock();
-        let root = temp("low-rank");
-        rm_core::fixtures::write_tiny_llama(&root.join("model"), 9).unwrap();
-        let request = TrainRequest {
-            data_dir: root.clone(),
-            models_dir: root.clone(),
-            device: test_device(),
-            mode: RunMode::Fresh,
-            progress: false,
-        };
+        let (root, request) = tiny_run("low-rank");
         let mut r = recipe(&root);
         r.low_rank_heads = Some(LowRankHeads {
             rank: 2,
@@ -794,21 +796,7 @@ out_dir = "{out}"
         assert_eq!(b.shape[1], 2);
         assert!(b.values.iter().any(|&x| x != 0.0), "B trained");
         assert!(file.tensor("action_heads.0.weight").is_err());
-        let preference = |weights: &str| -> f64 {
-            let w: action_heads::HeadWeights = weights.parse().unwrap();
-            let policy = Policy::load_steered(dir, &test_device(), Some(&w)).unwrap();
-            let rows = policy
-                .encode_shared(&Prompt::Text("w2 w3".into()), &[GOOD, BAD])
-                .unwrap();
-            let sums: Vec<f32> = shared_prompt_logprobs(&policy.lm.model, &rows, 0, false)
-                .unwrap()
-                .sum
-                .into_data()
-                .try_to_vec()
-                .unwrap();
-            (sums[0] - sums[1]) as f64
-        };
-        let (a, b) = (preference("a=1"), preference("b=1"));
+        let (a, b) = (preference(dir, Some("a=1")), preference(dir, Some("b=1")));
         assert!(a > 1.0 && b < -1.0, "a {a}, b {b}");
         // Without LoRA on the backbone the base head would train too: refused.
         r.model.lora = None;
