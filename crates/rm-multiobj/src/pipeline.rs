@@ -763,14 +763,34 @@ mod tests {
 
     #[test]
     fn recipes_parse_and_gsm8k_pairs_differ_only_in_the_answer() {
-        for file in ["multiobj-minilm-hh.toml", "pal-minilm-hh.toml"] {
+        for file in [
+            "multiobj-minilm-hh.toml",
+            "multiobj-rmminilm-hh.toml",
+            "pal-minilm-hh.toml",
+            "pal-rmminilm-hh.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../recipes")
                 .join(file);
-            if file.starts_with("multiobj") {
-                rm_core::recipe::load::<MultiObjRecipe>(&path, &[]).unwrap();
+            let embedder = if file.starts_with("multiobj") {
+                rm_core::recipe::load::<MultiObjRecipe>(&path, &[])
+                    .unwrap()
+                    .embedder
             } else {
-                rm_core::recipe::load::<PopulationRecipe>(&path, &[]).unwrap();
+                rm_core::recipe::load::<PopulationRecipe>(&path, &[])
+                    .unwrap()
+                    .embedder
+            };
+            // The `*-rmminilm-*` variants read the trained MiniLM RM by a path relative to the
+            // repository root, as every other recipe names `runs/…` and `models/…`.
+            match (file.contains("rmminilm"), embedder) {
+                (true, EmbedderConfig::RewardModel { path }) => {
+                    assert_eq!(path, Path::new("runs/rm-minilm-hh/final"), "{file}")
+                }
+                (false, EmbedderConfig::Backbone { path, .. }) => {
+                    assert_eq!(path, Path::new("models/minilm"), "{file}")
+                }
+                (_, other) => panic!("{file}: unexpected embedder {other:?}"),
             }
         }
         let problem = gsm8k::Gsm8kProblem {
