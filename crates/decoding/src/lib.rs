@@ -22,6 +22,7 @@
 //! reward of the proxy's best-of-n choice against √KL, single models and ensembles as proxies);
 //! [`run_overopt_rl`] is `plumb overopt-rl`, the same curves from `train-rl` runs' evaluations.
 
+mod answers;
 mod bon;
 mod engine;
 mod error;
@@ -34,6 +35,7 @@ mod scorer;
 mod search;
 mod strategy;
 
+pub use answers::{AnswerAccuracy, AnswerCheck, answer_accuracy};
 pub use bon::{
     CurvePoint, best_index, best_of_n_curve, best_of_n_weights, expected_best_of_n, kl_bound,
     soft_best_index,

@@ -11,6 +11,7 @@ use rm_core::types::Prompt;
 use rm_ensembles::{Aggregation, Ensemble, EnsembleScorer};
 use serde::Serialize;
 
+use crate::answers::{AnswerAccuracy, answer_accuracy};
 use crate::bon::{CurvePoint, best_of_n_curve, kl_bound};
 use crate::error::{DecodeError, Result};
 use crate::model::DecodeModel;
@@ -227,6 +228,9 @@ pub struct Summary {
     /// Rejection: samples ≥ threshold / samples drawn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_acceptance_rate: Option<f64>,
+    /// With gold answers: the chosen responses' answer accuracy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<AnswerAccuracy>,
 }
 
 /// Every prompt's outcome and the totals.
@@ -342,6 +346,7 @@ pub fn decode_with_gold(
         },
         acceptance_rate: rejection.then(|| accepted as f64 / rows.len() as f64),
         sample_acceptance_rate: rejection.then(|| passed as f64 / samples.max(1) as f64),
+        answers: answer_accuracy(&rows, &config.strategy),
     };
     Ok(DecodeRun { rows, summary })
 }

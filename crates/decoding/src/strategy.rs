@@ -401,6 +401,12 @@ impl Strategy {
             other => other.is_step_search(),
         }
     }
+
+    /// Whether the choice reads the prompts' gold answers: MCTS valued by answer-checked
+    /// rollouts ([`NodeValue::reads_gold`]).
+    pub fn reads_gold(&self) -> bool {
+        matches!(self, Strategy::Mcts { value, .. } if value.reads_gold())
+    }
 }
 
 /// Cost of one prompt's decoding.
@@ -518,6 +524,9 @@ pub struct Decoded {
     pub tokens: Vec<u32>,
     pub stats: DecodeStats,
     pub detail: Detail,
+    /// With a gold answer for the prompt: the response's final answer checked against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_check: Option<crate::answers::AnswerCheck>,
 }
 
 /// Decodes one prompt (already tokenized as `ids`; `gold` its gold answer, read by MCTS's
@@ -720,9 +729,11 @@ pub(crate) fn decode_one(
         )?,
     };
     let seconds = start.elapsed().as_secs_f64();
+    let text = model.text(&tokens)?;
     Ok(Decoded {
         prompt: prompt.clone(),
-        text: model.text(&tokens)?,
+        answer_check: gold.map(|g| crate::answers::AnswerCheck::of(&text, g)),
+        text,
         reward,
         tokens,
         stats: DecodeStats {

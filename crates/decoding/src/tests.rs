@@ -1731,3 +1731,69 @@ fn decode_steers_a_multi_head_policy_by_its_head_weights() {
     let e = run_decode(&request, &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("no action head \"c\""), "{e}");
 }
+
+#[test]
+fn gold_answers_give_the_run_an_answer_accuracy() {
+    // The tiny Llama writes words `wN`, each read as the number N; the last one is the answer.
+    let model = tiny_model();
+    let prompts = [text("w3 w4 w5"), text("w9 w10"), text("w20"), text("w8")];
+    // Gold 5 for three prompts, none for the last.
+    let gold = [Some(5.0), Some(5.0), Some(5.0), None];
+    let last_number = |r: &str| -> Option<f64> {
+        r.split_whitespace()
+            .next_back()
+            .and_then(|w| w[1..].parse().ok())
+    };
+    let bon = |n| {
+        config(
+            Strategy::BestOfN {
+                n,
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            6,
+        )
+    };
+    let mut accuracies = Vec::new();
+    for n in [1, 16] {
+        let run = decode_with_gold(
+            &model,
+            &prompts,
+            &gold,
+            &bon(n),
+            11,
+            &mut FnScorer(|_: &Prompt, r: &str| f32::from(u8::from(last_number(r) == Some(5.0)))),
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut correct = 0;
+        for (row, g) in run.rows.iter().zip(gold) {
+            let Some(g) = g else {
+                assert_eq!(row.answer_check, None);
+                continue;
+            };
+            let check = row.answer_check.unwrap();
+            assert_eq!(check.gold, g);
+            assert_eq!(check.answer, last_number(&row.text), "{:?}", row.text);
+            assert_eq!(check.correct, last_number(&row.text) == Some(5.0));
+            // No `####` / "the answer is" / `\boxed{}` in these texts: never right when strict.
+            assert!(!check.correct_strict);
+            correct += usize::from(check.correct);
+        }
+        let a = run.summary.answers.clone().unwrap();
+        assert_eq!((a.prompts, a.correct, a.correct_strict), (3, correct, 0));
+        let p = correct as f64 / 3.0;
+        assert!((a.accuracy - p).abs() < 1e-12);
+        assert!((a.standard_error - (p * (1.0 - p) / 3.0).sqrt()).abs() < 1e-12);
+        assert!(!a.oracle);
+        accuracies.push(a.accuracy);
+    }
+    // Sixteen samples judged by whether they end in w5 find a right answer where one does.
+    assert!(accuracies[1] >= accuracies[0], "{accuracies:?}");
+    assert!(accuracies[1] > 0.0, "{accuracies:?}");
+    // Without gold answers there is no accuracy, and no row carries a check.
+    let run = run(&model, &prompts, &bon(2), 11, id_sum);
+    assert_eq!(run.summary.answers, None);
+    let line = serde_json::to_string(&run.rows[0]).unwrap();
+    assert!(!line.contains("answer_check"), "{line}");
+}

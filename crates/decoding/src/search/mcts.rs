@@ -92,6 +92,12 @@ impl NodeValue {
     pub fn needs_prm(&self) -> bool {
         self.reads_partial_prm() || self.judge == RolloutJudge::Prm
     }
+
+    /// Whether the values read the prompt's gold answer (answer-checked rollouts with a
+    /// non-zero share), which makes the search's pick an oracle's.
+    pub fn reads_gold(&self) -> bool {
+        self.rollouts > 0 && self.judge == RolloutJudge::Answer && self.lambda > 0.0
+    }
 }
 
 /// The values of an expansion's new nodes ([`NodeValue`]) and the rollouts generated.

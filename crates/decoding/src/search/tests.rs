@@ -1129,7 +1129,13 @@ fn answer_checked_mcts_on_the_tiny_llama_reads_the_gold_answer_and_no_prm() {
             .find_map(|w| w.trim_start_matches('w').parse().ok());
         let correct = f32::from(u8::from(last_number == Some(3.0)));
         assert_eq!(row.reward, correct, "{:?}", row.text);
+        assert_eq!(row.answer_check.map(|c| c.correct), Some(correct == 1.0));
     }
+    // The values read the gold answers, so the summary marks its accuracy as an oracle's.
+    let answers = run.summary.answers.as_ref().unwrap();
+    let correct = run.rows.iter().filter(|r| r.reward == 1.0).count();
+    assert_eq!((answers.prompts, answers.correct), (prompts.len(), correct));
+    assert!(answers.oracle);
     // The same run without gold answers is refused by name.
     let e = decode(
         &model,

@@ -493,6 +493,21 @@ pub fn run(global: &GlobalArgs, args: DecodeArgs) -> Result<()> {
             100.0 * sa
         );
     }
+    if let Some(a) = &s.answers {
+        println!(
+            "answers: {}/{} correct, accuracy {:.3} ± {:.3} (strict, explicitly marked: {:.3}){}",
+            a.correct,
+            a.prompts,
+            a.accuracy,
+            a.standard_error,
+            a.accuracy_strict,
+            if a.oracle {
+                "; an oracle's pick: the search's values read the gold answers"
+            } else {
+                ""
+            }
+        );
+    }
     if !outcome.curve.is_empty() {
         println!("\n| n | mean reward | KL bound |\n|---|---|---|");
         for p in &outcome.curve {
