@@ -15,6 +15,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::host_attention;
 use super::host_ops::{dropout, gelu};
 use super::pooling::Pooling;
 use super::safetensors::SafetensorsWeights;
@@ -233,8 +234,35 @@ pub(crate) fn padding_bias(mask: Tensor<2, Int>) -> Tensor<4> {
         .reshape([b, 1, 1, t])
 }
 
+/// The padding bias in the form each attention path reads.
+pub(crate) struct AttentionBias {
+    /// `[B, 1, 1, T]` for the training path; `[B, 1, T, T]` for burn's fused attention (it
+    /// broadcasts only the leading dims), materialized once for all layers.
+    tensor: Tensor<4>,
+    /// Per-key bias `[B·T]` for the host kernel ([`host_attention`]), when it applies.
+    host: Option<Vec<f32>>,
+}
+
+impl AttentionBias {
+    fn new(attention_mask: Tensor<2, Int>, inference: bool) -> Self {
+        let [b, t] = attention_mask.dims();
+        let tensor = padding_bias(attention_mask);
+        if !inference {
+            return Self { tensor, host: None };
+        }
+        if host_attention::applies(&tensor.clone().reshape([b, t])) {
+            let host = tensor.clone().into_data().try_into_vec::<f32>().ok();
+            if host.is_some() {
+                return Self { tensor, host };
+            }
+        }
+        let tensor = Tensor::zeros([b, 1, t, t], &tensor.device()) + tensor;
+        Self { tensor, host: None }
+    }
+}
+
 impl BertAttention {
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, bias: &AttentionBias) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let dh = d / self.heads;
         let split = |y: Tensor<2>| y.reshape([b, t, self.heads, dh]).swap_dims(1, 2);
@@ -242,9 +270,17 @@ impl BertAttention {
         // Projections on [B·T, D] rows: one GEMM each instead of B batched ones.
         let rows = x.clone().reshape([b * t, d]);
         let drop = &self.adapter_dropout;
-        let q = split(lora::linear(&self.query, rows.clone(), drop));
-        let k = split(lora::linear(&self.key, rows.clone(), drop));
-        let v = split(lora::linear(&self.value, rows, drop));
+        let q = lora::linear(&self.query, rows.clone(), drop);
+        let k = lora::linear(&self.key, rows.clone(), drop);
+        let v = lora::linear(&self.value, rows, drop);
+        if let Some(key_bias) = &bias.host {
+            // Inference on flex: the host kernel reads and writes [B·T, D] rows directly.
+            let context =
+                host_attention::attention(q, k, v, key_bias, (b, t, self.heads), scale as f32);
+            return self.output_block(context, x);
+        }
+        let (q, k, v) = (split(q), split(k), split(v));
+        let bias = bias.tensor.clone();
         let context = if x.device().is_autodiff() {
             // Training: explicit ops, so the probabilities can take dropout and burn derives the
             // backward pass. The scale goes on Q ([B, H, T, dh]) rather than on the scores.
@@ -266,15 +302,19 @@ impl BertAttention {
                 },
             )
         };
-        let context = context.swap_dims(1, 2).reshape([b * t, d]);
+        self.output_block(context.swap_dims(1, 2).reshape([b * t, d]), x)
+    }
+
+    /// The output projection of the context rows `[B·T, D]`, dropout, residual and LayerNorm.
+    fn output_block(&self, context: Tensor<2>, x: Tensor<3>) -> Tensor<3> {
         let projected = lora::linear(&self.output, context, &self.adapter_dropout);
-        let out = dropout(&self.dropout, projected).reshape([b, t, d]);
+        let out = dropout(&self.dropout, projected).reshape(x.dims());
         self.norm.forward(out + x)
     }
 }
 
 impl BertLayer {
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, bias: &AttentionBias) -> Tensor<3> {
         let x = self.attention.forward(x, bias);
         let [b, t, d] = x.dims();
         let drop = &self.adapter_dropout;
@@ -320,14 +360,9 @@ impl BertModel {
         let x =
             e.word.forward(input_ids) + e.position.forward(positions) + e.token_type.forward(types);
         let mut x = dropout(&e.dropout, e.norm.forward(x));
-        let mut bias = padding_bias(attention_mask);
-        if !device.is_autodiff() {
-            // The fused attention wants the bias as [B, 1, T, T] (it broadcasts only the
-            // leading dims); materialize it once for all layers.
-            bias = Tensor::zeros([b, 1, t, t], &device) + bias;
-        }
+        let bias = AttentionBias::new(attention_mask, !device.is_autodiff());
         for layer in &self.layers {
-            x = layer.forward(x, bias.clone());
+            x = layer.forward(x, &bias);
         }
         x
     }

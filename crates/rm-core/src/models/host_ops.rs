@@ -90,15 +90,20 @@ fn gelu_and_slope(x: f32) -> (f32, f32) {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + P * z);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    // exp(−z²) is below f32's smallest normal past z ≈ 9.4; skip glibc's slow underflow path.
-    let e = if z < 9.0 { (-z * z).exp() } else { 0.0 };
+    // exp(−z²) is below f32's smallest normal past z ≈ 9.4. `exp1` is branch-free, so the
+    // loops over this function vectorize (libm's scalar `expf` was 4% of a MiniLM encoding).
+    let e = if z < 9.0 {
+        super::host_math::exp1(-z * z)
+    } else {
+        0.0
+    };
     let half_erfc = 0.5 * poly * e;
     let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
     (x * cdf, cdf + x * INV_SQRT_2PI * e)
 }
 
 /// Whether the host kernels take `input`: an f32 tensor on `flex`.
-fn on_host<const D: usize>(input: &Tensor<D>) -> bool {
+pub(crate) fn on_host<const D: usize>(input: &Tensor<D>) -> bool {
     input.dtype() == burn::tensor::DType::F32 && is_flex(&input.device())
 }
 

@@ -8,6 +8,8 @@ pub mod action_heads;
 pub mod bert;
 pub mod gguf_weights;
 pub mod heads;
+pub mod host_attention;
+pub mod host_math;
 pub mod host_ops;
 pub mod llama;
 pub mod policy_folder;
