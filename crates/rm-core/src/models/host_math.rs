@@ -3,7 +3,8 @@
 //! burn's `flex` backend and Rust's `f32::exp` call libm's scalar `expf` once per element; on a
 //! MiniLM encoding that was 15% of all samples (`perf record`, Intel Xeon with AVX-512), most of
 //! it in attention's softmax. [`exp_in_place`] computes the same function over a slice in SIMD
-//! registers, picked at run time (AVX-512F, else AVX2 + FMA, else the portable build).
+//! registers, picked at run time (AVX-512F, else AVX2 + FMA, else the portable build; the
+//! `simd_dispatch!` macro, which the other host kernels use too).
 //!
 //! The method is Cephes' `expf` (S. L. Moshier): `x = n·ln 2 + r` with `n = round(x / ln 2)`
 //! and `|r| ≤ ln 2 / 2`, `ln 2` split in two parts so `r` is exact, `e^r` by its degree-7
@@ -11,33 +12,54 @@
 //! 2·10⁻⁷ (about 2 ulp) over the whole range; `x < −87.3` (below f32's smallest normal) gives
 //! 0, `x > 88.7` gives +∞, NaN stays NaN.
 
-/// `x ↦ eˣ` for every element of `xs`.
-pub fn exp_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { exp_avx512(xs) };
+/// Defines `fn NAME(ARGS) BODY` so that `BODY` runs compiled for the widest vector extension the
+/// CPU has, picked at run time: AVX-512F, else AVX2 + FMA, else the portable build. Loops of
+/// branch-free arithmetic in `BODY` then vectorize to that width.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                portable($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                portable($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            portable($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { exp_avx2(xs) };
+    };
+}
+pub(crate) use simd_dispatch;
+
+simd_dispatch! {
+    /// `x ↦ eˣ` for every element of `xs`.
+    pub fn exp_in_place(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = exp1(*x);
         }
     }
-    exp_portable(xs);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_avx512(xs: &mut [f32]) {
-    exp_portable(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_avx2(xs: &mut [f32]) {
-    exp_portable(xs)
 }
 
 /// `row ↦ softmax(row + bias)` in place (`bias` as long as `row`), with [`exp1`]; vectorized as
@@ -48,38 +70,14 @@ pub fn softmax_in_place(row: &mut [f32], bias: &[f32]) {
         bias.len(),
         "softmax_in_place: row and bias lengths"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { softmax_avx512(row, bias) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { softmax_avx2(row, bias) };
-        }
-    }
-    softmax_portable(row, bias);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32], bias: &[f32]) {
-    softmax_portable(row, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], bias: &[f32]) {
-    softmax_portable(row, bias)
+    softmax_kernel(row, bias);
 }
 
 /// Lanes of the per-lane max and sum.
 const LANES: usize = 16;
 
-#[inline(always)]
-fn softmax_portable(row: &mut [f32], bias: &[f32]) {
+simd_dispatch! {
+fn softmax_kernel(row: &mut [f32], bias: &[f32]) {
     let bigger = |a: f32, b: f32| if b > a { b } else { a };
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let split = row.len() / LANES * LANES;
@@ -115,13 +113,6 @@ fn softmax_portable(row: &mut [f32], bias: &[f32]) {
         *r *= inv;
     }
 }
-
-/// The loop LLVM vectorizes for whichever target features the caller enables.
-#[inline(always)]
-fn exp_portable(xs: &mut [f32]) {
-    for x in xs.iter_mut() {
-        *x = exp1(*x);
-    }
 }
 
 /// One element of [`exp_in_place`]: branch-free arithmetic and bit operations only, so the

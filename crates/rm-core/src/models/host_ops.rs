@@ -19,6 +19,8 @@ use burn::tensor::activation;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::host_math::simd_dispatch;
+
 /// `layer` applied to `input`: inverted dropout with probability `layer.prob` while training.
 pub fn dropout<const D: usize>(layer: &Dropout, input: Tensor<D>) -> Tensor<D> {
     let device = input.device();
@@ -47,8 +49,7 @@ pub fn gelu<const D: usize>(input: Tensor<D>) -> Tensor<D> {
     };
     if !device.is_autodiff() || !input.is_tracked() {
         let mut y = x;
-        y.par_chunks_mut(CHUNK)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_and_slope(*v).0));
+        y.par_chunks_mut(CHUNK).for_each(gelu_values);
         return Tensor::from_data(TensorData::new(y, shape), &device);
     }
     let mut slope = x;
@@ -56,17 +57,31 @@ pub fn gelu<const D: usize>(input: Tensor<D>) -> Tensor<D> {
     slope
         .par_chunks_mut(CHUNK)
         .zip(offset.par_chunks_mut(CHUNK))
-        .for_each(|(s, o)| {
-            for (s, o) in s.iter_mut().zip(o.iter_mut()) {
-                let x = *s;
-                let (g, d) = gelu_and_slope(x);
-                *s = d;
-                *o = g - x * d;
-            }
-        });
+        .for_each(|(s, o)| gelu_slopes(s, o));
     let slope = Tensor::from_data(TensorData::new(slope, shape.clone()), &device);
     let offset = Tensor::from_data(TensorData::new(offset, shape), &device);
     input * slope + offset
+}
+
+simd_dispatch! {
+    /// `x ↦ g(x)` over a chunk.
+    fn gelu_values(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = gelu_and_slope(*x).0;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `x ↦ g'(x)` in `slope` (which holds `x`) and `g(x) − x·g'(x)` in `offset`.
+    fn gelu_slopes(slope: &mut [f32], offset: &mut [f32]) {
+        for (s, o) in slope.iter_mut().zip(offset.iter_mut()) {
+            let x = *s;
+            let (g, d) = gelu_and_slope(x);
+            *s = d;
+            *o = g - x * d;
+        }
+    }
 }
 
 /// Elements per rayon task in the host kernels.
@@ -76,7 +91,7 @@ const CHUNK: usize = 1 << 16;
 /// `φ(x) = exp(−x²/2)/√(2π)` and `Φ` from Abramowitz & Stegun 7.1.26
 /// (`erfc(z) ≈ (a₁t + a₂t² + a₃t³ + a₄t⁴ + a₅t⁵)·exp(−z²)`, `t = 1/(1 + p·z)`, `z = |x|/√2`,
 /// absolute error ≤ 1.5e-7), which shares its `exp(−z²) = exp(−x²/2)` with `φ`.
-#[inline]
+#[inline(always)]
 fn gelu_and_slope(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
