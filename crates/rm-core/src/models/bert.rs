@@ -250,7 +250,7 @@ impl AttentionBias {
         if !inference {
             return Self { tensor, host: None };
         }
-        if host_attention::applies(&tensor.clone().reshape([b, t])) {
+        if host_attention::applies(&tensor) {
             let host = tensor.clone().into_data().try_into_vec::<f32>().ok();
             if host.is_some() {
                 return Self { tensor, host };

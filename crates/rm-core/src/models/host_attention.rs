@@ -16,9 +16,9 @@ use rayon::prelude::*;
 
 use super::host_math::softmax_in_place;
 
-/// Whether [`attention`] takes tensors on this device: burn's `flex`, f32, no autodiff.
-pub fn applies(q: &Tensor<2>) -> bool {
-    !q.device().is_autodiff() && super::host_ops::on_host(q)
+/// Whether [`attention`] takes tensors like `t`: on burn's `flex`, f32, no autodiff.
+pub fn applies<const D: usize>(t: &Tensor<D>) -> bool {
+    !t.device().is_autodiff() && super::host_ops::on_host(t)
 }
 
 /// The context rows `[B·T, D]` of `softmax(scale·Q_h K_hᵀ + key_bias) V_h` for `heads` heads
